@@ -1,0 +1,1 @@
+//! Netfilter model (being written).
