@@ -442,7 +442,11 @@ impl Cluster {
     ///
     /// # Errors
     /// [`NodeError::Unknown`] when a name is given (or configured) that no Node has, and the cluster has Nodes.
-    pub fn node_view(&self, name: Option<&str>, extra_ips: &[IpAddr]) -> Result<NodeView, NodeError> {
+    pub fn node_view(
+        &self,
+        name: Option<&str>,
+        extra_ips: &[IpAddr],
+    ) -> Result<NodeView, NodeError> {
         let wanted = name.map(str::to_owned).or_else(|| self.config.hostname_override.clone());
         let node = match &wanted {
             Some(n) => match self.node(n) {
@@ -455,10 +459,8 @@ impl Cluster {
             },
             None => self.nodes.first(),
         };
-        let node_name = node
-            .map(|n| n.name.clone())
-            .or(wanted)
-            .unwrap_or_else(|| "node-1".to_owned());
+        let node_name =
+            node.map(|n| n.name.clone()).or(wanted).unwrap_or_else(|| "node-1".to_owned());
         let mut addresses: Vec<IpAddr> = if extra_ips.is_empty() {
             node.map(|n| n.addresses.iter().map(|a| a.address).collect()).unwrap_or_default()
         } else {

@@ -33,7 +33,10 @@ mod tests {
         let c = loaded.cluster;
         assert_eq!(c.services.len(), 1);
         assert_eq!(c.services[0].name, "my-app-service");
-        assert_eq!(c.services[0].cluster_ips, vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(
+            c.services[0].cluster_ips,
+            vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]
+        );
         let eps: Vec<_> = c.endpoint_slices.iter().flat_map(|s| &s.endpoints).collect();
         assert_eq!(eps.len(), 3);
         assert!(eps.iter().all(|e| e.ready));

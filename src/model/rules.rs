@@ -524,7 +524,8 @@ mod tests {
 
     #[test]
     fn rule_renders_negations_and_insert_position() {
-        let mut r = Rule::new("KUBE-POSTROUTING").module("mark").not_opt("mark", &["0x4000/0x4000"]);
+        let mut r =
+            Rule::new("KUBE-POSTROUTING").module("mark").not_opt("mark", &["0x4000/0x4000"]);
         r = r.jump("RETURN");
         r.op = RuleOp::Insert(Some(2));
         assert_eq!(r.to_string(), "-I KUBE-POSTROUTING 2 -m mark ! --mark 0x4000/0x4000 -j RETURN");

@@ -1,1 +1,0 @@
-//! Netfilter model (being written).

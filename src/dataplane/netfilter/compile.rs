@@ -1,0 +1,1208 @@
+//! Interpretation of typed rules: from the written [`Arg`] list to matches and a target the
+//! evaluator can run, and from a table's statements to its chains.
+//!
+//! This is where svcpath decides what a rule *means*, as the kernel would after `iptables-restore`:
+//! options belong to the most recent match module that defines them (or to the target after `-j`),
+//! header checks (`-s -d -p -i -o`) run before the matches, chains must exist, jumps must not loop,
+//! and NAT targets are only valid in the nat table. A module or target svcpath does not model is kept
+//! as [`Match::Unmodelled`] / [`Target::Unmodelled`]: the evaluator reports it when a packet reaches it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::model::rules::{Arg, Family, Rule, Ruleset, Statement, Word};
+
+/// An address prefix in a form that is cheap to test: both families as 128-bit values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: u128,
+    mask: u128,
+    v6: bool,
+}
+
+impl Net {
+    /// The prefix `ip/len`.
+    pub fn new(ip: IpAddr, len: u8) -> Net {
+        let (addr, bits, v6) = match ip {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32, false),
+            IpAddr::V6(a) => (u128::from(a), 128u32, true),
+        };
+        let len = u32::from(len).min(bits);
+        let mask = if len == 0 { 0 } else { (u128::MAX << (128 - len)) >> (128 - bits) };
+        Net { addr: addr & mask, mask, v6 }
+    }
+
+    /// Whether `ip` lies inside the prefix.
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => !self.v6 && (u128::from(u32::from(a)) & self.mask) == self.addr,
+            IpAddr::V6(a) => self.v6 && (u128::from(a) & self.mask) == self.addr,
+        }
+    }
+}
+
+/// A port range `lo:hi` (a single port has lo == hi).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// Lowest port.
+    pub lo: u16,
+    /// Highest port.
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// Whether `p` is inside the range.
+    #[inline]
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+}
+
+/// `--ctstate` / `--state` bits.
+pub mod ctstate {
+    /// INVALID.
+    pub const INVALID: u8 = 1;
+    /// NEW.
+    pub const NEW: u8 = 2;
+    /// ESTABLISHED.
+    pub const ESTABLISHED: u8 = 4;
+    /// RELATED.
+    pub const RELATED: u8 = 8;
+    /// UNTRACKED.
+    pub const UNTRACKED: u8 = 16;
+    /// SNAT (the connection's source was translated).
+    pub const SNAT: u8 = 32;
+    /// DNAT (the connection's destination was translated).
+    pub const DNAT: u8 = 64;
+}
+
+/// `-m addrtype` types (a bit each).
+pub mod addrtype {
+    /// UNSPEC.
+    pub const UNSPEC: u16 = 1;
+    /// UNICAST.
+    pub const UNICAST: u16 = 2;
+    /// LOCAL.
+    pub const LOCAL: u16 = 4;
+    /// BROADCAST.
+    pub const BROADCAST: u16 = 8;
+    /// ANYCAST.
+    pub const ANYCAST: u16 = 16;
+    /// MULTICAST.
+    pub const MULTICAST: u16 = 32;
+    /// BLACKHOLE.
+    pub const BLACKHOLE: u16 = 64;
+    /// UNREACHABLE.
+    pub const UNREACHABLE: u16 = 128;
+    /// PROHIBIT.
+    pub const PROHIBIT: u16 = 256;
+}
+
+/// What a `-m recent` rule does with its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecentCmd {
+    /// `--set`: add or refresh the source; always matches.
+    Set,
+    /// `--rcheck`: match when the source is in the list.
+    Check,
+    /// `--update`: like check, and refresh the entry when it matches.
+    Update,
+    /// `--remove`: match and delete when present.
+    Remove,
+}
+
+/// One match of a rule, interpreted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match {
+    /// `-m tcp|udp|sctp` port checks (the protocol itself is checked by the header).
+    Ports {
+        /// The protocol number the module belongs to.
+        proto: u8,
+        /// `--sport`, with its negation.
+        sport: Option<(bool, PortRange)>,
+        /// `--dport`, with its negation.
+        dport: Option<(bool, PortRange)>,
+    },
+    /// `-m multiport`.
+    Multiport {
+        /// Negated.
+        neg: bool,
+        /// Which port: `Some(true)` source, `Some(false)` destination, `None` either.
+        source: Option<bool>,
+        /// The listed ports and ranges.
+        ports: Vec<PortRange>,
+    },
+    /// `-m statistic --mode random --probability P`: the kernel's threshold out of 2^31.
+    Random {
+        /// Negated.
+        neg: bool,
+        /// `round(P × 2^31)`, as iptables stores it.
+        threshold: u32,
+    },
+    /// `-m statistic --mode nth --every N --packet P`.
+    Nth {
+        /// Negated.
+        neg: bool,
+        /// N.
+        every: u32,
+        /// P.
+        packet: u32,
+    },
+    /// `-m recent`.
+    Recent {
+        /// Negated (`! --rcheck`).
+        neg: bool,
+        /// The list name (`DEFAULT` when absent).
+        name: String,
+        /// What to do.
+        cmd: RecentCmd,
+        /// `--seconds`.
+        seconds: Option<u32>,
+        /// `--hitcount`.
+        hitcount: Option<u32>,
+        /// `--rdest` (otherwise the source address is used).
+        rdest: bool,
+        /// `--mask` applied to the address (IPv4 only in iptables; `None` = all ones).
+        mask: Option<IpAddr>,
+    },
+    /// `-m addrtype`.
+    AddrType {
+        /// `--src-type` (negation, type bits).
+        src: Option<(bool, u16)>,
+        /// `--dst-type` (negation, type bits).
+        dst: Option<(bool, u16)>,
+    },
+    /// `-m mark --mark V[/M]`.
+    Mark {
+        /// Negated.
+        neg: bool,
+        /// V.
+        value: u32,
+        /// M (all ones when absent).
+        mask: u32,
+    },
+    /// `-m conntrack --ctstate …` or `-m state --state …`.
+    CtState {
+        /// Negated.
+        neg: bool,
+        /// The listed states as [`ctstate`] bits.
+        states: u8,
+    },
+    /// A match that never changes the outcome (`comment`, `nfacct`).
+    Always,
+    /// A module or option svcpath does not model; the reason says which.
+    Unmodelled(String),
+}
+
+/// The target of a rule, interpreted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// No `-j`: the rule only counts packets.
+    None,
+    /// `ACCEPT`.
+    Accept,
+    /// `DROP`.
+    Drop,
+    /// `REJECT [--reject-with T]`.
+    Reject(String),
+    /// `RETURN`.
+    Return,
+    /// `-j CHAIN` (an index into the table's chains).
+    Jump(usize),
+    /// `-g CHAIN`.
+    Goto(usize),
+    /// `DNAT --to-destination IP[:PORT]`.
+    Dnat {
+        /// The new destination address.
+        ip: IpAddr,
+        /// The new destination port, if given.
+        port: Option<u16>,
+    },
+    /// `SNAT --to-source IP[:PORT]`.
+    Snat {
+        /// The new source address.
+        ip: IpAddr,
+    },
+    /// `MASQUERADE [--random-fully]`.
+    Masquerade {
+        /// `--random-fully`.
+        random_fully: bool,
+    },
+    /// `MARK`: `mark = (mark & !clear) ^ xor`.
+    Mark {
+        /// Bits cleared first.
+        clear: u32,
+        /// Bits toggled afterwards.
+        xor: u32,
+    },
+    /// A target that does not change the verdict or the packet svcpath models (`LOG`, `NFLOG`,
+    /// `CONNMARK` restore/save, `TRACE`…).
+    Continue(String),
+    /// `NOTRACK` / `CT --notrack`: the connection is untracked, NAT no longer applies.
+    NoTrack,
+    /// A target svcpath does not model.
+    Unmodelled(String),
+}
+
+/// The header part of a rule (checked by the kernel before any match).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Header {
+    /// `-p`: negation and protocol number (`None` = any).
+    pub proto: Option<(bool, u8)>,
+    /// `-s`.
+    pub src: Option<(bool, Net)>,
+    /// `-d`.
+    pub dst: Option<(bool, Net)>,
+    /// `-i` (negation, name, prefix match when written with `+`).
+    pub in_iface: Option<(bool, String, bool)>,
+    /// `-o`.
+    pub out_iface: Option<(bool, String, bool)>,
+    /// `-f`: matches fragments only (svcpath's packets are never fragments).
+    pub fragment: Option<bool>,
+}
+
+/// A rule ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledRule {
+    /// Header checks.
+    pub header: Header,
+    /// Matches in written order.
+    pub matches: Vec<Match>,
+    /// The target.
+    pub target: Target,
+    /// The source line (0 for generated rules).
+    pub line: usize,
+    /// The index of the rule's statement in its table (to print the rule).
+    pub stmt: usize,
+}
+
+/// A chain: built-in (with a policy) or user-defined.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    /// The name.
+    pub name: String,
+    /// The policy of a built-in chain: `true` = ACCEPT, `false` = DROP.
+    pub policy: Option<bool>,
+    /// The rules in order.
+    pub rules: Vec<CompiledRule>,
+}
+
+/// A table: its chains by index, and the built-in chains by hook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompiledTable {
+    /// `filter`, `nat`, …
+    pub name: String,
+    /// Index of the source table in the Ruleset, for printing rules.
+    pub source: usize,
+    /// All chains.
+    pub chains: Vec<Chain>,
+    /// Chain index by name.
+    pub by_name: HashMap<String, usize>,
+}
+
+impl CompiledTable {
+    /// The chain index for a name.
+    pub fn chain(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+}
+
+/// Why a rule set cannot be loaded (what `iptables-restore` would refuse).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {kind}")]
+pub struct CompileError {
+    /// The line of the offending statement (0 when generated).
+    pub line: usize,
+    /// What is wrong.
+    pub kind: CompileErrorKind,
+}
+
+/// The kinds of [`CompileError`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompileErrorKind {
+    /// `-j`/`-g` names a chain that the table does not declare.
+    #[error("jump to missing chain '{0}' (declare it with ':{0} - [0:0]' in the same table)")]
+    MissingChain(String),
+    /// A rule or command names a chain that is not declared.
+    #[error("chain '{0}' does not exist in table '{1}'")]
+    NoSuchChain(String, String),
+    /// Jumps form a loop; the kernel refuses such a table (ELOOP).
+    #[error("jump loop: {0} (the kernel refuses looping rule sets)")]
+    Loop(String),
+    /// A target used in a table or chain where the kernel refuses it.
+    #[error("target '{0}' is only valid in the {1}")]
+    WrongTable(String, &'static str),
+    /// A value that does not parse.
+    #[error("bad value '{value}' for --{option}: {hint}")]
+    BadValue {
+        /// The option.
+        option: String,
+        /// The value as written.
+        value: String,
+        /// What was expected.
+        hint: &'static str,
+    },
+    /// An option that needs a value has none.
+    #[error("--{0} needs a value")]
+    MissingValue(String),
+    /// An option no loaded module or target takes.
+    #[error("unknown option '--{0}' (no preceding -m module or target takes it)")]
+    UnknownOption(String),
+    /// A rule deleting a chain still referenced, or a built-in chain.
+    #[error("cannot delete chain '{0}': {1}")]
+    CannotDelete(String, &'static str),
+    /// An address of the other family.
+    #[error("address '{0}' is not {1} (read the dump with the right --family)")]
+    WrongFamily(String, &'static str),
+}
+
+/// The built-in chains of each table, in the kernel's order.
+pub fn builtin_chains(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        "mangle" => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        "raw" => &["PREROUTING", "OUTPUT"],
+        "security" => &["INPUT", "FORWARD", "OUTPUT"],
+        _ => &[],
+    }
+}
+
+fn err(line: usize, kind: CompileErrorKind) -> CompileError {
+    CompileError { line, kind }
+}
+
+struct Builder {
+    chains: Vec<(String, Option<bool>, Vec<(usize, usize, Rule)>)>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Builder {
+    fn chain_mut(&mut self, name: &str, table: &str, line: usize) -> Result<usize, CompileError> {
+        self.by_name.get(name).copied().ok_or_else(|| {
+            err(line, CompileErrorKind::NoSuchChain(name.to_owned(), table.to_owned()))
+        })
+    }
+
+    fn declare(&mut self, name: &str, policy: Option<bool>) {
+        match self.by_name.get(name) {
+            Some(&i) => {
+                if policy.is_some() {
+                    self.chains[i].1 = policy;
+                }
+            }
+            None => {
+                self.by_name.insert(name.to_owned(), self.chains.len());
+                self.chains.push((name.to_owned(), policy, Vec::new()));
+            }
+        }
+    }
+}
+
+/// Compiles every table of a rule set.
+///
+/// # Errors
+/// What `iptables-restore` would refuse: jumps to missing chains, loops, NAT targets outside the nat
+/// table, malformed option values.
+pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
+    let mut out: Vec<CompiledTable> = Vec::new();
+    for (ti, table) in ruleset.tables.iter().enumerate() {
+        let mut b = Builder { chains: Vec::new(), by_name: HashMap::new() };
+        for name in builtin_chains(&table.name) {
+            b.declare(name, Some(true));
+        }
+        for (si, st) in table.statements.iter().enumerate() {
+            let line = st.line;
+            match &st.stmt {
+                Statement::Chain(decl) => {
+                    let policy = decl.policy.as_deref().map(|p| p != "DROP");
+                    b.declare(&decl.name, policy);
+                }
+                Statement::NewChain(name) => b.declare(name, None),
+                Statement::FlushChain(Some(name)) => {
+                    let i = b.chain_mut(name, &table.name, line)?;
+                    b.chains[i].2.clear();
+                }
+                Statement::FlushChain(None) => b.chains.iter_mut().for_each(|c| c.2.clear()),
+                Statement::DeleteChain(Some(name)) => {
+                    let i = b.chain_mut(name, &table.name, line)?;
+                    if b.chains[i].1.is_some() {
+                        return Err(err(
+                            line,
+                            CompileErrorKind::CannotDelete(name.clone(), "it is a built-in chain"),
+                        ));
+                    }
+                    b.chains.remove(i);
+                    b.by_name =
+                        b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
+                }
+                Statement::DeleteChain(None) => {
+                    b.chains.retain(|c| c.1.is_some());
+                    b.by_name =
+                        b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
+                }
+                Statement::Rule(rule) => {
+                    let i = b.chain_mut(&rule.chain, &table.name, line)?;
+                    let rules = &mut b.chains[i].2;
+                    match rule.op {
+                        crate::model::rules::RuleOp::Append => rules.push((line, si, rule.clone())),
+                        crate::model::rules::RuleOp::Insert(pos) => {
+                            let at = pos.unwrap_or(1).saturating_sub(1) as usize;
+                            if at > rules.len() {
+                                return Err(err(
+                                    line,
+                                    CompileErrorKind::BadValue {
+                                        option: "insert".into(),
+                                        value: at.to_string(),
+                                        hint: "index past the end of the chain",
+                                    },
+                                ));
+                            }
+                            rules.insert(at, (line, si, rule.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let by_name = b.by_name.clone();
+        let mut chains = Vec::with_capacity(b.chains.len());
+        for (name, policy, rules) in b.chains {
+            let mut compiled = Vec::with_capacity(rules.len());
+            for (line, stmt, rule) in rules {
+                let mut c = compile_rule(&rule, ruleset.family, &by_name, &table.name)
+                    .map_err(|kind| err(line, kind))?;
+                c.line = line;
+                c.stmt = stmt;
+                compiled.push(c);
+            }
+            chains.push(Chain { name, policy, rules: compiled });
+        }
+        let ct = CompiledTable { name: table.name.clone(), source: ti, chains, by_name };
+        check_loops(&ct)?;
+        out.push(ct);
+    }
+    Ok(out)
+}
+
+/// Depth-first search over jumps; a back edge is a loop.
+fn check_loops(t: &CompiledTable) -> Result<(), CompileError> {
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut state = vec![0u8; t.chains.len()];
+    for start in 0..t.chains.len() {
+        if state[start] != 0 {
+            continue;
+        }
+        // Explicit stack of (chain, next rule index) to bound native recursion.
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = 1;
+        while let Some(&mut (c, ref mut next)) = stack.last_mut() {
+            let rules = &t.chains[c].rules;
+            if *next >= rules.len() {
+                state[c] = 2;
+                stack.pop();
+                continue;
+            }
+            let r = &rules[*next];
+            *next += 1;
+            let to = match r.target {
+                Target::Jump(to) | Target::Goto(to) => to,
+                _ => continue,
+            };
+            match state[to] {
+                0 => {
+                    state[to] = 1;
+                    stack.push((to, 0));
+                }
+                1 => {
+                    let pos = stack.iter().position(|&(s, _)| s == to).unwrap_or(0);
+                    let mut names: Vec<&str> =
+                        stack[pos..].iter().map(|&(s, _)| t.chains[s].name.as_str()).collect();
+                    names.push(&t.chains[to].name);
+                    return Err(err(r.line, CompileErrorKind::Loop(names.join(" -> "))));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bad(option: &str, value: &str, hint: &'static str) -> CompileErrorKind {
+    CompileErrorKind::BadValue { option: option.to_owned(), value: value.to_owned(), hint }
+}
+
+fn proto_number(p: &str) -> Option<u8> {
+    match p.to_ascii_lowercase().as_str() {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        "sctp" => Some(132),
+        "icmp" => Some(1),
+        "icmpv6" | "ipv6-icmp" => Some(58),
+        "udplite" => Some(136),
+        "esp" => Some(50),
+        "ah" => Some(51),
+        "gre" => Some(47),
+        n => n.parse().ok(),
+    }
+}
+
+fn parse_u32(option: &str, v: &str) -> Result<u32, CompileErrorKind> {
+    let r = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u32::from_str_radix(h, 16)
+    } else {
+        v.parse()
+    };
+    r.map_err(|_| bad(option, v, "expected a number (decimal or 0x hex)"))
+}
+
+/// `V[/M]` as the mark modules write it.
+fn parse_mark(option: &str, v: &str) -> Result<(u32, u32), CompileErrorKind> {
+    match v.split_once('/') {
+        Some((a, m)) => Ok((parse_u32(option, a)?, parse_u32(option, m)?)),
+        None => Ok((parse_u32(option, v)?, u32::MAX)),
+    }
+}
+
+fn parse_port(option: &str, v: &str) -> Result<u16, CompileErrorKind> {
+    v.parse().map_err(|_| bad(option, v, "expected a port number 0-65535"))
+}
+
+fn parse_range(option: &str, v: &str) -> Result<PortRange, CompileErrorKind> {
+    match v.split_once(':') {
+        Some((a, b)) => {
+            let lo = if a.is_empty() { 0 } else { parse_port(option, a)? };
+            let hi = if b.is_empty() { u16::MAX } else { parse_port(option, b)? };
+            Ok(PortRange { lo, hi })
+        }
+        None => {
+            let p = parse_port(option, v)?;
+            Ok(PortRange { lo: p, hi: p })
+        }
+    }
+}
+
+fn parse_ctstates(option: &str, v: &str) -> Result<u8, CompileErrorKind> {
+    let mut bits = 0;
+    for s in v.split(',') {
+        bits |= match s {
+            "INVALID" => ctstate::INVALID,
+            "NEW" => ctstate::NEW,
+            "ESTABLISHED" => ctstate::ESTABLISHED,
+            "RELATED" => ctstate::RELATED,
+            "UNTRACKED" => ctstate::UNTRACKED,
+            "SNAT" => ctstate::SNAT,
+            "DNAT" => ctstate::DNAT,
+            _ => {
+                return Err(bad(
+                    option,
+                    v,
+                    "states are INVALID,NEW,ESTABLISHED,RELATED,UNTRACKED,SNAT,DNAT",
+                ));
+            }
+        };
+    }
+    Ok(bits)
+}
+
+fn parse_addrtypes(option: &str, v: &str) -> Result<u16, CompileErrorKind> {
+    let mut bits = 0;
+    for s in v.split(',') {
+        bits |= match s {
+            "UNSPEC" => addrtype::UNSPEC,
+            "UNICAST" => addrtype::UNICAST,
+            "LOCAL" => addrtype::LOCAL,
+            "BROADCAST" => addrtype::BROADCAST,
+            "ANYCAST" => addrtype::ANYCAST,
+            "MULTICAST" => addrtype::MULTICAST,
+            "BLACKHOLE" => addrtype::BLACKHOLE,
+            "UNREACHABLE" => addrtype::UNREACHABLE,
+            "PROHIBIT" => addrtype::PROHIBIT,
+            "THROW" | "NAT" | "XRESOLVE" => 0,
+            _ => return Err(bad(option, v, "types are LOCAL, UNICAST, BROADCAST, MULTICAST, …")),
+        };
+    }
+    Ok(bits)
+}
+
+/// Parses `IP[:PORT]` / `[IPv6]:PORT` / bare IPv6 as DNAT/SNAT write them.
+fn parse_nat_to(
+    option: &str,
+    v: &str,
+    family: Family,
+) -> Result<(IpAddr, Option<u16>), CompileErrorKind> {
+    let hint = "expected IP or IP:PORT ([IPv6]:PORT for IPv6); ranges are not modelled";
+    let (ip, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (ip, tail) = rest.split_once(']').ok_or_else(|| bad(option, v, hint))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => Some(parse_port(option, p)?),
+            None if tail.is_empty() => None,
+            None => return Err(bad(option, v, hint)),
+        };
+        (ip, port)
+    } else if family == Family::V6 || v.matches(':').count() > 1 {
+        (v, None)
+    } else if let Some((ip, p)) = v.split_once(':') {
+        (ip, Some(parse_port(option, p)?))
+    } else {
+        (v, None)
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| bad(option, v, hint))?;
+    match (family, ip) {
+        (Family::V4, IpAddr::V6(_)) => Err(CompileErrorKind::WrongFamily(v.to_owned(), "IPv4")),
+        (Family::V6, IpAddr::V4(_)) => Err(CompileErrorKind::WrongFamily(v.to_owned(), "IPv6")),
+        _ => Ok((ip, port)),
+    }
+}
+
+/// The options each modelled match module takes (long names, aliases included).
+fn module_options(module: &str) -> Option<&'static [&'static str]> {
+    Some(match module {
+        "tcp" => {
+            &["sport", "source-port", "dport", "destination-port", "tcp-flags", "syn", "tcp-option"]
+        }
+        "udp" | "udplite" => &["sport", "source-port", "dport", "destination-port"],
+        "sctp" => &["sport", "source-port", "dport", "destination-port", "chunk-types"],
+        "multiport" => &["ports", "sports", "dports", "source-ports", "destination-ports"],
+        "comment" => &["comment"],
+        "statistic" => &["mode", "probability", "every", "packet"],
+        "recent" => &[
+            "name", "set", "rcheck", "update", "remove", "seconds", "reap", "hitcount", "rttl",
+            "rsource", "rdest", "mask",
+        ],
+        "addrtype" => &["src-type", "dst-type", "limit-iface-in", "limit-iface-out"],
+        "mark" => &["mark"],
+        "conntrack" => &[
+            "ctstate",
+            "ctproto",
+            "ctorigsrc",
+            "ctorigdst",
+            "ctreplsrc",
+            "ctrepldst",
+            "ctorigsrcport",
+            "ctorigdstport",
+            "ctreplsrcport",
+            "ctrepldstport",
+            "ctstatus",
+            "ctexpire",
+            "ctdir",
+        ],
+        "state" => &["state"],
+        "nfacct" => &["nfacct-name"],
+        _ => return None,
+    })
+}
+
+/// One `-m` module being collected.
+struct ModuleArgs<'a> {
+    name: &'a str,
+    opts: Vec<(bool, &'a str, &'a [Word])>,
+}
+
+fn first<'a>(option: &str, values: &'a [Word]) -> Result<String, CompileErrorKind> {
+    values.first().map(Word::value).ok_or_else(|| CompileErrorKind::MissingValue(option.to_owned()))
+}
+
+fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileErrorKind> {
+    let opt = |n: &str| m.opts.iter().find(|(_, name, _)| *name == n);
+    Ok(match m.name {
+        "comment" | "nfacct" => Match::Always,
+        "tcp" | "udp" | "sctp" | "udplite" => {
+            let mut sport = None;
+            let mut dport = None;
+            for (neg, name, values) in &m.opts {
+                match *name {
+                    "sport" | "source-port" => {
+                        sport = Some((*neg, parse_range(name, &first(name, values)?)?))
+                    }
+                    "dport" | "destination-port" => {
+                        dport = Some((*neg, parse_range(name, &first(name, values)?)?))
+                    }
+                    other => {
+                        return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name)));
+                    }
+                }
+            }
+            let proto = proto_number(m.name).unwrap_or(0);
+            Match::Ports { proto, sport, dport }
+        }
+        "multiport" => {
+            let (neg, name, values) =
+                m.opts.first().ok_or_else(|| CompileErrorKind::MissingValue("dports".into()))?;
+            let source = match *name {
+                "sports" | "source-ports" => Some(true),
+                "dports" | "destination-ports" => Some(false),
+                _ => None,
+            };
+            let list = first(name, values)?;
+            let ports =
+                list.split(',').map(|p| parse_range(name, p)).collect::<Result<Vec<_>, _>>()?;
+            Match::Multiport { neg: *neg, source, ports }
+        }
+        "statistic" => {
+            let mode = opt("mode").map(|o| first("mode", o.2)).transpose()?.unwrap_or_default();
+            match mode.as_str() {
+                "random" => {
+                    let (neg, _, v) = opt("probability")
+                        .ok_or_else(|| CompileErrorKind::MissingValue("probability".into()))?;
+                    let text = first("probability", v)?;
+                    let p: f64 = text
+                        .parse()
+                        .map_err(|_| bad("probability", &text, "expected a number in [0, 1]"))?;
+                    if !(0.0..=1.0).contains(&p) {
+                        return Err(bad(
+                            "probability",
+                            &text,
+                            "the probability must be within [0, 1]",
+                        ));
+                    }
+                    // libxt_statistic: lround(0x80000000 * p), compared against 31 random bits.
+                    let threshold = (p * 2147483648.0).round() as u32;
+                    Match::Random { neg: *neg, threshold }
+                }
+                "nth" => {
+                    let every =
+                        opt("every").map(|o| first("every", o.2)).transpose()?.unwrap_or_default();
+                    let every = parse_u32("every", &every)?;
+                    if every == 0 {
+                        return Err(bad("every", "0", "--every must be at least 1"));
+                    }
+                    let packet = opt("packet").map(|o| first("packet", o.2)).transpose()?;
+                    let packet = packet.map(|p| parse_u32("packet", &p)).transpose()?.unwrap_or(0);
+                    let neg = opt("every").map(|o| o.0).unwrap_or(false);
+                    Match::Nth { neg, every, packet }
+                }
+                other => return Err(bad("mode", other, "statistic modes are random and nth")),
+            }
+        }
+        "recent" => {
+            let mut neg = false;
+            let mut cmd = None;
+            let mut name = "DEFAULT".to_owned();
+            let mut seconds = None;
+            let mut hitcount = None;
+            let mut rdest = false;
+            let mut mask = None;
+            for (n, o, values) in &m.opts {
+                match *o {
+                    "set" | "rcheck" | "update" | "remove" => {
+                        neg |= *n;
+                        cmd = Some(match *o {
+                            "set" => RecentCmd::Set,
+                            "rcheck" => RecentCmd::Check,
+                            "update" => RecentCmd::Update,
+                            _ => RecentCmd::Remove,
+                        });
+                    }
+                    "name" => name = first(o, values)?,
+                    "seconds" => seconds = Some(parse_u32(o, &first(o, values)?)?),
+                    "hitcount" => hitcount = Some(parse_u32(o, &first(o, values)?)?),
+                    "rdest" => rdest = true,
+                    "rsource" | "reap" => {}
+                    "mask" => {
+                        let v = first(o, values)?;
+                        mask = Some(
+                            v.parse::<IpAddr>()
+                                .map_err(|_| bad(o, &v, "expected an address mask"))?,
+                        );
+                    }
+                    other => return Ok(Match::Unmodelled(format!("-m recent --{other}"))),
+                }
+            }
+            let cmd = cmd.ok_or_else(|| {
+                CompileErrorKind::MissingValue("set/--rcheck/--update/--remove".into())
+            })?;
+            Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask }
+        }
+        "addrtype" => {
+            let mut src = None;
+            let mut dst = None;
+            for (neg, o, values) in &m.opts {
+                match *o {
+                    "src-type" => src = Some((*neg, parse_addrtypes(o, &first(o, values)?)?)),
+                    "dst-type" => dst = Some((*neg, parse_addrtypes(o, &first(o, values)?)?)),
+                    // The node has one routing domain in svcpath's model; the interface limit
+                    // does not change whether an address is local.
+                    _ => {}
+                }
+            }
+            Match::AddrType { src, dst }
+        }
+        "mark" => {
+            let (neg, _, v) =
+                opt("mark").ok_or_else(|| CompileErrorKind::MissingValue("mark".into()))?;
+            let (value, mask) = parse_mark("mark", &first("mark", v)?)?;
+            Match::Mark { neg: *neg, value, mask }
+        }
+        "conntrack" | "state" => {
+            let key = if m.name == "state" { "state" } else { "ctstate" };
+            if let Some((_, other, _)) = m.opts.iter().find(|(_, n, _)| *n != key) {
+                return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name)));
+            }
+            let (neg, _, v) = opt(key).ok_or_else(|| CompileErrorKind::MissingValue(key.into()))?;
+            Match::CtState { neg: *neg, states: parse_ctstates(key, &first(key, v)?)? }
+        }
+        other => {
+            let _ = family;
+            Match::Unmodelled(format!("match module '{other}'"))
+        }
+    })
+}
+
+/// Targets iptables knows that svcpath does not model: kept, and reported when reached.
+const UNMODELLED_TARGETS: &[&str] = &[
+    "REDIRECT",
+    "TPROXY",
+    "NETMAP",
+    "TCPMSS",
+    "DSCP",
+    "TOS",
+    "CLASSIFY",
+    "SET",
+    "CLUSTERIP",
+    "HMARK",
+    "IDLETIMER",
+    "LED",
+    "NFQUEUE",
+    "SECMARK",
+    "CONNSECMARK",
+    "SYNPROXY",
+    "TEE",
+    "TTL",
+    "HL",
+    "ECN",
+    "RATEEST",
+    "SNPT",
+    "DNPT",
+    "CT",
+    "MIRROR",
+    "DNPT",
+    "TCPOPTSTRIP",
+];
+
+fn build_target(
+    name: &str,
+    opts: &[(bool, &str, &[Word])],
+    family: Family,
+    chains: &HashMap<String, usize>,
+    table: &str,
+    goto: bool,
+) -> Result<Target, CompileErrorKind> {
+    let opt = |n: &str| opts.iter().find(|(_, o, _)| *o == n).map(|(_, _, v)| *v);
+    if goto {
+        return chains
+            .get(name)
+            .map(|&i| Target::Goto(i))
+            .ok_or_else(|| CompileErrorKind::MissingChain(name.to_owned()));
+    }
+    Ok(match name {
+        "ACCEPT" => Target::Accept,
+        "DROP" => Target::Drop,
+        "RETURN" => Target::Return,
+        "REJECT" => {
+            if table != "filter" && table != "mangle" && table != "raw" {
+                return Err(CompileErrorKind::WrongTable(
+                    "REJECT".into(),
+                    "filter, mangle and raw tables",
+                ));
+            }
+            let with = opt("reject-with").map(|v| first("reject-with", v)).transpose()?;
+            let default = if family == Family::V4 {
+                "icmp-port-unreachable"
+            } else {
+                "icmp6-port-unreachable"
+            };
+            Target::Reject(with.unwrap_or_else(|| default.to_owned()))
+        }
+        "DNAT" => {
+            if table != "nat" {
+                return Err(CompileErrorKind::WrongTable("DNAT".into(), "nat table"));
+            }
+            let v = opt("to-destination")
+                .ok_or_else(|| CompileErrorKind::MissingValue("to-destination".into()))?;
+            let (ip, port) = parse_nat_to("to-destination", &first("to-destination", v)?, family)?;
+            Target::Dnat { ip, port }
+        }
+        "SNAT" => {
+            if table != "nat" {
+                return Err(CompileErrorKind::WrongTable("SNAT".into(), "nat table"));
+            }
+            let v = opt("to-source")
+                .ok_or_else(|| CompileErrorKind::MissingValue("to-source".into()))?;
+            let (ip, _) = parse_nat_to("to-source", &first("to-source", v)?, family)?;
+            Target::Snat { ip }
+        }
+        "MASQUERADE" => {
+            if table != "nat" {
+                return Err(CompileErrorKind::WrongTable("MASQUERADE".into(), "nat table"));
+            }
+            Target::Masquerade { random_fully: opt("random-fully").is_some() }
+        }
+        "MARK" => {
+            let (o, v) = opts
+                .first()
+                .map(|(_, o, v)| (*o, *v))
+                .ok_or_else(|| CompileErrorKind::MissingValue("set-xmark".into()))?;
+            let val = first(o, v)?;
+            let (value, mask) = parse_mark(o, &val)?;
+            match o {
+                "set-xmark" => Target::Mark { clear: mask, xor: value },
+                "set-mark" => Target::Mark { clear: mask, xor: value & mask },
+                "or-mark" => Target::Mark { clear: value, xor: value },
+                "and-mark" => Target::Mark { clear: !value, xor: 0 },
+                "xor-mark" => Target::Mark { clear: 0, xor: value },
+                other => return Err(CompileErrorKind::UnknownOption(other.to_owned())),
+            }
+        }
+        "NOTRACK" => Target::NoTrack,
+        "CT" if opt("notrack").is_some() => Target::NoTrack,
+        "LOG" | "NFLOG" | "ULOG" | "TRACE" | "CONNMARK" | "CHECKSUM" | "AUDIT"
+        | "NFQUEUE-bypass" => Target::Continue(name.to_owned()),
+        chain => match chains.get(chain) {
+            Some(&i) => Target::Jump(i),
+            None if UNMODELLED_TARGETS.contains(&chain) => {
+                Target::Unmodelled(format!("target '{chain}'"))
+            }
+            None => return Err(CompileErrorKind::MissingChain(chain.to_owned())),
+        },
+    })
+}
+
+fn iface(name: &str) -> (String, bool) {
+    match name.strip_suffix('+') {
+        Some(p) => (p.to_owned(), true),
+        None => (name.to_owned(), false),
+    }
+}
+
+fn net_of(addr: &crate::model::rules::Addr, family: Family) -> Result<Net, CompileErrorKind> {
+    let ip = addr.net.ip();
+    match (family, ip) {
+        (Family::V4, IpAddr::V6(_)) => Err(CompileErrorKind::WrongFamily(addr.to_string(), "IPv4")),
+        (Family::V6, IpAddr::V4(_)) => Err(CompileErrorKind::WrongFamily(addr.to_string(), "IPv6")),
+        _ => Ok(Net::new(ip, addr.net.prefix())),
+    }
+}
+
+/// Interprets one rule's arguments.
+///
+/// # Errors
+/// Malformed values, unknown options after a modelled module, jumps to missing chains, NAT targets
+/// outside the nat table.
+pub fn compile_rule(
+    rule: &Rule,
+    family: Family,
+    chains: &HashMap<String, usize>,
+    table: &str,
+) -> Result<CompiledRule, CompileErrorKind> {
+    let mut header = Header::default();
+    let mut modules: Vec<ModuleArgs<'_>> = Vec::new();
+    let mut target: Option<(&str, bool)> = None;
+    let mut target_opts: Vec<(bool, &str, &[Word])> = Vec::new();
+    for a in &rule.args {
+        match a {
+            Arg::Protocol { neg, proto } => {
+                let n = if proto.eq_ignore_ascii_case("all") {
+                    None
+                } else {
+                    Some(proto_number(proto).ok_or_else(|| {
+                        bad("protocol", proto, "expected tcp, udp, sctp, icmp, all or a number")
+                    })?)
+                };
+                header.proto = n.map(|n| (*neg, n));
+            }
+            Arg::Source { neg, addr } => header.src = Some((*neg, net_of(addr, family)?)),
+            Arg::Destination { neg, addr } => header.dst = Some((*neg, net_of(addr, family)?)),
+            Arg::InInterface { neg, name } => {
+                let (n, p) = iface(name);
+                header.in_iface = Some((*neg, n, p));
+            }
+            Arg::OutInterface { neg, name } => {
+                let (n, p) = iface(name);
+                header.out_iface = Some((*neg, n, p));
+            }
+            Arg::Fragment { neg } => header.fragment = Some(!*neg),
+            Arg::Match(m) => modules.push(ModuleArgs { name: m.as_str(), opts: Vec::new() }),
+            Arg::Jump(t) => target = Some((t.as_str(), false)),
+            Arg::Goto(t) => target = Some((t.as_str(), true)),
+            Arg::Opt { neg, name, values } => {
+                if target.is_some() {
+                    target_opts.push((*neg, name.as_str(), values.as_slice()));
+                    continue;
+                }
+                // The most recent module that takes this option; unknown modules take anything
+                // after them (they are reported as unmodelled as a whole).
+                let owner = modules.iter_mut().rev().find(|m| match module_options(m.name) {
+                    Some(opts) => opts.contains(&name.as_str()),
+                    None => true,
+                });
+                match owner {
+                    Some(m) => m.opts.push((*neg, name.as_str(), values.as_slice())),
+                    None => {
+                        // iptables loads the protocol's module implicitly (`-p tcp --dport 80`).
+                        let implicit = match header.proto {
+                            Some((false, 6)) => Some("tcp"),
+                            Some((false, 17)) => Some("udp"),
+                            Some((false, 132)) => Some("sctp"),
+                            _ => None,
+                        };
+                        match implicit {
+                            Some(p)
+                                if module_options(p)
+                                    .is_some_and(|o| o.contains(&name.as_str())) =>
+                            {
+                                modules.push(ModuleArgs {
+                                    name: p,
+                                    opts: vec![(*neg, name.as_str(), values.as_slice())],
+                                });
+                            }
+                            _ => return Err(CompileErrorKind::UnknownOption(name.clone())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let matches = modules.iter().map(|m| build_match(m, family)).collect::<Result<Vec<_>, _>>()?;
+    let target = match target {
+        None => Target::None,
+        Some((name, goto)) => build_target(name, &target_opts, family, chains, table, goto)?,
+    };
+    Ok(CompiledRule { header, matches, target, line: 0, stmt: 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::rules::{Addr, Table};
+
+    fn rs(rules: Vec<Rule>, chains: &[&str]) -> Ruleset {
+        let mut t = Table::new("nat");
+        for c in chains {
+            t.push(Statement::Chain(crate::model::rules::ChainDecl::user(*c)));
+        }
+        for r in rules {
+            t.push(Statement::Rule(r));
+        }
+        Ruleset { family: Family::V4, tables: vec![t] }
+    }
+
+    #[test]
+    fn net_contains_respects_prefix_and_family() {
+        let n = Net::new("10.0.0.0".parse().unwrap(), 8);
+        assert!(n.contains("10.255.1.2".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(!n.contains("::a00:1".parse().unwrap()));
+        assert!(Net::new("0.0.0.0".parse().unwrap(), 0).contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn options_go_to_the_module_that_takes_them() {
+        let r = Rule::new("KUBE-SERVICES")
+            .comment("x")
+            .module("tcp")
+            .proto("tcp")
+            .dst(Addr::host("10.96.0.10".parse().unwrap()))
+            .opt("dport", &["80"])
+            .jump("ACCEPT");
+        let c = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap();
+        assert_eq!(c.matches[0], Match::Always);
+        assert_eq!(
+            c.matches[1],
+            Match::Ports {
+                proto: 6,
+                sport: None,
+                dport: Some((false, PortRange { lo: 80, hi: 80 }))
+            }
+        );
+        assert_eq!(c.header.proto, Some((false, 6)));
+    }
+
+    #[test]
+    fn statistic_probability_is_quantised_like_the_kernel() {
+        let r = Rule::new("C")
+            .module("statistic")
+            .opt("mode", &["random"])
+            .opt("probability", &["0.3333333333"]);
+        let c = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap();
+        assert_eq!(c.matches[0], Match::Random { neg: false, threshold: 715827883 });
+        let r2 = Rule::new("C")
+            .module("statistic")
+            .opt("mode", &["random"])
+            .opt("probability", &["0.33333333349"]);
+        assert_eq!(
+            compile_rule(&r2, Family::V4, &HashMap::new(), "nat").unwrap().matches,
+            c.matches
+        );
+    }
+
+    #[test]
+    fn probability_outside_unit_interval_is_an_error() {
+        let r = Rule::new("C")
+            .module("statistic")
+            .opt("mode", &["random"])
+            .opt("probability", &["1.5"]);
+        let e = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap_err();
+        assert!(e.to_string().contains("within [0, 1]"), "{e}");
+    }
+
+    #[test]
+    fn mark_target_forms_reduce_to_clear_and_xor() {
+        let or = Rule::new("C").jump("MARK").opt("or-mark", &["0x4000"]);
+        let c = compile_rule(&or, Family::V4, &HashMap::new(), "nat").unwrap();
+        assert_eq!(c.target, Target::Mark { clear: 0x4000, xor: 0x4000 });
+        let sx = Rule::new("C").jump("MARK").opt("set-xmark", &["0x4000/0x0"]);
+        let c = compile_rule(&sx, Family::V4, &HashMap::new(), "nat").unwrap();
+        assert_eq!(c.target, Target::Mark { clear: 0, xor: 0x4000 });
+    }
+
+    #[test]
+    fn jump_to_missing_chain_names_the_line() {
+        let mut set = rs(vec![Rule::new("PREROUTING").jump("KUBE-NOPE")], &[]);
+        set.tables[0].statements[0].line = 7;
+        let e = compile(&set).unwrap_err();
+        assert_eq!(e.line, 7);
+        assert!(e.to_string().contains("missing chain 'KUBE-NOPE'"), "{e}");
+    }
+
+    #[test]
+    fn jump_loops_are_refused_with_the_cycle() {
+        let set = rs(
+            vec![Rule::new("A").jump("B"), Rule::new("B").jump("C"), Rule::new("C").goto("A")],
+            &["A", "B", "C"],
+        );
+        let e = compile(&set).unwrap_err();
+        assert!(e.to_string().contains("A -> B -> C -> A"), "{e}");
+        let direct = rs(vec![Rule::new("A").jump("A")], &["A"]);
+        assert!(matches!(compile(&direct).unwrap_err().kind, CompileErrorKind::Loop(_)));
+    }
+
+    #[test]
+    fn dnat_outside_nat_is_refused() {
+        let r = Rule::new("INPUT").jump("DNAT").opt("to-destination", &["10.1.0.1:80"]);
+        let e = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap_err();
+        assert!(matches!(e, CompileErrorKind::WrongTable(..)));
+    }
+
+    #[test]
+    fn dnat_to_parses_both_families() {
+        assert_eq!(
+            parse_nat_to("to-destination", "10.1.0.1:8080", Family::V4).unwrap(),
+            ("10.1.0.1".parse().unwrap(), Some(8080))
+        );
+        assert_eq!(
+            parse_nat_to("to-destination", "[fd00::1]:80", Family::V6).unwrap(),
+            ("fd00::1".parse().unwrap(), Some(80))
+        );
+        assert!(parse_nat_to("to-destination", "10.1.0.300:80", Family::V4).is_err());
+        assert!(parse_nat_to("to-destination", "[fd00::1]:80", Family::V4).is_err());
+    }
+
+    #[test]
+    fn unknown_module_is_kept_as_unmodelled() {
+        let r = Rule::new("C").module("foo").opt("bar", &["1"]).jump("ACCEPT");
+        let c = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap();
+        assert_eq!(c.matches, vec![Match::Unmodelled("match module 'foo'".into())]);
+    }
+}
