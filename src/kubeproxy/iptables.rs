@@ -1,0 +1,735 @@
+//! kube-proxy's iptables proxier: the rules one full sync writes, as typed values.
+//!
+//! [`sync`] reproduces `syncProxyRules` (pkg/proxy/iptables/proxier.go) for one node and family:
+//! the `iptables-restore` payload (filter then nat; chain lines before rules; rules in the order
+//! kube-proxy writes them) plus the jumps from the built-in chains that kube-proxy installs
+//! separately with `iptables -I`. [`IptablesSync::node_dump`] joins both into one dump that loads
+//! as-is with `iptables-restore`. `docs/kube-proxy-iptables.md` is the byte-level reference.
+//!
+//! Deliberate differences: Services come in service-port-name order (kube-proxy iterates a Go map,
+//! a new random order every sync); only full syncs are modelled (no stale-chain `-X` lines, no
+//! partial restores); topology hints are ignored.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::endpoints::{EndpointInfo, SvcPort, categorize, service_ports};
+use super::names::*;
+use crate::model::rules::{Addr, ChainDecl, Family, Rule, Ruleset, Statement, Table};
+use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
+
+/// Facts about the node's iptables and kernel that change what kube-proxy writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeEnv {
+    /// iptables ≥ 1.6.2: MASQUERADE gets `--random-fully`.
+    pub random_fully: bool,
+    /// The nfacct counters exist: the INVALID drop and localhost NodePort rules count packets.
+    pub nfacct: bool,
+    /// `net.netfilter.nf_conntrack_tcp_be_liberal` is set: no INVALID drop rule.
+    pub tcp_be_liberal: bool,
+}
+
+impl Default for NodeEnv {
+    /// A current node: iptables with `--random-fully`, nfacct available, conntrack not liberal.
+    fn default() -> Self {
+        NodeEnv { random_fully: true, nfacct: true, tcp_be_liberal: false }
+    }
+}
+
+/// What one sync programs: the restore payload and the built-in chain jumps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IptablesSync {
+    /// IPv4 or IPv6.
+    pub family: Family,
+    /// The `iptables-restore --noflush` input kube-proxy writes (filter, nat).
+    pub payload: Ruleset,
+    /// The jumps kube-proxy inserts with `iptables -I`: (table, rule), in their final order.
+    pub jumps: Vec<(&'static str, Rule)>,
+}
+
+/// kube-proxy's jumps from built-in chains: table, chain, extra args, comment, target
+/// (`iptablesJumpChains` then `iptablesKubeletJumpChains`), each inserted at position 1.
+const JUMPS: &[(&str, &str, bool, &str, &str)] = &[
+    (
+        "filter",
+        "INPUT",
+        true,
+        "kubernetes externally-visible service portals",
+        KUBE_EXTERNAL_SERVICES,
+    ),
+    (
+        "filter",
+        "FORWARD",
+        true,
+        "kubernetes externally-visible service portals",
+        KUBE_EXTERNAL_SERVICES,
+    ),
+    ("filter", "INPUT", false, "kubernetes health check service ports", KUBE_NODEPORTS),
+    ("filter", "FORWARD", true, "kubernetes service portals", KUBE_SERVICES),
+    ("filter", "OUTPUT", true, "kubernetes service portals", KUBE_SERVICES),
+    ("filter", "FORWARD", false, "kubernetes forwarding rules", KUBE_FORWARD),
+    ("filter", "INPUT", true, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+    ("filter", "OUTPUT", true, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+    ("filter", "FORWARD", true, "kubernetes load balancer firewall", KUBE_PROXY_FIREWALL),
+    ("nat", "OUTPUT", false, "kubernetes service portals", KUBE_SERVICES),
+    ("nat", "PREROUTING", false, "kubernetes service portals", KUBE_SERVICES),
+    ("nat", "POSTROUTING", false, "kubernetes postrouting rules", KUBE_POSTROUTING),
+    ("filter", "INPUT", false, "", KUBE_FIREWALL),
+    ("filter", "OUTPUT", false, "", KUBE_FIREWALL),
+];
+
+/// The built-in chains of the tables kube-proxy writes, in iptables-save's order.
+const BUILTINS: &[(&str, &[&str])] = &[
+    ("filter", &["INPUT", "FORWARD", "OUTPUT"]),
+    ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),
+];
+
+fn jumps() -> Vec<(&'static str, Rule)> {
+    // Each insert goes to position 1, so later entries end up above earlier ones.
+    let mut out: Vec<(&'static str, Rule)> = Vec::new();
+    for &(table, chain, new_only, comment, target) in JUMPS {
+        let mut r = Rule::new(chain);
+        if new_only {
+            r = r.module("conntrack").opt("ctstate", &["NEW"]);
+        }
+        if !comment.is_empty() {
+            r = r.comment(comment);
+        }
+        r = r.jump(target);
+        let at = out.iter().position(|(t, x)| *t == table && x.chain == chain).unwrap_or(out.len());
+        out.insert(at, (table, r));
+    }
+    out
+}
+
+impl IptablesSync {
+    /// The whole node's rules as one `iptables-restore` input: built-in chains, kube-proxy's chains,
+    /// the jumps, then the payload's rules.
+    pub fn node_dump(&self) -> Ruleset {
+        let mut tables = Vec::new();
+        for (tname, builtins) in BUILTINS {
+            let mut t = Table::new(*tname);
+            for b in *builtins {
+                t.push(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")));
+            }
+            let payload = self.payload.table(tname);
+            let mut declared: Vec<String> = Vec::new();
+            if let Some(p) = payload {
+                for s in &p.statements {
+                    if let Statement::Chain(c) = &s.stmt {
+                        declared.push(c.name.clone());
+                        t.push(s.stmt.clone());
+                    }
+                }
+            }
+            for (jt, r) in &self.jumps {
+                if jt == tname
+                    && let Some(target) = r.target()
+                    && !declared.iter().any(|d| d == target)
+                {
+                    declared.push(target.to_owned());
+                    t.push(Statement::Chain(ChainDecl::user(target)));
+                }
+            }
+            for (jt, r) in &self.jumps {
+                if jt == tname {
+                    t.push(Statement::Rule(r.clone()));
+                }
+            }
+            if let Some(p) = payload {
+                for s in &p.statements {
+                    if !matches!(s.stmt, Statement::Chain(_)) {
+                        t.push(s.stmt.clone());
+                    }
+                }
+            }
+            tables.push(t);
+        }
+        Ruleset { family: self.family, tables }
+    }
+}
+
+/// One family's output buffers, as kube-proxy keeps them.
+struct Buffers {
+    filter_chains: Vec<ChainDecl>,
+    filter_rules: Vec<Rule>,
+    nat_chains: Vec<ChainDecl>,
+    nat_rules: Vec<Rule>,
+}
+
+/// How kube-proxy tells local (pod) traffic apart: the `IfLocal` / `IfNotLocal` arguments.
+#[derive(Debug, Clone)]
+enum LocalDetector {
+    None,
+    Cidr(IpNetwork),
+    Iface(String),
+}
+
+impl LocalDetector {
+    fn new(cluster: &Cluster, node: &NodeView, family: IpFamily) -> LocalDetector {
+        let cfg = &cluster.config;
+        let fam = |n: &&IpNetwork| family.contains(&n.ip());
+        match cfg.detect_local_mode {
+            DetectLocalMode::ClusterCIDR => cfg
+                .cluster_cidrs
+                .iter()
+                .find(fam)
+                .map_or(LocalDetector::None, |n| LocalDetector::Cidr(*n)),
+            DetectLocalMode::NodeCIDR => node
+                .pod_cidrs
+                .iter()
+                .find(fam)
+                .map_or(LocalDetector::None, |n| LocalDetector::Cidr(*n)),
+            DetectLocalMode::BridgeInterface => {
+                cfg.detect_local_interface.clone().map_or(LocalDetector::None, LocalDetector::Iface)
+            }
+            DetectLocalMode::InterfaceNamePrefix => cfg
+                .detect_local_interface
+                .clone()
+                .map_or(LocalDetector::None, |p| LocalDetector::Iface(format!("{p}+"))),
+        }
+    }
+
+    fn implemented(&self) -> bool {
+        !matches!(self, LocalDetector::None)
+    }
+
+    fn add(&self, r: Rule, negate: bool) -> Rule {
+        use crate::model::rules::Arg;
+        match self {
+            LocalDetector::None => r,
+            LocalDetector::Cidr(n) => r.arg(Arg::Source { neg: negate, addr: canonical(n) }),
+            LocalDetector::Iface(i) => r.arg(Arg::InInterface { neg: negate, name: i.clone() }),
+        }
+    }
+}
+
+/// A CIDR as Go's `IPNet.String()` prints it: the masked network and its prefix.
+fn canonical(n: &IpNetwork) -> Addr {
+    let net = IpNetwork::new(n.network(), n.prefix()).unwrap_or(*n);
+    Addr::net(net)
+}
+
+/// A rule in `chain` starting `-m comment --comment TEXT` (quoted when spaced).
+fn commented(chain: &str, text: &str) -> Rule {
+    Rule::new(chain).comment(text)
+}
+
+fn proto_match(r: Rule, p: Protocol) -> Rule {
+    r.module(p.as_str()).proto(p.as_str())
+}
+
+/// Runs one full sync of kube-proxy's iptables proxier for `node` and `family`.
+pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) -> IptablesSync {
+    let cfg = &cluster.config;
+    let is_v6 = family == IpFamily::V6;
+    let mark = format!("0x{:08x}", cfg.masquerade_mark());
+    let detector = LocalDetector::new(cluster, node, family);
+    let node_ips: Vec<IpAddr> = node.addresses_of(family).collect();
+    let primary_ip = node_ips.iter().copied().find(|ip| !ip.is_loopback());
+    let npa = NodePortAddresses::new(&cfg.node_port_addresses, node, family);
+    let localhost_node_ports = cfg.localhost_node_ports && npa.contains_ipv4_loopback();
+
+    let mut b = Buffers {
+        filter_chains: [
+            KUBE_SERVICES,
+            KUBE_EXTERNAL_SERVICES,
+            KUBE_FORWARD,
+            KUBE_NODEPORTS,
+            KUBE_PROXY_FIREWALL,
+        ]
+        .iter()
+        .map(|c| ChainDecl::user(*c))
+        .collect(),
+        filter_rules: Vec::new(),
+        nat_chains: [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ]
+            .iter()
+            .map(|c| ChainDecl::user(*c))
+            .collect(),
+        nat_rules: Vec::new(),
+    };
+
+    // Fixed nat rules.
+    let mark_mask = format!("{mark}/{mark}");
+    b.nat_rules.push(
+        Rule::new(KUBE_POSTROUTING).module("mark").not_opt("mark", &[&mark_mask]).jump("RETURN"),
+    );
+    b.nat_rules.push(Rule::new(KUBE_POSTROUTING).jump("MARK").opt("xor-mark", &[&mark]));
+    let mut masq =
+        commented(KUBE_POSTROUTING, "kubernetes service traffic requiring SNAT").jump("MASQUERADE");
+    if env.random_fully {
+        masq = masq.opt("random-fully", &[]);
+    }
+    b.nat_rules.push(masq);
+    b.nat_rules.push(Rule::new(KUBE_MARK_MASQ).jump("MARK").opt("or-mark", &[&mark]));
+
+    // The localnet guard, shared with kubelet.
+    if !is_v6 && localhost_node_ports {
+        b.filter_chains.push(ChainDecl::user(KUBE_FIREWALL));
+        b.filter_rules.push(
+            commented(KUBE_FIREWALL, "block incoming localnet connections")
+                .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
+                .not_src(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
+                .module("conntrack")
+                .not_opt("ctstate", &["RELATED,ESTABLISHED,DNAT"])
+                .jump("DROP"),
+        );
+    }
+
+    let ports = service_ports(cluster, node, family);
+    let total_endpoints: usize = ports.iter().map(|p| p.endpoints.len()).sum();
+    let large = total_endpoints > LARGE_CLUSTER_ENDPOINTS;
+    let ctx = Ctx {
+        detector,
+        primary_ip,
+        localhost_node_ports,
+        is_v6,
+        env,
+        large,
+        masquerade_all: cfg.masquerade_all,
+    };
+    for sp in &ports {
+        write_service_port(&mut b, sp, &ctx);
+    }
+
+    // The NodePorts tail jump: the last rule of nat KUBE-SERVICES.
+    let np_comment = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
+    if npa.match_all() {
+        let mut r =
+            commented(KUBE_SERVICES, np_comment).module("addrtype").opt("dst-type", &["LOCAL"]);
+        if is_v6 {
+            r = r.not_dst(Addr::net("::1/128".parse().expect("literal CIDR")));
+        } else if !localhost_node_ports {
+            r = r.not_dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")));
+        }
+        b.nat_rules.push(r.jump(KUBE_NODEPORTS));
+    } else {
+        for ip in npa.node_ips() {
+            if ip.is_loopback() && (is_v6 || !localhost_node_ports) {
+                continue;
+            }
+            b.nat_rules.push(
+                commented(KUBE_SERVICES, np_comment).dst(Addr::host(ip)).jump(KUBE_NODEPORTS),
+            );
+        }
+    }
+
+    // KUBE-FORWARD.
+    if !env.tcp_be_liberal {
+        let mut r = Rule::new(KUBE_FORWARD).module("conntrack").opt("ctstate", &["INVALID"]);
+        if env.nfacct {
+            r = r.module("nfacct").opt("nfacct-name", &[NFACCT_INVALID_DROPPED]);
+        }
+        b.filter_rules.push(r.jump("DROP"));
+    }
+    b.filter_rules.push(
+        commented(KUBE_FORWARD, "kubernetes forwarding rules")
+            .module("mark")
+            .opt("mark", &[&mark_mask])
+            .jump("ACCEPT"),
+    );
+    b.filter_rules.push(
+        commented(KUBE_FORWARD, "kubernetes forwarding conntrack rule")
+            .module("conntrack")
+            .opt("ctstate", &["RELATED,ESTABLISHED"])
+            .jump("ACCEPT"),
+    );
+
+    let mut filter = Table::new("filter");
+    b.filter_chains.into_iter().for_each(|c| filter.push(Statement::Chain(c)));
+    b.filter_rules.into_iter().for_each(|r| filter.push(Statement::Rule(r)));
+    let mut nat = Table::new("nat");
+    b.nat_chains.into_iter().for_each(|c| nat.push(Statement::Chain(c)));
+    b.nat_rules.into_iter().for_each(|r| nat.push(Statement::Rule(r)));
+    let fam = if is_v6 { Family::V6 } else { Family::V4 };
+    IptablesSync {
+        family: fam,
+        payload: Ruleset { family: fam, tables: vec![filter, nat] },
+        jumps: jumps(),
+    }
+}
+
+/// `nodePortAddresses`: empty matches every local address; otherwise CIDRs and `primary`.
+struct NodePortAddresses {
+    cidrs: Vec<IpNetwork>,
+    primary: bool,
+    node_ips: Vec<IpAddr>,
+    primary_ips: Vec<IpAddr>,
+}
+
+impl NodePortAddresses {
+    fn new(spec: &[String], node: &NodeView, family: IpFamily) -> NodePortAddresses {
+        let mut cidrs = Vec::new();
+        let mut primary = false;
+        for s in spec {
+            if s == "primary" {
+                primary = true;
+            } else if let Ok(n) = s.trim().parse::<IpNetwork>()
+                && family.contains(&n.ip())
+            {
+                cidrs.push(n);
+            }
+        }
+        let node_ips: Vec<IpAddr> = node.addresses_of(family).collect();
+        let primary_ips = node_ips.iter().copied().filter(|ip| !ip.is_loopback()).take(1).collect();
+        NodePortAddresses { cidrs, primary, node_ips, primary_ips }
+    }
+
+    fn match_all(&self) -> bool {
+        self.cidrs.is_empty() && !self.primary
+    }
+
+    fn contains_ipv4_loopback(&self) -> bool {
+        let lo: IpAddr = [127, 0, 0, 1].into();
+        self.match_all() || self.cidrs.iter().any(|c| c.contains(lo))
+    }
+
+    fn node_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = self
+            .node_ips
+            .iter()
+            .copied()
+            .filter(|ip| self.cidrs.iter().any(|c| c.contains(*ip)))
+            .collect();
+        if self.primary {
+            for ip in &self.primary_ips {
+                if !out.contains(ip) {
+                    out.push(*ip);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
+    format!("{} -> {}", sp.spn, ep.key)
+}
+
+/// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
+fn maybe_comment(chain: &str, text: &str, large: bool) -> Rule {
+    if large { Rule::new(chain) } else { commented(chain, text) }
+}
+
+/// The per-node facts every service port's rules depend on.
+struct Ctx {
+    detector: LocalDetector,
+    primary_ip: Option<IpAddr>,
+    localhost_node_ports: bool,
+    is_v6: bool,
+    env: NodeEnv,
+    large: bool,
+    masquerade_all: bool,
+}
+
+fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
+    let Ctx { detector, primary_ip, localhost_node_ports, is_v6, env, large, masquerade_all } = ctx;
+    let (primary_ip, localhost_node_ports, is_v6, large) =
+        (*primary_ip, *localhost_node_ports, *is_v6, *large);
+    let spn = sp.spn.as_str();
+    let p = sp.proto;
+    let port = sp.port.port.to_string();
+    let cat = categorize(sp);
+    let svc_chain = service_chain(spn, p);
+    let svl_chain = service_local_chain(spn, p);
+    let ext_chain = external_chain(spn, p);
+    let fw_chain = firewall_chain(spn, p);
+
+    let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
+    let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
+    let internal_chain = if sp.internal_local { &svl_chain } else { &svc_chain };
+    let external_policy_chain = if sp.external_local { &svl_chain } else { &svc_chain };
+    let has_endpoints = cat.has_any;
+    let has_internal = has_endpoints && !(sp.internal_local && cat.local.is_empty());
+    let has_external = has_endpoints && !(sp.external_local && cat.local.is_empty());
+    let uses_ext_chain = has_endpoints && sp.externally_accessible();
+    let uses_fw = has_endpoints && !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
+    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+
+    let no_endpoints = format!("{spn} has no endpoints");
+    let no_local = format!("{spn} has no local endpoints");
+    let (internal_filter, internal_comment) = if !has_endpoints {
+        ("REJECT", no_endpoints.as_str())
+    } else if !has_internal {
+        ("DROP", no_local.as_str())
+    } else {
+        ("", "")
+    };
+    let (external_filter, external_comment) = if !has_endpoints {
+        ("REJECT", no_endpoints.as_str())
+    } else if !has_external {
+        ("DROP", no_local.as_str())
+    } else {
+        ("", "")
+    };
+    let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt("dport", &[&port]);
+
+    // Capture of the cluster IP.
+    if has_internal {
+        b.nat_rules.push(
+            dest(commented(KUBE_SERVICES, &format!("{spn} cluster IP")), sp.cluster_ip)
+                .jump(internal_chain),
+        );
+    } else {
+        b.filter_rules.push(
+            dest(commented(KUBE_SERVICES, internal_comment), sp.cluster_ip).jump(internal_filter),
+        );
+    }
+    // External IPs.
+    for &ip in &sp.external_ips {
+        if has_endpoints {
+            b.nat_rules.push(
+                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip).jump(&ext_chain),
+            );
+        }
+        if !has_external {
+            b.filter_rules.push(
+                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
+            );
+        }
+    }
+    // Load-balancer IPs.
+    for &ip in &sp.lb_vips {
+        if has_endpoints {
+            b.nat_rules.push(
+                dest(commented(KUBE_SERVICES, &format!("{spn} loadbalancer IP")), ip)
+                    .jump(lb_chain),
+            );
+        }
+        if uses_fw {
+            let c = format!("{spn} traffic not accepted by {fw_chain}");
+            b.filter_rules.push(dest(commented(KUBE_PROXY_FIREWALL, &c), ip).jump("DROP"));
+        }
+    }
+    if !has_external {
+        for &ip in &sp.lb_vips {
+            b.filter_rules.push(
+                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
+            );
+        }
+    }
+    // NodePort.
+    if let Some(np) = sp.node_port {
+        let np = np.to_string();
+        if has_endpoints {
+            if localhost_node_ports && !is_v6 && env.nfacct {
+                b.nat_rules.push(
+                    proto_match(commented(KUBE_NODEPORTS, spn), p)
+                        .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
+                        .opt("dport", &[&np])
+                        .module("nfacct")
+                        .opt("nfacct-name", &[NFACCT_LOCALHOST_NODEPORTS])
+                        .jump(&ext_chain),
+                );
+            }
+            b.nat_rules.push(
+                proto_match(commented(KUBE_NODEPORTS, spn), p)
+                    .opt("dport", &[&np])
+                    .jump(&ext_chain),
+            );
+        }
+        if !has_external {
+            b.filter_rules.push(
+                proto_match(
+                    commented(KUBE_EXTERNAL_SERVICES, external_comment)
+                        .module("addrtype")
+                        .opt("dst-type", &["LOCAL"]),
+                    p,
+                )
+                .opt("dport", &[&np])
+                .jump(external_filter),
+            );
+        }
+    }
+    // Health-check node port.
+    if let Some(hc) = sp.health_check_node_port {
+        b.filter_rules.push(
+            proto_match(
+                commented(KUBE_NODEPORTS, &format!("{spn} health check node port")),
+                Protocol::Tcp,
+            )
+            .opt("dport", &[&hc.to_string()])
+            .jump("ACCEPT"),
+        );
+    }
+    if !has_endpoints {
+        return;
+    }
+    // Masquerade of off-cluster traffic to the cluster IP.
+    if has_internal {
+        let r = dest(commented(internal_chain, &format!("{spn} cluster IP")), sp.cluster_ip);
+        if *masquerade_all {
+            b.nat_rules.push(r.jump(KUBE_MARK_MASQ));
+        } else if detector.implemented() {
+            b.nat_rules.push(detector.add(r, true).jump(KUBE_MARK_MASQ));
+        }
+    }
+    // The external traffic chain.
+    if uses_ext_chain {
+        b.nat_chains.push(ChainDecl::user(&ext_chain));
+        if !sp.external_local {
+            let c = format!("masquerade traffic for {spn} external destinations");
+            b.nat_rules.push(commented(&ext_chain, &c).jump(KUBE_MARK_MASQ));
+        } else {
+            if detector.implemented() {
+                let c = format!("pod traffic for {spn} external destinations");
+                b.nat_rules.push(detector.add(commented(&ext_chain, &c), false).jump(&svc_chain));
+            }
+            let c = format!("masquerade LOCAL traffic for {spn} external destinations");
+            b.nat_rules.push(
+                commented(&ext_chain, &c)
+                    .module("addrtype")
+                    .opt("src-type", &["LOCAL"])
+                    .jump(KUBE_MARK_MASQ),
+            );
+            let c = format!("route LOCAL traffic for {spn} external destinations");
+            b.nat_rules.push(
+                commented(&ext_chain, &c)
+                    .module("addrtype")
+                    .opt("src-type", &["LOCAL"])
+                    .jump(&svc_chain),
+            );
+        }
+        if has_external {
+            b.nat_rules.push(Rule::new(&ext_chain).jump(external_policy_chain));
+        }
+    }
+    // The load-balancer firewall chain.
+    if uses_fw {
+        b.nat_chains.push(ChainDecl::user(&fw_chain));
+        let lb_comment = format!("{spn} loadbalancer IP");
+        let mut allow_from_node = false;
+        for cidr in &sp.source_ranges {
+            b.nat_rules
+                .push(commented(&fw_chain, &lb_comment).src(canonical(cidr)).jump(&ext_chain));
+            if primary_ip.is_some_and(|ip| cidr.contains(ip)) {
+                allow_from_node = true;
+            }
+        }
+        if allow_from_node {
+            for &ip in &sp.lb_vips {
+                b.nat_rules
+                    .push(commented(&fw_chain, &lb_comment).src(Addr::host(ip)).jump(&ext_chain));
+            }
+        }
+        let c = format!("other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL");
+        b.nat_rules.push(commented(&fw_chain, &c));
+    }
+    if uses_cluster_chain {
+        b.nat_chains.push(ChainDecl::user(&svc_chain));
+        write_endpoint_rules(b, sp, &svc_chain, &cat.cluster, large);
+    }
+    if uses_local_chain {
+        b.nat_chains.push(ChainDecl::user(&svl_chain));
+        write_endpoint_rules(b, sp, &svl_chain, &cat.local, large);
+    }
+    for ep in &cat.all_reachable {
+        let sep = endpoint_chain(spn, p, &ep.key);
+        b.nat_chains.push(ChainDecl::user(&sep));
+        b.nat_rules
+            .push(maybe_comment(&sep, spn, large).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
+        let mut r = maybe_comment(&sep, spn, large);
+        if sp.affinity.is_some() {
+            r = r.module("recent").opt("name", &[&sep]).opt("set", &[]);
+        }
+        b.nat_rules.push(proto_match(r, p).jump("DNAT").opt("to-destination", &[&ep.key]));
+    }
+}
+
+/// kube-proxy's `writeServiceToEndpointRules`: affinity checks, then the statistic cascade.
+fn write_endpoint_rules(
+    b: &mut Buffers,
+    sp: &SvcPort<'_>,
+    chain: &str,
+    eps: &[EndpointInfo],
+    large: bool,
+) {
+    if let Some(timeout) = sp.affinity {
+        let t = timeout.to_string();
+        for ep in eps {
+            let sep = endpoint_chain(&sp.spn, sp.proto, &ep.key);
+            b.nat_rules.push(
+                maybe_comment(chain, &ep_comment(sp, ep), large)
+                    .module("recent")
+                    .opt("name", &[&sep])
+                    .opt("rcheck", &[])
+                    .opt("seconds", &[&t])
+                    .opt("reap", &[])
+                    .jump(&sep),
+            );
+        }
+    }
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = endpoint_chain(&sp.spn, sp.proto, &ep.key);
+        let mut r = maybe_comment(chain, &ep_comment(sp, ep), large);
+        if i + 1 < n {
+            r = r
+                .module("statistic")
+                .opt("mode", &["random"])
+                .opt("probability", &[&probability_text(n - i)]);
+        }
+        b.nat_rules.push(r.jump(&sep));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default::default_cluster;
+
+    fn render(sync: &IptablesSync) -> String {
+        let mut s = String::new();
+        for t in &sync.payload.tables {
+            s.push_str(&format!("*{}\n", t.name));
+            for st in &t.statements {
+                s.push_str(&st.stmt.to_string());
+                s.push('\n');
+            }
+            s.push_str("COMMIT\n");
+        }
+        s
+    }
+
+    #[test]
+    fn default_cluster_gets_the_statistic_cascade() {
+        let c = default_cluster();
+        let node = c.node_view(None, &[]).unwrap();
+        let out = render(&sync(&c, &node, IpFamily::V4, NodeEnv::default()));
+        assert!(out.contains(
+            "-m comment --comment \"default/my-app-service:http cluster IP\" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j KUBE-SVC-"
+        ), "{out}");
+        assert!(
+            out.contains("-m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-"),
+            "{out}"
+        );
+        assert!(
+            out.contains("-m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-"),
+            "{out}"
+        );
+        assert!(out.contains("! -s 10.1.0.0/16 -j KUBE-MARK-MASQ"), "{out}");
+        assert!(out.contains("-j MASQUERADE --random-fully"), "{out}");
+        assert!(out.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x00004000"), "{out}");
+    }
+
+    #[test]
+    fn jumps_end_in_reverse_insert_order() {
+        let j = jumps();
+        let input: Vec<&str> = j
+            .iter()
+            .filter(|(t, r)| *t == "filter" && r.chain == "INPUT")
+            .filter_map(|(_, r)| r.target())
+            .collect();
+        assert_eq!(
+            input,
+            [KUBE_FIREWALL, KUBE_PROXY_FIREWALL, KUBE_NODEPORTS, KUBE_EXTERNAL_SERVICES]
+        );
+        let fwd: Vec<&str> = j
+            .iter()
+            .filter(|(t, r)| *t == "filter" && r.chain == "FORWARD")
+            .filter_map(|(_, r)| r.target())
+            .collect();
+        assert_eq!(fwd, [KUBE_PROXY_FIREWALL, KUBE_FORWARD, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES]);
+    }
+}
