@@ -1,0 +1,1252 @@
+//! The `iptables-save` / `iptables-restore` text format: parse it into a [`Ruleset`] and render a
+//! ruleset back.
+//!
+//! # Grammar
+//!
+//! The input is a sequence of lines (`\n`-terminated; a final line without `\n` is read too, and a
+//! `\r` before the `\n` is stripped, so CRLF files are accepted):
+//!
+//! - `# …` at column 1 and empty (or whitespace-only) lines are skipped;
+//! - `*TABLE` opens a table (`filter`, `nat`, `mangle`, `raw`, `security`) and `COMMIT` closes it;
+//!   a table may appear again after its `COMMIT` (it becomes a second [`Table`], as
+//!   `iptables-restore` flushes and refills it); a `*TABLE` while another is open is an error
+//!   (`iptables-restore` fails on it too, reading it as a bad rule line);
+//! - `:CHAIN POLICY [packets:bytes]` declares a chain: `POLICY` is `ACCEPT` or `DROP` for a
+//!   built-in chain of the table, `-` for any chain; the counters are optional;
+//! - `[packets:bytes] -A CHAIN ARGS…` and `-I CHAIN [N] ARGS…` add a rule (the counters, from
+//!   `iptables-save -c`, are optional); `-N CHAIN`, `-X [CHAIN]` and `-F [CHAIN]` create, delete
+//!   and flush chains.
+//!
+//! Words are split like `iptables-restore` splits them (`add_param_to_argv` in iptables'
+//! `iptables/xshared.c`): spaces and tabs separate words, a double quote opens or closes a quoted
+//! part anywhere in a word, and inside quotes a backslash escapes the next character. Each value
+//! keeps its raw spelling in [`Word`], so a rule renders back byte for byte.
+//!
+//! # Rule arguments
+//!
+//! `[!] -p/--protocol`, `[!] -s/--source/--src`, `[!] -d/--destination/--dst`,
+//! `[!] -i/--in-interface`, `[!] -o/--out-interface`, `[!] -f/--fragment` (IPv4 only),
+//! `-m/--match`, `-j/--jump` and `-g/--goto` become their typed [`Arg`]; every other `--option`
+//! becomes [`Arg::Opt`] with the values that follow it: the words up to the next word that starts
+//! with an unquoted `-` or is a bare `!`. A quoted word is always a value, even `"-x"` or `"!"`
+//! (`iptables-restore` would hand `"--x"` to getopt as an option; svcpath reads it as text). The
+//! parser does not know which module owns an option, nor how many values it takes: that is the
+//! evaluator's job.
+//!
+//! # Decisions where `iptables-restore` is looser or different
+//!
+//! - The command (`-A`, `-I`, `-N`, `-X`, `-F`, or their long forms) must be the first word of a
+//!   statement line. `-D`, `-R`, `-P`, `-E`, `-Z`, `-L`, `-S` and `-C` are rejected as unsupported:
+//!   `iptables-save` never prints them and the model has no statement for them.
+//! - The old negation syntax (`--dport ! 80`, `-p ! tcp`) is rejected with a hint to write
+//!   `! --dport 80`; modern iptables rejects it as well.
+//! - Addresses are one address or network: `10.96.0.10`, `10.0.0.0/8`, `fd00::1/128`. A dotted
+//!   (or IPv6) netmask is accepted when contiguous and normalised to its prefix length
+//!   (`10.0.0.0/255.0.0.0` reads as `10.0.0.0/8`, which is also what `iptables-save` prints for
+//!   it); a non-contiguous mask, a host name or a comma-separated list is rejected. Host bits are
+//!   kept as written (`10.0.0.1/8` stays `10.0.0.1/8`); the kernel masks them.
+//! - Long spellings (`--source`, `--append`, …) are read as their short form, so they render as
+//!   `-s`, `-A`, …; getopt abbreviations (`--sour`) and `--opt=value` are not recognised.
+//! - Unbalanced quotes, NUL bytes and invalid UTF-8 are errors (`iptables-restore` silently keeps
+//!   the newline in the value, or truncates at the NUL).
+//! - Chain names (in declarations, commands, `-j` and `-g`) longer than 28 bytes are rejected:
+//!   `XT_EXTENSION_MAXNAMELEN` is 29 including the NUL, and `iptables-restore` checks
+//!   `strlen(chain) >= XT_EXTENSION_MAXNAMELEN`. Interface names longer than 15 bytes
+//!   (`IFNAMSIZ` 16 with the NUL) are rejected too.
+//! - A user chain declared twice in one table section (by `:` or `-N`) is an error, as with
+//!   legacy `iptables-restore` (`error creating chain`); declaring a built-in chain again only
+//!   sets its policy again and is accepted. Whether `-A` names a declared chain is not checked.
+//! - Options that only make sense on a command line (`-t`, `-c`, `-v`, `--wait`, …) are rejected.
+//! - Lines are not limited to the 10,240-byte buffer of `iptables-restore`, nor words to 1,024.
+//!
+//! # Invariants
+//!
+//! - `render(parse(x)) == x` for every accepted `x` written the way `iptables-save` and
+//!   kube-proxy write it: no comments or blank lines, one space between words, short option
+//!   spellings, addresses in canonical form.
+//! - `parse(render(r)) == r` (line numbers aside) for every ruleset whose words are renderable:
+//!   names without spaces, option values that are either bare words not starting with `-` or
+//!   quoted words, and `Opt` names that are not one of the long spellings listed above.
+//! - No input makes the parser panic.
+//!
+//! ```
+//! use svcpath::formats::iptables_save::{parse, render};
+//! use svcpath::model::rules::Family;
+//! let text = "*nat\n\
+//!     :KUBE-SVC-X - [0:0]\n\
+//!     -A KUBE-SVC-X -m comment --comment \"ns1/svc1:p80 -> 10.180.0.1:80\" -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-Y\n\
+//!     COMMIT\n";
+//! let ruleset = parse(text, Family::V4).unwrap();
+//! assert_eq!(ruleset.rule_count(), 1);
+//! assert_eq!(render(&ruleset), text);
+//! ```
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use thiserror::Error;
+
+use crate::model::rules::{
+    Addr, Arg, ChainDecl, Family, Located, Rule, RuleOp, Ruleset, Statement, Table, Word,
+};
+
+/// The tables `iptables-restore` knows, in the order `iptables-save` usually prints them.
+pub const TABLES: [&str; 5] = ["raw", "mangle", "nat", "filter", "security"];
+
+/// The longest chain (or target) name the kernel accepts, in bytes: `XT_EXTENSION_MAXNAMELEN`
+/// (29) minus the terminating NUL.
+pub const MAX_CHAIN_NAME_LEN: usize = 28;
+
+/// The longest interface name, in bytes: `IFNAMSIZ` (16) minus the terminating NUL.
+pub const MAX_INTERFACE_NAME_LEN: usize = 15;
+
+/// The line that closes a table section.
+const COMMIT: &str = "COMMIT";
+/// The policy word of a chain that has none (a user chain, or a built-in chain left as it is).
+const NO_POLICY: &str = "-";
+/// The two policies a built-in chain may have.
+const POLICIES: [&str; 2] = ["ACCEPT", "DROP"];
+/// The negation word.
+const BANG: &str = "!";
+
+/// The built-in chains of each table (`iptable_filter.c`, `iptable_nat.c`, … in the kernel).
+const BUILTIN_CHAINS: [(&str, &[&str]); 5] = [
+    ("filter", &["INPUT", "FORWARD", "OUTPUT"]),
+    ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"]),
+    ("mangle", &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"]),
+    ("raw", &["PREROUTING", "OUTPUT"]),
+    ("security", &["INPUT", "FORWARD", "OUTPUT"]),
+];
+
+/// Options of the `iptables` command line that a restore file's rule line may not use.
+const COMMAND_LINE_ONLY: [&str; 22] = [
+    "-t",
+    "--table",
+    "-c",
+    "--set-counters",
+    "-v",
+    "--verbose",
+    "-n",
+    "--numeric",
+    "-x",
+    "--exact",
+    "--line-numbers",
+    "-w",
+    "--wait",
+    "-W",
+    "--wait-interval",
+    "--modprobe",
+    "-4",
+    "--ipv4",
+    "-6",
+    "--ipv6",
+    "-h",
+    "--help",
+];
+
+/// A parse failure: where it happened, the text it happened in, and what went wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("line {line}: {kind}{}{}", in_text(.text), hint_suffix(.kind))]
+pub struct ParseError {
+    /// The 1-based line number (one past the last line for a missing `COMMIT`).
+    pub line: usize,
+    /// The 1-based column (in characters) where the offending token starts.
+    pub column: usize,
+    /// The offending line, without its line end (empty when the problem is the end of input).
+    pub text: String,
+    /// What went wrong.
+    pub kind: ParseErrorKind,
+}
+
+fn in_text(text: &str) -> String {
+    const MAX_SHOWN: usize = 160;
+    if text.is_empty() {
+        String::new()
+    } else if text.chars().count() > MAX_SHOWN {
+        let shown: String = text.chars().take(MAX_SHOWN).collect();
+        format!(" in \"{shown}…\"")
+    } else {
+        format!(" in \"{text}\"")
+    }
+}
+
+fn hint_suffix(kind: &ParseErrorKind) -> String {
+    format!(" ({})", kind.hint())
+}
+
+/// What went wrong while parsing; the message quotes the offending token.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ParseErrorKind {
+    /// The input holds a NUL byte (`iptables-restore` would silently cut the line there).
+    #[error("NUL byte in the input")]
+    NulByte,
+    /// The input is not valid UTF-8.
+    #[error("invalid UTF-8 in the input")]
+    InvalidUtf8,
+    /// `*` without a table name.
+    #[error("missing table name after '*'")]
+    MissingTableName,
+    /// `*NAME` with a table the kernel does not have.
+    #[error("unknown table '{name}'")]
+    UnknownTable {
+        /// The name as written.
+        name: String,
+    },
+    /// A chain declaration, statement or `COMMIT` before any `*table` line (or after its `COMMIT`).
+    #[error("'{token}' outside a table")]
+    OutsideTable {
+        /// The first word of the line.
+        token: String,
+    },
+    /// `*TABLE` while another table is still open.
+    #[error("table '{name}' opened while table '{open}' from line {opened_at} is not committed")]
+    TableNotCommitted {
+        /// The table being opened.
+        name: String,
+        /// The table still open.
+        open: String,
+        /// The line of the open table's header.
+        opened_at: usize,
+    },
+    /// The input ends inside a table.
+    #[error("table '{name}' opened on line {opened_at} is never committed")]
+    MissingCommit {
+        /// The open table.
+        name: String,
+        /// The line of its header.
+        opened_at: usize,
+    },
+    /// A user chain declared twice in one table section.
+    #[error("chain '{name}' {}", declared_where(*.first_line))]
+    DuplicateChain {
+        /// The chain name.
+        name: String,
+        /// Where it was first declared (0 for a built-in chain).
+        first_line: usize,
+    },
+    /// A chain or target name longer than [`MAX_CHAIN_NAME_LEN`].
+    #[error("chain name '{name}' is {} bytes long", .name.len())]
+    ChainNameTooLong {
+        /// The name.
+        name: String,
+    },
+    /// A chain declaration without a policy word.
+    #[error("chain '{chain}' has no policy")]
+    MissingPolicy {
+        /// The chain name.
+        chain: String,
+    },
+    /// A policy other than `ACCEPT`, `DROP` or `-`.
+    #[error("invalid policy '{policy}'")]
+    InvalidPolicy {
+        /// The policy as written.
+        policy: String,
+    },
+    /// A policy on a chain that is not built into the table.
+    #[error(
+        "chain '{chain}' is not a built-in chain of table '{table}' and cannot have policy '{policy}'"
+    )]
+    PolicyOnUserChain {
+        /// The chain.
+        chain: String,
+        /// The table.
+        table: String,
+        /// The policy written.
+        policy: String,
+    },
+    /// Counters that are not `[packets:bytes]` with two decimal numbers.
+    #[error("invalid counters '{token}'")]
+    InvalidCounters {
+        /// The counters as written.
+        token: String,
+    },
+    /// Leading counters on a statement other than `-A`/`-I`.
+    #[error("counters before '{command}'")]
+    CountersNotAllowed {
+        /// The command.
+        command: String,
+    },
+    /// A double quote that is never closed.
+    #[error("unterminated double quote")]
+    UnbalancedQuote,
+    /// A statement line that does not start with a command.
+    #[error("expected a command, found '{found}'")]
+    MissingCommand {
+        /// The first word.
+        found: String,
+    },
+    /// A command svcpath does not read (`-D`, `-R`, `-P`, …).
+    #[error("unsupported command '{command}'")]
+    UnsupportedCommand {
+        /// The command as written.
+        command: String,
+    },
+    /// A command word after the start of the line.
+    #[error("command '{command}' must be the first word of the line")]
+    CommandNotFirst {
+        /// The command as written.
+        command: String,
+    },
+    /// An option or command without its value.
+    #[error("'{option}' needs a value")]
+    MissingValue {
+        /// The option.
+        option: String,
+    },
+    /// A single-dash option that is not a rule option.
+    #[error("unknown option '{option}'")]
+    UnknownOption {
+        /// The option as written.
+        option: String,
+    },
+    /// A command-line option that has no place in a restore file (`-t`, `-c`, `-v`, …).
+    #[error("option '{option}' cannot be used in a restore file")]
+    CommandLineOption {
+        /// The option as written.
+        option: String,
+    },
+    /// A value with no option before it.
+    #[error("unexpected word '{word}'")]
+    UnexpectedWord {
+        /// The word as written.
+        word: String,
+    },
+    /// `!` before something that cannot be negated (`-m`, `-j`, `-g`, another `!`).
+    #[error("'!' cannot negate '{target}'")]
+    MisplacedNegation {
+        /// What follows the `!`.
+        target: String,
+    },
+    /// The old negation syntax `--option ! value`.
+    #[error("'!' after '{option}' is the old negation syntax")]
+    OldStyleNegation {
+        /// The option.
+        option: String,
+        /// The value after the `!`.
+        value: String,
+    },
+    /// `!` at the end of a line.
+    #[error("'!' at the end of the line negates nothing")]
+    DanglingNegation,
+    /// `-I CHAIN N` with an `N` that is not a number from 1.
+    #[error("invalid rule number '{token}'")]
+    InvalidRuleNumber {
+        /// The word as written.
+        token: String,
+    },
+    /// An address that is not an IP address or network.
+    #[error("invalid address '{token}'")]
+    InvalidAddress {
+        /// The word as written.
+        token: String,
+    },
+    /// A netmask whose one bits are not contiguous (`255.0.255.0`).
+    #[error("non-contiguous netmask in '{token}'")]
+    NonContiguousMask {
+        /// The word as written.
+        token: String,
+    },
+    /// An address of the other family.
+    #[error("'{token}' is an {} address in an {} dump", family_name(!.dump_is_v4), family_name(*.dump_is_v4))]
+    WrongFamily {
+        /// The word as written.
+        token: String,
+        /// Whether the dump was read as IPv4 (the address is then IPv6).
+        dump_is_v4: bool,
+    },
+    /// `-f` in an IPv6 dump.
+    #[error("'{option}' matches IPv4 fragments only")]
+    FragmentInIpv6 {
+        /// The option as written.
+        option: String,
+    },
+    /// An interface name longer than [`MAX_INTERFACE_NAME_LEN`].
+    #[error("interface name '{name}' is {} bytes long", .name.len())]
+    InterfaceNameTooLong {
+        /// The name.
+        name: String,
+    },
+}
+
+fn declared_where(first_line: usize) -> String {
+    if first_line == 0 {
+        "is a built-in chain".to_owned()
+    } else {
+        format!("is already declared on line {first_line}")
+    }
+}
+
+fn family_name(v4: bool) -> &'static str {
+    if v4 { "IPv4" } else { "IPv6" }
+}
+
+impl ParseErrorKind {
+    /// A short hint at the fix, shown in parentheses after the message.
+    pub fn hint(&self) -> String {
+        use ParseErrorKind as K;
+        match self {
+            K::NulByte => "remove the NUL byte; is this a binary file?".into(),
+            K::InvalidUtf8 => "iptables-save prints UTF-8 text; is this the right file?".into(),
+            K::MissingTableName | K::UnknownTable { .. } => {
+                "tables are filter, nat, mangle, raw, security".into()
+            }
+            K::OutsideTable { .. } => {
+                "start a table with a line like '*filter' and end it with COMMIT".into()
+            }
+            K::TableNotCommitted { .. } => "add a COMMIT line before the new table".into(),
+            K::MissingCommit { .. } => "end every table with a COMMIT line".into(),
+            K::DuplicateChain { .. } => "declare each chain once per table".into(),
+            K::ChainNameTooLong { .. } => {
+                format!("the kernel allows at most {MAX_CHAIN_NAME_LEN} bytes")
+            }
+            K::MissingPolicy { chain } => format!(
+                "write ':{chain} ACCEPT [0:0]' for a built-in chain or ':{chain} - [0:0]' for a user chain"
+            ),
+            K::InvalidPolicy { .. } => "a policy is ACCEPT, DROP or '-'".into(),
+            K::PolicyOnUserChain { .. } => "write '-' as the policy of a user chain".into(),
+            K::InvalidCounters { .. } => {
+                "counters are written [packets:bytes] with decimal numbers".into()
+            }
+            K::CountersNotAllowed { .. } => "only -A and -I rules carry counters".into(),
+            K::UnbalancedQuote => "close the quoted text with '\"'".into(),
+            K::MissingCommand { .. } | K::CommandNotFirst { .. } => {
+                "a statement line starts with -A, -I, -N, -X or -F".into()
+            }
+            K::UnsupportedCommand { .. } => {
+                "svcpath reads -A, -I, -N, -X and -F, as iptables-save writes them".into()
+            }
+            K::MissingValue { option } => format!("write the value after '{option}'"),
+            K::UnknownOption { .. } => {
+                "rule options are -p, -s, -d, -i, -o, -f, -m, -j, -g and --long options of matches and targets"
+                    .into()
+            }
+            K::CommandLineOption { .. } => {
+                "the table comes from the '*table' line and counters from a leading [packets:bytes]"
+                    .into()
+            }
+            K::UnexpectedWord { .. } => {
+                "values follow the option they belong to; quote a value that has spaces".into()
+            }
+            K::MisplacedNegation { .. } => {
+                "'!' goes before -p, -s, -d, -i, -o, -f or a --option".into()
+            }
+            K::OldStyleNegation { option, value } => format!("write '! {option} {value}'"),
+            K::DanglingNegation => "remove the '!' or put an option after it".into(),
+            K::InvalidRuleNumber { .. } => "rule numbers start at 1: -I CHAIN [N]".into(),
+            K::InvalidAddress { .. } => {
+                "write one address or network, like 10.96.0.10 or 10.0.0.0/8; names and lists are not read"
+                    .into()
+            }
+            K::NonContiguousMask { .. } => {
+                "svcpath stores a prefix length; write the network as ADDRESS/LENGTH".into()
+            }
+            K::WrongFamily { dump_is_v4: true, .. } => {
+                "this looks like an ip6tables-save dump; use --family ipv6".into()
+            }
+            K::WrongFamily { dump_is_v4: false, .. } => {
+                "this looks like an iptables-save dump; use --family ipv4".into()
+            }
+            K::FragmentInIpv6 { .. } => "ip6tables matches fragments with '-m frag'".into(),
+            K::InterfaceNameTooLong { .. } => {
+                format!("an interface name has at most {MAX_INTERFACE_NAME_LEN} bytes")
+            }
+        }
+    }
+}
+
+/// Parses a whole `iptables-save` dump (or `iptables-restore` input) of `family`.
+///
+/// # Errors
+///
+/// Returns the first problem found, located by line and column; see [`ParseErrorKind`].
+pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
+    if text.as_bytes().contains(&0) {
+        return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
+    }
+    Parser::new(family).run(text)
+}
+
+/// Parses a dump given as bytes: like [`parse`], and invalid UTF-8 is an error.
+///
+/// # Errors
+///
+/// [`ParseErrorKind::NulByte`] and [`ParseErrorKind::InvalidUtf8`] at the first bad byte, then
+/// everything [`parse`] reports.
+pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> {
+    if bytes.contains(&0) {
+        return Err(locate_byte(bytes, ParseErrorKind::NulByte, |b| b == 0));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Parser::new(family).run(text),
+        Err(e) => {
+            let at = e.valid_up_to();
+            Err(locate_offset(bytes, at, ParseErrorKind::InvalidUtf8))
+        }
+    }
+}
+
+/// Parses one rule line (`-A …` or `-I …`, optionally with leading counters), outside any table.
+///
+/// # Errors
+///
+/// Everything a rule line can fail with in [`parse`]; a line that is not a rule gives
+/// [`ParseErrorKind::MissingCommand`].
+pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if let Some(at) = line.find('\0') {
+        return Err(error_at(1, line, at, ParseErrorKind::NulByte));
+    }
+    let mut scratch = Scratch::default();
+    match parse_statement(line, 1, family, &mut scratch)?.0 {
+        Statement::Rule(rule) => Ok(rule),
+        _ => {
+            let first = line.split_ascii_whitespace().next().unwrap_or_default();
+            let at = line.find(first).unwrap_or(0);
+            Err(error_at(1, line, at, ParseErrorKind::MissingCommand { found: first.to_owned() }))
+        }
+    }
+}
+
+/// Renders a ruleset as `iptables-restore` input: `*table`, one line per statement, `COMMIT`.
+///
+/// The text is newline-terminated and has no comments; statements print through their
+/// `Display`, so rules keep the argument order and spelling they were parsed or built with.
+pub fn render(ruleset: &Ruleset) -> String {
+    let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
+    let mut out = String::with_capacity(64 * statements + 32 * ruleset.tables.len());
+    for table in &ruleset.tables {
+        out.push('*');
+        out.push_str(&table.name);
+        out.push('\n');
+        for located in &table.statements {
+            // Writing into a String cannot fail.
+            let _ = writeln!(out, "{}", located.stmt);
+        }
+        out.push_str(COMMIT);
+        out.push('\n');
+    }
+    out
+}
+
+/// The builtin chains of `table` (empty for an unknown table).
+fn builtin_chains(table: &str) -> &'static [&'static str] {
+    BUILTIN_CHAINS.iter().find(|(t, _)| *t == table).map_or(&[], |(_, chains)| chains)
+}
+
+/// Builds an error at byte offset `at` of `line`.
+fn error_at(lineno: usize, line: &str, at: usize, kind: ParseErrorKind) -> ParseError {
+    let column = line.get(..at).map_or(at, |s| s.chars().count()) + 1;
+    ParseError { line: lineno, column, text: line.to_owned(), kind }
+}
+
+/// Builds an error for the first byte of `bytes` matching `pred`.
+fn locate_byte(bytes: &[u8], kind: ParseErrorKind, pred: impl Fn(u8) -> bool) -> ParseError {
+    let at = bytes.iter().position(|&b| pred(b)).unwrap_or(bytes.len());
+    locate_offset(bytes, at, kind)
+}
+
+/// Builds an error for byte offset `at` of the whole input.
+fn locate_offset(bytes: &[u8], at: usize, kind: ParseErrorKind) -> ParseError {
+    let at = at.min(bytes.len());
+    let line_start = bytes[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let line_end = bytes[at..].iter().position(|&b| b == b'\n').map_or(bytes.len(), |p| at + p);
+    let lineno = bytes[..line_start].iter().filter(|&&b| b == b'\n').count() + 1;
+    let raw = &bytes[line_start..line_end];
+    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let before = String::from_utf8_lossy(&bytes[line_start..at]);
+    let text = String::from_utf8_lossy(raw).replace('\0', "\\0");
+    ParseError { line: lineno, column: before.chars().count() + 1, text, kind }
+}
+
+/// The whole-dump state machine.
+struct Parser<'a> {
+    family: Family,
+    tables: Vec<Table>,
+    /// The open table, if any.
+    open: Option<Table>,
+    /// User chains declared in the open table section, with their line.
+    declared: HashMap<Cow<'a, str>, usize>,
+    scratch: Scratch<'a>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(family: Family) -> Parser<'a> {
+        Parser {
+            family,
+            tables: Vec::new(),
+            open: None,
+            declared: HashMap::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    fn run(mut self, text: &'a str) -> Result<Ruleset, ParseError> {
+        for (index, raw) in text.split('\n').enumerate() {
+            let lineno = index + 1;
+            if raw.is_empty() {
+                continue;
+            }
+            let line = raw.strip_suffix('\r').unwrap_or(raw);
+            self.line(line, lineno)?;
+        }
+        if let Some(table) = self.open.take() {
+            // As iptables-restore: "COMMIT expected at line N+1" after N lines.
+            let lines =
+                text.bytes().filter(|&b| b == b'\n').count() + usize::from(!text.ends_with('\n'));
+            let line = lines + 1;
+            let kind = ParseErrorKind::MissingCommit { name: table.name, opened_at: table.line };
+            return Err(ParseError { line, column: 1, text: String::new(), kind });
+        }
+        Ok(Ruleset { family: self.family, tables: self.tables })
+    }
+
+    fn line(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
+        let bytes = line.as_bytes();
+        match bytes.first() {
+            None | Some(b'#') => Ok(()),
+            Some(b' ' | b'\t') if line.bytes().all(|b| b == b' ' || b == b'\t') => Ok(()),
+            Some(b'*') => self.table_header(line, lineno),
+            Some(b':') => self.chain_decl(line, lineno),
+            _ if line.trim_end_matches([' ', '\t']) == COMMIT => match self.open.take() {
+                Some(table) => {
+                    self.tables.push(table);
+                    self.declared.clear();
+                    Ok(())
+                }
+                None => Err(outside_table(line, lineno)),
+            },
+            _ => {
+                let Some(table) = self.open.as_mut() else {
+                    return Err(outside_table(line, lineno));
+                };
+                let (stmt, chain_tok) =
+                    parse_statement(line, lineno, self.family, &mut self.scratch)?;
+                track_chains(&stmt, chain_tok, line, lineno, &table.name, &mut self.declared)?;
+                table.statements.push(Located { line: lineno, stmt });
+                Ok(())
+            }
+        }
+    }
+
+    fn table_header(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
+        let mut words = WhitespaceWords::new(line, 1);
+        let Some((at, name)) = words.next() else {
+            return Err(error_at(lineno, line, 0, ParseErrorKind::MissingTableName));
+        };
+        if let Some(open) = &self.open {
+            let kind = ParseErrorKind::TableNotCommitted {
+                name: name.to_owned(),
+                open: open.name.clone(),
+                opened_at: open.line,
+            };
+            return Err(error_at(lineno, line, 0, kind));
+        }
+        if !TABLES.contains(&name) {
+            let kind = ParseErrorKind::UnknownTable { name: name.to_owned() };
+            return Err(error_at(lineno, line, at, kind));
+        }
+        if let Some((at, extra)) = words.next() {
+            let kind = ParseErrorKind::UnexpectedWord { word: extra.to_owned() };
+            return Err(error_at(lineno, line, at, kind));
+        }
+        self.open = Some(Table { name: name.to_owned(), line: lineno, statements: Vec::new() });
+        self.declared.clear();
+        Ok(())
+    }
+
+    fn chain_decl(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
+        let Some(table) = self.open.as_mut() else {
+            return Err(outside_table(line, lineno));
+        };
+        let err = |at: usize, kind| Err(error_at(lineno, line, at, kind));
+        let mut words = WhitespaceWords::new(line, 1);
+        let Some((name_at, name)) = words.next() else {
+            return err(0, ParseErrorKind::MissingValue { option: ":".to_owned() });
+        };
+        check_chain_name(name, line, lineno, name_at)?;
+        let Some((policy_at, policy_word)) = words.next() else {
+            return err(line.len(), ParseErrorKind::MissingPolicy { chain: name.to_owned() });
+        };
+        let builtin = builtin_chains(&table.name).contains(&name);
+        let policy = if policy_word == NO_POLICY {
+            None
+        } else if POLICIES.contains(&policy_word) {
+            if !builtin {
+                let kind = ParseErrorKind::PolicyOnUserChain {
+                    chain: name.to_owned(),
+                    table: table.name.clone(),
+                    policy: policy_word.to_owned(),
+                };
+                return err(policy_at, kind);
+            }
+            Some(policy_word.to_owned())
+        } else {
+            return err(
+                policy_at,
+                ParseErrorKind::InvalidPolicy { policy: policy_word.to_owned() },
+            );
+        };
+        let counters = match words.next() {
+            None => None,
+            Some((at, word)) => match word.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
+                Some(inner) => match parse_counters(inner) {
+                    Some(c) => Some(c),
+                    None => {
+                        return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() });
+                    }
+                },
+                None => return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() }),
+            },
+        };
+        if let Some((at, extra)) = words.next() {
+            return err(at, ParseErrorKind::UnexpectedWord { word: extra.to_owned() });
+        }
+        if !builtin {
+            if let Some(&first_line) = self.declared.get(name) {
+                let kind = ParseErrorKind::DuplicateChain { name: name.to_owned(), first_line };
+                return err(name_at, kind);
+            }
+            self.declared.insert(Cow::Borrowed(name), lineno);
+        }
+        let decl = ChainDecl { name: name.to_owned(), policy, counters };
+        table.statements.push(Located { line: lineno, stmt: Statement::Chain(decl) });
+        Ok(())
+    }
+}
+
+fn outside_table(line: &str, lineno: usize) -> ParseError {
+    let (at, token) = WhitespaceWords::new(line, 0).next().unwrap_or((0, line));
+    error_at(lineno, line, at, ParseErrorKind::OutsideTable { token: token.to_owned() })
+}
+
+/// Records `-N` and `-X` in the set of declared user chains of the open table section.
+fn track_chains<'a>(
+    stmt: &Statement,
+    chain_tok: Option<Tok<'a>>,
+    line: &str,
+    lineno: usize,
+    table: &str,
+    declared: &mut HashMap<Cow<'a, str>, usize>,
+) -> Result<(), ParseError> {
+    let key = |name: &String| match chain_tok {
+        Some(t) if !t.quoted => Cow::Borrowed(t.raw),
+        _ => Cow::Owned(name.clone()),
+    };
+    match stmt {
+        Statement::NewChain(name) => {
+            let first_line = if builtin_chains(table).contains(&name.as_str()) {
+                Some(0)
+            } else {
+                declared.get(name.as_str()).copied()
+            };
+            if let Some(first_line) = first_line {
+                let at = chain_tok.map_or(0, |t| t.at);
+                let kind = ParseErrorKind::DuplicateChain { name: name.clone(), first_line };
+                return Err(error_at(lineno, line, at, kind));
+            }
+            declared.insert(key(name), lineno);
+        }
+        Statement::DeleteChain(Some(name)) => {
+            declared.remove(name.as_str());
+        }
+        Statement::DeleteChain(None) => declared.clear(),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Splits on spaces and tabs, giving byte offsets into the full line (as `strtok` does for the
+/// `*table` and `:chain` lines, which `iptables-restore` does not unquote).
+struct WhitespaceWords<'a> {
+    line: &'a str,
+    pos: usize,
+}
+
+impl<'a> WhitespaceWords<'a> {
+    fn new(line: &'a str, start: usize) -> WhitespaceWords<'a> {
+        WhitespaceWords { line, pos: start }
+    }
+}
+
+impl<'a> Iterator for WhitespaceWords<'a> {
+    type Item = (usize, &'a str);
+
+    fn next(&mut self) -> Option<(usize, &'a str)> {
+        let bytes = self.line.as_bytes();
+        let mut i = self.pos;
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            self.pos = i;
+            return None;
+        }
+        let start = i;
+        while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        self.pos = i;
+        self.line.get(start..i).map(|w| (start, w))
+    }
+}
+
+fn check_chain_name(name: &str, line: &str, lineno: usize, at: usize) -> Result<(), ParseError> {
+    if name.len() > MAX_CHAIN_NAME_LEN {
+        let kind = ParseErrorKind::ChainNameTooLong { name: name.to_owned() };
+        return Err(error_at(lineno, line, at, kind));
+    }
+    Ok(())
+}
+
+/// `packets:bytes` (without brackets) as two decimal numbers.
+fn parse_counters(inner: &str) -> Option<(u64, u64)> {
+    let (p, b) = inner.split_once(':')?;
+    let decimal = |s: &str| {
+        if !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()) {
+            s.parse::<u64>().ok()
+        } else {
+            None
+        }
+    };
+    Some((decimal(p)?, decimal(b)?))
+}
+
+/// One word of a statement line, as `iptables-restore` splits it.
+#[derive(Debug, Clone, Copy)]
+struct Tok<'a> {
+    /// The word as written, quotes included.
+    raw: &'a str,
+    /// Its byte offset in the line.
+    at: usize,
+    /// Whether it holds a double quote (it is then always a value).
+    quoted: bool,
+}
+
+impl<'a> Tok<'a> {
+    /// Whether the word is an option (starts with an unquoted `-`).
+    fn is_option(&self) -> bool {
+        self.raw.as_bytes().first() == Some(&b'-')
+    }
+
+    /// Whether the word is the negation `!`.
+    fn is_bang(&self) -> bool {
+        self.raw == BANG
+    }
+
+    /// The value: quotes removed and escapes resolved.
+    fn value(&self) -> String {
+        if self.quoted { Word::raw(self.raw).value() } else { self.raw.to_owned() }
+    }
+}
+
+/// Buffers reused from line to line.
+#[derive(Default)]
+struct Scratch<'a> {
+    toks: Vec<Tok<'a>>,
+    args: Vec<Arg>,
+}
+
+/// Splits `line` (from byte `start`) into words; `Err(offset)` points at an unclosed quote.
+fn tokenize<'a>(line: &'a str, start: usize, out: &mut Vec<Tok<'a>>) -> Result<(), usize> {
+    out.clear();
+    let bytes = line.as_bytes();
+    let mut i = start;
+    loop {
+        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+            i += 1;
+        }
+        if i >= bytes.len() {
+            return Ok(());
+        }
+        let begin = i;
+        let mut quoted = false;
+        let mut open_at: Option<usize> = None;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if open_at.is_some() {
+                match b {
+                    b'\\' => i += 1,
+                    b'"' => open_at = None,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b' ' | b'\t' => break,
+                    b'"' => {
+                        open_at = Some(i);
+                        quoted = true;
+                    }
+                    _ => {}
+                }
+            }
+            i += 1;
+        }
+        if let Some(at) = open_at {
+            return Err(at);
+        }
+        let end = i.min(bytes.len());
+        let raw = line.get(begin..end).unwrap_or_default();
+        out.push(Tok { raw, at: begin, quoted });
+    }
+}
+
+/// What a command word is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    Append,
+    Insert,
+    NewChain,
+    DeleteChain,
+    Flush,
+    Unsupported,
+}
+
+fn command_of(word: &str) -> Option<Command> {
+    Some(match word {
+        "-A" | "--append" => Command::Append,
+        "-I" | "--insert" => Command::Insert,
+        "-N" | "--new-chain" | "--new" => Command::NewChain,
+        "-X" | "--delete-chain" => Command::DeleteChain,
+        "-F" | "--flush" => Command::Flush,
+        "-D" | "--delete" | "-R" | "--replace" | "-P" | "--policy" | "-E" | "--rename-chain"
+        | "-Z" | "--zero" | "-L" | "--list" | "-S" | "--list-rules" | "-C" | "--check" => {
+            Command::Unsupported
+        }
+        _ => return None,
+    })
+}
+
+/// Parses a statement line (everything but `*table`, `:chain` and `COMMIT`).
+fn parse_statement<'a>(
+    line: &'a str,
+    lineno: usize,
+    family: Family,
+    scratch: &mut Scratch<'a>,
+) -> Result<(Statement, Option<Tok<'a>>), ParseError> {
+    let err = |at: usize, kind| error_at(lineno, line, at, kind);
+    let mut start = 0;
+    let mut counters = None;
+    if line.as_bytes().first() == Some(&b'[') {
+        let bad = |line: &str| {
+            let token = WhitespaceWords::new(line, 0).next().map_or(line, |(_, w)| w);
+            err(0, ParseErrorKind::InvalidCounters { token: token.to_owned() })
+        };
+        let Some(close) = line.find(']') else {
+            return Err(bad(line));
+        };
+        let inner = line.get(1..close).unwrap_or_default();
+        match parse_counters(inner) {
+            Some(c) => counters = Some(c),
+            None => return Err(bad(line)),
+        }
+        start = close + 1;
+    }
+    tokenize(line, start, &mut scratch.toks)
+        .map_err(|at| err(at, ParseErrorKind::UnbalancedQuote))?;
+    let toks = &scratch.toks;
+    let Some(first) = toks.first().copied() else {
+        // Only counters on the line.
+        return Err(err(0, ParseErrorKind::MissingCommand { found: line.to_owned() }));
+    };
+    let Some(command) = command_of(first.raw).filter(|_| !first.quoted) else {
+        let kind = if first.is_bang() {
+            let target = toks.get(1).map_or("", |t| t.raw).to_owned();
+            ParseErrorKind::MisplacedNegation { target }
+        } else if COMMAND_LINE_ONLY.contains(&first.raw) {
+            ParseErrorKind::CommandLineOption { option: first.raw.to_owned() }
+        } else {
+            ParseErrorKind::MissingCommand { found: first.raw.to_owned() }
+        };
+        return Err(err(first.at, kind));
+    };
+    if command == Command::Unsupported {
+        return Err(err(
+            first.at,
+            ParseErrorKind::UnsupportedCommand { command: first.raw.to_owned() },
+        ));
+    }
+    if counters.is_some() && !matches!(command, Command::Append | Command::Insert) {
+        return Err(err(0, ParseErrorKind::CountersNotAllowed { command: first.raw.to_owned() }));
+    }
+    // The chain operand.
+    let chain_tok = toks.get(1).copied().filter(|t| t.quoted || !(t.is_option() || t.is_bang()));
+    let chain = match chain_tok {
+        Some(t) => {
+            let name = t.value();
+            check_chain_name(&name, line, lineno, t.at)?;
+            Some(name)
+        }
+        None => None,
+    };
+    let mut i = if chain.is_some() { 2 } else { 1 };
+    match command {
+        Command::Append | Command::Insert => {}
+        Command::NewChain | Command::DeleteChain | Command::Flush => {
+            if let Some(extra) = toks.get(i) {
+                let kind = ParseErrorKind::UnexpectedWord { word: extra.raw.to_owned() };
+                return Err(err(extra.at, kind));
+            }
+            let stmt = match (command, chain) {
+                (Command::NewChain, Some(c)) => Statement::NewChain(c),
+                (Command::NewChain, None) => {
+                    let kind = ParseErrorKind::MissingValue { option: first.raw.to_owned() };
+                    return Err(err(first.at, kind));
+                }
+                (Command::DeleteChain, c) => Statement::DeleteChain(c),
+                (_, c) => Statement::FlushChain(c),
+            };
+            return Ok((stmt, chain_tok));
+        }
+        Command::Unsupported => {}
+    }
+    let Some(chain) = chain else {
+        return Err(err(first.at, ParseErrorKind::MissingValue { option: first.raw.to_owned() }));
+    };
+    let op = if command == Command::Insert {
+        match toks.get(i) {
+            Some(t) if !t.is_option() && !t.is_bang() => {
+                let n = t
+                    .raw
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| {
+                        (1..=i32::MAX as u32).contains(n)
+                            && t.raw.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .ok_or_else(|| {
+                        err(t.at, ParseErrorKind::InvalidRuleNumber { token: t.raw.to_owned() })
+                    })?;
+                i += 1;
+                RuleOp::Insert(Some(n))
+            }
+            _ => RuleOp::Insert(None),
+        }
+    } else {
+        RuleOp::Append
+    };
+    let args = parse_args(line, lineno, family, &toks[i..], &mut scratch.args)?;
+    Ok((Statement::Rule(Rule { counters, op, chain, args }), chain_tok))
+}
+
+/// Maps the argument words of a rule into [`Arg`]s.
+fn parse_args(
+    line: &str,
+    lineno: usize,
+    family: Family,
+    toks: &[Tok<'_>],
+    out: &mut Vec<Arg>,
+) -> Result<Vec<Arg>, ParseError> {
+    let err = |at: usize, kind| error_at(lineno, line, at, kind);
+    out.clear();
+    let mut neg: Option<Tok<'_>> = None;
+    let mut i = 0;
+    while let Some(&tok) = toks.get(i) {
+        if !tok.quoted && tok.is_bang() {
+            if neg.is_some() {
+                return Err(err(
+                    tok.at,
+                    ParseErrorKind::MisplacedNegation { target: BANG.to_owned() },
+                ));
+            }
+            neg = Some(tok);
+            i += 1;
+            continue;
+        }
+        if tok.quoted || !tok.is_option() {
+            // A value where an option is expected: `--dport ! 80` is the old negation syntax.
+            if neg.is_some()
+                && let Some(option) = i.checked_sub(2).and_then(|j| toks.get(j))
+                && option.is_option()
+                && !option.quoted
+            {
+                let kind = ParseErrorKind::OldStyleNegation {
+                    option: option.raw.to_owned(),
+                    value: tok.raw.to_owned(),
+                };
+                return Err(err(option.at, kind));
+            }
+            return Err(err(tok.at, ParseErrorKind::UnexpectedWord { word: tok.raw.to_owned() }));
+        }
+        let negated = neg.take().is_some();
+        let name = tok.raw;
+        // Single-value main options.
+        let single = |i: usize| -> Result<Tok<'_>, ParseError> {
+            match toks.get(i + 1) {
+                Some(v) if v.is_bang() && !v.quoted => {
+                    let value = toks.get(i + 2).map_or("VALUE", |t| t.raw).to_owned();
+                    Err(err(
+                        tok.at,
+                        ParseErrorKind::OldStyleNegation { option: name.to_owned(), value },
+                    ))
+                }
+                Some(v) if v.quoted || !v.is_option() => Ok(*v),
+                _ => Err(err(tok.at, ParseErrorKind::MissingValue { option: name.to_owned() })),
+            }
+        };
+        let not_negatable = || {
+            if negated {
+                Err(err(tok.at, ParseErrorKind::MisplacedNegation { target: name.to_owned() }))
+            } else {
+                Ok(())
+            }
+        };
+        let arg = match name {
+            "-p" | "--protocol" => {
+                let v = single(i)?;
+                i += 2;
+                Arg::Protocol { neg: negated, proto: v.value() }
+            }
+            "-s" | "--source" | "--src" => {
+                let v = single(i)?;
+                i += 2;
+                let addr = parse_addr(&v, family).map_err(|k| err(v.at, k))?;
+                Arg::Source { neg: negated, addr }
+            }
+            "-d" | "--destination" | "--dst" => {
+                let v = single(i)?;
+                i += 2;
+                let addr = parse_addr(&v, family).map_err(|k| err(v.at, k))?;
+                Arg::Destination { neg: negated, addr }
+            }
+            "-i" | "--in-interface" => {
+                let v = single(i)?;
+                i += 2;
+                Arg::InInterface { neg: negated, name: interface(&v).map_err(|k| err(v.at, k))? }
+            }
+            "-o" | "--out-interface" => {
+                let v = single(i)?;
+                i += 2;
+                Arg::OutInterface { neg: negated, name: interface(&v).map_err(|k| err(v.at, k))? }
+            }
+            "-f" | "--fragment" => {
+                if family == Family::V6 {
+                    return Err(err(
+                        tok.at,
+                        ParseErrorKind::FragmentInIpv6 { option: name.to_owned() },
+                    ));
+                }
+                i += 1;
+                Arg::Fragment { neg: negated }
+            }
+            "-m" | "--match" => {
+                not_negatable()?;
+                let v = single(i)?;
+                i += 2;
+                Arg::Match(v.value())
+            }
+            "-j" | "--jump" | "-g" | "--goto" => {
+                not_negatable()?;
+                let v = single(i)?;
+                i += 2;
+                let target = v.value();
+                check_chain_name(&target, line, lineno, v.at)?;
+                if matches!(name, "-j" | "--jump") { Arg::Jump(target) } else { Arg::Goto(target) }
+            }
+            long if long.len() > 2 && long.starts_with("--") => {
+                if let Some(kind) = misplaced_long(long) {
+                    return Err(err(tok.at, kind));
+                }
+                let count = toks[i + 1..]
+                    .iter()
+                    .take_while(|t| t.quoted || !(t.is_option() || t.is_bang()))
+                    .count();
+                let mut values = Vec::with_capacity(count);
+                values.extend(toks[i + 1..i + 1 + count].iter().map(|t| Word::raw(t.raw)));
+                i += 1 + count;
+                Arg::Opt { neg: negated, name: long[2..].to_owned(), values }
+            }
+            other => {
+                let kind = if COMMAND_LINE_ONLY.contains(&other) {
+                    ParseErrorKind::CommandLineOption { option: other.to_owned() }
+                } else if command_of(other).is_some() {
+                    ParseErrorKind::CommandNotFirst { command: other.to_owned() }
+                } else {
+                    ParseErrorKind::UnknownOption { option: other.to_owned() }
+                };
+                return Err(err(tok.at, kind));
+            }
+        };
+        out.push(arg);
+    }
+    if let Some(bang) = neg {
+        return Err(err(bang.at, ParseErrorKind::DanglingNegation));
+    }
+    // Move into an exactly sized vector; the scratch keeps its capacity for the next line.
+    let mut args = Vec::with_capacity(out.len());
+    args.append(out);
+    Ok(args)
+}
+
+/// A long option that is a command or command-line option, not a rule option.
+fn misplaced_long(long: &str) -> Option<ParseErrorKind> {
+    if COMMAND_LINE_ONLY.contains(&long) {
+        Some(ParseErrorKind::CommandLineOption { option: long.to_owned() })
+    } else if command_of(long).is_some() {
+        Some(ParseErrorKind::CommandNotFirst { command: long.to_owned() })
+    } else if long.contains('=') {
+        Some(ParseErrorKind::UnknownOption { option: long.to_owned() })
+    } else {
+        None
+    }
+}
+
+/// An interface name (`eth0`, `veth+`).
+fn interface(tok: &Tok<'_>) -> Result<String, ParseErrorKind> {
+    let name = tok.value();
+    if name.len() > MAX_INTERFACE_NAME_LEN {
+        return Err(ParseErrorKind::InterfaceNameTooLong { name });
+    }
+    Ok(name)
+}
+
+/// An address or network of `family`: `ADDR`, `ADDR/LEN` or `ADDR/MASK` (contiguous).
+fn parse_addr(tok: &Tok<'_>, family: Family) -> Result<Addr, ParseErrorKind> {
+    let text = tok.value();
+    let invalid = || ParseErrorKind::InvalidAddress { token: tok.raw.to_owned() };
+    let (ip_text, prefix_text) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text.as_str(), None),
+    };
+    let ip: IpAddr = ip_text.parse().map_err(|_| invalid())?;
+    check_family(ip, family, tok)?;
+    let Some(prefix_text) = prefix_text else {
+        return Ok(Addr::host(ip));
+    };
+    let prefix = if !prefix_text.is_empty() && prefix_text.bytes().all(|b| b.is_ascii_digit()) {
+        prefix_text.parse::<u8>().map_err(|_| invalid())?
+    } else {
+        let mask: IpAddr = prefix_text.parse().map_err(|_| invalid())?;
+        check_family(mask, family, tok)?;
+        contiguous_prefix(mask)
+            .ok_or_else(|| ParseErrorKind::NonContiguousMask { token: tok.raw.to_owned() })?
+    };
+    let net = IpNetwork::new(ip, prefix).map_err(|_| invalid())?;
+    Ok(Addr::net(net))
+}
+
+fn check_family(ip: IpAddr, family: Family, tok: &Tok<'_>) -> Result<(), ParseErrorKind> {
+    match (ip, family) {
+        (IpAddr::V4(_), Family::V4) | (IpAddr::V6(_), Family::V6) => Ok(()),
+        (_, family) => Err(ParseErrorKind::WrongFamily {
+            token: tok.raw.to_owned(),
+            dump_is_v4: family == Family::V4,
+        }),
+    }
+}
+
+/// The prefix length of a netmask, if its one bits are contiguous from the top.
+fn contiguous_prefix(mask: IpAddr) -> Option<u8> {
+    let (bits, width) = match mask {
+        IpAddr::V4(m) => (u128::from(u32::from(m)) << 96, 32),
+        IpAddr::V6(m) => (u128::from(m), 128),
+    };
+    let ones = bits.leading_ones();
+    let ones = ones.min(width);
+    let rest = if ones >= 128 { 0 } else { bits << ones };
+    (rest == 0).then_some(ones as u8)
+}
