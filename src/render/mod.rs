@@ -1,1 +1,7 @@
-//! (being written)
+//! Layer 6: output. Human-readable text and JSON for each study.
+//!
+//! Text is for reading at a terminal: a header saying what was traced and from which rules, the
+//! path (shared steps once, then each outcome's own steps), and a table of outcomes. JSON carries
+//! the same data as the study's `Serialize` types.
+
+pub mod trace;

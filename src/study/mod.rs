@@ -1,1 +1,8 @@
-//! (being written)
+//! Layer 5: questions asked of the dataplane.
+//!
+//! [`dataplane`] prepares the rules a study runs on (generated from a cluster or read from a dump,
+//! through the same parser and evaluator); [`trace`] follows one packet and reports every outcome
+//! with its exact probability and cost.
+
+pub mod dataplane;
+pub mod trace;

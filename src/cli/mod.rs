@@ -1,0 +1,46 @@
+//! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
+
+pub mod input;
+pub mod rules;
+pub mod trace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Follow a packet sent to a Kubernetes Service through kube-proxy's dataplane.
+#[derive(Debug, Parser)]
+#[command(name = "svcpath", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Follow one packet: every rule, every endpoint with its exact probability, the cost.
+    Trace(trace::TraceArgs),
+    /// Print the rules kube-proxy would program on a node (iptables-restore text).
+    Rules(rules::RulesArgs),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self {
+            Command::Trace(a) => a.run(),
+            Command::Rules(a) => a.run(),
+        }
+    }
+}
+
+/// Writes `text` to stdout, reporting a closed pipe as an error the caller maps to success.
+pub fn print(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `svcpath trace`: follow one packet.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, ValueEnum};
+
+use svcpath::dataplane::netfilter::Env;
+use svcpath::model::{Cluster, IpFamily, Protocol};
+use svcpath::render::trace as render;
+use svcpath::study::trace::{TraceRequest, trace};
+
+use super::input::{InputArgs, LoadedCluster};
+
+/// A protocol on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl From<ProtoArg> for Protocol {
+    fn from(p: ProtoArg) -> Protocol {
+        match p {
+            ProtoArg::Tcp => Protocol::Tcp,
+            ProtoArg::Udp => Protocol::Udp,
+            ProtoArg::Sctp => Protocol::Sctp,
+        }
+    }
+}
+
+/// Follow one packet through the node's rules.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Where the packet goes: IP:PORT, [IPv6]:PORT, an IP (the Service's first port), or a Service
+    /// as NAMESPACE/NAME[:PORT-NAME-OR-NUMBER].
+    #[arg(value_name = "DEST[:PORT]")]
+    dest: String,
+    /// Source address (default: a pod address in the cluster CIDR that is not an endpoint). A node
+    /// address takes the OUTPUT path.
+    #[arg(long, value_name = "IP")]
+    from: Option<IpAddr>,
+    /// Protocol (default: the Service port's protocol, else tcp).
+    #[arg(long, value_enum)]
+    proto: Option<ProtoArg>,
+    /// The interface the packet arrives on (for `-i` matches).
+    #[arg(long = "in-iface", value_name = "NAME", default_value = "eth0")]
+    in_iface: String,
+    /// Follow one sampled path (reproducible for a seed) instead of every branch.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    input: InputArgs,
+}
+
+/// Parses `IP:PORT`, `[v6]:PORT` or a bare IP.
+fn parse_addr(s: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some((sa.ip(), Some(sa.port())));
+    }
+    let bare = s.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().ok().map(|ip| (ip, None))
+}
+
+/// Resolves `ns/name[:port]` through the cluster.
+fn resolve_service(cluster: &Cluster, s: &str, family: IpFamily) -> anyhow::Result<(IpAddr, u16, Protocol)> {
+    let (nsname, port) = match s.rsplit_once(':') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let (ns, name) = nsname.split_once('/').unwrap_or(("default", nsname));
+    let svc = cluster
+        .services
+        .iter()
+        .find(|x| x.namespace == ns && x.name == name)
+        .ok_or_else(|| anyhow!("no Service {ns}/{name} in the cluster"))?;
+    let ip = svc
+        .cluster_ip(family)
+        .ok_or_else(|| anyhow!("Service {ns}/{name} has no {family:?} cluster IP (headless or other family)"))?;
+    let sp = match port {
+        None => svc.ports.first(),
+        Some(p) => svc.ports.iter().find(|x| x.name == p || x.port.to_string() == p),
+    }
+    .ok_or_else(|| anyhow!("Service {ns}/{name} has no port '{}'", port.unwrap_or("")))?;
+    Ok((ip, sp.port, sp.protocol))
+}
+
+/// The Service ports that capture `ip` (cluster, external or LB IP).
+fn ports_at(cluster: &Cluster, ip: IpAddr) -> Vec<(u16, Protocol)> {
+    let mut out = Vec::new();
+    for s in &cluster.services {
+        let hit = s.cluster_ips.contains(&ip)
+            || s.external_ips.contains(&ip)
+            || s.load_balancer_ingress.iter().any(|i| i.ip == ip);
+        if hit {
+            out.extend(s.ports.iter().map(|p| (p.port, p.protocol)));
+        }
+    }
+    out
+}
+
+/// A pod address that is not an endpoint: the last host of the cluster CIDR (or pod CIDR).
+fn default_source(lc: &LoadedCluster, family: IpFamily) -> Option<(IpAddr, String)> {
+    let cidr = lc
+        .cluster
+        .config
+        .cluster_cidrs
+        .iter()
+        .chain(&lc.node.pod_cidrs)
+        .find(|n| family.contains(&n.ip()))?;
+    let endpoints: Vec<IpAddr> =
+        lc.cluster.endpoint_slices.iter().flat_map(|s| &s.endpoints).flat_map(|e| e.addresses.iter().copied()).collect();
+    let mut candidate = match cidr {
+        ipnetwork::IpNetwork::V4(n) => IpAddr::V4((u32::from(n.broadcast()).saturating_sub(1)).into()),
+        ipnetwork::IpNetwork::V6(n) => {
+            let last = u128::from(n.network()) | (u128::MAX >> n.prefix());
+            IpAddr::V6((last.saturating_sub(1)).into())
+        }
+    };
+    for _ in 0..256 {
+        if !endpoints.contains(&candidate) {
+            return Some((candidate, format!("default: a pod address in {cidr} that is not an endpoint")));
+        }
+        candidate = match candidate {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) - 1).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) - 1).into()),
+        };
+    }
+    None
+}
+
+impl TraceArgs {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let family: IpFamily = self.input.family.into();
+        let (dp, lc) = self.input.dataplane()?;
+        let (dst, port, svc_proto) = match parse_addr(&self.dest) {
+            Some((ip, port)) => {
+                if IpFamily::of(&ip) != family {
+                    bail!("destination {ip} is not {family:?}; add --family {}", if family == IpFamily::V4 { "ipv6" } else { "ipv4" });
+                }
+                let known = lc.as_ref().map(|l| ports_at(&l.cluster, ip)).unwrap_or_default();
+                let port = match port {
+                    Some(p) => p,
+                    None => known.first().map(|k| k.0).ok_or_else(|| {
+                        anyhow!("no port given for {ip} and no Service port captures it; write {ip}:PORT")
+                    })?,
+                };
+                let protos: Vec<Protocol> = known.iter().filter(|k| k.0 == port).map(|k| k.1).collect();
+                let proto = if protos.len() == 1 { Some(protos[0]) } else { None };
+                (ip, port, proto)
+            }
+            None => {
+                let lc = lc.as_ref().ok_or_else(|| {
+                    anyhow!("'{}' is not an address; Service names need a cluster input", self.dest)
+                })?;
+                let (ip, port, proto) = resolve_service(&lc.cluster, &self.dest, family)
+                    .with_context(|| format!("resolving '{}'", self.dest))?;
+                (ip, port, Some(proto))
+            }
+        };
+        let proto = self.proto.map(Protocol::from).or(svc_proto).unwrap_or(Protocol::Tcp);
+        let (src, src_note) = match self.from {
+            Some(ip) => {
+                let note = if dp.local.contains(&ip) || ip.is_loopback() { "--from, a node address" } else { "--from" };
+                (ip, note.to_owned())
+            }
+            None => match lc.as_ref().and_then(|l| default_source(l, family)) {
+                Some(s) => s,
+                None => {
+                    let ip: IpAddr = if family == IpFamily::V4 {
+                        [203, 0, 113, 10].into()
+                    } else {
+                        "2001:db8:ffff::10".parse().unwrap_or(IpAddr::from([0u16; 8]))
+                    };
+                    (ip, "default: an external client; no cluster CIDR known, use --from".to_owned())
+                }
+            },
+        };
+        if IpFamily::of(&src) != family {
+            bail!("--from {src} is not the same family as the destination");
+        }
+        let req = TraceRequest { src, src_note, dst, dport: port, proto, seed: self.seed, in_iface: self.in_iface };
+        let env = Env { local: dp.local.clone(), ..Env::default() };
+        let t = trace(&dp, &req, &env)?;
+        let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };
+        super::print(&text)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}

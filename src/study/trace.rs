@@ -1,0 +1,277 @@
+//! `trace`: one packet through the node's rules, every outcome with its exact probability.
+//!
+//! The result names each step (hook, table, chain, the rule's line and text), the random branches
+//! with their probabilities, and for each outcome the endpoint, the verdict, whether the packet
+//! is masqueraded and how many rules the kernel evaluated on the way. With a seed, one outcome is
+//! sampled instead, reproducibly.
+
+use std::net::{IpAddr, SocketAddr};
+
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::dataplane::Dataplane;
+use crate::dataplane::netfilter::eval::{Delivery, Env, Event, Hook, Origin, Outcome, Verdict};
+use crate::dataplane::netfilter::{EvalError, Packet};
+use crate::model::Protocol;
+
+/// What to trace.
+#[derive(Debug, Clone)]
+pub struct TraceRequest {
+    /// Source address.
+    pub src: IpAddr,
+    /// Why this source (for the report), e.g. "default: a pod address in 10.1.0.0/16".
+    pub src_note: String,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Destination port.
+    pub dport: u16,
+    /// Protocol.
+    pub proto: Protocol,
+    /// Follow one sampled path with this seed instead of every branch.
+    pub seed: Option<u64>,
+    /// The packet arrives on this interface (ignored for node-local sources).
+    pub in_iface: String,
+}
+
+/// One step of a path, resolved to names and text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HopView {
+    /// PREROUTING, OUTPUT, …
+    pub hook: String,
+    /// The table (`route` for the routing decision).
+    pub table: String,
+    /// The chain.
+    pub chain: String,
+    /// The 1-based position of the rule in its chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    /// The rule's line in the dump.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The rule as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// What happened: enter, match, branch, return, policy, route, unmodelled.
+    pub event: String,
+    /// For a branch: the probability of this side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+    /// Free-form detail (the branch side, the routing decision, a warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Rules evaluated so far.
+    pub evaluated: u32,
+}
+
+/// One outcome of the packet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceOutcome {
+    /// `ip:port` after DNAT; `None` when no DNAT happened.
+    pub endpoint: Option<String>,
+    /// ACCEPT, DROP or REJECT.
+    pub verdict: String,
+    /// The exact probability.
+    pub probability: f64,
+    /// Masqueraded on the way out.
+    pub masquerade: bool,
+    /// local, forward or none.
+    pub delivery: String,
+    /// Rules evaluated.
+    pub rules_evaluated: u32,
+    /// The path.
+    pub hops: Vec<HopView>,
+    /// What the walk could not model.
+    pub warnings: Vec<String>,
+}
+
+/// The whole trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trace {
+    /// Where the rules came from.
+    pub rules: String,
+    /// The node, when known.
+    pub node: Option<String>,
+    /// The packet.
+    pub packet: PacketView,
+    /// Exact (`exact`) or one sample (`sampled, seed N`).
+    pub mode: String,
+    /// Every outcome, most probable first.
+    pub outcomes: Vec<TraceOutcome>,
+    /// Expected rules evaluated (probability-weighted).
+    pub rules_evaluated: f64,
+    /// Fewest rules evaluated on any path.
+    pub rules_evaluated_min: u32,
+    /// Most rules evaluated on any path.
+    pub rules_evaluated_max: u32,
+    /// Rules in the dump.
+    pub rules_total: usize,
+    /// The hops common to every outcome.
+    pub hops: Vec<HopView>,
+}
+
+/// The packet traced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PacketView {
+    /// Source.
+    pub src: IpAddr,
+    /// Why this source.
+    pub src_note: String,
+    /// Destination.
+    pub dst: SocketAddr,
+    /// Protocol.
+    pub proto: Protocol,
+    /// `prerouting` (from the network) or `output` (from the node itself).
+    pub path: String,
+}
+
+fn hook_name(h: Hook) -> &'static str {
+    h.chain_name()
+}
+
+fn view(dp: &Dataplane, o: &Outcome) -> Vec<HopView> {
+    o.hops
+        .iter()
+        .map(|h| {
+            let (table, chain) = dp.netfilter.names(h.table, h.chain);
+            let mut v = HopView {
+                hook: hook_name(h.hook).to_owned(),
+                table: table.to_owned(),
+                chain: chain.to_owned(),
+                rule: h.rule.map(|r| r + 1),
+                line: None,
+                text: None,
+                event: String::new(),
+                probability: None,
+                detail: None,
+                evaluated: h.evaluated,
+            };
+            if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule) {
+                let rule = &t.chains[h.chain].rules[r];
+                v.line = Some(rule.line);
+                v.text = Some(dp.statement_text(t.source, rule.stmt));
+            }
+            match &h.event {
+                Event::Enter => v.event = "enter".into(),
+                Event::Matched => v.event = "match".into(),
+                Event::Branch { probability, taken } => {
+                    v.event = "branch".into();
+                    v.probability = Some(*probability);
+                    v.detail = Some(if *taken { "matched" } else { "not matched" }.into());
+                }
+                Event::Return => v.event = "return".into(),
+                Event::Policy { accept } => {
+                    v.event = "policy".into();
+                    v.detail = Some(if *accept { "ACCEPT" } else { "DROP" }.into());
+                }
+                Event::Unmodelled { what } => {
+                    v.event = "unmodelled".into();
+                    v.detail = Some(what.clone());
+                }
+                Event::Route { delivery } => {
+                    v.event = "route".into();
+                    v.table = "route".into();
+                    v.chain = String::new();
+                    v.detail = Some(
+                        match delivery {
+                            Delivery::Local => "to a local address: INPUT",
+                            _ => "not local: FORWARD",
+                        }
+                        .into(),
+                    );
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn verdict_name(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "ACCEPT".into(),
+        Verdict::Drop => "DROP".into(),
+        Verdict::Reject(with) => format!("REJECT ({with})"),
+    }
+}
+
+/// The packet a request describes, on the path its source implies.
+pub fn packet(dp: &Dataplane, req: &TraceRequest) -> Packet {
+    let local = dp.local.contains(&req.src) || req.src.is_loopback();
+    Packet {
+        src: req.src,
+        dst: req.dst,
+        proto: req.proto.number(),
+        sport: 40000,
+        dport: req.dport,
+        mark: 0,
+        origin: if local { Origin::Local } else { Origin::Remote { in_iface: req.in_iface.clone() } },
+        out_iface: "eth0".into(),
+        established: false,
+    }
+}
+
+/// Traces a packet.
+///
+/// # Errors
+/// [`EvalError`] when the walk exceeds its bounds.
+pub fn trace(dp: &Dataplane, req: &TraceRequest, env: &Env) -> Result<Trace, EvalError> {
+    let pkt = packet(dp, req);
+    let (mut outs, mode) = match req.seed {
+        None => (dp.netfilter.evaluate(env, &pkt)?, "exact".to_owned()),
+        Some(seed) => {
+            let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+            (vec![dp.netfilter.sample(env, &pkt, &mut rng, true)?], format!("sampled, seed {seed}"))
+        }
+    };
+    // Most probable first; ties keep the rule order (the walk's order).
+    outs.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    let outcomes: Vec<TraceOutcome> = outs
+        .iter()
+        .map(|o| TraceOutcome {
+            endpoint: o.dnat.then(|| SocketAddr::new(o.dst, o.dport).to_string()),
+            verdict: verdict_name(&o.verdict),
+            probability: if req.seed.is_some() { 1.0 } else { o.probability },
+            masquerade: o.masquerade,
+            delivery: match o.delivery {
+                Delivery::Local => "local",
+                Delivery::Forward => "forward",
+                Delivery::None => "none",
+            }
+            .into(),
+            rules_evaluated: o.rules_evaluated,
+            hops: view(dp, o),
+            warnings: o.warnings.clone(),
+        })
+        .collect();
+    let expected: f64 = outcomes.iter().map(|o| o.probability * f64::from(o.rules_evaluated)).sum();
+    let min = outcomes.iter().map(|o| o.rules_evaluated).min().unwrap_or(0);
+    let max = outcomes.iter().map(|o| o.rules_evaluated).max().unwrap_or(0);
+    let common = common_prefix(&outcomes);
+    Ok(Trace {
+        rules: dp.origin.clone(),
+        node: dp.node.clone(),
+        packet: PacketView {
+            src: req.src,
+            src_note: req.src_note.clone(),
+            dst: SocketAddr::new(req.dst, req.dport),
+            proto: req.proto,
+            path: if matches!(pkt.origin, Origin::Local) { "output" } else { "prerouting" }.into(),
+        },
+        mode,
+        outcomes,
+        rules_evaluated: expected,
+        rules_evaluated_min: min,
+        rules_evaluated_max: max,
+        rules_total: dp.ruleset.rule_count(),
+        hops: common,
+    })
+}
+
+fn common_prefix(outs: &[TraceOutcome]) -> Vec<HopView> {
+    let Some(first) = outs.first() else { return Vec::new() };
+    let mut n = first.hops.len();
+    for o in &outs[1..] {
+        n = n.min(first.hops.iter().zip(&o.hops).take_while(|(a, b)| a == b).count());
+    }
+    first.hops[..n].to_vec()
+}
