@@ -1,30 +1,791 @@
-//! Reading Kubernetes manifests (CONTRACT STUB: being written; keep this API).
+//! Reading Kubernetes manifests: what `kubectl get services,endpointslices,endpoints,nodes -A -o
+//! yaml` (or `-o json`) prints, plus kube-proxy's configuration, into a [`Cluster`].
+//!
+//! # Input
+//! One text may hold several YAML documents (`---`), `kind: List` (or `ServiceList`, …) with
+//! `items`, JSON (a single object or a List: JSON is read by the same YAML 1.2 parser), or a mix.
+//! Objects read: v1 `Service`, `discovery.k8s.io` `EndpointSlice` (v1 and v1beta1), legacy v1
+//! `Endpoints`, v1 `Node`, `kubeproxy.config.k8s.io` `KubeProxyConfiguration`, and a v1 `ConfigMap`
+//! that embeds one in a data value (kubeadm's `kube-system/kube-proxy`, key `config.conf`; EKS's
+//! `kube-proxy-config`, key `config`). Every other kind — including a `Service` of another API
+//! group, such as Knative's — is skipped with one warning per kind.
+//!
+//! # Invariants
+//! - Objects keep their input order; across files, the order of the paths. An object that appears
+//!   twice (same kind, namespace and name) is replaced in place by the later one, with a warning.
+//! - The API server's defaults are applied (see [`crate::model::cluster`] for each field), and
+//!   EndpointSlice conditions are read as kube-proxy's `endpointslicecache.go` reads them: a nil
+//!   `ready` or `serving` is true, a nil `terminating` false.
+//! - Legacy `Endpoints` are converted into EndpointSlices (one per subset and address family) only
+//!   for Services that have no EndpointSlice anywhere in the input, so `kubectl get
+//!   endpoints,endpointslices` output is not counted twice.
+//! - Values kube-proxy itself ignores (unparsable `externalIPs` or `loadBalancerSourceRanges`, a
+//!   slice without the `kubernetes.io/service-name` label) become warnings, not errors. Values the
+//!   API server would reject are errors.
+//! - Unknown fields are ignored everywhere. No input panics: malformed YAML, wrong types, alias
+//!   bombs and deep nesting all end in a [`LoadError`].
+//! - Work and memory are bounded by the input size: before anything is built, each file is
+//!   walked once with a node budget of 8 nodes per input byte (plus 100 000), so YAML aliases
+//!   that multiply the content ("billion laughs") fail fast. Nesting deeper than 128 levels fails
+//!   too (serde_yaml_ng's limit).
+//!
+//! # Errors
+//! A [`LoadError`] names the file, the line (when the parser gives one), the object
+//! (`Service default/web`) and the field path, e.g.
+//! `cluster.yaml:14: Service default/web: spec.ports[0].port: 70000 is out of range 1-65535`.
+//! Checks that involve several fields (a Service without ports) point at the object's first line.
+//!
+//! ```
+//! use svcpath::model::load::load_str;
+//! let text = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+//!             spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}\n";
+//! let loaded = load_str(text, "web.yaml").unwrap();
+//! assert_eq!(loaded.cluster.services[0].namespaced_name(), "default/web");
+//! let err = load_str(&text.replace("port: 80", "port: 70000"), "web.yaml").unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "web.yaml:4: Service default/web: spec.ports[0].port: 70000 is out of range 1-65535"
+//! );
+//! ```
 
-use crate::model::Cluster;
+mod convert;
+mod raw;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::model::{Cluster, EndpointSlice, Node, ProxyConfig, Service};
+use convert::LegacyEndpoints;
+use raw::{Header, ItemHeader, Meta};
+
+/// Nodes (scalars, sequences, mappings, after alias expansion) allowed per byte of input.
+const NODES_PER_BYTE: usize = 8;
+
+/// Nodes allowed on top of [`NODES_PER_BYTE`], so small files with a few aliases always load.
+const NODE_ALLOWANCE: usize = 100_000;
+
+/// The message of the budget error (matched to classify it as [`LoadErrorKind::TooComplex`]).
+const BOMB_MESSAGE: &str = "the document expands to too many nodes";
+
+/// File extensions [`load_paths`] reads from a directory.
+const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
+
+/// The kind name that marks a list (`List`, or `ServiceList` and the like with `items`).
+const LIST_KIND: &str = "List";
+
+/// Text a ConfigMap data value must contain to be read as an embedded kube-proxy configuration.
+const PROXY_CONFIG_KIND: &str = "KubeProxyConfiguration";
 
 /// A loaded cluster plus the non-fatal problems found (one line each).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     /// The cluster.
     pub cluster: Cluster,
-    /// Warnings such as skipped unknown kinds.
+    /// Warnings such as skipped unknown kinds, in the order found.
     pub warnings: Vec<String>,
 }
 
-/// Why a manifest could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("{origin}: {message}")]
+/// What went wrong while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadErrorKind {
+    /// The file could not be read (or is not UTF-8).
+    Io,
+    /// The text is not well-formed YAML/JSON.
+    Syntax,
+    /// Aliases expand beyond the node budget, or nesting beyond 128 levels.
+    TooComplex,
+    /// A document is not a Kubernetes object (not a mapping, or no `kind`).
+    NotAnObject,
+    /// A field has a value the API server would reject.
+    Invalid,
+}
+
+/// Why a manifest could not be loaded: where, which object, which field, what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct LoadError {
     /// File name or `<embedded …>`.
     pub origin: String,
-    /// The problem.
+    /// 1-based line of the problem, when the parser gives one.
+    pub line: Option<usize>,
+    /// 1-based column of the problem, when the parser gives one.
+    pub column: Option<usize>,
+    /// The object, as `Kind namespace/name` (`Node name` for cluster-scoped kinds).
+    pub object: Option<String>,
+    /// The class of problem.
+    pub kind: LoadErrorKind,
+    /// The field path and the problem (`spec.ports[0].port: 70000 is out of range 1-65535`).
     pub message: String,
 }
 
-/// Loads manifests from text.
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let (LoadErrorKind::Syntax, Some(column)) = (self.kind, self.column) {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if let Some(object) = &self.object {
+            write!(f, "{object}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Loads manifests from text; `origin` names it in errors and warnings.
 ///
 /// # Errors
-/// Malformed YAML/JSON or objects.
-pub fn load_str(_text: &str, origin: &str) -> Result<Loaded, LoadError> {
-    Err(LoadError { origin: origin.to_owned(), message: "not yet written".into() })
+/// Malformed YAML/JSON, alias bombs, documents that are not objects, and field values the API
+/// server would reject (see the module doc).
+pub fn load_str(text: &str, origin: &str) -> Result<Loaded, LoadError> {
+    let mut builder = Builder::default();
+    builder.add_text(text, origin)?;
+    Ok(builder.finish())
+}
+
+/// Loads one file (or every `*.yaml`, `*.yml`, `*.json` of a directory, in name order).
+///
+/// # Errors
+/// As [`load_str`], plus [`LoadErrorKind::Io`] when the file cannot be read.
+pub fn load_path(path: &Path) -> Result<Loaded, LoadError> {
+    load_paths(&[path.to_path_buf()])
+}
+
+/// Loads several files (or directories) into one cluster, in the order given.
+///
+/// Later files replace earlier objects of the same kind and name, and a later
+/// KubeProxyConfiguration replaces an earlier one (both with a warning).
+///
+/// # Errors
+/// As [`load_path`], for the first file that fails.
+pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
+    let mut builder = Builder::default();
+    for path in paths {
+        for file in expand_dir(path)? {
+            let origin = file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| LoadError {
+                origin: origin.clone(),
+                line: None,
+                column: None,
+                object: None,
+                kind: LoadErrorKind::Io,
+                message: format!("cannot read the file: {e}"),
+            })?;
+            builder.add_text(&text, &origin)?;
+        }
+    }
+    Ok(builder.finish())
+}
+
+fn expand_dir(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let io_err = |e: std::io::Error| LoadError {
+        origin: path.display().to_string(),
+        line: None,
+        column: None,
+        object: None,
+        kind: LoadErrorKind::Io,
+        message: format!("cannot list the directory: {e}"),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io_err)? {
+        let p = entry.map_err(io_err)?.path();
+        let manifest = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| MANIFEST_EXTENSIONS.contains(&e));
+        if manifest && p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch: which shape a document has.
+
+/// What the second pass reads a document (or List item) as.
+#[derive(Debug, Clone)]
+enum Dispatch {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    Node,
+    ConfigMap,
+    ProxyConfig,
+    /// A kind svcpath does not use; the string is the kind as shown in the warning.
+    Skip(String),
+    /// Not an object: the message says why.
+    Bad(&'static str),
+    /// An empty (null) List item.
+    Null,
+}
+
+fn dispatch(api_version: Option<&str>, kind: Option<&str>) -> Dispatch {
+    let Some(kind) = kind.filter(|k| !k.is_empty()) else {
+        return Dispatch::Bad("kind: missing (is this a Kubernetes object?)");
+    };
+    let api_version = api_version.unwrap_or("");
+    // `v1` is the core group; `discovery.k8s.io/v1` is group `discovery.k8s.io`. An absent
+    // apiVersion (hand-written input) matches by kind alone.
+    let group = api_version.rsplit_once('/').map(|(g, _)| g);
+    let any = api_version.is_empty();
+    let core = any || group.is_none();
+    match kind {
+        "Service" if core => Dispatch::Service,
+        "Endpoints" if core => Dispatch::Endpoints,
+        "Node" if core => Dispatch::Node,
+        "ConfigMap" if core => Dispatch::ConfigMap,
+        "EndpointSlice" if any || group == Some("discovery.k8s.io") => Dispatch::EndpointSlice,
+        "KubeProxyConfiguration" if any || group == Some("kubeproxy.config.k8s.io") => {
+            Dispatch::ProxyConfig
+        }
+        "Service"
+        | "Endpoints"
+        | "Node"
+        | "ConfigMap"
+        | "EndpointSlice"
+        | "KubeProxyConfiguration" => Dispatch::Skip(format!("{kind} ({api_version})")),
+        other => Dispatch::Skip(other.to_owned()),
+    }
+}
+
+fn is_cluster_scoped(d: &Dispatch) -> bool {
+    matches!(d, Dispatch::Node | Dispatch::ProxyConfig)
+}
+
+/// `Service default/web`, `Node node-1`, `KubeProxyConfiguration`.
+fn object_label(kind: Option<&str>, meta: Option<&Meta>, d: &Dispatch) -> Option<String> {
+    let kind = kind?;
+    let name = meta.and_then(|m| m.name.as_deref()).unwrap_or("");
+    if name.is_empty() {
+        return Some(kind.to_owned());
+    }
+    if is_cluster_scoped(d) {
+        return Some(format!("{kind} {name}"));
+    }
+    let ns = meta
+        .and_then(|m| m.namespace.as_deref())
+        .filter(|n| !n.is_empty())
+        .unwrap_or(convert::DEFAULT_NAMESPACE);
+    Some(format!("{kind} {ns}/{name}"))
+}
+
+fn is_list(h: &Header) -> bool {
+    h.items.is_some() && h.kind.as_deref().is_some_and(|k| k.ends_with(LIST_KIND))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 0: walk every node once against a budget.
+
+struct CountSeed<'a>(&'a Cell<usize>);
+
+impl<'de> DeserializeSeed<'de> for CountSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(CountVisitor(self.0))
+    }
+}
+
+struct CountVisitor<'a>(&'a Cell<usize>);
+
+impl CountVisitor<'_> {
+    fn tick<E: de::Error>(&self) -> Result<(), E> {
+        match self.0.get().checked_sub(1) {
+            Some(left) => {
+                self.0.set(left);
+                Ok(())
+            }
+            None => Err(E::custom(BOMB_MESSAGE)),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for CountVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.tick()
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.tick()?;
+        CountSeed(self.0).deserialize(d)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.tick()?;
+        CountSeed(self.0).deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while seq.next_element_seed(CountSeed(self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.tick()?;
+        while map.next_key_seed(CountSeed(self.0))?.is_some() {
+            map.next_value_seed(CountSeed(self.0))?;
+        }
+        Ok(())
+    }
+    fn visit_enum<A: de::EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        // A YAML tag (`!foo value`): count the value under it.
+        use de::VariantAccess;
+        self.tick()?;
+        let ((), variant) = data.variant_seed(CountSeed(self.0))?;
+        variant.newtype_variant_seed(CountSeed(self.0))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass 2: typed objects.
+
+/// One object read from the input, with its conversion warnings (`path: message`).
+enum Parsed {
+    Service(Service, Vec<String>),
+    Slice(Option<EndpointSlice>, Vec<String>),
+    Endpoints(LegacyEndpoints),
+    Node(Node),
+    ConfigMap(Option<String>),
+    ProxyConfig(ProxyConfig),
+    Skipped(String),
+    Nothing,
+}
+
+struct ObjSeed<'a>(&'a Dispatch);
+
+impl<'de> DeserializeSeed<'de> for ObjSeed<'_> {
+    type Value = Parsed;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Parsed, D::Error> {
+        match self.0 {
+            Dispatch::Skip(kind) => {
+                IgnoredAny::deserialize(d)?;
+                Ok(Parsed::Skipped(kind.clone()))
+            }
+            Dispatch::Null => {
+                IgnoredAny::deserialize(d)?;
+                Ok(Parsed::Nothing)
+            }
+            other => d.deserialize_map(ObjVisitor(other)),
+        }
+    }
+}
+
+struct ObjVisitor<'a>(&'a Dispatch);
+
+impl<'de> Visitor<'de> for ObjVisitor<'_> {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kubernetes object (a mapping with apiVersion and kind)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Parsed, A::Error> {
+        // Conversion errors raised here carry the mark of this mapping: the object's first line.
+        let d = MapAccessDeserializer::new(map);
+        let mut warn = Vec::new();
+        let parsed = match self.0 {
+            Dispatch::Service => {
+                convert::convert_service(raw::RawService::deserialize(d)?, &mut warn)
+                    .map(|s| Parsed::Service(s, std::mem::take(&mut warn)))
+            }
+            Dispatch::EndpointSlice => {
+                convert::convert_slice(raw::RawEndpointSlice::deserialize(d)?, &mut warn)
+                    .map(|s| Parsed::Slice(s, std::mem::take(&mut warn)))
+            }
+            Dispatch::Endpoints => convert::convert_endpoints(raw::RawEndpoints::deserialize(d)?)
+                .map(Parsed::Endpoints),
+            Dispatch::Node => {
+                convert::convert_node(raw::RawNode::deserialize(d)?).map(Parsed::Node)
+            }
+            Dispatch::ConfigMap => {
+                let cm = raw::RawConfigMap::deserialize(d)?;
+                Ok(Parsed::ConfigMap(
+                    cm.data
+                        .unwrap_or_default()
+                        .into_values()
+                        .find(|v| v.contains(PROXY_CONFIG_KIND)),
+                ))
+            }
+            Dispatch::ProxyConfig => {
+                convert::convert_proxy_config(raw::RawProxyConfig::deserialize(d)?)
+                    .map(Parsed::ProxyConfig)
+            }
+            Dispatch::Bad(why) => Err((*why).to_owned()),
+            Dispatch::Skip(_) | Dispatch::Null => {
+                IgnoredAny::deserialize(d)?;
+                Ok(Parsed::Nothing)
+            }
+        };
+        parsed.map_err(de::Error::custom)
+    }
+}
+
+/// Reads a List: `items` element by element, each with its own dispatch; records the index
+/// being read so an error can name the item.
+struct ListSeed<'a> {
+    dispatch: &'a [Dispatch],
+    current: &'a Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = Vec<Parsed>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Parsed>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_> {
+    type Value = Vec<Parsed>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a List object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Parsed>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                out = map.next_value_seed(ItemsSeed {
+                    dispatch: self.dispatch,
+                    current: self.current,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct ItemsSeed<'a> {
+    dispatch: &'a [Dispatch],
+    current: &'a Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = Vec<Parsed>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Parsed>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = Vec<Parsed>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of objects")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Vec<Parsed>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Parsed>, A::Error> {
+        let mut out = Vec::with_capacity(self.dispatch.len());
+        let mut i = 0;
+        loop {
+            self.current.set(Some(i));
+            let d = self.dispatch.get(i).unwrap_or(&Dispatch::Null);
+            match seq.next_element_seed(ObjSeed(d))? {
+                Some(p) => out.push(p),
+                None => break,
+            }
+            i += 1;
+        }
+        self.current.set(None);
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The builder: accumulates objects across files.
+
+#[derive(Default)]
+struct Builder {
+    cluster: Cluster,
+    warnings: Vec<String>,
+    legacy: Vec<LegacyEndpoints>,
+    /// Skipped kinds and their counts, in order of first appearance.
+    skipped: Vec<(String, usize)>,
+    /// Where the current KubeProxyConfiguration came from.
+    config_from: Option<String>,
+    service_index: HashMap<(String, String), usize>,
+    slice_index: HashMap<(String, String), usize>,
+    node_index: HashMap<String, usize>,
+}
+
+/// Turns a serde_yaml_ng error into a [`LoadError`]: the location goes to `line`/`column`, the
+/// `… at line L column C` suffix is dropped, and a List item's `items[i].` prefix too.
+fn yaml_error(
+    e: &serde_yaml_ng::Error,
+    origin: &str,
+    object: Option<String>,
+    item: Option<usize>,
+    kind: LoadErrorKind,
+) -> LoadError {
+    let loc = e.location();
+    let mut message = e.to_string();
+    if let Some(l) = &loc {
+        let suffix = format!(" at line {} column {}", l.line(), l.column());
+        if let Some(pos) = message.find(&suffix) {
+            message.replace_range(pos..pos + suffix.len(), "");
+        }
+    }
+    if let Some(i) = item {
+        for prefix in [format!("items[{i}]."), format!("items[{i}]: ")] {
+            if let Some(rest) = message.strip_prefix(&prefix) {
+                message = rest.to_owned();
+                break;
+            }
+        }
+    }
+    let kind = if message.contains(BOMB_MESSAGE) {
+        message = format!(
+            "{BOMB_MESSAGE}: YAML aliases (`*name`) multiply the content beyond what the input \
+             size allows; is it a 'billion laughs' bomb? Write the values out instead"
+        );
+        LoadErrorKind::TooComplex
+    } else if message.contains("repetition limit exceeded") {
+        message =
+            "YAML aliases repeat too often (repetition limit exceeded); write the values out \
+                   instead"
+                .to_owned();
+        LoadErrorKind::TooComplex
+    } else if message.contains("recursion limit exceeded") {
+        message = "nesting deeper than 128 levels (recursion limit exceeded)".to_owned();
+        LoadErrorKind::TooComplex
+    } else {
+        if kind == LoadErrorKind::Syntax {
+            message = format!("malformed YAML/JSON: {message}");
+        }
+        kind
+    };
+    LoadError {
+        origin: origin.to_owned(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        object,
+        kind,
+        message,
+    }
+}
+
+impl Builder {
+    fn add_text(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
+        // Pass 0: syntax, and the alias budget.
+        let budget =
+            Cell::new(text.len().saturating_mul(NODES_PER_BYTE).saturating_add(NODE_ALLOWANCE));
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            CountSeed(&budget)
+                .deserialize(doc)
+                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::Syntax))?;
+        }
+        // Pass 1: kinds and names.
+        let mut headers: Vec<Option<Header>> = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            let h = Option::<Header>::deserialize(doc)
+                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::NotAnObject))?;
+            headers.push(h);
+        }
+        // Pass 2: typed objects.
+        for (doc, header) in serde_yaml_ng::Deserializer::from_str(text).zip(&headers) {
+            let Some(h) = header else { continue };
+            if is_list(h) {
+                let items: &[Option<ItemHeader>] = h.items.as_deref().unwrap_or(&[]);
+                let dispatch: Vec<Dispatch> = items
+                    .iter()
+                    .map(|it| match it {
+                        Some(it) => dispatch(it.api_version.as_deref(), it.kind.as_deref()),
+                        None => Dispatch::Null,
+                    })
+                    .collect();
+                let label = |i: usize| {
+                    let it = items.get(i).and_then(Option::as_ref)?;
+                    let d = dispatch.get(i)?;
+                    object_label(it.kind.as_deref(), it.metadata.as_ref(), d)
+                        .map(|l| format!("items[{i}] {l}"))
+                };
+                let current = Cell::new(None);
+                let parsed = ListSeed { dispatch: &dispatch, current: &current }
+                    .deserialize(doc)
+                    .map_err(|e| {
+                    let item = current.get();
+                    let object = item.and_then(label);
+                    yaml_error(&e, origin, object, item, LoadErrorKind::Invalid)
+                })?;
+                for (i, p) in parsed.into_iter().enumerate() {
+                    let object = label(i).unwrap_or_default();
+                    self.accept(p, origin, &object)?;
+                }
+            } else {
+                let d = dispatch(h.api_version.as_deref(), h.kind.as_deref());
+                let object = object_label(h.kind.as_deref(), h.metadata.as_ref(), &d);
+                let kind = if matches!(d, Dispatch::Bad(_)) {
+                    LoadErrorKind::NotAnObject
+                } else {
+                    LoadErrorKind::Invalid
+                };
+                let parsed = ObjSeed(&d)
+                    .deserialize(doc)
+                    .map_err(|e| yaml_error(&e, origin, object.clone(), None, kind))?;
+                self.accept(parsed, origin, &object.unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn warn(&mut self, origin: &str, object: &str, messages: Vec<String>) {
+        for m in messages {
+            self.warnings.push(format!("{origin}: {object}: {m}"));
+        }
+    }
+
+    fn accept(&mut self, parsed: Parsed, origin: &str, object: &str) -> Result<(), LoadError> {
+        match parsed {
+            Parsed::Service(svc, warns) => {
+                self.warn(origin, object, warns);
+                let key = (svc.namespace.clone(), svc.name.clone());
+                if let Some(&i) = self.service_index.get(&key) {
+                    self.warnings
+                        .push(format!("{origin}: {object}: appears again; the later one wins"));
+                    self.cluster.services[i] = svc;
+                } else {
+                    self.service_index.insert(key, self.cluster.services.len());
+                    self.cluster.services.push(svc);
+                }
+            }
+            Parsed::Slice(slice, warns) => {
+                self.warn(origin, object, warns);
+                if let Some(slice) = slice {
+                    let key = (slice.namespace.clone(), slice.name.clone());
+                    if let Some(&i) = self.slice_index.get(&key) {
+                        self.warnings
+                            .push(format!("{origin}: {object}: appears again; the later one wins"));
+                        self.cluster.endpoint_slices[i] = slice;
+                    } else {
+                        self.slice_index.insert(key, self.cluster.endpoint_slices.len());
+                        self.cluster.endpoint_slices.push(slice);
+                    }
+                }
+            }
+            Parsed::Endpoints(legacy) => self.legacy.push(legacy),
+            Parsed::Node(node) => {
+                if let Some(&i) = self.node_index.get(&node.name) {
+                    self.warnings
+                        .push(format!("{origin}: {object}: appears again; the later one wins"));
+                    self.cluster.nodes[i] = node;
+                } else {
+                    self.node_index.insert(node.name.clone(), self.cluster.nodes.len());
+                    self.cluster.nodes.push(node);
+                }
+            }
+            Parsed::ProxyConfig(cfg) => self.set_config(cfg, format!("{origin}: {object}")),
+            Parsed::ConfigMap(None) => self.skip("ConfigMap"),
+            Parsed::ConfigMap(Some(text)) => {
+                // The embedded text is loaded like a file of its own; its errors name the
+                // ConfigMap, and lines count from the start of the data value.
+                let inner_origin = format!("{origin}: {object}: data");
+                let mut inner = Builder::default();
+                inner.add_text(&text, &inner_origin)?;
+                match inner.config_from.take() {
+                    Some(from) => {
+                        let Loaded { cluster, warnings } = inner.finish();
+                        self.warnings.extend(warnings);
+                        self.set_config(cluster.config, from);
+                    }
+                    None => self.warnings.push(format!(
+                        "{inner_origin}: mentions {PROXY_CONFIG_KIND} but holds none; ignored"
+                    )),
+                }
+            }
+            Parsed::Skipped(kind) => self.skip(&kind),
+            Parsed::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn set_config(&mut self, cfg: ProxyConfig, from: String) {
+        if let Some(prev) = self.config_from.replace(from.clone()) {
+            self.warnings.push(format!(
+                "{from}: a second KubeProxyConfiguration; it replaces the one from {prev}"
+            ));
+        }
+        self.cluster.config = cfg;
+    }
+
+    fn skip(&mut self, kind: &str) {
+        match self.skipped.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += 1,
+            None => self.skipped.push((kind.to_owned(), 1)),
+        }
+    }
+
+    fn finish(mut self) -> Loaded {
+        for legacy in std::mem::take(&mut self.legacy) {
+            let has_slices = self
+                .cluster
+                .endpoint_slices
+                .iter()
+                .any(|s| s.namespace == legacy.namespace && s.service_name == legacy.name);
+            if !has_slices {
+                for slice in legacy.slices {
+                    let key = (slice.namespace.clone(), slice.name.clone());
+                    self.slice_index.insert(key, self.cluster.endpoint_slices.len());
+                    self.cluster.endpoint_slices.push(slice);
+                }
+            }
+        }
+        for (kind, n) in &self.skipped {
+            let s = if *n == 1 { "" } else { "s" };
+            self.warnings.push(format!("skipped {n} object{s} of kind {kind}"));
+        }
+        Loaded { cluster: self.cluster, warnings: self.warnings }
+    }
 }
