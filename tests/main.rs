@@ -1,1 +1,6 @@
-//! Integration tests.
+//! svcpath's integration tests: one test binary, one module per area.
+
+mod cli;
+mod harness;
+mod kubeproxy_data;
+mod regression;

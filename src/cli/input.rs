@@ -74,7 +74,8 @@ impl InputArgs {
             for w in &loaded.warnings {
                 eprintln!("svcpath: warning: {w}");
             }
-            let origin = self.cluster.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+            let origin =
+                self.cluster.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
             (loaded.cluster, origin)
         };
         let node = cluster.node_view(self.node.as_deref(), &self.node_ip)?;
@@ -85,23 +86,35 @@ impl InputArgs {
     pub fn dataplane(&self) -> anyhow::Result<(Dataplane, Option<LoadedCluster>)> {
         let family: IpFamily = self.family.into();
         if let Some(path) = &self.iptables_save {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let text = match String::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(e) => {
                     let at = e.utf8_error().valid_up_to();
                     let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
-                    bail!("{}: line {line}: invalid UTF-8 (iptables-save writes ASCII text)", path.display());
+                    bail!(
+                        "{}: line {line}: invalid UTF-8 (iptables-save writes ASCII text)",
+                        path.display()
+                    );
                 }
             };
             if self.node.is_some() {
-                eprintln!("svcpath: warning: --node is ignored with --iptables-save; give the node's addresses with --node-ip");
+                eprintln!(
+                    "svcpath: warning: --node is ignored with --iptables-save; give the node's addresses with --node-ip"
+                );
             }
-            let dp = Dataplane::from_text(text, &path.display().to_string(), rules_family(family), self.node_ip.clone())?;
+            let dp = Dataplane::from_text(
+                text,
+                &path.display().to_string(),
+                rules_family(family),
+                self.node_ip.clone(),
+            )?;
             return Ok((dp, None));
         }
         let Some(lc) = self.cluster()? else { bail!("no input") };
-        let dp = Dataplane::from_cluster(&lc.cluster, &lc.origin, &lc.node, family, NodeEnv::default())?;
+        let dp =
+            Dataplane::from_cluster(&lc.cluster, &lc.origin, &lc.node, family, NodeEnv::default())?;
         Ok((dp, Some(lc)))
     }
 }

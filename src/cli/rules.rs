@@ -35,9 +35,12 @@ impl RulesArgs {
     /// Runs the subcommand.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let Some(lc) = self.input.cluster()? else {
-            bail!("`svcpath rules` renders rules from a cluster; --iptables-save is an input for `trace`");
+            bail!(
+                "`svcpath rules` renders rules from a cluster; --iptables-save is an input for `trace`"
+            );
         };
-        let sync = iptables::sync(&lc.cluster, &lc.node, self.input.family.into(), NodeEnv::default());
+        let sync =
+            iptables::sync(&lc.cluster, &lc.node, self.input.family.into(), NodeEnv::default());
         let ruleset = if self.payload { sync.payload } else { sync.node_dump() };
         super::print(&iptables_save::render(&ruleset))?;
         Ok(ExitCode::SUCCESS)

@@ -71,7 +71,11 @@ fn parse_addr(s: &str) -> Option<(IpAddr, Option<u16>)> {
 }
 
 /// Resolves `ns/name[:port]` through the cluster.
-fn resolve_service(cluster: &Cluster, s: &str, family: IpFamily) -> anyhow::Result<(IpAddr, u16, Protocol)> {
+fn resolve_service(
+    cluster: &Cluster,
+    s: &str,
+    family: IpFamily,
+) -> anyhow::Result<(IpAddr, u16, Protocol)> {
     let (nsname, port) = match s.rsplit_once(':') {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
@@ -82,9 +86,9 @@ fn resolve_service(cluster: &Cluster, s: &str, family: IpFamily) -> anyhow::Resu
         .iter()
         .find(|x| x.namespace == ns && x.name == name)
         .ok_or_else(|| anyhow!("no Service {ns}/{name} in the cluster"))?;
-    let ip = svc
-        .cluster_ip(family)
-        .ok_or_else(|| anyhow!("Service {ns}/{name} has no {family:?} cluster IP (headless or other family)"))?;
+    let ip = svc.cluster_ip(family).ok_or_else(|| {
+        anyhow!("Service {ns}/{name} has no {family:?} cluster IP (headless or other family)")
+    })?;
     let sp = match port {
         None => svc.ports.first(),
         Some(p) => svc.ports.iter().find(|x| x.name == p || x.port.to_string() == p),
@@ -116,10 +120,17 @@ fn default_source(lc: &LoadedCluster, family: IpFamily) -> Option<(IpAddr, Strin
         .iter()
         .chain(&lc.node.pod_cidrs)
         .find(|n| family.contains(&n.ip()))?;
-    let endpoints: Vec<IpAddr> =
-        lc.cluster.endpoint_slices.iter().flat_map(|s| &s.endpoints).flat_map(|e| e.addresses.iter().copied()).collect();
+    let endpoints: Vec<IpAddr> = lc
+        .cluster
+        .endpoint_slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .flat_map(|e| e.addresses.iter().copied())
+        .collect();
     let mut candidate = match cidr {
-        ipnetwork::IpNetwork::V4(n) => IpAddr::V4((u32::from(n.broadcast()).saturating_sub(1)).into()),
+        ipnetwork::IpNetwork::V4(n) => {
+            IpAddr::V4((u32::from(n.broadcast()).saturating_sub(1)).into())
+        }
         ipnetwork::IpNetwork::V6(n) => {
             let last = u128::from(n.network()) | (u128::MAX >> n.prefix());
             IpAddr::V6((last.saturating_sub(1)).into())
@@ -127,7 +138,10 @@ fn default_source(lc: &LoadedCluster, family: IpFamily) -> Option<(IpAddr, Strin
     };
     for _ in 0..256 {
         if !endpoints.contains(&candidate) {
-            return Some((candidate, format!("default: a pod address in {cidr} that is not an endpoint")));
+            return Some((
+                candidate,
+                format!("default: a pod address in {cidr} that is not an endpoint"),
+            ));
         }
         candidate = match candidate {
             IpAddr::V4(a) => IpAddr::V4((u32::from(a) - 1).into()),
@@ -145,7 +159,10 @@ impl TraceArgs {
         let (dst, port, svc_proto) = match parse_addr(&self.dest) {
             Some((ip, port)) => {
                 if IpFamily::of(&ip) != family {
-                    bail!("destination {ip} is not {family:?}; add --family {}", if family == IpFamily::V4 { "ipv6" } else { "ipv4" });
+                    bail!(
+                        "destination {ip} is not {family:?}; add --family {}",
+                        if family == IpFamily::V4 { "ipv6" } else { "ipv4" }
+                    );
                 }
                 let known = lc.as_ref().map(|l| ports_at(&l.cluster, ip)).unwrap_or_default();
                 let port = match port {
@@ -154,7 +171,8 @@ impl TraceArgs {
                         anyhow!("no port given for {ip} and no Service port captures it; write {ip}:PORT")
                     })?,
                 };
-                let protos: Vec<Protocol> = known.iter().filter(|k| k.0 == port).map(|k| k.1).collect();
+                let protos: Vec<Protocol> =
+                    known.iter().filter(|k| k.0 == port).map(|k| k.1).collect();
                 let proto = if protos.len() == 1 { Some(protos[0]) } else { None };
                 (ip, port, proto)
             }
@@ -170,7 +188,11 @@ impl TraceArgs {
         let proto = self.proto.map(Protocol::from).or(svc_proto).unwrap_or(Protocol::Tcp);
         let (src, src_note) = match self.from {
             Some(ip) => {
-                let note = if dp.local.contains(&ip) || ip.is_loopback() { "--from, a node address" } else { "--from" };
+                let note = if dp.local.contains(&ip) || ip.is_loopback() {
+                    "--from, a node address"
+                } else {
+                    "--from"
+                };
                 (ip, note.to_owned())
             }
             None => match lc.as_ref().and_then(|l| default_source(l, family)) {
@@ -181,14 +203,25 @@ impl TraceArgs {
                     } else {
                         "2001:db8:ffff::10".parse().unwrap_or(IpAddr::from([0u16; 8]))
                     };
-                    (ip, "default: an external client; no cluster CIDR known, use --from".to_owned())
+                    (
+                        ip,
+                        "default: an external client; no cluster CIDR known, use --from".to_owned(),
+                    )
                 }
             },
         };
         if IpFamily::of(&src) != family {
             bail!("--from {src} is not the same family as the destination");
         }
-        let req = TraceRequest { src, src_note, dst, dport: port, proto, seed: self.seed, in_iface: self.in_iface };
+        let req = TraceRequest {
+            src,
+            src_note,
+            dst,
+            dport: port,
+            proto,
+            seed: self.seed,
+            in_iface: self.in_iface,
+        };
         let env = Env { local: dp.local.clone(), ..Env::default() };
         let t = trace(&dp, &req, &env)?;
         let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };

@@ -109,7 +109,10 @@ pub fn text(trace: &Trace) -> String {
     let _ = writeln!(
         out,
         "cost: {:.2} rules evaluated on average (min {}, max {}) of {} rules in the dump",
-        trace.rules_evaluated, trace.rules_evaluated_min, trace.rules_evaluated_max, trace.rules_total
+        trace.rules_evaluated,
+        trace.rules_evaluated_min,
+        trace.rules_evaluated_max,
+        trace.rules_total
     );
     let mut warnings: Vec<&String> = trace.outcomes.iter().flat_map(|o| &o.warnings).collect();
     warnings.sort();

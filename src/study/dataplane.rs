@@ -67,12 +67,25 @@ impl Dataplane {
     ///
     /// # Errors
     /// Parse errors and what the kernel would refuse, naming `origin` and the line.
-    pub fn from_text(text: String, origin: &str, family: Family, local: Vec<IpAddr>) -> Result<Dataplane, DataplaneError> {
+    pub fn from_text(
+        text: String,
+        origin: &str,
+        family: Family,
+        local: Vec<IpAddr>,
+    ) -> Result<Dataplane, DataplaneError> {
         let ruleset = iptables_save::parse(&text, family)
             .map_err(|error| DataplaneError::Parse { origin: origin.to_owned(), error })?;
         let netfilter = Netfilter::new(&ruleset)
             .map_err(|error| DataplaneError::Compile { origin: origin.to_owned(), error })?;
-        Ok(Dataplane { origin: origin.to_owned(), text, ruleset, netfilter, local, node: None, cluster: None })
+        Ok(Dataplane {
+            origin: origin.to_owned(),
+            text,
+            ruleset,
+            netfilter,
+            local,
+            node: None,
+            cluster: None,
+        })
     }
 
     /// Renders kube-proxy's iptables rules for `node` and compiles them from their text.
@@ -89,7 +102,12 @@ impl Dataplane {
         let sync = kp::sync(cluster, node, family, env);
         let text = iptables_save::render(&sync.node_dump());
         let local = node.addresses.clone();
-        let mut dp = Dataplane::from_text(text, &format!("{origin} (rendered)"), rules_family(family), local)?;
+        let mut dp = Dataplane::from_text(
+            text,
+            &format!("{origin} (rendered)"),
+            rules_family(family),
+            local,
+        )?;
         dp.origin = origin.to_owned();
         dp.node = Some(node.name.clone());
         dp.cluster = Some(cluster.clone());

@@ -204,7 +204,11 @@ pub fn packet(dp: &Dataplane, req: &TraceRequest) -> Packet {
         sport: 40000,
         dport: req.dport,
         mark: 0,
-        origin: if local { Origin::Local } else { Origin::Remote { in_iface: req.in_iface.clone() } },
+        origin: if local {
+            Origin::Local
+        } else {
+            Origin::Remote { in_iface: req.in_iface.clone() }
+        },
         out_iface: "eth0".into(),
         established: false,
     }

@@ -1,0 +1,1 @@
+//! One test per fixed issue, headed by the issue it comes from.
