@@ -14,6 +14,37 @@ pub fn probability(p: f64) -> String {
     format!("{p:.10} ({:.2}%)", p * 100.0)
 }
 
+/// Hops equal but for the running rule count.
+fn same_step(a: &HopView, b: &HopView) -> bool {
+    HopView { evaluated: 0, ..a.clone() } == HopView { evaluated: 0, ..b.clone() }
+}
+
+fn hops_text(hops: &[HopView], out: &mut String) {
+    let mut last_hook = String::new();
+    let mut i = 0;
+    while i < hops.len() {
+        let h = &hops[i];
+        // A taken random branch and the match of the same rule read as one line.
+        if h.event == "branch"
+            && let Some(next) = hops.get(i + 1)
+            && next.event == "match"
+            && next.rule == h.rule
+            && next.chain == h.chain
+        {
+            let p = h.probability.unwrap_or(0.0);
+            let merged = HopView {
+                text: Some(format!("[random, p = {}] {}", probability(p), next.text.as_deref().unwrap_or(""))),
+                ..next.clone()
+            };
+            hop_line(&merged, out, &mut last_hook);
+            i += 2;
+            continue;
+        }
+        hop_line(h, out, &mut last_hook);
+        i += 1;
+    }
+}
+
 fn hop_line(h: &HopView, out: &mut String, last_hook: &mut String) {
     if h.event == "route" {
         let _ = writeln!(out, "  routing: {}", h.detail.as_deref().unwrap_or(""));
@@ -70,32 +101,44 @@ pub fn text(trace: &Trace) -> String {
     let _ = writeln!(out, "  mode:   {}", trace.mode);
     let _ = writeln!(out);
     let _ = writeln!(out, "path");
-    let mut last_hook = String::new();
-    for h in &trace.hops {
-        hop_line(h, &mut out, &mut last_hook);
-    }
+    hops_text(&trace.hops, &mut out);
     let shared = trace.hops.len();
     if trace.outcomes.len() > 1 {
+        // Steps every outcome ends with (the filter and POSTROUTING walk) are printed once.
+        let first = &trace.outcomes[0].hops;
+        let mut tail = first.len() - shared;
+        for o in &trace.outcomes[1..] {
+            let n = first[shared..]
+                .iter()
+                .rev()
+                .zip(o.hops[shared..].iter().rev())
+                .take_while(|(a, b)| same_step(a, b))
+                .count();
+            tail = tail.min(n);
+        }
         for (i, o) in trace.outcomes.iter().enumerate() {
             let to = o.endpoint.as_deref().unwrap_or(&o.verdict);
             let _ = writeln!(out, "  ── outcome {} ({:.2}%) → {to}", i + 1, o.probability * 100.0);
-            let mut lh = String::new();
-            for h in o.hops.iter().skip(shared) {
-                hop_line(h, &mut out, &mut lh);
-            }
+            hops_text(&o.hops[shared..o.hops.len() - tail], &mut out);
+        }
+        if tail > 0 {
+            let _ = writeln!(out, "  ── then, for every outcome:");
+            hops_text(&first[first.len() - tail..], &mut out);
         }
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "outcomes ({})", trace.outcomes.len());
+    let ep_w = trace.outcomes.iter().map(|o| o.endpoint.as_deref().unwrap_or("-").len()).max().unwrap_or(0).max(8);
+    let v_w = trace.outcomes.iter().map(|o| o.verdict.len()).max().unwrap_or(0).max(7);
     let _ = writeln!(
         out,
-        "  {:<3} {:<24} {:<26} {:<30} {:<11} {:<9} {}",
-        "#", "endpoint", "probability", "verdict", "masquerade", "delivery", "rules"
+        "  {:<3} {:<ep_w$}  {:<24}  {:<v_w$}  {:<10}  {:<8}  rules",
+        "#", "endpoint", "probability", "verdict", "masquerade", "delivery"
     );
     for (i, o) in trace.outcomes.iter().enumerate() {
         let _ = writeln!(
             out,
-            "  {:<3} {:<24} {:<26} {:<30} {:<11} {:<9} {}",
+            "  {:<3} {:<ep_w$}  {:<24}  {:<v_w$}  {:<10}  {:<8}  {}",
             i + 1,
             o.endpoint.as_deref().unwrap_or("-"),
             probability(o.probability),

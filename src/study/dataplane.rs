@@ -42,7 +42,7 @@ pub enum DataplaneError {
         /// The file.
         origin: String,
         /// The parse error (with its line).
-        error: ParseError,
+        error: Box<ParseError>,
     },
     /// The dump parses but the kernel would refuse it.
     #[error("{origin}: {error}")]
@@ -50,7 +50,7 @@ pub enum DataplaneError {
         /// The file.
         origin: String,
         /// The error (with its line).
-        error: CompileError,
+        error: Box<CompileError>,
     },
 }
 
@@ -74,9 +74,9 @@ impl Dataplane {
         local: Vec<IpAddr>,
     ) -> Result<Dataplane, DataplaneError> {
         let ruleset = iptables_save::parse(&text, family)
-            .map_err(|error| DataplaneError::Parse { origin: origin.to_owned(), error })?;
+            .map_err(|error| DataplaneError::Parse { origin: origin.to_owned(), error: Box::new(error) })?;
         let netfilter = Netfilter::new(&ruleset)
-            .map_err(|error| DataplaneError::Compile { origin: origin.to_owned(), error })?;
+            .map_err(|error| DataplaneError::Compile { origin: origin.to_owned(), error: Box::new(error) })?;
         Ok(Dataplane {
             origin: origin.to_owned(),
             text,

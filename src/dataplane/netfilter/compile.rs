@@ -374,8 +374,11 @@ fn err(line: usize, kind: CompileErrorKind) -> CompileError {
     CompileError { line, kind }
 }
 
+/// A chain being built: name, policy, and its rules with their line and statement index.
+type ChainBuild = (String, Option<bool>, Vec<(usize, usize, Rule)>);
+
 struct Builder {
-    chains: Vec<(String, Option<bool>, Vec<(usize, usize, Rule)>)>,
+    chains: Vec<ChainBuild>,
     by_name: HashMap<String, usize>,
 }
 
@@ -700,7 +703,7 @@ struct ModuleArgs<'a> {
     opts: Vec<(bool, &'a str, &'a [Word])>,
 }
 
-fn first<'a>(option: &str, values: &'a [Word]) -> Result<String, CompileErrorKind> {
+fn first(option: &str, values: &[Word]) -> Result<String, CompileErrorKind> {
     values.first().map(Word::value).ok_or_else(|| CompileErrorKind::MissingValue(option.to_owned()))
 }
 
