@@ -15,6 +15,9 @@
 //!   `u_threshold`, `l_threshold`), `delete` (`dest`), `overload` (`dest`, `on`, default true),
 //!   `connect` (`id`, `client`, optional `state` `active` | `inactive`; TCP and SCTP default to
 //!   active, UDP is always inactive), `fin` (`id`) and `close` (`id`).
+//! * `persistence` (optional): `{"timeout": SECONDS, "prefix_len": 32}` like `ipvsadm -p -M`;
+//!   `sysctls` (optional): `{"expire_quiescent_template": true}`; the `tick` event (`seconds`)
+//!   advances the clock that expires persistence templates.
 //! * output: one [`ReplayOutput`] per `connect`, rendered by [`render_jsonl`] as
 //!   `{"id":"c0","dest":"10.0.0.1:80"}` or `"dest":null` when no destination is available.
 //!
@@ -36,13 +39,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::dataplane::ipvs::{
-    ConnId, ConnState, Decision, DestSpec, FlagError, IpvsError, IpvsService, SchedulerKind,
-    ServiceFlags,
+    ConnId, ConnState, Decision, DestSpec, FlagError, IpvsError, IpvsService, Persistence,
+    SchedulerKind, ServiceFlags, Sysctls,
 };
 use crate::model::cluster::Protocol;
 
 /// The event operations, as spelled in the input.
-pub const OPS: [&str; 7] = ["add", "edit", "delete", "overload", "connect", "fin", "close"];
+pub const OPS: [&str; 8] = ["add", "edit", "delete", "overload", "connect", "fin", "close", "tick"];
 
 /// The result of one `connect` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,7 +139,7 @@ pub enum ReplayErrorKind {
     #[error("unknown protocol '{0}' (use tcp, udp or sctp)")]
     Proto(String),
     /// An unknown event operation.
-    #[error("unknown op '{0}' (known: add, edit, delete, overload, connect, fin, close)")]
+    #[error("unknown op '{0}' (known: add, edit, delete, overload, connect, fin, close, tick)")]
     UnknownOp(String),
     /// An address that is not `ip:port`.
     #[error("malformed address '{0}' (expected ip:port, e.g. 10.0.0.1:80 or [fd00::1]:80)")]
@@ -218,9 +221,8 @@ impl<'a> Obj<'a> {
         match self.map.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(v) => match v.as_u64() {
-                Some(n) => {
-                    u32::try_from(n).map_err(|_| err(self.at, IpvsError::WeightOutOfRange(n)))
-                }
+                Some(n) => u32::try_from(n)
+                    .map_err(|_| self.type_err(field, "an integer up to 4294967295", v)),
                 None => Err(self.type_err(field, "a non-negative integer", v)),
             },
         }
@@ -249,7 +251,8 @@ impl<'a> Obj<'a> {
     }
 }
 
-const TOP_FIELDS: [&str; 6] = ["scheduler", "flags", "proto", "vip", "dests", "events"];
+const TOP_FIELDS: [&str; 8] =
+    ["scheduler", "flags", "proto", "vip", "persistence", "sysctls", "dests", "events"];
 const DEST_FIELDS: [&str; 5] = ["dest", "weight", "overload", "u_threshold", "l_threshold"];
 
 fn array<'a>(obj: &Obj<'a>, field: &'static str) -> Result<&'a [Value], ReplayError> {
@@ -291,6 +294,26 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
         Some(_) => top.addr("vip")?,
     };
 
+    let persistence = match top.map.get("persistence") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let o = Obj::new(v, Location::Top, "persistence")?;
+            o.only(&["timeout", "prefix_len"])?;
+            let full = if vip.is_ipv6() { 128 } else { 32 };
+            let prefix = o.u32_or("prefix_len", full)?;
+            let prefix_len = u8::try_from(prefix.min(full)).unwrap_or(128);
+            Some(Persistence { timeout: u64::from(o.u32_or("timeout", 300)?), prefix_len })
+        }
+    };
+    let sysctls = match top.map.get("sysctls") {
+        None | Some(Value::Null) => Sysctls::default(),
+        Some(v) => {
+            let o = Obj::new(v, Location::Top, "sysctls")?;
+            o.only(&["expire_quiescent_template"])?;
+            Sysctls { expire_quiescent_template: o.bool_or("expire_quiescent_template", false)? }
+        }
+    };
+
     let mut specs = Vec::new();
     let mut overloaded = Vec::new();
     for (i, d) in array(&top, "dests")?.iter().enumerate() {
@@ -308,6 +331,8 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
         svc.add_dest(*spec).map_err(|e| err(Location::Dest(*i), e))?;
     }
     svc.set_scheduler(kind, flags);
+    svc.set_persistence(persistence);
+    svc.set_sysctls(sysctls);
     for (i, addr) in overloaded {
         svc.set_overload(addr, true).map_err(|e| err(Location::Dest(i), e))?;
     }
@@ -373,6 +398,10 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
                     svc.close(conn).map_err(|e| err(at, e))?;
                     open.remove(id);
                 }
+            }
+            "tick" => {
+                o.only(&["op", "seconds"])?;
+                svc.advance(u64::from(o.u32_or("seconds", 1)?));
             }
             other => return Err(err(at, ReplayErrorKind::UnknownOp(other.to_string()))),
         }
@@ -451,6 +480,7 @@ mod tests {
             ("sh_fallback", fixture!("sh_fallback")),
             ("mh_quiesce", fixture!("mh_quiesce")),
             ("udp_nq_overload", fixture!("udp_nq_overload")),
+            ("rr_persistence", fixture!("rr_persistence")),
         ] {
             assert_eq!(run(input), want, "fixture {name}");
         }

@@ -127,6 +127,62 @@ pub struct Conn {
     pub dest: DestId,
     /// Active or inactive.
     pub state: ConnState,
+    /// The persistence template controlling it (`ip_vs_control_add`), if any.
+    pub template: Option<TemplateId>,
+}
+
+/// Service persistence (`ipvsadm -p TIMEOUT -M NETMASK`; kube-proxy's `sessionAffinity:
+/// ClientIP` with `timeoutSeconds`, netmask /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Persistence {
+    /// Template timeout in seconds (`svc->timeout`).
+    pub timeout: u64,
+    /// Client prefix length the template is keyed by (32 / 128 = per client address).
+    pub prefix_len: u8,
+}
+
+/// The `net/ipv4/vs/*` sysctls the model reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sysctls {
+    /// `expire_quiescent_template`: a template whose destination has weight 0 is invalid
+    /// (kernel default 0; kube-proxy sets 1).
+    pub expire_quiescent_template: bool,
+}
+
+impl Sysctls {
+    /// What kube-proxy's IPVS proxier ensures (`expire_quiescent_template=1`).
+    pub fn kube_proxy() -> Sysctls {
+        Sysctls { expire_quiescent_template: true }
+    }
+}
+
+/// A persistence template's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TemplateId(pub u64);
+
+/// A persistence template (`IP_VS_CONN_F_TEMPLATE` connection): client network → destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Template {
+    /// The client address after the netmask.
+    pub client: IpAddr,
+    /// The destination it pins.
+    pub dest: DestId,
+    /// When its timer fires, in seconds on the service clock.
+    pub expires: u64,
+    /// Open connections it controls (`n_control`); it outlives its timer while any remain.
+    pub controlled: u32,
+    /// Still findable (`ip_vs_check_template` unhashes an invalid one).
+    pub hashed: bool,
+}
+
+/// The long-run share of new connections each destination would get from the current state
+/// when the scheduler's position (rr / wrr cursor) is unknown: `count / total` each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shares {
+    /// Destinations with a positive count, in list order (template first if one applies).
+    pub counts: Vec<(DestId, u64)>,
+    /// The sum of the counts (0 when nothing is available).
+    pub total: u64,
 }
 
 /// An IPVS configuration or connection-table operation the kernel would refuse.
@@ -166,6 +222,11 @@ pub struct IpvsService {
     sched: SchedState,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
+    persistence: Option<Persistence>,
+    sysctls: Sysctls,
+    templates: BTreeMap<TemplateId, Template>,
+    next_template: u64,
+    now: u64,
 }
 
 impl IpvsService {
@@ -186,6 +247,11 @@ impl IpvsService {
             sched: SchedState::Stateless,
             conns: BTreeMap::new(),
             next_conn: 0,
+            persistence: None,
+            sysctls: Sysctls::default(),
+            templates: BTreeMap::new(),
+            next_template: 0,
+            now: 0,
         };
         svc.sched = SchedState::init(kind, svc.view());
         svc
@@ -400,16 +466,134 @@ impl IpvsService {
         self.sched.schedule(self.kind, self.flags, view, client, self.vip)
     }
 
-    /// Schedules and, when a destination is found, opens a connection bound to it.
+    /// Schedules and, when a destination is found, opens a connection bound to it. With
+    /// persistence this is `ip_vs_sched_persist`: a valid template of the client's network
+    /// decides (re-armed), otherwise the scheduler does and a new template is created.
     pub fn connect(&mut self, client: SocketAddr, state: ConnState) -> Option<(ConnId, Decision)> {
-        let decision = self.schedule(client)?;
-        let id = self.bind(decision.dest, client, state);
+        let Some(p) = self.persistence else {
+            let decision = self.schedule(client)?;
+            let id = self.bind_conn(decision.dest, client, state, None);
+            return Some((id, decision));
+        };
+        let key = mask(client.ip(), p.prefix_len);
+        let (tid, decision) = match self.find_template(key) {
+            Some(tid) => {
+                let t = self.templates.get_mut(&tid)?;
+                t.expires = self.now.saturating_add(p.timeout);
+                let addr = self.dests.get(t.dest.index())?.addr;
+                let reason = Reason::Template { client: key };
+                (tid, Decision { dest: t.dest, addr, reason })
+            }
+            None => {
+                let decision = self.schedule(client)?;
+                let tid = TemplateId(self.next_template);
+                self.next_template += 1;
+                if let Some(d) = self.dests.get_mut(decision.dest.index()) {
+                    d.persistent = d.persistent.saturating_add(1);
+                    update_overload_on_bind(d);
+                }
+                let t = Template {
+                    client: key,
+                    dest: decision.dest,
+                    expires: self.now.saturating_add(p.timeout),
+                    controlled: 0,
+                    hashed: true,
+                };
+                self.templates.insert(tid, t);
+                (tid, decision)
+            }
+        };
+        let id = self.bind_conn(decision.dest, client, state, Some(tid));
         Some((id, decision))
+    }
+
+    /// The valid, hashed template for `key`; an invalid one is unhashed (and reaped once it
+    /// controls nothing), as `ip_vs_check_template` does.
+    fn find_template(&mut self, key: IpAddr) -> Option<TemplateId> {
+        let (tid, t) = self.templates.iter().find(|(_, t)| t.hashed && t.client == key)?;
+        let (tid, dest) = (*tid, t.dest);
+        let valid = self.dests.get(dest.index()).is_some_and(|d| {
+            d.available && !(self.sysctls.expire_quiescent_template && d.weight == 0)
+        });
+        if valid {
+            return Some(tid);
+        }
+        if let Some(t) = self.templates.get_mut(&tid) {
+            t.hashed = false;
+            t.expires = self.now;
+        }
+        self.reap_templates();
+        None
+    }
+
+    /// Removes templates whose timer has fired and that control no connection; a fired
+    /// template still controlling connections is re-armed for another timeout.
+    fn reap_templates(&mut self) {
+        let now = self.now;
+        let timeout = self.persistence.map_or(0, |p| p.timeout);
+        let mut dead = Vec::new();
+        for (tid, t) in self.templates.iter_mut() {
+            if t.expires > now {
+                continue;
+            }
+            if t.controlled > 0 {
+                if t.hashed && timeout > 0 {
+                    // expire_later: the timer is re-armed by one timeout until it fires idle.
+                    let behind = (now - t.expires) / timeout + 1;
+                    t.expires = t.expires.saturating_add(behind.saturating_mul(timeout));
+                }
+                continue;
+            }
+            dead.push((*tid, t.dest));
+        }
+        for (tid, dest) in dead {
+            self.templates.remove(&tid);
+            if let Some(d) = self.dests.get_mut(dest.index()) {
+                d.persistent = d.persistent.saturating_sub(1);
+                update_overload_on_unbind(d);
+            }
+        }
+    }
+
+    /// Advances the service clock by `secs` seconds, expiring persistence templates.
+    pub fn advance(&mut self, secs: u64) {
+        self.now = self.now.saturating_add(secs);
+        self.reap_templates();
+    }
+
+    /// The service clock in seconds.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Turns persistence on (`-p`) or off.
+    pub fn set_persistence(&mut self, persistence: Option<Persistence>) {
+        self.persistence = persistence;
+    }
+
+    /// Sets the sysctls.
+    pub fn set_sysctls(&mut self, sysctls: Sysctls) {
+        self.sysctls = sysctls;
+    }
+
+    /// The persistence templates, by id.
+    pub fn templates(&self) -> impl Iterator<Item = (TemplateId, &Template)> + '_ {
+        self.templates.iter().map(|(id, t)| (*id, t))
     }
 
     /// `ip_vs_bind_dest`: opens a connection to `dest` in `state`, counts it, and sets the
     /// overload flag when the total reaches `u_threshold`.
     pub fn bind(&mut self, dest: DestId, client: SocketAddr, state: ConnState) -> ConnId {
+        self.bind_conn(dest, client, state, None)
+    }
+
+    fn bind_conn(
+        &mut self,
+        dest: DestId,
+        client: SocketAddr,
+        state: ConnState,
+        template: Option<TemplateId>,
+    ) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         if let Some(d) = self.dests.get_mut(dest.index()) {
@@ -417,12 +601,12 @@ impl IpvsService {
                 ConnState::Active => d.active = d.active.saturating_add(1),
                 ConnState::Inactive => d.inactive = d.inactive.saturating_add(1),
             }
-            let total = u64::from(d.active) + u64::from(d.inactive);
-            if d.u_threshold != 0 && total >= u64::from(d.u_threshold) {
-                d.overloaded = true;
-            }
+            update_overload_on_bind(d);
         }
-        self.conns.insert(id, Conn { client, dest, state });
+        if let Some(t) = template.and_then(|tid| self.templates.get_mut(&tid)) {
+            t.controlled = t.controlled.saturating_add(1);
+        }
+        self.conns.insert(id, Conn { client, dest, state, template });
         id
     }
 
@@ -455,20 +639,66 @@ impl IpvsService {
                 ConnState::Active => d.active = d.active.saturating_sub(1),
                 ConnState::Inactive => d.inactive = d.inactive.saturating_sub(1),
             }
-            let total = u64::from(d.active) + u64::from(d.inactive);
-            if d.l_threshold != 0 {
-                if total < u64::from(d.l_threshold) {
-                    d.overloaded = false;
-                }
-            } else if d.u_threshold != 0 {
-                if total * 4 < u64::from(d.u_threshold) * 3 {
-                    d.overloaded = false;
-                }
-            } else {
-                d.overloaded = false;
-            }
+            update_overload_on_unbind(d);
+        }
+        if let Some(t) = conn.template.and_then(|tid| self.templates.get_mut(&tid)) {
+            t.controlled = t.controlled.saturating_sub(1);
+            self.reap_templates();
         }
         Ok(())
+    }
+
+    /// The long-run share of new connections per destination from the current state (see
+    /// [`Shares`]): rr gives each available destination 1; wrr gives each the number of
+    /// current-weight passes (`mw`, `mw - di`, … > 0) its weight reaches; lc, wlc, sed, nq and
+    /// the hashing schedulers are deterministic given the counters and the client (the one
+    /// pick gets 1); a valid persistence template gets everything.
+    pub fn shares(&self, client: SocketAddr) -> Shares {
+        let eligible = |d: &Dest| d.weight > 0 && !d.overloaded;
+        let mut counts: Vec<(DestId, u64)> = Vec::new();
+        let template = self.persistence.and_then(|p| {
+            let key = mask(client.ip(), p.prefix_len);
+            self.templates.values().find(|t| t.hashed && t.client == key).filter(|t| {
+                self.dests.get(t.dest.index()).is_some_and(|d| {
+                    d.available && !(self.sysctls.expire_quiescent_template && d.weight == 0)
+                })
+            })
+        });
+        if let Some(t) = template {
+            counts.push((t.dest, 1));
+        } else {
+            match &self.sched {
+                SchedState::Rr { .. } => {
+                    counts =
+                        self.dests().filter(|(_, d)| eligible(d)).map(|(id, _)| (id, 1)).collect();
+                }
+                SchedState::Wrr(m) => {
+                    for (id, d) in self.dests().filter(|(_, d)| eligible(d)) {
+                        let w = i64::from(d.weight);
+                        // passes k with 0 < mw - k·di <= w
+                        let (mw, di) = (m.mw, m.di.max(1));
+                        if mw <= 0 {
+                            continue;
+                        }
+                        let first = if w >= mw { 0 } else { (mw - w + di - 1) / di };
+                        let last = (mw - 1) / di;
+                        if last >= first {
+                            counts.push((id, (last - first + 1) as u64));
+                        }
+                    }
+                }
+                _ => {
+                    let mut sched = self.sched.clone();
+                    let view = self.view();
+                    if let Some(dec) = sched.schedule(self.kind, self.flags, view, client, self.vip)
+                    {
+                        counts.push((dec.dest, 1));
+                    }
+                }
+            }
+        }
+        let total = counts.iter().map(|(_, c)| c).sum();
+        Shares { counts, total }
     }
 
     /// An open connection.
@@ -479,6 +709,46 @@ impl IpvsService {
     /// Every open connection, by id.
     pub fn conns(&self) -> impl Iterator<Item = (ConnId, &Conn)> + '_ {
         self.conns.iter().map(|(id, c)| (*id, c))
+    }
+}
+
+/// `ip_vs_bind_dest`'s threshold check.
+fn update_overload_on_bind(d: &mut Dest) {
+    let total = u64::from(d.active) + u64::from(d.inactive);
+    if d.u_threshold != 0 && total >= u64::from(d.u_threshold) {
+        d.overloaded = true;
+    }
+}
+
+/// `ip_vs_unbind_dest`'s threshold check.
+fn update_overload_on_unbind(d: &mut Dest) {
+    let total = u64::from(d.active) + u64::from(d.inactive);
+    if d.l_threshold != 0 {
+        if total < u64::from(d.l_threshold) {
+            d.overloaded = false;
+        }
+    } else if d.u_threshold != 0 {
+        if total * 4 < u64::from(d.u_threshold) * 3 {
+            d.overloaded = false;
+        }
+    } else {
+        d.overloaded = false;
+    }
+}
+
+/// The client network a persistence template is keyed by (`src & svc->netmask`).
+fn mask(ip: IpAddr, prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = u32::from(prefix_len.min(32));
+            let m = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u32::from(prefix_len.min(128));
+            let m = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & m))
+        }
     }
 }
 
@@ -931,6 +1201,107 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    fn persistent(dests: &[(&str, u32)], sysctls: Sysctls) -> IpvsService {
+        let mut svc = bound(SchedulerKind::Rr, dests);
+        svc.set_persistence(Some(Persistence { timeout: 100, prefix_len: 32 }));
+        svc.set_sysctls(sysctls);
+        svc
+    }
+
+    fn go(svc: &mut IpvsService, c: &str) -> String {
+        svc.connect(sa(c), ConnState::Active)
+            .map_or("-".into(), |(_, d)| short(&[d.addr.to_string()]))
+    }
+
+    /// `ip_vs_sched_persist`: a client's template pins its destination without moving the rr
+    /// cursor, is re-armed on use, and is reaped after the timeout once idle.
+    #[test]
+    fn persistence_template_pins_until_it_expires() {
+        let mut svc = persistent(&[(A, 1), (B, 1), (C, 1)], Sysctls::default());
+        assert_eq!(go(&mut svc, "192.0.2.1:1000"), "A");
+        assert_eq!(go(&mut svc, "192.0.2.2:1000"), "B");
+        assert_eq!(go(&mut svc, "192.0.2.1:1001"), "A");
+        let d = svc.schedule(sa("192.0.2.3:1"));
+        assert_eq!(d.map(|d| d.addr), Some(sa(C)), "the template did not move the cursor");
+        assert_eq!(svc.dest(svc.lookup(sa(A)).unwrap_or(DestId(9))).map(|d| d.persistent), Some(1));
+        let open: Vec<ConnId> = svc
+            .conns()
+            .filter(|(_, c)| c.client.ip() == sa("192.0.2.1:0").ip())
+            .map(|(id, _)| id)
+            .collect();
+        svc.advance(50);
+        assert_eq!(go(&mut svc, "192.0.2.1:1002"), "A"); // re-armed to t = 150
+        let mut open = open;
+        open.extend(
+            svc.conns().filter(|(_, c)| c.client == sa("192.0.2.1:1002")).map(|(id, _)| id),
+        );
+        for c in open {
+            assert!(svc.close(c).is_ok());
+        }
+        svc.advance(99);
+        assert_eq!(svc.templates().filter(|(_, t)| t.client == sa("192.0.2.1:0").ip()).count(), 1);
+        svc.advance(2);
+        assert_eq!(svc.templates().filter(|(_, t)| t.client == sa("192.0.2.1:0").ip()).count(), 0);
+        assert_eq!(go(&mut svc, "192.0.2.1:1003"), "A"); // rr: cursor was on C
+    }
+
+    /// `ip_vs_conn_expire`: a template controlling an open connection outlives its timer.
+    #[test]
+    fn persistence_template_outlives_timer_while_controlling() {
+        let mut svc = persistent(&[(A, 1), (B, 1)], Sysctls::default());
+        assert_eq!(go(&mut svc, "192.0.2.1:1000"), "A");
+        svc.advance(250);
+        assert_eq!(svc.templates().count(), 1);
+        assert_eq!(go(&mut svc, "192.0.2.1:1001"), "A");
+    }
+
+    /// `ip_vs_check_template`: a quiesced destination keeps its clients unless
+    /// `expire_quiescent_template` (kube-proxy sets it); a deleted one never does.
+    #[test]
+    fn persistence_quiesced_and_deleted_destinations() {
+        for (sysctls, want) in [(Sysctls::default(), "A"), (Sysctls::kube_proxy(), "B")] {
+            let mut svc = persistent(&[(A, 1), (B, 1)], sysctls);
+            assert_eq!(go(&mut svc, "192.0.2.1:1000"), "A");
+            assert!(svc.edit_dest(DestSpec::new(sa(A), 0)).is_ok());
+            assert_eq!(go(&mut svc, "192.0.2.1:1001"), want, "{sysctls:?}");
+        }
+        let mut svc = persistent(&[(A, 1), (B, 1)], Sysctls::default());
+        assert_eq!(go(&mut svc, "192.0.2.1:1000"), "A");
+        assert!(svc.del_dest(sa(A)).is_ok());
+        assert_eq!(go(&mut svc, "192.0.2.1:1001"), "B");
+        assert_eq!(svc.templates().filter(|(_, t)| t.hashed).count(), 1);
+    }
+
+    /// `shares`: wrr 4,3,2 → 4/9, 3/9, 2/9; rr skips the overloaded; lc names its one pick.
+    #[test]
+    fn shares_follow_the_scheduler() {
+        let svc = bound(SchedulerKind::Wrr, &[(A, 4), (B, 3), (C, 2)]);
+        let s = svc.shares(client(1));
+        assert_eq!((s.counts.iter().map(|c| c.1).collect::<Vec<_>>(), s.total), (vec![4, 3, 2], 9));
+        let mut svc = bound(SchedulerKind::Rr, &[(A, 1), (B, 5), (C, 1)]);
+        assert!(svc.set_overload(sa(B), true).is_ok());
+        assert_eq!(svc.shares(client(1)).total, 2);
+        let mut svc = bound(SchedulerKind::Lc, &[(A, 1), (B, 1)]);
+        open(&mut svc, A, 1, 0);
+        assert_eq!(svc.shares(client(1)).counts, vec![(svc.lookup(sa(B)).unwrap_or(DestId(9)), 1)]);
+    }
+
+    proptest! {
+        /// `shares` for wrr equals the counts of one full cycle of real picks from init.
+        #[test]
+        fn wrr_shares_match_a_cycle(ws in proptest::collection::vec(0u32..9, 1..6)) {
+            let names = addrs(ws.len());
+            let dests: Vec<(&str, u32)> = names.iter().map(String::as_str).zip(ws.iter().copied()).collect();
+            let mut svc = bound(SchedulerKind::Wrr, &dests);
+            let s = svc.shares(client(1));
+            let got = picks(&mut svc, s.total as usize);
+            for (id, n) in &s.counts {
+                let addr = svc.dest(*id).map(|d| d.addr.to_string()).unwrap_or_default();
+                prop_assert_eq!(got.iter().filter(|p| **p == addr).count() as u64, *n);
             }
         }
     }

@@ -249,6 +249,12 @@ pub enum Reason {
         /// The bucket.
         bucket: u16,
     },
+    /// Persistence (`-p`): the client's connection template chose the destination; the
+    /// scheduler was not consulted (`ip_vs_sched_persist`).
+    Template {
+        /// The client address after the persistence netmask.
+        client: IpAddr,
+    },
     /// `mh`: the Maglev lookup slot of the client address (and port with `mh-port`).
     Mh {
         /// The slot `ip_vs_mh_hashkey(.., 0) % 4093` gives.
@@ -311,6 +317,9 @@ impl fmt::Display for Decision {
             Reason::Mh { slot, used } if slot == used => write!(f, "mh: slot {slot} → {a}"),
             Reason::Mh { slot, used } => {
                 write!(f, "mh: slot {slot} unavailable, fallback slot {used} → {a}")
+            }
+            Reason::Template { client } => {
+                write!(f, "persistence: template of {client} → {a}")
             }
         }
     }
