@@ -490,7 +490,7 @@ mod tests {
     fn replay_reports_unknown_scheduler() {
         assert_eq!(
             fails(r#"{"scheduler": "wrrr"}"#),
-            "input: unknown scheduler 'wrrr' (known: rr, wrr, lc, wlc, sed, nq, sh, dh, mh)"
+            "input: unknown scheduler 'wrrr' (known: rr, wrr, lc, wlc, sed, nq, sh, dh, mh, fo, ovf)"
         );
     }
 

@@ -942,6 +942,23 @@ mod tests {
         assert!(d.to_string().starts_with("nq: 10.1.0.2:8080 no idle server"));
     }
 
+    /// `ip_vs_fo_schedule`: highest weight, first in list on a tie; `ip_vs_ovf_schedule`
+    /// overflows once active connections exceed the weight.
+    #[test]
+    fn fo_and_ovf_pick_highest_weight() {
+        let mut svc = bound(SchedulerKind::Fo, &[(A, 2), (B, 3), (C, 3)]);
+        assert_eq!(short(&picks(&mut svc, 2)), "BB");
+        let mut svc = bound(SchedulerKind::Ovf, &[(A, 1), (B, 2)]);
+        let got: Vec<String> = (0..4)
+            .map(|i| {
+                svc.connect(client(i), ConnState::Active)
+                    .map_or("-".into(), |(_, d)| d.addr.to_string())
+            })
+            .collect();
+        // B takes 3 (active 0, 1, 2 ≤ 2), then A (active 0 ≤ 1).
+        assert_eq!(short(&got), "BBBA");
+    }
+
     fn sh_table(svc: &IpvsService) -> Vec<Option<DestId>> {
         match svc.sched_state() {
             SchedState::Sh(t) => t.to_vec(),

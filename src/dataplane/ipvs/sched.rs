@@ -8,7 +8,8 @@
 //! * nothing is ever chosen whose weight is 0 or which is overloaded; deleted destinations are not
 //!   in the list, and every table is rebuilt when the list changes (the schedulers that have a table
 //!   all have `add_dest` and `del_dest` callbacks);
-//! * ties go to the destination first in list order (`lc`, `wlc`, `sed`, `nq` compare strictly);
+//! * ties go to the destination first in list order (`lc`, `wlc`, `sed`, `nq`, `fo`, `ovf`
+//!   compare strictly);
 //! * a schedule call allocates nothing; `rr`, `lc`, `wlc`, `sed`, `nq` are O(n), `wrr` is
 //!   O(n · max weight / gcd) at worst, `sh`, `dh`, `mh` are O(1) (O(table) with fallback).
 
@@ -69,13 +70,17 @@ pub enum SchedulerKind {
     Dh,
     /// `mh`: Maglev hashing (`ip_vs_mh.c`).
     Mh,
+    /// `fo`: weighted failover (`ip_vs_fo.c`).
+    Fo,
+    /// `ovf`: overflow connection (`ip_vs_ovf.c`).
+    Ovf,
 }
 
 impl SchedulerKind {
     /// Every modelled scheduler.
     pub fn all() -> &'static [SchedulerKind] {
         use SchedulerKind::*;
-        &[Rr, Wrr, Lc, Wlc, Sed, Nq, Sh, Dh, Mh]
+        &[Rr, Wrr, Lc, Wlc, Sed, Nq, Sh, Dh, Mh, Fo, Ovf]
     }
 
     /// The `ipvsadm -s` name.
@@ -90,6 +95,8 @@ impl SchedulerKind {
             SchedulerKind::Sh => "sh",
             SchedulerKind::Dh => "dh",
             SchedulerKind::Mh => "mh",
+            SchedulerKind::Fo => "fo",
+            SchedulerKind::Ovf => "ovf",
         }
     }
 
@@ -114,7 +121,7 @@ impl fmt::Display for SchedulerKind {
 
 /// A scheduler name that is not one of [`SchedulerKind::all`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scheduler '{0}' (known: rr, wrr, lc, wlc, sed, nq, sh, dh, mh)")]
+#[error("unknown scheduler '{0}' (known: rr, wrr, lc, wlc, sed, nq, sh, dh, mh, fo, ovf)")]
 pub struct UnknownScheduler(pub String);
 
 /// The scheduler flags of a virtual service (`ipvsadm -b`), as the kernel's flag bits.
@@ -249,6 +256,18 @@ pub enum Reason {
         /// The bucket.
         bucket: u16,
     },
+    /// `fo`: the highest weight, first in list order on a tie.
+    Fo {
+        /// Weight.
+        weight: u32,
+    },
+    /// `ovf`: the highest weight among those whose active connections do not exceed it.
+    Ovf {
+        /// Active connections.
+        active: u32,
+        /// Weight.
+        weight: u32,
+    },
     /// Persistence (`-p`): the client's connection template chose the destination; the
     /// scheduler was not consulted (`ip_vs_sched_persist`).
     Template {
@@ -317,6 +336,10 @@ impl fmt::Display for Decision {
             Reason::Mh { slot, used } if slot == used => write!(f, "mh: slot {slot} → {a}"),
             Reason::Mh { slot, used } => {
                 write!(f, "mh: slot {slot} unavailable, fallback slot {used} → {a}")
+            }
+            Reason::Fo { weight } => write!(f, "fo: {a} has the highest weight {weight}"),
+            Reason::Ovf { active, weight } => {
+                write!(f, "ovf: {a} has the highest weight {weight} with {active} active ≤ weight")
             }
             Reason::Template { client } => {
                 write!(f, "persistence: template of {client} → {a}")
@@ -432,9 +455,12 @@ impl SchedState {
                 let mw = max_weight(view) - (di - 1);
                 SchedState::Wrr(WrrMark { cl: None, cw: mw, mw, di })
             }
-            SchedulerKind::Lc | SchedulerKind::Wlc | SchedulerKind::Sed | SchedulerKind::Nq => {
-                SchedState::Stateless
-            }
+            SchedulerKind::Lc
+            | SchedulerKind::Wlc
+            | SchedulerKind::Sed
+            | SchedulerKind::Nq
+            | SchedulerKind::Fo
+            | SchedulerKind::Ovf => SchedState::Stateless,
             SchedulerKind::Sh => {
                 let mut t = Box::new([None; SH_TAB_SIZE]);
                 sh_reassign(&mut t, view);
@@ -546,6 +572,16 @@ impl SchedState {
                 let id = nq_schedule(view)?;
                 let d = view.get(id)?;
                 pick(id, Reason::Nq { active: d.active, weight: d.weight })
+            }
+            (SchedulerKind::Fo, SchedState::Stateless) => {
+                let id = highest_weight(view, |_| true)?;
+                let weight = view.get(id)?.weight;
+                pick(id, Reason::Fo { weight })
+            }
+            (SchedulerKind::Ovf, SchedState::Stateless) => {
+                let id = highest_weight(view, |d| d.active <= d.weight)?;
+                let d = view.get(id)?;
+                pick(id, Reason::Ovf { active: d.active, weight: d.weight })
             }
             (_, SchedState::Stateless) => {
                 let id = wlc_schedule(view)?;
@@ -705,6 +741,22 @@ fn nq_schedule(view: View<'_>) -> Option<DestId> {
     least.map(|(id, _, _)| id)
 }
 
+/// `ip_vs_fo_schedule` / `ip_vs_ovf_schedule`: the strictly highest weight among the
+/// non-overloaded, positive-weight destinations passing `ok`, so ties keep list order.
+fn highest_weight(view: View<'_>, ok: impl Fn(&Dest) -> bool) -> Option<DestId> {
+    let mut best: Option<(DestId, u32)> = None;
+    for &id in view.list {
+        let Some(d) = view.get(id) else { continue };
+        if d.overloaded || d.weight == 0 || !ok(d) {
+            continue;
+        }
+        if best.is_none_or(|(_, hw)| d.weight > hw) {
+            best = Some((id, d.weight));
+        }
+    }
+    best.map(|(id, _)| id)
+}
+
 /// `ip_vs_sh_hashkey`: `(offset + hash_32(port + addr, 8)) & 255`.
 pub fn sh_hashkey(fold: u32, port: u16, offset: u32) -> usize {
     (offset.wrapping_add(hash_32(u32::from(port).wrapping_add(fold), SH_TAB_BITS))
@@ -843,7 +895,9 @@ fn mh_populate(s: &mut MhState, view: View<'_>) {
                     }
                 }
                 taken[ds.perm as usize] = true;
-                s.lookup[ds.perm as usize] = Some(ds.id);
+                if let Some(slot) = s.lookup.get_mut(ds.perm as usize) {
+                    *slot = Some(ds.id);
+                }
                 n += 1;
                 if n == MH_TAB_SIZE {
                     break 'fill;
