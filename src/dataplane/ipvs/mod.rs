@@ -959,6 +959,46 @@ mod tests {
         assert_eq!(short(&got), "BBBA");
     }
 
+    /// `ip_vs_wrr_dest_changed` on `ipvsadm -e`: the cursor goes back to the head and cw is
+    /// kept when it still fits (di = 1), so 4,2 → 4,3 mid-cycle continues at cw = 3.
+    #[test]
+    fn wrr_upd_dest_resets_cursor_keeps_cw() {
+        let mut svc = bound(SchedulerKind::Wrr, &[(A, 4), (B, 2)]);
+        assert_eq!(short(&picks(&mut svc, 1)), "A");
+        assert!(svc.edit_dest(DestSpec::new(sa(B), 3)).is_ok());
+        match svc.sched_state() {
+            SchedState::Wrr(m) => assert_eq!((m.cl, m.cw, m.mw, m.di), (None, 3, 4, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(short(&picks(&mut svc, 9)), "ABABABAAB");
+    }
+
+    /// `ip_vs_sh_hashkey` on an IPv6 service folds the four words: 2001:db8::7 → 0x20010dbf →
+    /// bucket 137 (odd → the second of two weight-1 destinations).
+    #[test]
+    fn sh_folds_ipv6_clients() {
+        let specs = [DestSpec::new(sa("[fd00::1]:80"), 1), DestSpec::new(sa("[fd00::2]:80"), 1)];
+        let mut svc = IpvsService::from_dests(
+            sa("[fd00::a]:80"),
+            SchedulerKind::Sh,
+            ServiceFlags::NONE,
+            &specs,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let d = svc.schedule(sa("[2001:db8::7]:1")).unwrap_or_else(|| panic!("none"));
+        assert_eq!(d.to_string(), "sh: bucket 137 → [fd00::2]:80");
+    }
+
+    /// Every scheduler returns no destination on an empty service.
+    #[test]
+    fn empty_service_schedules_nothing() {
+        for &kind in SchedulerKind::all() {
+            let mut svc = IpvsService::new(kind, ServiceFlags::NONE);
+            assert_eq!(svc.schedule(client(1)), None, "{kind}");
+            assert_eq!(svc.shares(client(1)).total, 0, "{kind}");
+        }
+    }
+
     fn sh_table(svc: &IpvsService) -> Vec<Option<DestId>> {
         match svc.sched_state() {
             SchedState::Sh(t) => t.to_vec(),
