@@ -15,7 +15,15 @@
 //! * `active + inactive` of a destination always equals the number of its open connections in
 //!   that state; the overload flag follows `u_threshold` / `l_threshold` on every bind and unbind;
 //! * scheduling never allocates and never picks a destination that has weight 0, is overloaded,
-//!   or is not in the list.
+//!   or is not in the list;
+//! * with persistence (`-p`) a valid template decides before the scheduler (and may pin a
+//!   quiesced or overloaded destination, as the kernel does); templates expire on the service
+//!   clock ([`IpvsService::advance`]) but never while they control an open connection.
+//!
+//! Not modelled: packets on existing connections (`expire_nodest_conn`, `conn_reuse_mode`),
+//! the TCP states between SYN and ESTABLISHED (a connection is opened active or inactive),
+//! connection timeouts (connections end only by [`IpvsService::close`]), the trash expiry
+//! timer (a trashed destination stays re-addable), `lblc`, `lblcr` and `twos`.
 //!
 //! ```
 //! use svcpath::dataplane::ipvs::{IpvsService, SchedulerKind, ServiceFlags, DestSpec};
@@ -75,7 +83,7 @@ pub struct Dest {
     pub active: u32,
     /// `inactconns`.
     pub inactive: u32,
-    /// `persistconns` (templates; none are created by this model yet).
+    /// `persistconns`: persistence templates pinned to this destination.
     pub persistent: u32,
 }
 
