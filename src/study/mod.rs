@@ -2,7 +2,9 @@
 //!
 //! [`dataplane`] prepares the rules a study runs on (generated from a cluster or read from a dump,
 //! through the same parser and evaluator); [`trace`] follows one packet and reports every outcome
-//! with its exact probability and cost.
+//! with its exact probability and cost; [`ipvs_replay`] replays scheduler events through the
+//! kernel-exact IPVS model.
 
 pub mod dataplane;
+pub mod ipvs_replay;
 pub mod trace;
