@@ -214,3 +214,26 @@ fn service_without_ports_is_an_error() {
 fn missing_file_is_an_error() {
     fails_with(&["trace", "10.0.0.1:80", "--iptables-save", "nope.rules"], &[], "nope.rules");
 }
+
+/// Every IPVS replay fixture gives its recorded kernel-derived answer through the binary.
+#[test]
+fn ipvs_replay_fixtures_match_through_the_cli() {
+    let dir = crate::harness::data("ipvs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let expected = std::fs::read_to_string(p.with_extension("jsonl")).unwrap();
+        svcpath().arg("ipvs-replay").arg(&p).assert().success().stdout(expected);
+        n += 1;
+    }
+    assert!(n >= 8, "only {n} fixtures");
+}
+
+#[test]
+fn ipvs_replay_bad_event_names_the_event() {
+    let json = r#"{"scheduler": "rr", "events": [{"op": "add", "dest": "10.0.0.1:80", "weight": 1}, {"op": "conect", "id": "c0", "client": "1.2.3.4:5"}]}"#;
+    fails_with(&["ipvs-replay", "e.json"], &[("e.json", json)], "event 1");
+}

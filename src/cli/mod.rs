@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
 pub mod input;
+pub mod ipvs_replay;
 pub mod rules;
 pub mod trace;
 
@@ -24,6 +25,8 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Print the rules kube-proxy would program on a node (iptables-restore text).
     Rules(rules::RulesArgs),
+    /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
+    IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
 
 impl Command {
@@ -32,6 +35,7 @@ impl Command {
         match self {
             Command::Trace(a) => a.run(),
             Command::Rules(a) => a.run(),
+            Command::IpvsReplay(a) => a.run(),
         }
     }
 }

@@ -33,7 +33,11 @@ fn hops_text(hops: &[HopView], out: &mut String) {
         {
             let p = h.probability.unwrap_or(0.0);
             let merged = HopView {
-                text: Some(format!("[random, p = {}] {}", probability(p), next.text.as_deref().unwrap_or(""))),
+                text: Some(format!(
+                    "[random, p = {}] {}",
+                    probability(p),
+                    next.text.as_deref().unwrap_or("")
+                )),
                 ..next.clone()
             };
             hop_line(&merged, out, &mut last_hook);
@@ -128,7 +132,13 @@ pub fn text(trace: &Trace) -> String {
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "outcomes ({})", trace.outcomes.len());
-    let ep_w = trace.outcomes.iter().map(|o| o.endpoint.as_deref().unwrap_or("-").len()).max().unwrap_or(0).max(8);
+    let ep_w = trace
+        .outcomes
+        .iter()
+        .map(|o| o.endpoint.as_deref().unwrap_or("-").len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     let v_w = trace.outcomes.iter().map(|o| o.verdict.len()).max().unwrap_or(0).max(7);
     let _ = writeln!(
         out,

@@ -73,10 +73,13 @@ impl Dataplane {
         family: Family,
         local: Vec<IpAddr>,
     ) -> Result<Dataplane, DataplaneError> {
-        let ruleset = iptables_save::parse(&text, family)
-            .map_err(|error| DataplaneError::Parse { origin: origin.to_owned(), error: Box::new(error) })?;
-        let netfilter = Netfilter::new(&ruleset)
-            .map_err(|error| DataplaneError::Compile { origin: origin.to_owned(), error: Box::new(error) })?;
+        let ruleset = iptables_save::parse(&text, family).map_err(|error| {
+            DataplaneError::Parse { origin: origin.to_owned(), error: Box::new(error) }
+        })?;
+        let netfilter = Netfilter::new(&ruleset).map_err(|error| DataplaneError::Compile {
+            origin: origin.to_owned(),
+            error: Box::new(error),
+        })?;
         Ok(Dataplane {
             origin: origin.to_owned(),
             text,
