@@ -3,7 +3,8 @@
 //!
 //! # Input
 //! One text may hold several YAML documents (`---`), `kind: List` (or `ServiceList`, …) with
-//! `items`, JSON (a single object or a List: JSON is read by the same YAML 1.2 parser), or a mix.
+//! `items`, JSON (a single object, a List, or several objects one after the other; JSON is read
+//! by the same YAML 1.2 parser), or a mix of YAML and JSON documents.
 //! Objects read: v1 `Service`, `discovery.k8s.io` `EndpointSlice` (v1 and v1beta1), legacy v1
 //! `Endpoints`, v1 `Node`, `kubeproxy.config.k8s.io` `KubeProxyConfiguration`, and a v1 `ConfigMap`
 //! that embeds one in a data value (kubeadm's `kube-system/kube-proxy`, key `config.conf`; EKS's
@@ -24,9 +25,9 @@
 //!   API server would reject are errors.
 //! - Unknown fields are ignored everywhere. No input panics: malformed YAML, wrong types, alias
 //!   bombs and deep nesting all end in a [`LoadError`].
-//! - Work and memory are bounded by the input size: before anything is built, each file is
-//!   walked once with a node budget of 8 nodes per input byte (plus 100 000), so YAML aliases
-//!   that multiply the content ("billion laughs") fail fast. Nesting deeper than 128 levels fails
+//! - Work and memory are bounded by the input size: before anything is built, a file that holds
+//!   a `*` (so may hold YAML aliases) is walked once with a node budget of 8 nodes per input byte
+//!   (plus 100 000), so aliases that multiply the content ("billion laughs") fail fast. Nesting deeper than 128 levels fails
 //!   too (serde_yaml_ng's limit).
 //!
 //! # Errors
@@ -72,6 +73,9 @@ const NODE_ALLOWANCE: usize = 100_000;
 
 /// The message of the budget error (matched to classify it as [`LoadErrorKind::TooComplex`]).
 const BOMB_MESSAGE: &str = "the document expands to too many nodes";
+
+/// The character that starts every YAML alias (`*name`).
+const ALIAS_INDICATOR: char = '*';
 
 /// File extensions [`load_paths`] reads from a directory.
 const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -148,7 +152,7 @@ impl fmt::Display for LoadError {
 /// server would reject (see the module doc).
 pub fn load_str(text: &str, origin: &str) -> Result<Loaded, LoadError> {
     let mut builder = Builder::default();
-    builder.add_text(text, origin)?;
+    builder.add_input(text, origin)?;
     Ok(builder.finish())
 }
 
@@ -180,7 +184,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
                 kind: LoadErrorKind::Io,
                 message: format!("cannot read the file: {e}"),
             })?;
-            builder.add_text(&text, &origin)?;
+            builder.add_input(&text, &origin)?;
         }
     }
     Ok(builder.finish())
@@ -617,22 +621,75 @@ fn yaml_error(
     }
 }
 
+/// Byte ranges of the values of a stream of concatenated JSON objects (`{…}{…}`, as several
+/// `kubectl get -o json` runs appended to one file give), when there are at least two; YAML
+/// cannot read such a stream as one document.
+fn json_stream_parts(text: &str) -> Option<Vec<(usize, usize)>> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<IgnoredAny>();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while let Some(value) = stream.next() {
+        value.ok()?;
+        let end = stream.byte_offset();
+        parts.push((start, end));
+        start = end;
+    }
+    (parts.len() > 1).then_some(parts)
+}
+
+/// Walks every document of `text` against the node budget; the error is a syntax error or
+/// [`LoadErrorKind::TooComplex`].
+fn count_nodes(text: &str, origin: &str) -> Result<(), LoadError> {
+    let budget =
+        Cell::new(text.len().saturating_mul(NODES_PER_BYTE).saturating_add(NODE_ALLOWANCE));
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        CountSeed(&budget)
+            .deserialize(doc)
+            .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::Syntax))?;
+    }
+    Ok(())
+}
+
 impl Builder {
-    fn add_text(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
-        // Pass 0: syntax, and the alias budget.
-        let budget =
-            Cell::new(text.len().saturating_mul(NODES_PER_BYTE).saturating_add(NODE_ALLOWANCE));
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            CountSeed(&budget)
-                .deserialize(doc)
-                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::Syntax))?;
+    /// Reads one input: a JSON stream value by value (lines still count from the file's start),
+    /// anything else as YAML.
+    fn add_input(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
+        let Some(parts) = json_stream_parts(text) else {
+            return self.add_text(text, origin);
+        };
+        for (start, end) in parts {
+            let lines_before = text.get(..start).map_or(0, |t| t.matches('\n').count());
+            let part = text.get(start..end).unwrap_or("");
+            self.add_text(part, origin).map_err(|mut e| {
+                if let Some(line) = e.line.as_mut() {
+                    *line += lines_before;
+                }
+                e
+            })?;
         }
-        // Pass 1: kinds and names.
+        Ok(())
+    }
+
+    fn add_text(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
+        // Pass 0: the alias budget. Without a `*` the text has no alias, and nothing can expand.
+        if text.contains(ALIAS_INDICATOR) {
+            count_nodes(text, origin)?;
+        }
+        // Pass 1: kinds and names (and syntax).
         let mut headers: Vec<Option<Header>> = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let h = Option::<Header>::deserialize(doc)
-                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::NotAnObject))?;
-            headers.push(h);
+            match Option::<Header>::deserialize(doc) {
+                Ok(h) => headers.push(h),
+                Err(e) => {
+                    // A syntax error reads better as one: the counting pass accepts any
+                    // well-formed YAML, so if it fails too, its error is the real one.
+                    count_nodes(text, origin)?;
+                    return Err(yaml_error(&e, origin, None, None, LoadErrorKind::NotAnObject));
+                }
+            }
         }
         // Pass 2: typed objects.
         for (doc, header) in serde_yaml_ng::Deserializer::from_str(text).zip(&headers) {
@@ -1220,9 +1277,19 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_refused() {
-        let text = format!("kind: Pod\nspec: {}{}\n", "[".repeat(200), "]".repeat(200));
-        assert_eq!(err(&text).kind, LoadErrorKind::TooComplex);
+    fn deep_nesting_never_overflows_the_stack() {
+        // Skipped objects are stepped over without recursion.
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        let l = load_str(&format!("kind: Pod\nspec: {deep}\n"), "t").unwrap();
+        assert_eq!(l.warnings, ["skipped 1 object of kind Pod"]);
+        // The counting pass (run when aliases may be present) stops at 128 levels.
+        let text = format!("kind: Pod\nmetadata: {{name: &n x, namespace: *n}}\nspec: {deep}\n");
+        let e = err(&text);
+        assert_eq!(e.kind, LoadErrorKind::TooComplex);
+        assert!(e.message.contains("128 levels"), "{e}");
+        // A typed field gets a type error, not a deep walk.
+        let e = err(&format!("kind: Service\nmetadata: {{name: s}}\nspec: {deep}\n"));
+        assert_eq!(e.kind, LoadErrorKind::Invalid);
     }
 
     #[test]
@@ -1288,6 +1355,23 @@ mod tests {
         let e = load_path(Path::new("/nonexistent/svcpath/x.yaml")).unwrap_err();
         assert_eq!(e.kind, LoadErrorKind::Io);
         assert!(e.to_string().starts_with("/nonexistent/svcpath/x.yaml: cannot read the file"));
+    }
+
+    #[test]
+    fn concatenated_json_objects_load_and_errors_count_lines_from_the_file_start() {
+        let one =
+            "{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"n1\"}}\n";
+        let two = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Service\",\n  \"metadata\": \
+                   {\"name\": \"s\"},\n  \"spec\": {\"clusterIP\": \"10.96.0.1\",\n    \
+                   \"ports\": [{\"port\": 99999}]}\n}\n";
+        let c = load_str(&format!("{one}{one}"), "s.json").unwrap();
+        assert_eq!(c.cluster.nodes.len(), 1);
+        assert_eq!(c.warnings.len(), 1, "the same Node twice");
+        let e = load_str(&format!("{one}{two}"), "s.json").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.json:7: Service default/s: spec.ports[0].port: 99999 is out of range 1-65535"
+        );
     }
 
     #[test]
