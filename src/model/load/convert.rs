@@ -374,8 +374,10 @@ pub(crate) struct LegacyEndpoints {
 }
 
 /// Converts a legacy v1 Endpoints into EndpointSlices: one per subset and address family, named
-/// `<name>-subset<i>` (`-v6` appended for the IPv6 half of a mixed subset). `addresses` are
-/// ready and serving, `notReadyAddresses` neither; none is terminating (Endpoints cannot say).
+/// `<name>-subset<i>` (`-v6` appended for the IPv6 half of a mixed subset). As the
+/// EndpointSlice mirroring controller (`pkg/controller/endpointslicemirroring/utils.go`) sets
+/// only `ready` (true for `addresses`, false for `notReadyAddresses`), kube-proxy reads every
+/// mirrored endpoint as serving and not terminating, and so does this conversion.
 pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, String> {
     let meta = raw.metadata.as_ref();
     let namespace = namespace_of(meta);
@@ -401,7 +403,7 @@ pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, St
             let ep = Endpoint {
                 addresses: vec![a.ip.0],
                 ready: ok,
-                serving: ok,
+                serving: true,
                 terminating: false,
                 node_name: a.node_name,
                 zone: None,
