@@ -993,7 +993,8 @@ mod tests {
     fn multi_document_yaml_with_json_documents_and_empty_ones() {
         let text = "---\n# nothing here\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\n\
                     spec: {clusterIP: 10.96.0.1, ports: [{port: 53, protocol: UDP}]}\n---\n\
-                    {\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"n1\"}}\n\
+                    {\"apiVersion\": \"v1\", \"kind\": \"Node\", \
+                    \"metadata\": {\"name\": \"n1\"}}\n\
                     ---\n...\n";
         let c = load_str(text, "t.yaml").unwrap().cluster;
         assert_eq!(c.services[0].name, "a");
@@ -1030,10 +1031,10 @@ mod tests {
 
     #[test]
     fn target_port_zero_or_empty_defaults_to_port_and_global_means_cluster() {
-        let text = svc(
-            "  type: NodePort\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Global\n  ports:\n  \
-             - {name: a, port: 80, targetPort: 0}\n  - {name: b, port: 81, targetPort: ''}\n",
-        );
+        let text =
+            svc("  type: NodePort\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Global\n  \
+             ports:\n  \
+             - {name: a, port: 80, targetPort: 0}\n  - {name: b, port: 81, targetPort: ''}\n");
         let s = &load_str(&text, "t").unwrap().cluster.services[0];
         assert_eq!(s.ports[0].target_port, TargetPort::Number(80));
         assert_eq!(s.ports[1].target_port, TargetPort::Number(81));
@@ -1256,7 +1257,8 @@ mod tests {
     #[test]
     fn yaml_bomb_fails_fast_with_a_clear_error() {
         let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\n");
-        text.push_str("  labels:\n    a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let lols = vec!["\"lol\""; 9].join(",");
+        text.push_str(&format!("  labels:\n    a: &a [{lols}]\n"));
         let mut prev = 'a';
         for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] {
             let refs = vec![format!("*{prev}"); 9].join(",");
