@@ -1257,7 +1257,7 @@ mod tests {
     #[test]
     fn yaml_bomb_fails_fast_with_a_clear_error() {
         let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\n");
-        let lols = vec!["\"lol\""; 9].join(",");
+        let lols = ["\"lol\""; 9].join(",");
         text.push_str(&format!("  labels:\n    a: &a [{lols}]\n"));
         let mut prev = 'a';
         for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] {
