@@ -14,8 +14,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::eval::{Env, EvalError, Outcome, Packet, Verdict};
 use super::Netfilter;
+use super::eval::{Env, EvalError, Outcome, Packet, Verdict};
 
 /// A flow as conntrack keys it (the original direction).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
