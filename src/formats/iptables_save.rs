@@ -1250,3 +1250,1081 @@ fn contiguous_prefix(mask: IpAddr) -> Option<u8> {
     let rest = if ones >= 128 { 0 } else { bits << ones };
     (rest == 0).then_some(ones as u8)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBE_PROXY_RESTORE: &str = include_str!("../../tests/data/dumps/kube-proxy-restore.v4");
+    const KUBE_PROXY_NODE: &str = include_str!("../../tests/data/dumps/kube-proxy-node.v4");
+    const KUBE_PROXY_NODE_V6: &str = include_str!("../../tests/data/dumps/kube-proxy-node.v6");
+    const DOCKER: &str = include_str!("../../tests/data/dumps/docker.v4");
+    const CALICO: &str = include_str!("../../tests/data/dumps/calico.v4");
+    const CILIUM: &str = include_str!("../../tests/data/dumps/cilium.v4");
+    const COUNTERS: &str = include_str!("../../tests/data/dumps/counters.v4");
+
+    /// The dump without its `#` comment lines: what `render` gives back.
+    fn without_comments(text: &str) -> String {
+        text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("{l}\n")).collect()
+    }
+
+    fn err(text: &str) -> ParseError {
+        match parse(text, Family::V4) {
+            Ok(r) => panic!("expected an error for {text:?}, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn rule_err(line: &str) -> ParseError {
+        match parse_rule_line(line, Family::V4) {
+            Ok(r) => panic!("expected an error for {line:?}, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn roundtrip(text: &str, family: Family) {
+        let ruleset = parse(text, family).unwrap();
+        assert_eq!(render(&ruleset), without_comments(text));
+    }
+
+    #[test]
+    fn render_roundtrip_kube_proxy_restore_order() {
+        roundtrip(KUBE_PROXY_RESTORE, Family::V4);
+    }
+
+    #[test]
+    fn render_roundtrip_kernel_order_node_dump() {
+        roundtrip(KUBE_PROXY_NODE, Family::V4);
+    }
+
+    #[test]
+    fn render_roundtrip_other_cnis_and_docker() {
+        roundtrip(DOCKER, Family::V4);
+        roundtrip(CALICO, Family::V4);
+        roundtrip(CILIUM, Family::V4);
+        roundtrip(COUNTERS, Family::V4);
+    }
+
+    #[test]
+    fn render_roundtrip_ipv6_dump() {
+        roundtrip(KUBE_PROXY_NODE_V6, Family::V6);
+        let ruleset = parse(KUBE_PROXY_NODE_V6, Family::V6).unwrap();
+        assert_eq!(ruleset.family, Family::V6);
+    }
+
+    #[test]
+    fn parse_node_dump_tables_and_lines() {
+        let ruleset = parse(KUBE_PROXY_NODE, Family::V4).unwrap();
+        let names: Vec<&str> = ruleset.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["mangle", "nat", "filter"]);
+        let nat = ruleset.table("nat").unwrap();
+        assert_eq!(nat.line, 14);
+        assert_eq!(nat.statements[0].line, 15);
+        assert_eq!(
+            nat.statements[0].stmt,
+            Statement::Chain(ChainDecl::builtin("PREROUTING", "ACCEPT"))
+        );
+        assert_eq!(ruleset.rule_count(), 64 + 17);
+    }
+
+    #[test]
+    fn parse_kube_proxy_restore_delete_chain_lines() {
+        let ruleset = parse(KUBE_PROXY_RESTORE, Family::V4).unwrap();
+        let nat = ruleset.table("nat").unwrap();
+        let deletes: Vec<&Statement> = nat
+            .statements
+            .iter()
+            .map(|s| &s.stmt)
+            .filter(|s| matches!(s, Statement::DeleteChain(_)))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                &Statement::DeleteChain(Some("KUBE-SEP-OEQTCUL6C7YCAXXV".into())),
+                &Statement::DeleteChain(Some("KUBE-SVC-EPUVI6IWWTW2TJ5G".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_statistic_probability_keeps_its_spelling() {
+        let line = r#"-A KUBE-SVC-X -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-Y"#;
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        assert_eq!(rule.comment_text().as_deref(), Some("ns1/svc1:p80 -> 10.180.0.1:80"));
+        assert_eq!(rule.target(), Some("KUBE-SEP-Y"));
+        assert_eq!(
+            rule.args,
+            vec![
+                Arg::Match("comment".into()),
+                Arg::Opt {
+                    neg: false,
+                    name: "comment".into(),
+                    values: vec![Word::raw("\"ns1/svc1:p80 -> 10.180.0.1:80\"")]
+                },
+                Arg::Match("statistic".into()),
+                Arg::Opt { neg: false, name: "mode".into(), values: vec![Word::raw("random")] },
+                Arg::Opt {
+                    neg: false,
+                    name: "probability".into(),
+                    values: vec![Word::raw("0.3333333333")]
+                },
+                Arg::Jump("KUBE-SEP-Y".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_kernel_order_service_rule() {
+        let line = r#"-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "default/my-app-service:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-Z"#;
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        let dst = Addr::net("10.96.0.10/32".parse().unwrap());
+        assert_eq!(rule.args[0], Arg::Destination { neg: false, addr: dst });
+        assert_eq!(rule.args[1], Arg::Protocol { neg: false, proto: "tcp".into() });
+        assert_eq!(
+            rule.args[5],
+            Arg::Opt { neg: false, name: "dport".into(), values: vec![Word::raw("80")] }
+        );
+    }
+
+    #[test]
+    fn parse_negated_mark_option() {
+        let line = "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN";
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        assert_eq!(
+            rule.args[1],
+            Arg::Opt { neg: true, name: "mark".into(), values: vec![Word::raw("0x4000/0x4000")] }
+        );
+    }
+
+    #[test]
+    fn parse_valueless_options_of_recent() {
+        let line = "-A KUBE-SEP-X -p tcp -m recent --set --name KUBE-SEP-X --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.1.0.1:8080";
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        let opt = |name: &str, values: &[&str]| Arg::Opt {
+            neg: false,
+            name: name.into(),
+            values: values.iter().map(|v| Word::raw(*v)).collect(),
+        };
+        assert_eq!(
+            rule.args,
+            vec![
+                Arg::Protocol { neg: false, proto: "tcp".into() },
+                Arg::Match("recent".into()),
+                opt("set", &[]),
+                opt("name", &["KUBE-SEP-X"]),
+                opt("mask", &["255.255.255.255"]),
+                opt("rsource", &[]),
+                Arg::Match("tcp".into()),
+                Arg::Jump("DNAT".into()),
+                opt("to-destination", &["10.1.0.1:8080"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_two_valued_match_set_option() {
+        let line = "-A X -m set ! --match-set cali40all-ipam-pools src,dst -j MASQUERADE";
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(
+            rule.args[1],
+            Arg::Opt {
+                neg: true,
+                name: "match-set".into(),
+                values: vec![Word::raw("cali40all-ipam-pools"), Word::raw("src,dst")]
+            }
+        );
+    }
+
+    #[test]
+    fn parse_quoted_value_starting_with_dash_or_bang() {
+        let line = r#"-A X -m comment --comment "-j DROP" --comment "!" -j ACCEPT"#;
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        assert_eq!(rule.comment_text().as_deref(), Some("-j DROP"));
+        assert_eq!(rule.target(), Some("ACCEPT"));
+    }
+
+    #[test]
+    fn parse_escapes_inside_quotes() {
+        let line = r#"-A X -m comment --comment "say \"hi\" \\ there" -j ACCEPT"#;
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        assert_eq!(rule.comment_text().as_deref(), Some(r#"say "hi" \ there"#));
+    }
+
+    #[test]
+    fn parse_interfaces_protocol_fragment_goto() {
+        let line = "-A FORWARD ! -i docker0 -o cali+ ! -p udp ! -f -g cali-tw-x";
+        let rule = parse_rule_line(line, Family::V4).unwrap();
+        assert_eq!(rule.to_string(), line);
+        assert_eq!(
+            rule.args,
+            vec![
+                Arg::InInterface { neg: true, name: "docker0".into() },
+                Arg::OutInterface { neg: false, name: "cali+".into() },
+                Arg::Protocol { neg: true, proto: "udp".into() },
+                Arg::Fragment { neg: true },
+                Arg::Goto("cali-tw-x".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_long_spellings_as_short_options() {
+        let rule = parse_rule_line(
+            "--append X --source 10.0.0.1 --dst 10.0.0.2 --protocol tcp --match tcp --dport 80 --jump ACCEPT",
+            Family::V4,
+        )
+        .unwrap();
+        assert_eq!(
+            rule.to_string(),
+            "-A X -s 10.0.0.1 -d 10.0.0.2 -p tcp -m tcp --dport 80 -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn parse_insert_with_and_without_position() {
+        let rule = parse_rule_line("-I INPUT 3 -j ACCEPT", Family::V4).unwrap();
+        assert_eq!(rule.op, RuleOp::Insert(Some(3)));
+        assert_eq!(rule.to_string(), "-I INPUT 3 -j ACCEPT");
+        let rule = parse_rule_line("-I INPUT -j ACCEPT", Family::V4).unwrap();
+        assert_eq!(rule.op, RuleOp::Insert(None));
+    }
+
+    #[test]
+    fn parse_rule_counters() {
+        let rule = parse_rule_line("[5:300] -A INPUT -j ACCEPT", Family::V4).unwrap();
+        assert_eq!(rule.counters, Some((5, 300)));
+        assert_eq!(rule.to_string(), "[5:300] -A INPUT -j ACCEPT");
+        let ruleset = parse(COUNTERS, Family::V4).unwrap();
+        let filter = ruleset.table("filter").unwrap();
+        let decl = &filter.statements[0].stmt;
+        assert_eq!(
+            decl,
+            &Statement::Chain(ChainDecl {
+                name: "INPUT".into(),
+                policy: Some("ACCEPT".into()),
+                counters: Some((28671, 19282211))
+            })
+        );
+        let max = filter.rules().find(|r| r.chain == "FORWARD").unwrap();
+        assert_eq!(max.counters, Some((u64::MAX, u64::MAX)));
+    }
+
+    #[test]
+    fn parse_chain_declaration_without_counters() {
+        let ruleset = parse("*filter\n:INPUT DROP\n:MINE -\nCOMMIT\n", Family::V4).unwrap();
+        let filter = &ruleset.tables[0];
+        let decls: Vec<String> = filter.statements.iter().map(|s| s.stmt.to_string()).collect();
+        assert_eq!(decls, [":INPUT DROP", ":MINE -"]);
+    }
+
+    #[test]
+    fn parse_new_flush_delete_chain_statements() {
+        let text = "*filter\n-N MINE\n-F MINE\n-F\n-X MINE\n-X\n-N MINE\nCOMMIT\n";
+        let ruleset = parse(text, Family::V4).unwrap();
+        let stmts: Vec<&Statement> = ruleset.tables[0].statements.iter().map(|s| &s.stmt).collect();
+        assert_eq!(
+            stmts,
+            [
+                &Statement::NewChain("MINE".into()),
+                &Statement::FlushChain(Some("MINE".into())),
+                &Statement::FlushChain(None),
+                &Statement::DeleteChain(Some("MINE".into())),
+                &Statement::DeleteChain(None),
+                &Statement::NewChain("MINE".into()),
+            ]
+        );
+        assert_eq!(render(&ruleset), text);
+    }
+
+    #[test]
+    fn parse_accepts_crlf_and_missing_final_newline() {
+        let ruleset = parse("*nat\r\n:X - [0:0]\r\n-A X -j RETURN\r\nCOMMIT", Family::V4).unwrap();
+        assert_eq!(render(&ruleset), "*nat\n:X - [0:0]\n-A X -j RETURN\nCOMMIT\n");
+    }
+
+    #[test]
+    fn parse_skips_comments_and_blank_lines() {
+        let text = "# hello\n\n   \n*nat\n\t\n# inside\n-A X -j RETURN\nCOMMIT\n\n";
+        let ruleset = parse(text, Family::V4).unwrap();
+        assert_eq!(ruleset.tables[0].statements.len(), 1);
+        assert_eq!(ruleset.tables[0].statements[0].line, 7);
+    }
+
+    #[test]
+    fn parse_empty_input_is_an_empty_ruleset() {
+        assert_eq!(parse("", Family::V4).unwrap(), Ruleset::default());
+    }
+
+    #[test]
+    fn parse_table_again_after_commit_gives_two_tables() {
+        let ruleset = parse("*nat\nCOMMIT\n*nat\n-A X -j RETURN\nCOMMIT\n", Family::V4).unwrap();
+        assert_eq!(ruleset.tables.len(), 2);
+        assert_eq!(ruleset.tables[1].line, 3);
+    }
+
+    #[test]
+    fn parse_same_user_chain_in_two_sections() {
+        let text = "*nat\n:X - [0:0]\nCOMMIT\n*nat\n:X - [0:0]\nCOMMIT\n";
+        assert!(parse(text, Family::V4).is_ok());
+    }
+
+    #[test]
+    fn parse_builtin_chain_declared_twice_is_accepted() {
+        assert!(parse("*nat\n:OUTPUT ACCEPT\n:OUTPUT DROP\nCOMMIT\n", Family::V4).is_ok());
+    }
+
+    #[test]
+    fn parse_contiguous_netmask_is_normalised() {
+        let rule = parse_rule_line("-A X -s 10.0.0.0/255.0.0.0 -j RETURN", Family::V4).unwrap();
+        assert_eq!(rule.to_string(), "-A X -s 10.0.0.0/8 -j RETURN");
+        let rule = parse_rule_line("-A X -d 0.0.0.0/0.0.0.0", Family::V4).unwrap();
+        assert_eq!(rule.to_string(), "-A X -d 0.0.0.0/0");
+        let rule = parse_rule_line("-A X -d fd00::/ffff:ffff::", Family::V6).unwrap();
+        assert_eq!(rule.to_string(), "-A X -d fd00::/32");
+    }
+
+    #[test]
+    fn parse_keeps_host_bits_and_prefix_spelling() {
+        let rule = parse_rule_line("-A X -s 10.1.2.3/8 -d 10.96.0.1", Family::V4).unwrap();
+        assert_eq!(rule.to_string(), "-A X -s 10.1.2.3/8 -d 10.96.0.1");
+        assert_eq!(
+            rule.args[1],
+            Arg::Destination { neg: false, addr: Addr::host("10.96.0.1".parse().unwrap()) }
+        );
+    }
+
+    #[test]
+    fn parse_ipv6_addresses() {
+        let line = "-A X ! -s fd00:10:244::/56 -d fd00:10:96::2a/128 -j KUBE-MARK-MASQ";
+        let rule = parse_rule_line(line, Family::V6).unwrap();
+        assert_eq!(rule.to_string(), line);
+    }
+
+    #[test]
+    fn parse_chain_name_of_exactly_28_bytes() {
+        let name = "A".repeat(MAX_CHAIN_NAME_LEN);
+        let text = format!("*filter\n:{name} - [0:0]\n-A {name} -j {name}\nCOMMIT\n");
+        assert!(parse(&text, Family::V4).is_ok());
+    }
+
+    #[test]
+    fn parse_never_panics_on_odd_input() {
+        for text in [
+            "*",
+            "*nat\n[",
+            "*nat\n[]",
+            "*nat\n[1:2]",
+            "*nat\n-A",
+            "*nat\n-I X \"",
+            "*nat\n:",
+            "\"",
+            "*nat\n-A X \\",
+            "*nat\n-A X -m",
+            "*nat\n-A X --",
+            "*nat\n-A X -",
+            "*nat\n!",
+            "*nat\n-A X !",
+            "*nat\n-A X -s",
+            "*nat\n-A X -s /",
+            "*nat\n-A X -s 1.2.3.4/",
+            "*nat\n-A X -s 1.2.3.4/99",
+            "*nat\n-A X -d é",
+            "*nat\n-A é -j \"é",
+        ] {
+            let _ = parse(text, Family::V4);
+            let _ = parse(text, Family::V6);
+        }
+    }
+
+    // ---- errors: every kind, with its message ----
+
+    #[test]
+    fn error_unknown_table_message() {
+        let e = err("# x\n*foo\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::UnknownTable { name: "foo".into() });
+        assert_eq!((e.line, e.column), (2, 2));
+        assert_eq!(
+            e.to_string(),
+            r#"line 2: unknown table 'foo' in "*foo" (tables are filter, nat, mangle, raw, security)"#
+        );
+    }
+
+    #[test]
+    fn error_missing_table_name() {
+        let e = err("*\n");
+        assert_eq!(e.kind, ParseErrorKind::MissingTableName);
+        assert_eq!(
+            e.to_string(),
+            "line 1: missing table name after '*' in \"*\" (tables are filter, nat, mangle, raw, security)"
+        );
+    }
+
+    #[test]
+    fn error_rule_before_table() {
+        let e = err("-A X -j ACCEPT\n");
+        assert_eq!(e.kind, ParseErrorKind::OutsideTable { token: "-A".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: '-A' outside a table in \"-A X -j ACCEPT\" (start a table with a line like '*filter' and end it with COMMIT)"
+        );
+        assert_eq!(err(":X - [0:0]\n").kind, ParseErrorKind::OutsideTable { token: ":X".into() });
+        assert_eq!(
+            err("*nat\nCOMMIT\nCOMMIT\n").kind,
+            ParseErrorKind::OutsideTable { token: "COMMIT".into() }
+        );
+    }
+
+    #[test]
+    fn error_table_opened_twice() {
+        let e = err("*nat\n-A X -j RETURN\n*filter\nCOMMIT\n");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::TableNotCommitted {
+                name: "filter".into(),
+                open: "nat".into(),
+                opened_at: 1
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 3: table 'filter' opened while table 'nat' from line 1 is not committed in \"*filter\" (add a COMMIT line before the new table)"
+        );
+    }
+
+    #[test]
+    fn error_missing_commit_at_end() {
+        let e = err("*nat\n:X - [0:0]\n");
+        assert_eq!(e.kind, ParseErrorKind::MissingCommit { name: "nat".into(), opened_at: 1 });
+        assert_eq!(e.line, 3);
+        assert_eq!(
+            e.to_string(),
+            "line 3: table 'nat' opened on line 1 is never committed (end every table with a COMMIT line)"
+        );
+        assert_eq!(err("*nat\n-A X -j RETURN").line, 3);
+    }
+
+    #[test]
+    fn error_duplicate_chain_declaration() {
+        let e = err("*nat\n:X - [0:0]\n:X - [0:0]\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::DuplicateChain { name: "X".into(), first_line: 2 });
+        assert_eq!(
+            e.to_string(),
+            "line 3: chain 'X' is already declared on line 2 in \":X - [0:0]\" (declare each chain once per table)"
+        );
+        let e = err("*nat\n:X - [0:0]\n-N X\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::DuplicateChain { name: "X".into(), first_line: 2 });
+        let e = err("*nat\n-N OUTPUT\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::DuplicateChain { name: "OUTPUT".into(), first_line: 0 });
+        assert!(e.to_string().contains("chain 'OUTPUT' is a built-in chain"));
+    }
+
+    #[test]
+    fn error_chain_name_longer_than_28_bytes() {
+        let name = "KUBE-SVC-".to_owned() + &"X".repeat(20);
+        let e = err(&format!("*nat\n:{name} - [0:0]\nCOMMIT\n"));
+        assert_eq!(e.kind, ParseErrorKind::ChainNameTooLong { name: name.clone() });
+        assert_eq!(e.column, 2);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "line 2: chain name '{name}' is 29 bytes long in \":{name} - [0:0]\" (the kernel allows at most 28 bytes)"
+            )
+        );
+        assert!(matches!(
+            rule_err(&format!("-A X -j {name}")).kind,
+            ParseErrorKind::ChainNameTooLong { .. }
+        ));
+        assert!(matches!(
+            err(&format!("*nat\n-N {name}\nCOMMIT\n")).kind,
+            ParseErrorKind::ChainNameTooLong { .. }
+        ));
+    }
+
+    #[test]
+    fn error_chain_declaration_policies() {
+        let e = err("*nat\n:X\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::MissingPolicy { chain: "X".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 2: chain 'X' has no policy in \":X\" (write ':X ACCEPT [0:0]' for a built-in chain or ':X - [0:0]' for a user chain)"
+        );
+        let e = err("*nat\n:OUTPUT REJECT [0:0]\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::InvalidPolicy { policy: "REJECT".into() });
+        assert_eq!(e.column, 9);
+        let e = err("*nat\n:FORWARD ACCEPT [0:0]\nCOMMIT\n");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::PolicyOnUserChain {
+                chain: "FORWARD".into(),
+                table: "nat".into(),
+                policy: "ACCEPT".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 2: chain 'FORWARD' is not a built-in chain of table 'nat' and cannot have policy 'ACCEPT' in \":FORWARD ACCEPT [0:0]\" (write '-' as the policy of a user chain)"
+        );
+        let e = err("*nat\n:X - [0:0] extra\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::UnexpectedWord { word: "extra".into() });
+    }
+
+    #[test]
+    fn error_invalid_counters() {
+        for (text, token) in [
+            ("*nat\n:X - [a:0]\nCOMMIT\n", "[a:0]"),
+            ("*nat\n:X - [1:2\nCOMMIT\n", "[1:2"),
+            ("*nat\n:X - [-1:2]\nCOMMIT\n", "[-1:2]"),
+            ("*nat\n[1:2 -A X\nCOMMIT\n", "[1:2"),
+            ("*nat\n[12] -A X\nCOMMIT\n", "[12]"),
+            ("*nat\n[1:99999999999999999999] -A X\nCOMMIT\n", "[1:99999999999999999999]"),
+        ] {
+            assert_eq!(
+                err(text).kind,
+                ParseErrorKind::InvalidCounters { token: token.into() },
+                "{text}"
+            );
+        }
+        assert_eq!(
+            err("*nat\n:X - [a:0]\nCOMMIT\n").to_string(),
+            "line 2: invalid counters '[a:0]' in \":X - [a:0]\" (counters are written [packets:bytes] with decimal numbers)"
+        );
+        let e = err("*nat\n[1:2] -N X\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::CountersNotAllowed { command: "-N".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 2: counters before '-N' in \"[1:2] -N X\" (only -A and -I rules carry counters)"
+        );
+    }
+
+    #[test]
+    fn error_unbalanced_quote_points_at_the_quote() {
+        let e = rule_err(r#"-A X -m comment --comment "abc -j ACCEPT"#);
+        assert_eq!(e.kind, ParseErrorKind::UnbalancedQuote);
+        assert_eq!(e.column, 27);
+        assert_eq!(
+            e.to_string(),
+            "line 1: unterminated double quote in \"-A X -m comment --comment \"abc -j ACCEPT\" (close the quoted text with '\"')"
+        );
+        assert_eq!(rule_err(r#"-A X --comment "a\""#).kind, ParseErrorKind::UnbalancedQuote);
+    }
+
+    #[test]
+    fn error_nul_byte_located() {
+        let e = err("*nat\n-A X\0 -j RETURN\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::NulByte);
+        assert_eq!((e.line, e.column), (2, 5));
+        assert_eq!(
+            e.to_string(),
+            "line 2: NUL byte in the input in \"-A X\\0 -j RETURN\" (remove the NUL byte; is this a binary file?)"
+        );
+        let e = parse_bytes(b"*nat\n\0\nCOMMIT\n", Family::V4).unwrap_err();
+        assert_eq!((e.line, e.column, e.kind), (2, 1, ParseErrorKind::NulByte));
+        assert_eq!(rule_err("-A X\0").kind, ParseErrorKind::NulByte);
+    }
+
+    #[test]
+    fn error_invalid_utf8_located() {
+        let e =
+            parse_bytes(b"*nat\n-A X -m comment --comment \xff\nCOMMIT\n", Family::V4).unwrap_err();
+        assert_eq!(e.kind, ParseErrorKind::InvalidUtf8);
+        assert_eq!((e.line, e.column), (2, 27));
+        assert_eq!(
+            e.to_string(),
+            "line 2: invalid UTF-8 in the input in \"-A X -m comment --comment \u{fffd}\" (iptables-save prints UTF-8 text; is this the right file?)"
+        );
+        assert!(parse_bytes(KUBE_PROXY_NODE.as_bytes(), Family::V4).is_ok());
+    }
+
+    #[test]
+    fn error_missing_or_unsupported_command() {
+        let e = rule_err("X -j ACCEPT");
+        assert_eq!(e.kind, ParseErrorKind::MissingCommand { found: "X".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: expected a command, found 'X' in \"X -j ACCEPT\" (a statement line starts with -A, -I, -N, -X or -F)"
+        );
+        let e = err("*nat\n COMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::MissingCommand { found: "COMMIT".into() });
+        let e = err("*nat\n# ok\n # not a comment\nCOMMIT\n");
+        assert_eq!(e.kind, ParseErrorKind::MissingCommand { found: "#".into() });
+        for command in ["-D", "-R", "-P", "-E", "-Z", "-L", "-S", "-C", "--delete"] {
+            let e = rule_err(&format!("{command} X 1"));
+            assert_eq!(e.kind, ParseErrorKind::UnsupportedCommand { command: command.into() });
+        }
+        assert_eq!(
+            rule_err("-D X -j ACCEPT").to_string(),
+            "line 1: unsupported command '-D' in \"-D X -j ACCEPT\" (svcpath reads -A, -I, -N, -X and -F, as iptables-save writes them)"
+        );
+        assert_eq!(
+            rule_err("-N X").kind,
+            ParseErrorKind::MissingCommand { found: "-N".into() },
+            "parse_rule_line reads rules only"
+        );
+        let e = rule_err("-A X -j ACCEPT -A Y");
+        assert_eq!(e.kind, ParseErrorKind::CommandNotFirst { command: "-A".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: command '-A' must be the first word of the line in \"-A X -j ACCEPT -A Y\" (a statement line starts with -A, -I, -N, -X or -F)"
+        );
+        assert_eq!(
+            rule_err("-A X --append Y").kind,
+            ParseErrorKind::CommandNotFirst { command: "--append".into() }
+        );
+    }
+
+    #[test]
+    fn error_missing_values() {
+        let e = rule_err("-A");
+        assert_eq!(e.kind, ParseErrorKind::MissingValue { option: "-A".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: '-A' needs a value in \"-A\" (write the value after '-A')"
+        );
+        assert_eq!(rule_err("-A -j X").kind, ParseErrorKind::MissingValue { option: "-A".into() });
+        assert_eq!(rule_err("-A X -p").kind, ParseErrorKind::MissingValue { option: "-p".into() });
+        assert_eq!(
+            rule_err("-A X -s -j A").kind,
+            ParseErrorKind::MissingValue { option: "-s".into() }
+        );
+        assert_eq!(rule_err("-A X -m").kind, ParseErrorKind::MissingValue { option: "-m".into() });
+        assert_eq!(rule_err("-A X -j").kind, ParseErrorKind::MissingValue { option: "-j".into() });
+        assert_eq!(
+            err("*nat\n-N\nCOMMIT\n").kind,
+            ParseErrorKind::MissingValue { option: "-N".into() }
+        );
+        assert_eq!(
+            err("*nat\n:\nCOMMIT\n").kind,
+            ParseErrorKind::MissingValue { option: ":".into() }
+        );
+        assert_eq!(
+            err("*nat\n[1:2]\nCOMMIT\n").kind,
+            ParseErrorKind::MissingCommand { found: "[1:2]".into() }
+        );
+    }
+
+    #[test]
+    fn error_unknown_and_command_line_options() {
+        let e = rule_err("-A X -y 1");
+        assert_eq!(e.kind, ParseErrorKind::UnknownOption { option: "-y".into() });
+        assert_eq!(e.column, 6);
+        assert_eq!(
+            e.to_string(),
+            "line 1: unknown option '-y' in \"-A X -y 1\" (rule options are -p, -s, -d, -i, -o, -f, -m, -j, -g and --long options of matches and targets)"
+        );
+        assert_eq!(rule_err("-A X --").kind, ParseErrorKind::UnknownOption { option: "--".into() });
+        assert_eq!(
+            rule_err("-A X --dport=80").kind,
+            ParseErrorKind::UnknownOption { option: "--dport=80".into() }
+        );
+        let e = rule_err("-A X -t nat -j ACCEPT");
+        assert_eq!(e.kind, ParseErrorKind::CommandLineOption { option: "-t".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: option '-t' cannot be used in a restore file in \"-A X -t nat -j ACCEPT\" (the table comes from the '*table' line and counters from a leading [packets:bytes])"
+        );
+        assert_eq!(
+            rule_err("-A X --set-counters 1 2").kind,
+            ParseErrorKind::CommandLineOption { option: "--set-counters".into() }
+        );
+        assert_eq!(
+            rule_err("-v -A X").kind,
+            ParseErrorKind::CommandLineOption { option: "-v".into() }
+        );
+    }
+
+    #[test]
+    fn error_unexpected_word() {
+        let e = rule_err("-A X foo -j ACCEPT");
+        assert_eq!(e.kind, ParseErrorKind::UnexpectedWord { word: "foo".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: unexpected word 'foo' in \"-A X foo -j ACCEPT\" (values follow the option they belong to; quote a value that has spaces)"
+        );
+        assert_eq!(
+            rule_err("-A X -p tcp udp").kind,
+            ParseErrorKind::UnexpectedWord { word: "udp".into() }
+        );
+        assert_eq!(
+            err("*nat extra\nCOMMIT\n").kind,
+            ParseErrorKind::UnexpectedWord { word: "extra".into() }
+        );
+        assert_eq!(
+            err("*nat\n-F X Y\nCOMMIT\n").kind,
+            ParseErrorKind::UnexpectedWord { word: "Y".into() }
+        );
+    }
+
+    #[test]
+    fn error_negation_problems() {
+        let e = rule_err("-A X ! -m mark --mark 1");
+        assert_eq!(e.kind, ParseErrorKind::MisplacedNegation { target: "-m".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: '!' cannot negate '-m' in \"-A X ! -m mark --mark 1\" ('!' goes before -p, -s, -d, -i, -o, -f or a --option)"
+        );
+        assert_eq!(
+            rule_err("-A X ! -j DROP").kind,
+            ParseErrorKind::MisplacedNegation { target: "-j".into() }
+        );
+        assert_eq!(
+            rule_err("-A X ! ! -p tcp").kind,
+            ParseErrorKind::MisplacedNegation { target: "!".into() }
+        );
+        assert_eq!(
+            rule_err("! -A X").kind,
+            ParseErrorKind::MisplacedNegation { target: "-A".into() }
+        );
+        let e = rule_err("-A X -m tcp --dport ! 80 -j DROP");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::OldStyleNegation { option: "--dport".into(), value: "80".into() }
+        );
+        assert_eq!(e.column, 13);
+        assert_eq!(
+            e.to_string(),
+            "line 1: '!' after '--dport' is the old negation syntax in \"-A X -m tcp --dport ! 80 -j DROP\" (write '! --dport 80')"
+        );
+        assert_eq!(
+            rule_err("-A X -p ! tcp").kind,
+            ParseErrorKind::OldStyleNegation { option: "-p".into(), value: "tcp".into() }
+        );
+        let e = rule_err("-A X -j DROP !");
+        assert_eq!(e.kind, ParseErrorKind::DanglingNegation);
+        assert_eq!(
+            e.to_string(),
+            "line 1: '!' at the end of the line negates nothing in \"-A X -j DROP !\" (remove the '!' or put an option after it)"
+        );
+    }
+
+    #[test]
+    fn error_invalid_rule_number() {
+        for n in ["0", "x", "-1x", "2147483648", "+1"] {
+            let line = format!("-I X {n} -j ACCEPT");
+            if n.starts_with('-') {
+                assert_eq!(
+                    rule_err(&line).kind,
+                    ParseErrorKind::UnknownOption { option: n.into() }
+                );
+            } else {
+                assert_eq!(
+                    rule_err(&line).kind,
+                    ParseErrorKind::InvalidRuleNumber { token: n.into() }
+                );
+            }
+        }
+        assert_eq!(
+            rule_err("-I X 0").to_string(),
+            "line 1: invalid rule number '0' in \"-I X 0\" (rule numbers start at 1: -I CHAIN [N])"
+        );
+    }
+
+    #[test]
+    fn error_invalid_addresses() {
+        for a in
+            ["example.com", "10.0.0.1,10.0.0.2", "10.0.0.0/33", "10.0.0.0/", "10.0.0.0/x", "1.2.3"]
+        {
+            let e = rule_err(&format!("-A X -s {a}"));
+            assert_eq!(e.kind, ParseErrorKind::InvalidAddress { token: a.into() }, "{a}");
+            assert_eq!(e.column, 9);
+        }
+        assert_eq!(
+            rule_err("-A X -d example.com").to_string(),
+            "line 1: invalid address 'example.com' in \"-A X -d example.com\" (write one address or network, like 10.96.0.10 or 10.0.0.0/8; names and lists are not read)"
+        );
+        let e = rule_err("-A X -s 10.0.0.0/255.0.255.0");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::NonContiguousMask { token: "10.0.0.0/255.0.255.0".into() }
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 1: non-contiguous netmask in '10.0.0.0/255.0.255.0' in \"-A X -s 10.0.0.0/255.0.255.0\" (svcpath stores a prefix length; write the network as ADDRESS/LENGTH)"
+        );
+    }
+
+    #[test]
+    fn error_address_of_the_other_family_hints_at_family() {
+        let e = rule_err("-A X -d fd00::1/128 -j ACCEPT");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::WrongFamily { token: "fd00::1/128".into(), dump_is_v4: true }
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 1: 'fd00::1/128' is an IPv6 address in an IPv4 dump in \"-A X -d fd00::1/128 -j ACCEPT\" (this looks like an ip6tables-save dump; use --family ipv6)"
+        );
+        let e = parse(KUBE_PROXY_NODE, Family::V6).unwrap_err();
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::WrongFamily { token: "198.51.100.0/24".into(), dump_is_v4: false }
+        );
+        assert!(
+            e.to_string().ends_with("(this looks like an iptables-save dump; use --family ipv4)")
+        );
+        let e = parse_rule_line("-A X -s fd00::/255.0.0.0", Family::V6).unwrap_err();
+        assert!(matches!(e.kind, ParseErrorKind::WrongFamily { .. }));
+    }
+
+    #[test]
+    fn error_fragment_in_ipv6() {
+        let e = parse_rule_line("-A X -f -j DROP", Family::V6).unwrap_err();
+        assert_eq!(e.kind, ParseErrorKind::FragmentInIpv6 { option: "-f".into() });
+        assert_eq!(
+            e.to_string(),
+            "line 1: '-f' matches IPv4 fragments only in \"-A X -f -j DROP\" (ip6tables matches fragments with '-m frag')"
+        );
+    }
+
+    #[test]
+    fn error_interface_name_too_long() {
+        assert!(parse_rule_line("-A X -i abcdefghijklmno", Family::V4).is_ok());
+        let e = rule_err("-A X -o abcdefghijklmnop");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::InterfaceNameTooLong { name: "abcdefghijklmnop".into() }
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 1: interface name 'abcdefghijklmnop' is 16 bytes long in \"-A X -o abcdefghijklmnop\" (an interface name has at most 15 bytes)"
+        );
+    }
+
+    #[test]
+    fn error_column_counts_characters() {
+        let e = rule_err("-A X -m comment --comment \"é\" -y");
+        assert_eq!(e.column, 31);
+    }
+
+    #[test]
+    fn error_long_line_is_shortened_in_message() {
+        let line = format!("-A X -m comment --comment {} -y", "a".repeat(300));
+        let message = rule_err(&line).to_string();
+        assert!(message.contains("…\""));
+        assert!(message.len() < 400);
+    }
+
+    // ---- properties ----
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const RESERVED: [&str; 12] = [
+            "protocol",
+            "source",
+            "src",
+            "destination",
+            "dst",
+            "in-interface",
+            "out-interface",
+            "fragment",
+            "match",
+            "jump",
+            "goto",
+            "new",
+        ];
+
+        fn chain_name() -> impl Strategy<Value = String> {
+            "[A-Za-z][A-Za-z0-9_-]{0,27}"
+        }
+
+        fn addr() -> impl Strategy<Value = Addr> {
+            (any::<[u8; 4]>(), 0u8..=32, any::<bool>()).prop_map(|(o, prefix, explicit)| {
+                let ip = std::net::IpAddr::from(o);
+                if explicit {
+                    Addr::net(IpNetwork::new(ip, prefix).unwrap_or_else(|_| IpNetwork::from(ip)))
+                } else {
+                    Addr::host(ip)
+                }
+            })
+        }
+
+        fn word() -> impl Strategy<Value = Word> {
+            prop_oneof![
+                "[A-Za-z0-9_.:/,+][A-Za-z0-9_.:/,+-]{0,15}".prop_map(Word::raw),
+                // iptables-save leaves `-x` bare, which iptables-restore then reads as an option.
+                "[ -~]{0,20}"
+                    .prop_filter("no leading dash", |s| !s.starts_with('-'))
+                    .prop_map(|s| Word::save_string(&s)),
+                // kube-proxy's quoting: a bare word must not look like an option or hold a quote.
+                "[ -~]{0,20}"
+                    .prop_filter("bare words must not look like options", |s| {
+                        s.is_empty()
+                            || s.contains(' ')
+                            || (!s.starts_with('-') && s != "!" && !s.contains('"'))
+                    })
+                    .prop_map(|s| Word::quote_if_spaced(&s)),
+            ]
+        }
+
+        fn arg() -> impl Strategy<Value = Arg> {
+            let opt_name = "[a-z][a-z0-9-]{0,15}".prop_filter("reserved long options", |n| {
+                !RESERVED.contains(&n.as_str())
+                    && command_of(&format!("--{n}")).is_none()
+                    && !COMMAND_LINE_ONLY.contains(&format!("--{n}").as_str())
+            });
+            prop_oneof![
+                (any::<bool>(), "[a-z0-9]{1,8}")
+                    .prop_map(|(neg, proto)| Arg::Protocol { neg, proto }),
+                (any::<bool>(), addr()).prop_map(|(neg, addr)| Arg::Source { neg, addr }),
+                (any::<bool>(), addr()).prop_map(|(neg, addr)| Arg::Destination { neg, addr }),
+                (any::<bool>(), "[a-z0-9.]{1,14}\\+?")
+                    .prop_map(|(neg, name)| Arg::InInterface { neg, name }),
+                (any::<bool>(), "[a-z0-9.]{1,14}\\+?")
+                    .prop_map(|(neg, name)| Arg::OutInterface { neg, name }),
+                any::<bool>().prop_map(|neg| Arg::Fragment { neg }),
+                "[a-z][a-z0-9_]{0,10}".prop_map(Arg::Match),
+                (any::<bool>(), opt_name, proptest::collection::vec(word(), 0..3))
+                    .prop_map(|(neg, name, values)| Arg::Opt { neg, name, values }),
+                chain_name().prop_map(Arg::Jump),
+                chain_name().prop_map(Arg::Goto),
+            ]
+        }
+
+        fn rule() -> impl Strategy<Value = Rule> {
+            (
+                proptest::option::of((any::<u64>(), any::<u64>())),
+                prop_oneof![
+                    Just(RuleOp::Append),
+                    Just(RuleOp::Insert(None)),
+                    (1u32..=i32::MAX as u32).prop_map(|n| RuleOp::Insert(Some(n)))
+                ],
+                chain_name(),
+                proptest::collection::vec(arg(), 0..8),
+            )
+                .prop_map(|(counters, op, chain, args)| Rule {
+                    counters,
+                    op,
+                    chain,
+                    args,
+                })
+        }
+
+        fn table() -> impl Strategy<Value = Table> {
+            let user_chains = proptest::collection::btree_set("USER-[A-Z0-9]{1,10}", 0..5);
+            (
+                proptest::sample::select(TABLES.to_vec()),
+                user_chains,
+                proptest::collection::vec(rule(), 0..6),
+                proptest::option::of(chain_name()),
+                any::<bool>(),
+            )
+                .prop_map(|(name, chains, rules, flush, delete_all)| {
+                    let mut table = Table::new(name);
+                    if let Some(first) = builtin_chains(name).first() {
+                        table.push(Statement::Chain(ChainDecl::builtin(*first, "DROP")));
+                    }
+                    for (i, chain) in chains.into_iter().enumerate() {
+                        if i % 2 == 0 {
+                            table.push(Statement::Chain(ChainDecl::user(chain)));
+                        } else {
+                            table.push(Statement::NewChain(chain));
+                        }
+                    }
+                    for rule in rules {
+                        table.push(Statement::Rule(rule));
+                    }
+                    table.push(Statement::FlushChain(flush));
+                    if delete_all {
+                        table.push(Statement::DeleteChain(None));
+                    }
+                    table
+                })
+        }
+
+        fn without_lines(mut ruleset: Ruleset) -> Ruleset {
+            for table in &mut ruleset.tables {
+                table.line = 0;
+                for s in &mut table.statements {
+                    s.line = 0;
+                }
+            }
+            ruleset
+        }
+
+        proptest! {
+            #[test]
+            fn parse_render_roundtrip_generated_rulesets(
+                tables in proptest::collection::vec(table(), 0..4)
+            ) {
+                let ruleset = Ruleset { family: Family::V4, tables };
+                let text = render(&ruleset);
+                let parsed = parse(&text, Family::V4);
+                prop_assert!(parsed.is_ok(), "{:?}\n{}", parsed, text);
+                let parsed = parsed.unwrap_or_default();
+                prop_assert_eq!(without_lines(parsed.clone()), ruleset);
+                prop_assert_eq!(render(&parsed), text);
+            }
+
+            #[test]
+            fn parse_never_panics_on_arbitrary_lines(lines in proptest::collection::vec("[ -~\t\"\\\\!]{0,40}", 0..8)) {
+                let text = format!("*nat\n{}\nCOMMIT\n", lines.join("\n"));
+                let _ = parse(&text, Family::V4);
+                let _ = parse_bytes(text.as_bytes(), Family::V6);
+            }
+        }
+    }
+
+    // ---- throughput (run with `cargo test --release -- --ignored parse_throughput`) ----
+
+    /// A kube-proxy-like nat dump with `services` services of 3 endpoints each.
+    fn synthetic_dump(services: usize) -> String {
+        let mut out = String::from("*nat\n");
+        for s in 0..services {
+            out.push_str(&format!(":KUBE-SVC-{s:016} - [0:0]\n"));
+            for e in 0..3 {
+                out.push_str(&format!(":KUBE-SEP-{s:013}{e:03} - [0:0]\n"));
+            }
+        }
+        for s in 0..services {
+            let (a, b) = (s / 250 % 250, s % 250);
+            out.push_str(&format!("-A KUBE-SERVICES -d 10.96.{a}.{b}/32 -p tcp -m comment --comment \"ns{s}/svc{s}:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-{s:016}\n"));
+            out.push_str(&format!("-A KUBE-SVC-{s:016} ! -s 10.244.0.0/16 -d 10.96.{a}.{b}/32 -p tcp -m comment --comment \"ns{s}/svc{s}:http cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ\n"));
+            for (e, p) in [(0, Some("0.33333333349")), (1, Some("0.50000000000")), (2, None)] {
+                let sep = format!("KUBE-SEP-{s:013}{e:03}");
+                let stat = p
+                    .map(|p| format!(" -m statistic --mode random --probability {p}"))
+                    .unwrap_or_default();
+                out.push_str(&format!("-A KUBE-SVC-{s:016} -m comment --comment \"ns{s}/svc{s}:http -> 10.244.{a}.{e}:8080\"{stat} -j {sep}\n"));
+                out.push_str(&format!("-A {sep} -s 10.244.{a}.{e}/32 -m comment --comment \"ns{s}/svc{s}:http\" -j KUBE-MARK-MASQ\n"));
+                out.push_str(&format!("-A {sep} -p tcp -m comment --comment \"ns{s}/svc{s}:http\" -m tcp -j DNAT --to-destination 10.244.{a}.{e}:8080\n"));
+            }
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+
+    #[test]
+    fn synthetic_dump_roundtrips() {
+        let text = synthetic_dump(20);
+        let ruleset = parse(&text, Family::V4).unwrap();
+        assert_eq!(ruleset.rule_count(), 20 * 11);
+        assert_eq!(render(&ruleset), text);
+    }
+
+    #[test]
+    #[ignore = "throughput measurement; run in release"]
+    fn parse_throughput() {
+        let text = synthetic_dump(1_000_000 / 11);
+        let lines = text.lines().count();
+        let start = std::time::Instant::now();
+        let ruleset = parse(&text, Family::V4).unwrap();
+        let elapsed = start.elapsed();
+        eprintln!(
+            "{lines} lines, {} MB, {:?}: {:.2} M lines/s",
+            text.len() / 1_000_000,
+            elapsed,
+            lines as f64 / elapsed.as_secs_f64() / 1e6
+        );
+        let start = std::time::Instant::now();
+        let rendered = render(&ruleset);
+        eprintln!("render {:?}", start.elapsed());
+        assert_eq!(rendered.len(), text.len());
+    }
+}
