@@ -318,10 +318,16 @@ pub(crate) mod tests {
 COMMIT
 ";
 
-    fn host_save() -> String {
+    /// The caller's own rules (all backends, both families), comments stripped.
+    pub(crate) fn host_save() -> String {
         // Reading the caller's rules is allowed; changing them is not.
         let mut out = String::new();
-        for p in ["iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save"] {
+        for p in [
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
+        ] {
             if let Ok(o) =
                 netns::run_bounded(&mut std::process::Command::new(p), None, netns::ADMIN_TIMEOUT)
             {
@@ -331,12 +337,17 @@ COMMIT
         out
     }
 
-    fn ours_alive() -> Vec<String> {
+    /// Namespaces named for this process that no live guard holds and that still exist.
+    fn ours_leaked() -> Vec<String> {
         let pid = std::process::id();
-        netns::list_namespaces()
+        let listed = netns::list_namespaces();
+        let live = netns::live_namespaces();
+        listed
             .into_iter()
             .filter(|n| netns::parse_name(n).is_some_and(|(p, _)| p == pid))
-            .filter(|n| !netns::live_namespaces().contains(n))
+            .filter(|n| !live.contains(n))
+            // A guard dropped between the two snapshots is gone by now.
+            .filter(|n| std::path::Path::new("/run/netns").join(n).exists())
             .collect()
     }
 
@@ -448,7 +459,7 @@ COMMIT
         }
         let _ = kernel_accepts(SMALL_DUMP, Family::V4, Backend::Nft);
         let _ = kernel_accepts("*nat\nbogus\nCOMMIT\n", Family::V4, Backend::Nft);
-        assert_eq!(ours_alive(), Vec::<String>::new());
+        assert_eq!(ours_leaked(), Vec::<String>::new());
     }
 
     #[test]

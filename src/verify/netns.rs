@@ -418,4 +418,79 @@ mod tests {
         assert!(!list_namespaces().contains(&name));
         assert!(!live_namespaces().contains(&name));
     }
+
+    const HOLD_ENV: &str = "SVCPATH_TEST_HOLD_NETNS";
+
+    /// Not a test: with `SVCPATH_TEST_HOLD_NETNS` set, creates a namespace, prints its name and
+    /// sleeps, so that a parent test can signal this process. Without the variable it does nothing.
+    #[test]
+    fn hold_netns_entry() {
+        if std::env::var_os(HOLD_ENV).is_none() {
+            return;
+        }
+        let ns = Netns::create().expect("create");
+        println!("\n@netns {}", ns.name());
+        std::thread::sleep(Duration::from_secs(20));
+        std::process::exit(0);
+    }
+
+    /// Runs [`hold_netns_entry`] in a child, returns it and the namespace it made.
+    fn spawn_holder() -> (Child, String) {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .args(["verify::netns::tests::hold_netns_entry", "--exact", "--nocapture"])
+            .env(HOLD_ENV, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut name = None;
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix("@netns ") {
+                name = Some(n.trim().to_owned());
+                break;
+            }
+        }
+        let name = name.expect("the holder printed its namespace");
+        assert!(list_namespaces().contains(&name));
+        (child, name)
+    }
+
+    #[test]
+    fn sigterm_and_sigint_remove_namespaces() {
+        if !super::super::tests::have_root("sigterm_and_sigint_remove_namespaces") {
+            return;
+        }
+        for sig in ["TERM", "INT"] {
+            let (mut child, name) = spawn_holder();
+            // Our own child, by its pid.
+            let pid = child.id().to_string();
+            run_bounded(Command::new("kill").args(["-s", sig, &pid]), None, ADMIN_TIMEOUT).unwrap();
+            let status = wait_deadline(&mut child, Duration::from_secs(10)).expect("holder exits");
+            assert!(!status.success(), "SIG{sig} ends the holder with a failure status");
+            assert!(!list_namespaces().contains(&name), "SIG{sig} left {name}");
+        }
+    }
+
+    #[test]
+    fn cleanup_leftovers_removes_only_dead_owners() {
+        if !super::super::tests::have_root("cleanup_leftovers_removes_only_dead_owners") {
+            return;
+        }
+        // A killed run: SIGKILL cannot be caught, so its namespace stays until cleanup.
+        let (mut child, dead) = spawn_holder();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(list_namespaces().contains(&dead));
+        let alive = Netns::create().unwrap();
+        let removed = cleanup_leftovers().unwrap();
+        assert!(removed.contains(&dead), "{removed:?}");
+        assert!(!list_namespaces().contains(&dead));
+        assert!(
+            list_namespaces().contains(&alive.name().to_owned()),
+            "a live run's namespace is kept"
+        );
+    }
 }

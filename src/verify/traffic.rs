@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `GW` (169.254.1.1, or fe80::1) is owned by no one: the client and each pod have a permanent
-//! neighbour entry mapping it to the node's MAC on their link, as Calico does. The node side of a
+//! neighbour entry mapping it to the node's MAC on their link, as Calico does. The node has
+//! permanent entries for every client and pod address too, so no flow waits on ARP/NDP (with IPv6
+//! the first flows' answers were lost while neighbour discovery settled). The node side of a
 //! pod link has no address, so a MASQUERADE towards a pod picks the node's address (the kernel's
 //! `inet_select_addr` falls back to another interface's global address), as on a real node.
 //!
@@ -26,9 +28,11 @@
 //!   a DROP. IPv6 duplicate address detection is off so addresses are usable at once.
 //! - The node has `ip_forward=1` and `route_localnet=1` (what kube-proxy sets for localhost
 //!   NodePorts), `rp_filter=0`.
-//! - A flow sent from the node (OUTPUT path) whose packet a DROP or REJECT in OUTPUT discards
+//! - A UDP flow sent from the node (OUTPUT path) whose packet a DROP or REJECT in OUTPUT discards
 //!   fails at once with EPERM; it is reported as [`FlowResult::Denied`], not as a REJECT or DROP,
-//!   because the two are indistinguishable there.
+//!   because the two are indistinguishable there. A TCP connect is not failed that way: a REJECT
+//!   in OUTPUT comes back as refused (the ICMP error is delivered locally) and a DROP in OUTPUT
+//!   as a timeout, like on the forward path.
 //! - DNAT to an address of the node itself skips POSTROUTING's SNAT (conntrack keeps NAT for
 //!   local delivery in INPUT); such flows reach no listener here (no agent listens on node
 //!   addresses) and come back as refused.
@@ -653,7 +657,14 @@ impl World {
         let nodad = if v6 { " nodad" } else { "" };
         let onlink = if v6 { "" } else { " onlink" };
 
-        // 1. Links, created from the node's side (all start down).
+        // 1. Sysctls first: links created afterwards take `default.*` (no IPv6 DAD, no rp_filter).
+        opts.agent.run(&world.node, &sysctl_args(node_sysctls()))?;
+        opts.agent.run(&world.client, &sysctl_args(common_sysctls()))?;
+        for ns in &world.pods {
+            opts.agent.run(ns, &sysctl_args(common_sysctls()))?;
+        }
+
+        // 2. Links, created from the node's side (all start down).
         let mut node_batch = vec![format!(
             "link add {UPLINK} address {NODE_MAC} type veth peer name {UPLINK} address {CLIENT_MAC} netns {}",
             world.client.name()
@@ -667,13 +678,6 @@ impl World {
         }
         world.node.ip_batch(&node_batch)?;
 
-        // 2. Sysctls, before any link is up (DAD starts with the link).
-        opts.agent.run(&world.node, &sysctl_args(node_sysctls()))?;
-        opts.agent.run(&world.client, &sysctl_args(common_sysctls()))?;
-        for ns in &world.pods {
-            opts.agent.run(ns, &sysctl_args(common_sysctls()))?;
-        }
-
         // 3. Addresses and routes.
         let mut node_batch = Vec::new();
         for a in &plan.node_addrs {
@@ -682,14 +686,18 @@ impl World {
         node_batch.push(format!("link set {UPLINK} up"));
         for a in &plan.client_addrs {
             node_batch.push(format!("route add {} dev {UPLINK}", host_prefix(*a)));
+            node_batch
+                .push(format!("neigh replace {a} lladdr {CLIENT_MAC} dev {UPLINK} nud permanent"));
         }
         let up = upstream(family);
         node_batch
             .push(format!("neigh replace {up} lladdr {CLIENT_MAC} dev {UPLINK} nud permanent"));
         node_batch.push(format!("route add default via {up} dev {UPLINK}{onlink}"));
         for (i, ip) in plan.pods.keys().enumerate() {
+            let (_, pod_mac) = pod_macs(i);
             node_batch.push(format!("link set p{i} up"));
             node_batch.push(format!("route add {} dev p{i}", host_prefix(*ip)));
+            node_batch.push(format!("neigh replace {ip} lladdr {pod_mac} dev p{i} nud permanent"));
         }
         world.node.ip_batch(&node_batch)?;
 
@@ -993,6 +1001,7 @@ mod tests {
             "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n\
              -A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment \"ns/empty has no endpoints\" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable\n\
              -A KUBE-SERVICES -d 10.96.0.21/32 -p tcp -m tcp --dport 80 -j DROP\n\
+             -A KUBE-SERVICES -d 10.96.0.22/32 -p udp -m udp --dport 80 -j REJECT\n\
              COMMIT\n*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
              -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
              -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
@@ -1133,6 +1142,7 @@ mod tests {
         if !crate::verify::tests::have_root("real_flows_spread_masquerade_reject_drop") {
             return;
         }
+        let host_before = crate::verify::tests::host_save();
         for backend in [Backend::Nft, Backend::Legacy] {
             if check_environment(backend).is_err() {
                 eprintln!("skipped: real_flows backend {backend:?} unavailable");
@@ -1150,6 +1160,10 @@ mod tests {
             flows.push(flow(CLIENT, "10.96.0.21:80", Protocol::Tcp)); // DROP
             flows.push(flow(NODE, "10.96.0.10:80", Protocol::Tcp)); // OUTPUT path
             flows.push(flow(NODE, "10.96.0.20:80", Protocol::Udp)); // no rule for udp: no answer
+            flows.push(flow(NODE, "10.96.0.22:80", Protocol::Udp)); // REJECT in OUTPUT: EPERM
+            flows.push(flow(CLIENT, "10.96.0.22:80", Protocol::Udp)); // REJECT in FORWARD: ICMP
+            flows.push(flow(NODE, "10.96.0.20:80", Protocol::Tcp)); // REJECT in OUTPUT, tcp
+            flows.push(flow(NODE, "10.96.0.21:80", Protocol::Tcp)); // DROP in OUTPUT, tcp
             let report =
                 run_flows_with(&dump(), Family::V4, backend, &topology(), &flows, &options())
                     .unwrap();
@@ -1193,11 +1207,15 @@ mod tests {
             assert_eq!(obs[n + 3].result, FlowResult::Dropped);
             let (_, seen) = reached(&obs[n + 4].result).expect("node reaches the service");
             assert_eq!(seen, ip(NODE));
-            assert!(
-                !matches!(obs[n + 5].result, FlowResult::Reached { .. }),
-                "{:?}",
-                obs[n + 5].result
-            );
+            assert_eq!(obs[n + 5].result, FlowResult::Dropped);
+            // UDP: a REJECT in OUTPUT fails the send itself (EPERM), before any ICMP.
+            assert!(matches!(obs[n + 6].result, FlowResult::Denied { .. }), "{:?}", obs[n + 6]);
+            // UDP: a REJECT in FORWARD comes back as ICMP port unreachable.
+            assert!(matches!(obs[n + 7].result, FlowResult::Rejected { .. }), "{:?}", obs[n + 7]);
+            // TCP: a REJECT in OUTPUT is seen as refused (the ICMP is delivered locally) and a
+            // DROP in OUTPUT as a timeout: connect() does not fail at once like a UDP send.
+            assert!(matches!(obs[n + 8].result, FlowResult::Rejected { .. }), "{:?}", obs[n + 8]);
+            assert_eq!(obs[n + 9].result, FlowResult::Dropped);
         }
         let pid = std::process::id();
         let live = netns::live_namespaces();
@@ -1207,6 +1225,7 @@ mod tests {
             .filter(|n| std::path::Path::new("/run/netns").join(n).exists())
             .collect();
         assert_eq!(leaked, Vec::<String>::new());
+        assert_eq!(host_before, crate::verify::tests::host_save(), "host rules changed");
     }
 
     /// A pod reaching its own Service endpoint (hairpin) is masqueraded, as kube-proxy intends.
@@ -1231,5 +1250,105 @@ mod tests {
             }
         }
         assert!(saw_self, "30 flows never hit the pod itself (p = (2/3)^30)");
+    }
+
+    /// `sessionAffinity: ClientIP` (the `recent` module): each client keeps its first endpoint.
+    #[test]
+    fn session_affinity_sticks_per_client() {
+        if !crate::verify::tests::have_root("session_affinity_sticks_per_client") {
+            return;
+        }
+        let mut d = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AFF - [0:0]\n");
+        d.push_str("-A KUBE-SERVICES -d 10.96.0.30/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-AFF\n");
+        for i in 0..EPS.len() {
+            d.push_str(&format!(":KUBE-SEP-AFF{i} - [0:0]\n"));
+        }
+        for i in 0..EPS.len() {
+            d.push_str(&format!(
+                "-A KUBE-SVC-AFF -m recent --name KUBE-SEP-AFF{i} --rcheck --seconds 10800 --reap -j KUBE-SEP-AFF{i}\n"
+            ));
+        }
+        for (i, ep) in EPS.iter().enumerate() {
+            let prob = match i {
+                0 => " -m statistic --mode random --probability 0.3333333333",
+                1 => " -m statistic --mode random --probability 0.5000000000",
+                _ => "",
+            };
+            d.push_str(&format!("-A KUBE-SVC-AFF{prob} -j KUBE-SEP-AFF{i}\n"));
+            d.push_str(&format!(
+                "-A KUBE-SEP-AFF{i} -p tcp -m recent --set --name KUBE-SEP-AFF{i} -m tcp -j DNAT --to-destination {ep}:8080\n"
+            ));
+        }
+        d.push_str("COMMIT\n");
+        let clients = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"];
+        let flows: Vec<Flow> = (0..40)
+            .map(|i| flow(clients[i % clients.len()], "10.96.0.30:80", Protocol::Tcp))
+            .collect();
+        let report =
+            run_flows_with(&d, Family::V4, Backend::Nft, &topology(), &flows, &options()).unwrap();
+        let mut chosen: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
+        for (f, o) in flows.iter().zip(&report.observed) {
+            let (ep, seen) = reached(&o.result).unwrap_or_else(|| panic!("{:?}", o.result));
+            assert_eq!(seen, f.src, "no masquerade rule: the client address is seen");
+            chosen.entry(f.src).or_default().insert(ep);
+        }
+        assert!(chosen.values().all(|eps| eps.len() == 1), "{chosen:?}");
+    }
+
+    /// IPv6: a ClusterIP with two endpoints, masqueraded from outside.
+    #[test]
+    fn ipv6_flows_reach_both_endpoints() {
+        if !crate::verify::tests::have_root("ipv6_flows_reach_both_endpoints") {
+            return;
+        }
+        let d = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-SVC-6 - [0:0]\n\
+                 -A KUBE-POSTROUTING -j MASQUERADE\n\
+                 -A KUBE-SERVICES -d fd00:96::10/128 -p udp -m udp --dport 53 -j KUBE-SVC-6\n\
+                 -A KUBE-SVC-6 -p udp -m statistic --mode random --probability 0.5 -j DNAT --to-destination [fd00:244::2]:53\n\
+                 -A KUBE-SVC-6 -p udp -j DNAT --to-destination [fd00:244::3]:53\n\
+                 COMMIT\n";
+        let node = ip("fd00:1::10");
+        let topo = Topology {
+            node_addrs: vec![node],
+            endpoints: ["fd00:244::2", "fd00:244::3"]
+                .map(|e| (Protocol::Udp, SocketAddr::new(ip(e), 53)))
+                .to_vec(),
+            pod_addrs: vec![],
+            client_addrs: vec![],
+        };
+        let flows: Vec<Flow> =
+            (0..40).map(|_| flow("fd00:99::7", "[fd00:96::10]:53", Protocol::Udp)).collect();
+        let report =
+            run_flows_with(d, Family::V6, Backend::Nft, &topo, &flows, &options()).unwrap();
+        let mut seen_eps = BTreeSet::new();
+        for o in &report.observed {
+            let (ep, seen) = reached(&o.result).unwrap_or_else(|| panic!("{:?}", o.result));
+            assert_eq!(seen, node);
+            seen_eps.insert(ep);
+        }
+        assert_eq!(seen_eps.len(), 2, "p = 2^-39 of missing one");
+    }
+
+    /// How fast the kernel path runs: reached flows per second (printed; a loose floor).
+    #[test]
+    fn throughput_of_reached_flows() {
+        if !crate::verify::tests::have_root("throughput_of_reached_flows") {
+            return;
+        }
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let flows: Vec<Flow> =
+                (0..1000).map(|_| flow(CLIENT, "10.96.0.10:80", proto)).collect();
+            let report =
+                run_flows_with(&dump(), Family::V4, Backend::Nft, &topology(), &flows, &options())
+                    .unwrap();
+            assert!(report.observed.iter().all(|o| reached(&o.result).is_some()));
+            eprintln!(
+                "{proto:?}: 1000 flows in {:?} (setup {:?}): {:.0} flows/s",
+                report.sending,
+                report.setup,
+                report.flows_per_second()
+            );
+            assert!(report.flows_per_second() > 20.0);
+        }
     }
 }
