@@ -33,9 +33,9 @@
 //!   because the two are indistinguishable there. A TCP connect is not failed that way: a REJECT
 //!   in OUTPUT comes back as refused (the ICMP error is delivered locally) and a DROP in OUTPUT
 //!   as a timeout, like on the forward path.
-//! - DNAT to an address of the node itself skips POSTROUTING's SNAT (conntrack keeps NAT for
-//!   local delivery in INPUT); such flows reach no listener here (no agent listens on node
-//!   addresses) and come back as refused.
+//! - An endpoint on a node address (a hostNetwork pod) is served by a listener in the node
+//!   namespace. DNAT to such a local address delivers through INPUT and never passes
+//!   POSTROUTING, so a flow marked for masquerade keeps its source there.
 //! - When the dump declares kube-proxy's top chains but no built-in chain jumps to them (what
 //!   kube-proxy's own `iptables-restore --noflush` input looks like), the jump rules kube-proxy
 //!   installs with `iptables -I` are added ([`kube_proxy_jumps`]), unless disabled.
@@ -422,7 +422,9 @@ pub fn run_flows_with(
             load_dump(&world.node, &jumps, family, backend, &["--noflush"])?;
         }
     }
-    let mut listeners = world.start_listeners(&plan, opts)?;
+    // Listeners outlive the longest possible run, then exit on their own.
+    let lifetime = opts.flow_timeout * 2 * flows.len() as u32 + Duration::from_secs(120);
+    let mut listeners = world.start_listeners(&plan, opts, lifetime)?;
     let setup = started.elapsed();
     let sending_started = Instant::now();
     let outcomes = world.send_all(&plan, flows, opts)?;
@@ -472,6 +474,8 @@ struct Plan {
     client_addrs: Vec<IpAddr>,
     /// Pod IP → ports it listens on.
     pods: BTreeMap<IpAddr, Vec<(Protocol, u16)>>,
+    /// Endpoints on a node address (hostNetwork pods): the listener runs in the node namespace.
+    node_endpoints: Vec<(Protocol, SocketAddr)>,
     origins: Vec<Origin>,
 }
 
@@ -505,10 +509,17 @@ impl Plan {
             push_unique(&mut node_addrs, a);
         }
         let mut pods: BTreeMap<IpAddr, Vec<(Protocol, u16)>> = BTreeMap::new();
+        let mut node_endpoints = Vec::new();
         for &(proto, ep) in &topology.endpoints {
             check("endpoint", ep.ip())?;
             if proto == Protocol::Sctp {
                 return Err(sctp_invalid("endpoint", &ep.to_string()));
+            }
+            if node_addrs.contains(&ep.ip()) {
+                if !node_endpoints.contains(&(proto, ep)) {
+                    node_endpoints.push((proto, ep));
+                }
+                continue;
             }
             let ports = pods.entry(ep.ip()).or_default();
             if !ports.contains(&(proto, ep.port())) {
@@ -517,6 +528,13 @@ impl Plan {
         }
         for &a in &topology.pod_addrs {
             check("pod address", a)?;
+            if node_addrs.contains(&a) {
+                return Err(VerifyError::Invalid {
+                    what: "pod address".to_owned(),
+                    value: a.to_string(),
+                    hint: "a hostNetwork pod's address is a node address: list it there".to_owned(),
+                });
+            }
             pods.entry(a).or_default();
         }
         let mut client_addrs = Vec::new();
@@ -533,7 +551,15 @@ impl Plan {
             if f.proto == Protocol::Sctp {
                 return Err(sctp_invalid(&format!("flow {i}"), &f.dst.to_string()));
             }
-            let origin = if f.from_node || node_addrs.contains(&f.src) || f.src.is_loopback() {
+            let on_node = node_addrs.contains(&f.src) || f.src.is_loopback();
+            if f.from_node && !on_node {
+                return Err(VerifyError::Invalid {
+                    what: format!("flow {i} source"),
+                    value: f.src.to_string(),
+                    hint: "a flow from the node must use a node address or loopback".to_owned(),
+                });
+            }
+            let origin = if on_node {
                 Origin::Node
             } else if let Some(&p) = pod_index.get(&f.src) {
                 Origin::Pod(p)
@@ -552,7 +578,7 @@ impl Plan {
                 });
             }
         }
-        Ok(Plan { node_addrs, client_addrs, pods, origins })
+        Ok(Plan { node_addrs, client_addrs, pods, node_endpoints, origins })
     }
 }
 
@@ -731,19 +757,43 @@ impl World {
         }
     }
 
-    fn start_listeners(&self, plan: &Plan, opts: &RunOptions) -> Result<Listeners, VerifyError> {
+    fn start_listeners(
+        &self,
+        plan: &Plan,
+        opts: &RunOptions,
+        lifetime: Duration,
+    ) -> Result<Listeners, VerifyError> {
         let hits: Arc<Mutex<BTreeMap<u64, (SocketAddr, SocketAddr)>>> = Arc::default();
         let mut listeners = Listeners { children: Vec::new(), hits: hits.clone() };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
         let mut expected = 0;
-        for ((ip, ports), ns) in plan.pods.iter().zip(&self.pods) {
-            if ports.is_empty() {
+        let mut groups: Vec<(&Netns, Vec<(Protocol, SocketAddr)>)> = plan
+            .pods
+            .iter()
+            .zip(&self.pods)
+            .map(|((ip, ports), ns)| {
+                (
+                    ns,
+                    ports
+                        .iter()
+                        .map(|(proto, port)| (*proto, SocketAddr::new(*ip, *port)))
+                        .collect(),
+                )
+            })
+            .collect();
+        groups.push((&self.node, plan.node_endpoints.clone()));
+        for (ns, addrs) in groups {
+            if addrs.is_empty() {
                 continue;
             }
-            let mut args = vec!["listen".to_owned()];
-            for (proto, port) in ports {
+            let mut args = vec![
+                "listen".to_owned(),
+                "--max-seconds".to_owned(),
+                lifetime.as_secs().to_string(),
+            ];
+            for (proto, addr) in addrs {
                 args.push(format!("--{}", proto.as_str()));
-                args.push(SocketAddr::new(*ip, *port).to_string());
+                args.push(addr.to_string());
             }
             let mut child = opts.agent.spawn(ns, &args)?;
             let stdout = child.stdout.take();
@@ -1144,8 +1194,8 @@ mod tests {
         }
         let host_before = crate::verify::tests::host_save();
         for backend in [Backend::Nft, Backend::Legacy] {
-            if check_environment(backend).is_err() {
-                eprintln!("skipped: real_flows backend {backend:?} unavailable");
+            if let Err(e) = crate::verify::probe_backend(backend, Family::V4) {
+                eprintln!("skipped: real_flows with {backend:?}: {e}");
                 continue;
             }
             let n = 150;
@@ -1350,5 +1400,42 @@ mod tests {
             );
             assert!(report.flows_per_second() > 20.0);
         }
+    }
+
+    /// An endpoint on the node's own address (hostNetwork, like the API server behind
+    /// `default/kubernetes`): DNAT delivers locally and skips POSTROUTING, so the masquerade mark
+    /// has no effect and the client's address is seen.
+    #[test]
+    fn host_network_endpoint_skips_masquerade() {
+        if !crate::verify::tests::have_root("host_network_endpoint_skips_masquerade") {
+            return;
+        }
+        let d = format!(
+            "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+             -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+             -A KUBE-POSTROUTING -j MASQUERADE\n\
+             -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+             -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination {NODE}:6443\n\
+             COMMIT\n"
+        );
+        let mut topo = topology();
+        topo.endpoints.push((Protocol::Tcp, SocketAddr::new(ip(NODE), 6443)));
+        let flows = [
+            flow(CLIENT, "10.96.0.1:443", Protocol::Tcp),
+            flow(NODE, "10.96.0.1:443", Protocol::Tcp),
+            flow(EPS[0], "10.96.0.1:443", Protocol::Tcp),
+        ];
+        let report =
+            run_flows_with(&d, Family::V4, Backend::Nft, &topo, &flows, &options()).unwrap();
+        let seen: Vec<_> = report.observed.iter().map(|o| reached(&o.result)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                Some((ip(NODE), ip(CLIENT))),
+                Some((ip(NODE), ip(NODE))),
+                Some((ip(NODE), ip(EPS[0]))),
+            ]
+        );
     }
 }
