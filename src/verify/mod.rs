@@ -31,7 +31,10 @@
 //!   `-p` first, then the matches in order, then the target), adds `/32` to host addresses,
 //!   quotes comments, prints `--probability` with 11 decimals of the 2^31-step value the kernel
 //!   stores (`0.3333333333` → `0.33333333349`, `0.5000000000` → `0.50000000000`), and rewrites
-//!   `--or-mark X` as `--set-xmark X/X`, `--xor-mark X` as `--set-xmark X/0x0`. Chains are listed
+//!   `--or-mark X` as `--set-xmark X/X`, `--xor-mark X` as `--set-xmark X/0x0`. Defaults are
+//!   written out: `-j REJECT` gains `--reject-with icmp-port-unreachable`, `-m recent` gains
+//!   `--mask 255.255.255.255 --rsource` and its options come back as `--rcheck --seconds N --reap
+//!   --name X`. A host comment is quoted even without spaces (`"ns/empty"`). Chains are listed
 //!   built-ins first, then user chains sorted by name. Tables come in a fixed order with
 //!   nf_tables, and newest-first with legacy (the kernel's table list is a stack).
 
@@ -384,6 +387,70 @@ COMMIT
             // Built-in chains appear although the dump never declared them.
             assert!(saved.contains(":PREROUTING ACCEPT [0:0]\n"), "{saved}");
             assert_eq!(before, host_save(), "host rules changed");
+        }
+    }
+
+    /// Two tables through the kernel: the complete canonical text (`iptables-save` adds the
+    /// built-in chains, sorts user chains, groups rules by chain, fills in defaults such as
+    /// `--reject-with`, `--mask … --rsource`), and the backends' table order.
+    #[test]
+    fn roundtrip_full_dump_is_canonical() {
+        const DUMP: &str = r#"*filter
+:KUBE-SERVICES - [0:0]
+-A KUBE-SERVICES -d 10.96.0.20 -p tcp -m comment --comment ns/empty -m tcp --dport 80 -j REJECT
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-X - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 10.96.0.10 --dport 80 -j KUBE-SVC-X
+-A KUBE-SVC-X -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-MARK-MASQ
+-A KUBE-SVC-X -m recent --name KUBE-SEP-Y --rcheck --seconds 10800 --reap -j KUBE-MARK-MASQ
+-A KUBE-SVC-X -p tcp -m recent --set --name KUBE-SEP-Y -m tcp -j DNAT --to-destination 10.180.0.1:80
+COMMIT
+"#;
+        const SAVED: &str = r#"*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A KUBE-SERVICES -d 10.96.0.20/32 -p tcp -m comment --comment "ns/empty" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-X - [0:0]
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
+-A KUBE-POSTROUTING -j MASQUERADE --random-fully
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp --dport 80 -j KUBE-SVC-X
+-A KUBE-SVC-X -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -m statistic --mode random --probability 0.50000000000 -j KUBE-MARK-MASQ
+-A KUBE-SVC-X -m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-Y --mask 255.255.255.255 --rsource -j KUBE-MARK-MASQ
+-A KUBE-SVC-X -p tcp -m recent --set --name KUBE-SEP-Y --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.180.0.1:80
+COMMIT
+"#;
+        for backend in [Backend::Nft, Backend::Legacy] {
+            if !have_backend("roundtrip_full_dump_is_canonical", backend) {
+                continue;
+            }
+            let saved = strip_save_comments(&kernel_roundtrip(DUMP, Family::V4, backend).unwrap());
+            match backend {
+                Backend::Nft => assert_eq!(saved, SAVED),
+                Backend::Legacy => {
+                    // Same tables, newest first: nat (loaded second) before filter.
+                    let (filter, nat) = SAVED.split_at(SAVED.find("*nat").unwrap_or(0));
+                    assert_eq!(saved, format!("{nat}{filter}"));
+                }
+            }
         }
     }
 

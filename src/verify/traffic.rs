@@ -24,8 +24,9 @@
 //!   from [`FIRST_SOURCE_PORT`]), so no flow reuses an earlier flow's conntrack entry (UDP entries
 //!   live 30 s and ephemeral ports collide).
 //! - ICMP error rate limits are cleared in every namespace (`icmp_ratelimit=0`,
-//!   `icmp_ratemask=0`, `ipv6.icmp.ratelimit=0`): otherwise after a few flows a REJECT looks like
-//!   a DROP. IPv6 duplicate address detection is off so addresses are usable at once.
+//!   `icmp_ratemask=0`, `ipv6.icmp.ratelimit=0`, the global `icmp_msgs_*` raised): with the
+//!   defaults, a fresh namespace answers even the first REJECTs with silence, so a REJECT looks
+//!   like a DROP. IPv6 duplicate address detection is off so addresses are usable at once.
 //! - The node has `ip_forward=1` and `route_localnet=1` (what kube-proxy sets for localhost
 //!   NodePorts), `rp_filter=0`.
 //! - A UDP flow sent from the node (OUTPUT path) whose packet a DROP or REJECT in OUTPUT discards
@@ -1437,5 +1438,31 @@ mod tests {
                 Some((ip(NODE), ip(EPS[0]))),
             ]
         );
+    }
+
+    /// Many REJECTs in a row stay REJECTs: the namespaces' ICMP rate limits are cleared. With the
+    /// kernel's defaults restored (`icmp_ratelimit=1000`, `icmp_ratemask=6168`,
+    /// `icmp_msgs_per_sec=1000`, `icmp_msgs_burst=50`) this test fails on kernel 6.x: even the
+    /// first REJECTs in a fresh namespace come back as silence (DROP), since the per-destination
+    /// token bucket starts empty.
+    #[test]
+    fn reject_burst_is_not_rate_limited() {
+        if !crate::verify::tests::have_root("reject_burst_is_not_rate_limited") {
+            return;
+        }
+        let mut flows = Vec::new();
+        for _ in 0..100 {
+            flows.push(flow(CLIENT, "10.96.0.20:80", Protocol::Tcp));
+            flows.push(flow(CLIENT, "10.96.0.22:80", Protocol::Udp));
+        }
+        let report =
+            run_flows_with(&dump(), Family::V4, Backend::Nft, &topology(), &flows, &options())
+                .unwrap();
+        let not_rejected: Vec<_> = report
+            .observed
+            .iter()
+            .filter(|o| !matches!(o.result, FlowResult::Rejected { .. }))
+            .collect();
+        assert!(not_rejected.is_empty(), "{not_rejected:?}");
     }
 }
