@@ -831,10 +831,10 @@ impl World {
         let mut next_port: BTreeMap<IpAddr, u16> = BTreeMap::new();
         let mut outcomes: Vec<Option<SendOutcome>> = vec![None; flows.len()];
         let mut start = 0;
-        while start < flows.len() {
-            let origin = plan.origins[start];
+        // Consecutive flows from one namespace share a sender (order is kept: affinity needs it).
+        while let Some(&origin) = plan.origins.get(start) {
             let mut end = start;
-            while end < flows.len() && plan.origins[end] == origin {
+            while end < flows.len() && plan.origins.get(end) == Some(&origin) {
                 end += 1;
             }
             let ns = self.origin_ns(origin).ok_or_else(|| VerifyError::Agent {
