@@ -3,5 +3,6 @@
 mod cli;
 mod golden;
 mod harness;
+mod kernel;
 mod kubeproxy_data;
 mod regression;

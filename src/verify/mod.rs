@@ -249,6 +249,7 @@ pub(crate) fn load_dump(
     backend: Backend,
     extra: &[&str],
 ) -> Result<(), VerifyError> {
+    ensure_nfacct(ns, dump)?;
     let program = backend.restore_program(family);
     let out = ns.exec(&program, extra, Some(dump.as_bytes()), netns::ADMIN_TIMEOUT)?;
     if out.success() {
@@ -257,6 +258,39 @@ pub(crate) fn load_dump(
     let line = restore_error_line(&out.stderr);
     let text = line.and_then(|l| dump.lines().nth(l.checked_sub(1)?)).map(str::to_owned);
     Err(VerifyError::Restore { program, line, text, message: compact_stderr(&out.stderr) })
+}
+
+/// The `--nfacct-name` objects a dump refers to, in order of first use.
+pub fn nfacct_names(dump: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in dump.lines() {
+        let mut words = line.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "--nfacct-name"
+                && let Some(name) = words.next()
+            {
+                let name = name.trim_matches('"').to_owned();
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Creates the nfacct counters a dump uses, as kube-proxy does before it syncs (the kernel refuses
+/// `-m nfacct` rules whose object does not exist).
+fn ensure_nfacct(ns: &Netns, dump: &str) -> Result<(), VerifyError> {
+    let names = nfacct_names(dump);
+    if names.is_empty() {
+        return Ok(());
+    }
+    require_tool("nfacct", "nfacct")?;
+    for name in names {
+        ns.exec("nfacct", &["add", &name], None, netns::ADMIN_TIMEOUT)?.check()?;
+    }
+    Ok(())
 }
 
 /// The line number an `iptables-restore` error names (`Error occurred at line: 4`,
