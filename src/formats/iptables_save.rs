@@ -39,7 +39,10 @@
 //!   statement line. `-D`, `-R`, `-P`, `-E`, `-Z`, `-L`, `-S` and `-C` are rejected as unsupported:
 //!   `iptables-save` never prints them and the model has no statement for them.
 //! - The old negation syntax (`--dport ! 80`, `-p ! tcp`) is rejected with a hint to write
-//!   `! --dport 80`; modern iptables rejects it as well.
+//!   `! --dport 80`. Legacy iptables accepts it with a "Using intrapositioned negation … is
+//!   deprecated" warning (`xtables_check_inverse` in `libxtables/xtables.c`); iptables-nft keeps
+//!   that path for arptables only (`check_inverse` in `iptables/xshared.c`). `iptables-save`
+//!   never prints it.
 //! - Addresses are one address or network: `10.96.0.10`, `10.0.0.0/8`, `fd00::1/128`. A dotted
 //!   (or IPv6) netmask is accepted when contiguous and normalised to its prefix length
 //!   (`10.0.0.0/255.0.0.0` reads as `10.0.0.0/8`, which is also what `iptables-save` prints for
@@ -84,6 +87,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -93,7 +97,7 @@ use crate::model::rules::{
     Addr, Arg, ChainDecl, Family, Located, Rule, RuleOp, Ruleset, Statement, Table, Word,
 };
 
-/// The tables `iptables-restore` knows, in the order `iptables-save` usually prints them.
+/// The tables `iptables-restore` knows (the kernel's `iptable_*` modules).
 pub const TABLES: [&str; 5] = ["raw", "mangle", "nat", "filter", "security"];
 
 /// The longest chain (or target) name the kernel accepts, in bytes: `XT_EXTENSION_MAXNAMELEN`
@@ -121,31 +125,34 @@ const BUILTIN_CHAINS: [(&str, &[&str]); 5] = [
     ("security", &["INPUT", "FORWARD", "OUTPUT"]),
 ];
 
-/// Options of the `iptables` command line that a restore file's rule line may not use.
-const COMMAND_LINE_ONLY: [&str; 22] = [
-    "-t",
-    "--table",
-    "-c",
-    "--set-counters",
-    "-v",
-    "--verbose",
-    "-n",
-    "--numeric",
-    "-x",
-    "--exact",
-    "--line-numbers",
-    "-w",
-    "--wait",
-    "-W",
-    "--wait-interval",
-    "--modprobe",
-    "-4",
-    "--ipv4",
-    "-6",
-    "--ipv6",
-    "-h",
-    "--help",
-];
+/// Whether `word` is an option of the `iptables` command line that a restore file's rule line
+/// may not use (`-t`, `-c`, `-v`, `--wait`, …).
+fn is_command_line_only(word: &str) -> bool {
+    matches!(
+        word,
+        "-t" | "--table"
+            | "-c"
+            | "--set-counters"
+            | "-v"
+            | "--verbose"
+            | "-n"
+            | "--numeric"
+            | "-x"
+            | "--exact"
+            | "--line-numbers"
+            | "-w"
+            | "--wait"
+            | "-W"
+            | "--wait-interval"
+            | "--modprobe"
+            | "-4"
+            | "--ipv4"
+            | "-6"
+            | "--ipv6"
+            | "-h"
+            | "--help"
+    )
+}
 
 /// A parse failure: where it happened, the text it happened in, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -563,6 +570,37 @@ fn locate_offset(bytes: &[u8], at: usize, kind: ParseErrorKind) -> ParseError {
     ParseError { line: lineno, column: before.chars().count() + 1, text, kind }
 }
 
+/// User chains declared in a table section, with the line of their declaration.
+type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>;
+
+/// A fast hasher for chain names (FNV-1a over 8-byte words); the set is never printed, so its
+/// order does not matter, and the input is the user's own dump, so hash flooding is no concern.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            h = (h ^ u64::from_le_bytes(word)).wrapping_mul(PRIME).rotate_left(29);
+        }
+        for &b in chunks.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        // Spread the entropy into the top bits, which hashbrown uses for its control bytes.
+        let h = self.0;
+        (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+}
+
 /// The whole-dump state machine.
 struct Parser<'a> {
     family: Family,
@@ -570,7 +608,7 @@ struct Parser<'a> {
     /// The open table, if any.
     open: Option<Table>,
     /// User chains declared in the open table section, with their line.
-    declared: HashMap<Cow<'a, str>, usize>,
+    declared: ChainSet<'a>,
     scratch: Scratch<'a>,
 }
 
@@ -580,7 +618,7 @@ impl<'a> Parser<'a> {
             family,
             tables: Vec::new(),
             open: None,
-            declared: HashMap::new(),
+            declared: ChainSet::default(),
             scratch: Scratch::default(),
         }
     }
@@ -613,7 +651,9 @@ impl<'a> Parser<'a> {
             Some(b'*') => self.table_header(line, lineno),
             Some(b':') => self.chain_decl(line, lineno),
             _ if line.trim_end_matches([' ', '\t']) == COMMIT => match self.open.take() {
-                Some(table) => {
+                Some(mut table) => {
+                    // Growth by doubling can leave half the vector unused on a big table.
+                    table.statements.shrink_to_fit();
                     self.tables.push(table);
                     self.declared.clear();
                     Ok(())
@@ -731,7 +771,7 @@ fn track_chains<'a>(
     line: &str,
     lineno: usize,
     table: &str,
-    declared: &mut HashMap<Cow<'a, str>, usize>,
+    declared: &mut ChainSet<'a>,
 ) -> Result<(), ParseError> {
     let key = |name: &String| match chain_tok {
         Some(t) if !t.quoted => Cow::Borrowed(t.raw),
@@ -851,46 +891,77 @@ struct Scratch<'a> {
     args: Vec<Arg>,
 }
 
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+/// `0x80` in every byte of a word.
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// A mask with the high bit set in the bytes of `word` equal to `byte` (exact for the lowest
+/// such byte, which is all the tokenizer looks at).
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The offset of the first byte at or after `from` that is `a`, `b` or `c` (or `bytes.len()`),
+/// eight bytes at a time: rule lines are long runs of ordinary bytes.
+fn find3(bytes: &[u8], from: usize, a: u8, b: u8, c: u8) -> usize {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let hits = bytes_equal(word, a) | bytes_equal(word, b) | bytes_equal(word, c);
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&x) = bytes.get(i) {
+        if x == a || x == b || x == c {
+            return i;
+        }
+        i += 1;
+    }
+    bytes.len()
+}
+
 /// Splits `line` (from byte `start`) into words; `Err(offset)` points at an unclosed quote.
 fn tokenize<'a>(line: &'a str, start: usize, out: &mut Vec<Tok<'a>>) -> Result<(), usize> {
     out.clear();
     let bytes = line.as_bytes();
+    let len = bytes.len();
     let mut i = start;
     loop {
-        while i < bytes.len() && matches!(bytes[i], b' ' | b'\t') {
+        while i < len && matches!(bytes[i], b' ' | b'\t') {
             i += 1;
         }
-        if i >= bytes.len() {
+        if i >= len {
             return Ok(());
         }
         let begin = i;
         let mut quoted = false;
-        let mut open_at: Option<usize> = None;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if open_at.is_some() {
-                match b {
-                    b'\\' => i += 1,
-                    b'"' => open_at = None,
-                    _ => {}
-                }
-            } else {
-                match b {
-                    b' ' | b'\t' => break,
-                    b'"' => {
-                        open_at = Some(i);
-                        quoted = true;
-                    }
-                    _ => {}
+        loop {
+            // The unquoted part: up to a separator or a quote.
+            i = find3(bytes, i, b' ', b'\t', b'"');
+            if i >= len || bytes[i] != b'"' {
+                break;
+            }
+            // A quoted part: up to the closing quote, skipping escaped characters.
+            quoted = true;
+            let open = i;
+            i += 1;
+            loop {
+                i = find3(bytes, i, b'"', b'\\', b'"');
+                match bytes.get(i) {
+                    None => return Err(open),
+                    Some(b'"') => break,
+                    Some(_) => i += 2,
                 }
             }
             i += 1;
         }
-        if let Some(at) = open_at {
-            return Err(at);
-        }
-        let end = i.min(bytes.len());
-        let raw = line.get(begin..end).unwrap_or_default();
+        let raw = line.get(begin..i).unwrap_or_default();
         out.push(Tok { raw, at: begin, quoted });
     }
 }
@@ -957,7 +1028,7 @@ fn parse_statement<'a>(
         let kind = if first.is_bang() {
             let target = toks.get(1).map_or("", |t| t.raw).to_owned();
             ParseErrorKind::MisplacedNegation { target }
-        } else if COMMAND_LINE_ONLY.contains(&first.raw) {
+        } else if is_command_line_only(first.raw) {
             ParseErrorKind::CommandLineOption { option: first.raw.to_owned() }
         } else {
             ParseErrorKind::MissingCommand { found: first.raw.to_owned() }
@@ -1161,7 +1232,7 @@ fn parse_args(
                 Arg::Opt { neg: negated, name: long[2..].to_owned(), values }
             }
             other => {
-                let kind = if COMMAND_LINE_ONLY.contains(&other) {
+                let kind = if is_command_line_only(other) {
                     ParseErrorKind::CommandLineOption { option: other.to_owned() }
                 } else if command_of(other).is_some() {
                     ParseErrorKind::CommandNotFirst { command: other.to_owned() }
@@ -1184,11 +1255,11 @@ fn parse_args(
 
 /// A long option that is a command or command-line option, not a rule option.
 fn misplaced_long(long: &str) -> Option<ParseErrorKind> {
-    if COMMAND_LINE_ONLY.contains(&long) {
+    if is_command_line_only(long) {
         Some(ParseErrorKind::CommandLineOption { option: long.to_owned() })
     } else if command_of(long).is_some() {
         Some(ParseErrorKind::CommandNotFirst { command: long.to_owned() })
-    } else if long.contains('=') {
+    } else if long.bytes().any(|b| b == b'=') {
         Some(ParseErrorKind::UnknownOption { option: long.to_owned() })
     } else {
         None
@@ -1206,11 +1277,12 @@ fn interface(tok: &Tok<'_>) -> Result<String, ParseErrorKind> {
 
 /// An address or network of `family`: `ADDR`, `ADDR/LEN` or `ADDR/MASK` (contiguous).
 fn parse_addr(tok: &Tok<'_>, family: Family) -> Result<Addr, ParseErrorKind> {
-    let text = tok.value();
+    let text: Cow<'_, str> =
+        if tok.quoted { Cow::Owned(tok.value()) } else { Cow::Borrowed(tok.raw) };
     let invalid = || ParseErrorKind::InvalidAddress { token: tok.raw.to_owned() };
     let (ip_text, prefix_text) = match text.split_once('/') {
         Some((ip, prefix)) => (ip, Some(prefix)),
-        None => (text.as_str(), None),
+        None => (text.as_ref(), None),
     };
     let ip: IpAddr = ip_text.parse().map_err(|_| invalid())?;
     check_family(ip, family, tok)?;
@@ -1640,6 +1712,25 @@ mod tests {
             let _ = parse(text, Family::V4);
             let _ = parse(text, Family::V6);
         }
+    }
+
+    #[test]
+    fn find3_finds_the_first_special_byte_at_any_offset() {
+        let line = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        for at in 0..line.len() {
+            for special in [b' ', b'\t', b'"'] {
+                let mut bytes = line.to_vec();
+                bytes[at] = special;
+                if at + 3 < bytes.len() {
+                    bytes[at + 3] = b' ';
+                }
+                for from in 0..=at {
+                    assert_eq!(find3(&bytes, from, b' ', b'\t', b'"'), at, "{at} {from}");
+                }
+            }
+        }
+        assert_eq!(find3(line, 0, b' ', b'\t', b'"'), line.len());
+        assert_eq!(find3(b"\x80\xff\x7f ", 0, b' ', b'\t', b'"'), 3);
     }
 
     // ---- errors: every kind, with its message ----
@@ -2167,7 +2258,7 @@ mod tests {
             let opt_name = "[a-z][a-z0-9-]{0,15}".prop_filter("reserved long options", |n| {
                 !RESERVED.contains(&n.as_str())
                     && command_of(&format!("--{n}")).is_none()
-                    && !COMMAND_LINE_ONLY.contains(&format!("--{n}").as_str())
+                    && !is_command_line_only(&format!("--{n}"))
             });
             prop_oneof![
                 (any::<bool>(), "[a-z0-9]{1,8}")
@@ -2308,23 +2399,42 @@ mod tests {
         assert_eq!(render(&ruleset), text);
     }
 
+    /// Nanoseconds this thread has spent on a CPU (the machine is shared, so wall time lies).
+    fn thread_cpu_ns() -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        stat.split_whitespace().next()?.parse().ok()
+    }
+
     #[test]
     #[ignore = "throughput measurement; run in release"]
     fn parse_throughput() {
-        let text = synthetic_dump(1_000_000 / 11);
+        let target: usize = std::env::var("SVCPATH_BENCH_LINES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let text = synthetic_dump(target / 11);
         let lines = text.lines().count();
-        let start = std::time::Instant::now();
-        let ruleset = parse(&text, Family::V4).unwrap();
-        let elapsed = start.elapsed();
-        eprintln!(
-            "{lines} lines, {} MB, {:?}: {:.2} M lines/s",
-            text.len() / 1_000_000,
-            elapsed,
-            lines as f64 / elapsed.as_secs_f64() / 1e6
-        );
-        let start = std::time::Instant::now();
+        let mut ruleset = Ruleset::default();
+        // The first run also pays for the kernel handing the process fresh pages.
+        for run in ["cold", "warm"] {
+            drop(ruleset);
+            let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
+            ruleset = parse(&text, Family::V4).unwrap();
+            let (wall, cpu) = (wall.elapsed(), thread_cpu_ns().zip(cpu).map(|(b, a)| b - a));
+            let secs = cpu.map_or(wall.as_secs_f64(), |ns| ns as f64 / 1e9);
+            eprintln!(
+                "parse ({run}): {lines} lines, {} MB, wall {wall:?}, cpu {secs:.3}s: {:.2} M lines/s of CPU",
+                text.len() / 1_000_000,
+                lines as f64 / secs / 1e6
+            );
+        }
+        let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
         let rendered = render(&ruleset);
-        eprintln!("render {:?}", start.elapsed());
+        let cpu = thread_cpu_ns().zip(cpu).map(|(b, a)| b - a);
+        eprintln!("render: wall {:?}, cpu {:?} ns", wall.elapsed(), cpu);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or_default();
+        eprintln!("peak memory (dump text + ruleset + rendered text): {peak}");
         assert_eq!(rendered.len(), text.len());
     }
 }
