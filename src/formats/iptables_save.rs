@@ -301,6 +301,12 @@ pub enum ParseErrorKind {
         /// The first word.
         found: String,
     },
+    /// [`parse_rule_line`] given a statement that is not a rule (`-N`, `-X`, `-F`).
+    #[error("'{command}' is not a rule")]
+    NotARule {
+        /// The command as written.
+        command: String,
+    },
     /// A command svcpath does not read (`-D`, `-R`, `-P`, …).
     #[error("unsupported command '{command}'")]
     UnsupportedCommand {
@@ -438,6 +444,7 @@ impl ParseErrorKind {
             K::MissingCommand { .. } | K::CommandNotFirst { .. } => {
                 "a statement line starts with -A, -I, -N, -X or -F".into()
             }
+            K::NotARule { .. } => "a rule line starts with -A or -I".into(),
             K::UnsupportedCommand { .. } => {
                 "svcpath reads -A, -I, -N, -X and -F, as iptables-save writes them".into()
             }
@@ -515,8 +522,8 @@ pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> 
 ///
 /// # Errors
 ///
-/// Everything a rule line can fail with in [`parse`]; a line that is not a rule gives
-/// [`ParseErrorKind::MissingCommand`].
+/// Everything a rule line can fail with in [`parse`]; a `-N`, `-X` or `-F` line gives
+/// [`ParseErrorKind::NotARule`].
 pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
     let line = line.strip_suffix('\n').unwrap_or(line);
     let line = line.strip_suffix('\r').unwrap_or(line);
@@ -527,9 +534,8 @@ pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
     match parse_statement(line, 1, family, &mut scratch)?.0 {
         Statement::Rule(rule) => Ok(rule),
         _ => {
-            let first = line.split_ascii_whitespace().next().unwrap_or_default();
-            let at = line.find(first).unwrap_or(0);
-            Err(error_at(1, line, at, ParseErrorKind::MissingCommand { found: first.to_owned() }))
+            let (at, first) = WhitespaceWords::new(line, 0).next().unwrap_or((0, line));
+            Err(error_at(1, line, at, ParseErrorKind::NotARule { command: first.to_owned() }))
         }
     }
 }
@@ -1992,10 +1998,11 @@ mod tests {
             rule_err("-D X -j ACCEPT").to_string(),
             "line 1: unsupported command '-D' in \"-D X -j ACCEPT\" (svcpath reads -A, -I, -N, -X and -F, as iptables-save writes them)"
         );
+        let e = rule_err("-N X");
+        assert_eq!(e.kind, ParseErrorKind::NotARule { command: "-N".into() });
         assert_eq!(
-            rule_err("-N X").kind,
-            ParseErrorKind::MissingCommand { found: "-N".into() },
-            "parse_rule_line reads rules only"
+            e.to_string(),
+            "line 1: '-N' is not a rule in \"-N X\" (a rule line starts with -A or -I)"
         );
         let e = rule_err("-A X -j ACCEPT -A Y");
         assert_eq!(e.kind, ParseErrorKind::CommandNotFirst { command: "-A".into() });
@@ -2391,6 +2398,16 @@ mod tests {
                 let parsed = parsed.unwrap_or_default();
                 prop_assert_eq!(without_lines(parsed.clone()), ruleset);
                 prop_assert_eq!(render(&parsed), text);
+            }
+
+            #[test]
+            fn parse_bytes_never_panics_on_arbitrary_bytes(
+                body in proptest::collection::vec(any::<u8>(), 0..200)
+            ) {
+                let mut bytes = b"*nat\n-A X ".to_vec();
+                bytes.extend(body);
+                let _ = parse_bytes(&bytes, Family::V4);
+                let _ = parse_bytes(&bytes[5..], Family::V6);
             }
 
             #[test]
