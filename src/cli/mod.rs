@@ -5,6 +5,7 @@ pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
 pub mod trace;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,11 @@ pub enum Command {
     Rules(rules::RulesArgs),
     /// Send N new connections through each proxy mode and compare the endpoint shares.
     Dist(dist::DistArgs),
+    /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
+    Verify(verify::VerifyArgs),
+    /// Internal: the helper process `verify` runs inside namespaces.
+    #[command(name = "__agent", hide = true)]
+    Agent(verify::AgentArgs),
     /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
     IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
@@ -40,6 +46,8 @@ impl Command {
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
             Command::Dist(a) => a.run(),
+            Command::Verify(a) => a.run(),
+            Command::Agent(a) => a.run(),
         }
     }
 }
