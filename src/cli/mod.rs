@@ -4,6 +4,7 @@ pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
+pub mod sim;
 pub mod trace;
 pub mod verify;
 
@@ -29,6 +30,8 @@ pub enum Command {
     Rules(rules::RulesArgs),
     /// Send N new connections through each proxy mode and compare the endpoint shares.
     Dist(dist::DistArgs),
+    /// Simulate load on a Service over time (nodes, arrivals, lifetimes, scaling, rollouts).
+    Sim(sim::SimArgs),
     /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
     Verify(verify::VerifyArgs),
     /// Internal: the helper process `verify` runs inside namespaces.
@@ -46,6 +49,7 @@ impl Command {
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
             Command::Dist(a) => a.run(),
+            Command::Sim(a) => a.run(),
             Command::Verify(a) => a.run(),
             Command::Agent(a) => a.run(),
         }

@@ -96,7 +96,7 @@ fn p_text(p: f64) -> String {
 /// Why a plot could not be written.
 #[derive(Debug, thiserror::Error)]
 #[error("drawing the plot: {0}")]
-pub struct PlotError(String);
+pub struct PlotError(pub String);
 
 /// A grouped bar chart of the shares per endpoint and mode, with the expected share as a marker.
 ///

@@ -5,4 +5,5 @@
 //! the same data as the study's `Serialize` types.
 
 pub mod dist;
+pub mod sim;
 pub mod trace;

@@ -8,4 +8,5 @@
 pub mod dataplane;
 pub mod dist;
 pub mod ipvs_replay;
+pub mod sim;
 pub mod trace;
