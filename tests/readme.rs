@@ -405,13 +405,24 @@ fn lb_source_ranges_let_allowed_clients_through_kube_fw() {
 
 #[test]
 fn lb_source_ranges_drop_other_clients_in_kube_proxy_firewall() {
-    let v = readme_json(&["rulesets/loadbalancer-source-ranges/", "192.0.2.99"]);
+    let v =
+        readme_json(&["203.0.113.50:443", "rulesets/loadbalancer-source-ranges/", "192.0.2.99"]);
     let o = only_outcome(&v);
     assert_eq!(o["verdict"], "DROP");
     assert_eq!(o["endpoint"], Value::Null);
     let (table, chain, text) = last_match(o);
     assert_eq!((table.as_str(), chain.as_str()), ("filter", "KUBE-PROXY-FIREWALL"));
     assert!(text.ends_with("-j DROP"), "{text}");
+}
+
+#[test]
+fn lb_source_ranges_do_not_filter_the_node_port() {
+    let v = readme_json(&["rulesets/loadbalancer-source-ranges/", ":31443"]);
+    assert_eq!(endpoints(&v), ["10.1.0.21:8443", "10.1.1.22:8443"]);
+    for o in outcomes(&v) {
+        assert!(!hit(o, "nat", "KUBE-FW-", ""), "a NodePort never goes through KUBE-FW");
+        assert!(hit(o, "nat", "KUBE-NODEPORTS", "-j KUBE-EXT-"));
+    }
 }
 
 #[test]
