@@ -5,4 +5,5 @@ mod golden;
 mod harness;
 mod kernel;
 mod kubeproxy_data;
+mod readme;
 mod regression;
