@@ -303,3 +303,141 @@ fn history_errors_name_the_item() {
     );
     fails_with(&["trace", "10.96.0.10:80", "--after", "10.1.7.7@5,10.1.7.7@1"], &[], "backwards");
 }
+
+/// Issue #5 acceptance: the three tables on the default cluster.
+#[test]
+fn dist_default_cluster_iptables_rr_sh() {
+    let out = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "iptables,ipvs:rr,ipvs:sh",
+            "--flows",
+            "100000",
+            "--seed",
+            "1",
+            "--json",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 3);
+    // iptables: the sampler is unbiased against the exact branch probabilities.
+    assert!(modes[0]["p_value"].as_f64().unwrap() > 1e-4, "{}", modes[0]);
+    for r in modes[0]["rows"].as_array().unwrap() {
+        assert!((r["expected"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    }
+    // rr: exactly even.
+    let rr: Vec<u64> =
+        modes[1]["rows"].as_array().unwrap().iter().map(|r| r["count"].as_u64().unwrap()).collect();
+    assert!(rr.iter().max().unwrap() - rr.iter().min().unwrap() <= 1, "{rr:?}");
+    // sh with 3 clients clumps.
+    let sh3 = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "ipvs:sh",
+            "--clients",
+            "3",
+            "--flows",
+            "30000",
+            "--json",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&sh3).unwrap();
+    assert!(v["modes"][0]["max_mean"].as_f64().unwrap() > 1.3, "{}", v["modes"][0]);
+}
+
+#[test]
+fn dist_sweep_endpoints_writes_a_row_per_value_and_mode_and_a_plot() {
+    let dir = temp_with(&[]);
+    let plot = dir.path().join("sweep.svg");
+    let out = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "iptables,ipvs:rr",
+            "--flows",
+            "5000",
+            "--sweep",
+            "endpoints=2,10,50",
+            "--csv",
+            "--quiet",
+            "--plot",
+        ])
+        .arg(&plot)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1 + 3 * 2, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("endpoints,50,ipvs:rr,0.000000")), "{text}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("ipvs:rr"));
+}
+
+#[test]
+fn dist_rejects_an_unknown_mode() {
+    fails_with(&["dist", "10.96.0.10:80", "--mode", "ipvs:xyz"], &[], "--mode");
+}
+
+/// Issue #5: every shipped scenario runs, and the effect it ships to show is in its numbers.
+#[test]
+fn shipped_scenarios_show_their_effect() {
+    let run = |name: &str| -> serde_json::Value {
+        let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
+        let out = svcpath()
+            .arg("sim")
+            .arg(&path)
+            .args(["--json", "--quiet"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let rr = run("rr-many-nodes");
+    let picks: Vec<&str> =
+        rr["first_picks"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert_eq!(picks.len(), 10);
+    assert!(picks.iter().all(|p| *p == picks[0]), "{picks:?}");
+    let long = run("scale-up-long-lived");
+    assert!(long["share_times"].as_array().unwrap().iter().all(|s| s["after"].is_null()));
+    let short = run("scale-up-short-lived");
+    assert!(
+        short["share_times"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["after"].as_f64().is_some_and(|a| a <= 60.0))
+    );
+    let sh = run("sh-few-clients");
+    let busy = sh["total_connections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v.as_u64().unwrap() > 0)
+        .count();
+    assert!(busy <= 3, "3 clients reach at most 3 pods of 6: {}", sh["total_connections"]);
+    let roll = run("rolling-update-affinity");
+    let last = roll["samples"].as_array().unwrap().last().unwrap();
+    let ready =
+        last["endpoints"].as_object().unwrap().values().filter(|e| e["state"] == "ready").count();
+    assert_eq!(ready, 3);
+}
