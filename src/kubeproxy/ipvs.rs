@@ -462,8 +462,9 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
                 v.persistence = Some(PersistenceSpec { timeout: t, prefix_len: full });
             }
             if scheduler == "mh" {
-                // utilipvs.FlagSourceHash = IP_VS_SVC_F_SCHED_MH_FALLBACK (flag-1).
-                v.sched_flags.push("mh-fallback".to_owned());
+                // utilipvs.FlagSourceHash is 0x10 = IP_VS_SVC_F_SCHED2, which `mh` reads as
+                // IP_VS_SVC_F_SCHED_MH_PORT: hash on the source address *and* port.
+                v.sched_flags.push("mh-port".to_owned());
             }
             v
         };
@@ -836,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn scheduler_override_beats_config_and_mh_gets_fallback_flag() {
+    fn scheduler_override_beats_config_and_mh_gets_the_port_flag() {
         let mut c = default_cluster();
         c.config.ipvs_scheduler = "wrr".into();
         let node = c.node_view(None, &[]).unwrap();
@@ -844,7 +845,7 @@ mod tests {
         assert_eq!(s.scheduler, "wrr");
         let opts = IpvsOptions { scheduler: Some("mh".into()), ..IpvsOptions::default() };
         let s = sync(&c, &node, IpFamily::V4, &opts);
-        assert!(s.virtual_servers.services.iter().all(|v| v.sched_flags == ["mh-fallback"]));
+        assert!(s.virtual_servers.services.iter().all(|v| v.sched_flags == ["mh-port"]));
     }
 
     #[test]
