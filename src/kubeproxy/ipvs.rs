@@ -177,7 +177,11 @@ pub const IPSETS: &[(&str, SetType, &str)] = &[
 
 /// kube-proxy's `ipsetWithIptablesChain`: set, table, from chain, target, match directions,
 /// protocol match — written in this order for each non-empty set.
-const SET_RULES: &[(&str, &str, &str, &str, &str, Option<Protocol>)] = &[
+/// One `ipsetWithIptablesChain` entry: set, table, from, to, directions, protocol.
+type SetRule =
+    (&'static str, &'static str, &'static str, &'static str, &'static str, Option<Protocol>);
+
+const SET_RULES: &[SetRule] = &[
     (SET_LOOP_BACK, "nat", KUBE_POSTROUTING, "MASQUERADE", "dst,dst,src", None),
     (SET_LOAD_BALANCER, "nat", KUBE_SERVICES, KUBE_LOAD_BALANCER, "dst,dst", None),
     (SET_LOAD_BALANCER_LOCAL, "nat", KUBE_LOAD_BALANCER, "RETURN", "dst,dst", None),
