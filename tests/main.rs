@@ -3,4 +3,5 @@
 mod cli;
 mod harness;
 mod kubeproxy_data;
+mod kubeproxy_ipvs;
 mod regression;

@@ -24,6 +24,8 @@
 //! - Node addresses: `GetAllLocalAddressesExcept(kube-ipvs0)` without loopback or IPv6
 //!   link-local addresses; here that is the [`NodeView`]'s addresses of the family.
 //! - Topology hints are ignored, as in the iptables renderer.
+//! - Two Service ports with the same protocol, address and port share one kernel virtual service;
+//!   the one synced last (here: the later in service-port-name order) sets its destinations.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -476,7 +478,7 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
         members.add(SET_CLUSTER_IP, Member::IpPort { ip: sp.cluster_ip, proto, port });
         let mut v = vs(sp.cluster_ip, port);
         v.real_servers = real_servers(sp, sp.internal_local, opts.graceful_termination);
-        table.services.push(v);
+        upsert(&mut table, v);
         bound.insert(sp.cluster_ip);
         // External IPs.
         for &ip in &sp.external_ips {
@@ -484,7 +486,7 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
             members.add(set, Member::IpPort { ip, proto, port });
             let mut v = vs(ip, port);
             v.real_servers = real_servers(sp, sp.external_local, opts.graceful_termination);
-            table.services.push(v);
+            upsert(&mut table, v);
             if !node_addrs.contains(&ip) {
                 bound.insert(ip);
             }
@@ -514,7 +516,7 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
             }
             let mut v = vs(ip, port);
             v.real_servers = real_servers(sp, sp.external_local, opts.graceful_termination);
-            table.services.push(v);
+            upsert(&mut table, v);
             if !node_addrs.contains(&ip) {
                 bound.insert(ip);
             }
@@ -542,7 +544,7 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
             for &ip in &np_ips {
                 let mut v = vs(ip, np);
                 v.real_servers = real_servers(sp, sp.external_local, opts.graceful_termination);
-                table.services.push(v);
+                upsert(&mut table, v);
             }
         }
         if let Some(hc) = sp.health_check_node_port {
@@ -591,6 +593,15 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, opts: &IpvsOpt
         dummy_addresses: bound.into_iter().collect(),
         payload,
         jumps: jumps(),
+    }
+}
+
+/// `syncService` on an existing key updates the one kernel service: two Service ports with the
+/// same address, protocol and port share it, and the later sync decides its destinations.
+fn upsert(table: &mut IpvsTable, v: VirtualServer) {
+    match table.services.iter_mut().find(|s| s.key == v.key) {
+        Some(slot) => *slot = v,
+        None => table.services.push(v),
     }
 }
 
