@@ -222,3 +222,55 @@ fn local_node_port_trace_keeps_the_client_address_and_the_local_endpoint() {
     assert!(t.flows.iter().all(|f| f.dest.as_deref() == Some("10.180.0.1:80")), "{:?}", t.flows);
     assert!(t.outcomes.iter().all(|o| !o.masquerade), "{:#?}", t.outcomes);
 }
+
+/// Runs `script` in a fresh network namespace with `files` in a temp dir; `None` when the
+/// machine cannot (not root, no `unshare`, no `ipset`).
+fn in_netns(files: &[(&str, &str)], script: &str) -> Option<std::process::Output> {
+    use std::process::Command;
+    let ok = |c: &str| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok("unshare") || !ok("ipset") || !ok("iptables-restore") {
+        return None;
+    }
+    let dir = crate::harness::temp_with(files);
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .current_dir(dir.path())
+        .output()
+        .ok()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("Operation not permitted") || err.contains("Permission denied") {
+        return None;
+    }
+    Some(out)
+}
+
+#[test]
+fn kernel_accepts_generated_ipsets_and_companion_rules() {
+    for dir in cases() {
+        let (s, _, _) = sync_case(&dir);
+        let sets = ipset::render(&s.ipsets);
+        let rules = svcpath::formats::iptables_save::render(&s.node_dump());
+        let Some(out) = in_netns(
+            &[("sets", &sets), ("rules", &rules)],
+            "ipset restore < sets && iptables-restore --test < rules && ipset save",
+        ) else {
+            eprintln!("skipped: needs root, unshare, ipset and iptables-restore");
+            return;
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", dir.display());
+        // What the kernel lists back: same sets, types, families and members; ipset adds
+        // `bucketsize` and `initval` to the create options.
+        let back = ipset::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert_eq!(back.len(), s.ipsets.len(), "{}", dir.display());
+        for ours in &s.ipsets {
+            let theirs = back.iter().find(|b| b.name == ours.name).expect("set listed back");
+            assert_eq!((theirs.set_type, theirs.family), (ours.set_type, ours.family));
+            assert!(ours.options.iter().all(|o| theirs.options.contains(o)), "{}", ours.name);
+            let m = |s: &svcpath::model::ipvs::IpSet| -> BTreeSet<String> {
+                s.entries.iter().map(|e| e.member.to_string()).collect()
+            };
+            assert_eq!(m(theirs), m(ours), "{}: {}", dir.display(), ours.name);
+        }
+    }
+}
