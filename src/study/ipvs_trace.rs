@@ -1080,4 +1080,107 @@ mod tests {
         assert!(t.outcomes.iter().all(|o| o.masquerade));
         assert_eq!(t.lookup.service.as_deref(), Some("-t 10.96.0.10:80"));
     }
+
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns}
+spec:
+  type: NodePort
+  clusterIPs: [10.96.0.20, fd00::20]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: ns, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ["fd01::1"], nodeName: node-1}
+- {addresses: ["fd01::2"], nodeName: node-2, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: ["fd01::3"], nodeName: node-2}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1}
+status: {addresses: [{type: InternalIP, address: "192.168.1.10"}, {type: InternalIP, address: "2001:db8::10"}]}
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+clusterCIDR: 10.1.0.0/16,fd01::/64
+"#;
+
+    fn dual() -> (crate::model::Cluster, NodeView) {
+        let c = crate::model::load::load_str(DUAL, "dual").unwrap().cluster;
+        let n = c.node_view(None, &[]).unwrap();
+        (c, n)
+    }
+
+    #[test]
+    fn ipv6_node_port_has_graceful_weight_zero_and_no_share_for_it() {
+        let (c, n) = dual();
+        let st =
+            IpvsState::from_cluster(&c, "dual", &n, IpFamily::V6, &IpvsOptions::default()).unwrap();
+        assert!(st.ipsets.iter().any(|s| s.name == "KUBE-6-CLUSTER-IP"));
+        let vs = st.table.find(Protocol::Tcp, "[2001:db8::10]:30080".parse().unwrap()).unwrap();
+        let w: Vec<(String, u32)> =
+            vs.real_servers.iter().map(|r| (r.addr.to_string(), r.weight)).collect();
+        assert!(w.contains(&("[fd01::2]:8080".into(), 0)), "{w:?}");
+        let mut r = req("2001:db8::99", 4);
+        r.packet.dst = "2001:db8::10".parse().unwrap();
+        r.packet.dport = 30080;
+        let t = trace_ipvs(&st, &r).unwrap();
+        let zero = t.shares.iter().find(|s| s.dest == "[fd01::2]:8080").unwrap();
+        assert_eq!(zero.probability, 0.0, "weight 0 gets no new connections");
+        assert!(t.flows.iter().all(|f| f.dest.as_deref() != Some("[fd01::2]:8080")));
+        assert!(t.outcomes.iter().all(|o| o.masquerade), "NodePort traffic is masqueraded");
+    }
+
+    #[test]
+    fn node_to_cluster_ip_goes_through_local_out_and_is_masqueraded() {
+        let st = state(None);
+        let t = trace_ipvs(&st, &req("192.168.1.10", 0)).unwrap();
+        assert_eq!(t.path, "output");
+        assert_eq!(t.mark & 0x4000, 0x4000, "{:#?}", t.before);
+        assert!(t.before.iter().all(|h| h.hook == "OUTPUT"), "{:#?}", t.before);
+        assert!(t.outcomes.iter().all(|o| o.masquerade));
+    }
+
+    #[test]
+    fn hairpin_to_itself_is_masqueraded_by_the_loop_back_set() {
+        let st = state(Some("sh"));
+        // A pod (10.1.0.1, local endpoint) whose sh bucket maps back to itself, or not: the
+        // outcome to its own address is masqueraded, the others are not.
+        let t = trace_ipvs(&st, &req("10.1.0.1", 0)).unwrap();
+        for o in &t.outcomes {
+            let own = o.endpoint.as_deref() == Some("10.1.0.1:8080");
+            assert_eq!(o.masquerade, own, "{o:?}");
+        }
+        let mut r = req("10.1.0.1", 0);
+        r.scheduler = Some("rr".into());
+        let t = trace_ipvs(&st, &r).unwrap();
+        let own =
+            t.outcomes.iter().find(|o| o.endpoint.as_deref() == Some("10.1.0.1:8080")).unwrap();
+        assert!(own.masquerade, "KUBE-LOOP-BACK dst,dst,src");
+        assert!(
+            t.outcomes
+                .iter()
+                .filter(|o| o.endpoint.as_deref() != Some("10.1.0.1:8080"))
+                .all(|o| !o.masquerade)
+        );
+    }
+
+    #[test]
+    fn state_file_rejects_unknown_fields_and_destinations() {
+        assert!(SchedulerStateFile::parse("s.json", r#"{"pick": 1}"#).is_err());
+        let st = state(Some("lc"));
+        let mut r = req("10.1.9.7", 0);
+        let mut conns = BTreeMap::new();
+        conns.insert("10.9.9.9:1".to_owned(), ConnCounts { active: 1, inactive: 0 });
+        r.state = Some(SchedulerStateFile { picks: 0, conns });
+        let e = trace_ipvs(&st, &r).unwrap_err();
+        assert!(e.to_string().contains("'10.9.9.9:1' is not a destination"), "{e}");
+    }
 }
