@@ -274,3 +274,51 @@ fn kernel_accepts_generated_ipsets_and_companion_rules() {
         }
     }
 }
+
+fn default_state(sched: &str) -> (IpvsSync, IpvsState) {
+    let c = svcpath::model::default::default_cluster();
+    let node = c.node_view(None, &[]).unwrap();
+    let opts = IpvsOptions { scheduler: Some(sched.to_owned()), ..IpvsOptions::default() };
+    let s = ipvs::sync(&c, &node, IpFamily::V4, &opts);
+    let st = IpvsState::from_cluster(&c, "default", &node, IpFamily::V4, &opts).unwrap();
+    (s, st)
+}
+
+fn default_request(src: &str, count: u32) -> IpvsTraceRequest {
+    IpvsTraceRequest {
+        packet: TraceRequest {
+            src: src.parse().unwrap(),
+            src_note: "given".into(),
+            dst: "10.96.0.10".parse().unwrap(),
+            dport: 80,
+            proto: Protocol::Tcp,
+            seed: None,
+            in_iface: "eth0".into(),
+        },
+        scheduler: None,
+        count,
+        state: None,
+    }
+}
+
+#[test]
+fn golden_default_cluster_dumps() {
+    let (s, _) = default_state("rr");
+    insta::assert_snapshot!("default_ipvsadm_save", ipvsadm::render_save(&s.virtual_servers));
+    insta::assert_snapshot!("default_ipvsadm_list", ipvsadm::render_list(&s.virtual_servers));
+    insta::assert_snapshot!("default_ipset_save", ipset::render(&s.ipsets));
+    insta::assert_snapshot!(
+        "default_companion_iptables",
+        svcpath::formats::iptables_save::render(&s.node_dump())
+    );
+}
+
+#[test]
+fn golden_default_cluster_traces() {
+    let (_, st) = default_state("rr");
+    let t = trace_ipvs(&st, &default_request("192.168.50.5", 6)).unwrap();
+    insta::assert_snapshot!("trace_rr_outside_count6", svcpath::render::ipvs::text(&t));
+    let (_, st) = default_state("sh");
+    let t = trace_ipvs(&st, &default_request("10.1.9.7", 3)).unwrap();
+    insta::assert_snapshot!("trace_sh_pod", svcpath::render::ipvs::text(&t));
+}
