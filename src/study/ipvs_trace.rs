@@ -580,7 +580,9 @@ fn find_service(
 
 /// Builds the kernel model of one virtual service as kube-proxy creates it: the service with
 /// its scheduler, then each destination added (oldest first, so the list ends in `real_servers`
-/// order), persistence and kube-proxy's sysctls.
+/// order), persistence and kube-proxy's sysctls. With `scheduler` given, the service's own
+/// scheduler flags are dropped (they may be another scheduler's bits). Connection counts of a
+/// listing (`active`, `inactive`) become open connections.
 ///
 /// # Errors
 /// An unknown scheduler or flag.
@@ -1182,5 +1184,27 @@ clusterCIDR: 10.1.0.0/16,fd01::/64
         r.state = Some(SchedulerStateFile { picks: 0, conns });
         let e = trace_ipvs(&st, &r).unwrap_err();
         assert!(e.to_string().contains("'10.9.9.9:1' is not a destination"), "{e}");
+    }
+
+    #[test]
+    fn lookup_tries_fwmark_first_then_address_then_port_zero() {
+        use crate::model::ipvs::VirtualServer as Vs;
+        let mut table = IpvsTable::default();
+        table.services.push(Vs::new(VsKey::Fwmark { mark: 7, v6: false }, "rr"));
+        table.services.push(Vs::new(
+            VsKey::Addr { proto: Protocol::Tcp, addr: "10.0.0.1:0".parse().unwrap() },
+            "rr",
+        ));
+        let dst: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        let (s, l) = find_service(&table, Protocol::Tcp, dst, 7);
+        assert_eq!(s.map(|v| v.key), Some(VsKey::Fwmark { mark: 7, v6: false }));
+        assert_eq!(l.hash_lookups, 2, "connection table + fwmark table");
+        let (s, l) = find_service(&table, Protocol::Tcp, dst, 0);
+        assert_eq!(l.service.as_deref(), Some("-t 10.0.0.1:0"), "{l:?}");
+        assert!(s.is_some());
+        assert_eq!(l.hash_lookups, 3, "connection table, full address, port zero");
+        let (s, l) = find_service(&table, Protocol::Tcp, dst, 9);
+        assert!(s.is_some());
+        assert_eq!(l.hash_lookups, 4, "an unknown mark costs one more lookup");
     }
 }
