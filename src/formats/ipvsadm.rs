@@ -832,7 +832,7 @@ mod tests {
                 // Destinations are of the service's family.
                 v.real_servers = rss
                     .into_iter()
-                    .filter(|r| !v.key.is_v6())
+                    .filter(|r| r.addr.is_ipv6() == v.key.is_v6())
                     .filter(|r| seen.insert(r.addr))
                     .collect();
                 v
