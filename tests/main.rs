@@ -1,7 +1,9 @@
 //! svcpath's integration tests: one test binary, one module per area.
 
 mod cli;
+mod golden;
 mod harness;
+mod kernel;
 mod kubeproxy_data;
 mod kubeproxy_ipvs;
 mod regression;

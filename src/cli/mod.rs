@@ -1,9 +1,11 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
+pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
 pub mod trace;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -25,6 +27,13 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Print the rules kube-proxy would program on a node (iptables-restore text).
     Rules(rules::RulesArgs),
+    /// Send N new connections through each proxy mode and compare the endpoint shares.
+    Dist(dist::DistArgs),
+    /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
+    Verify(verify::VerifyArgs),
+    /// Internal: the helper process `verify` runs inside namespaces.
+    #[command(name = "__agent", hide = true)]
+    Agent(verify::AgentArgs),
     /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
     IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
@@ -36,6 +45,9 @@ impl Command {
             Command::Trace(a) => a.run(),
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
+            Command::Dist(a) => a.run(),
+            Command::Verify(a) => a.run(),
+            Command::Agent(a) => a.run(),
         }
     }
 }

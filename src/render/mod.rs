@@ -5,5 +5,6 @@
 //! the same data as the study's `Serialize` types. [`trace`] renders iptables-mode traces, [`ipvs`]
 //! IPVS-mode traces and the side-by-side comparison.
 
+pub mod dist;
 pub mod ipvs;
 pub mod trace;

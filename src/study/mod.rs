@@ -7,6 +7,7 @@
 //! (companion iptables with ipsets, virtual-service lookup, scheduler, POSTROUTING).
 
 pub mod dataplane;
+pub mod dist;
 pub mod ipvs_replay;
 pub mod ipvs_trace;
 pub mod trace;
