@@ -608,13 +608,15 @@ fn upsert(table: &mut IpvsTable, v: VirtualServer) {
 /// `syncEndpoint`: the destinations of one virtual server, in kernel list order.
 fn real_servers(sp: &SvcPort<'_>, only_local: bool, graceful: bool) -> Vec<RealServer> {
     let cat = categorize(sp);
-    let chosen: &[EndpointInfo] =
-        if only_local && !cat.local.is_empty() { &cat.local } else { &cat.cluster };
+    let local_only = only_local && !cat.local.is_empty();
+    let chosen: &[EndpointInfo] = if local_only { &cat.local } else { &cat.cluster };
     // Added in ip:port order; each add goes to the list head.
     let mut out: Vec<RealServer> =
         chosen.iter().rev().map(|e| RealServer::masq(SocketAddr::new(e.ip, e.port), 1)).collect();
     if graceful {
-        for e in sp.endpoints.iter().filter(|e| e.terminating) {
+        // Only endpoints this virtual server could have used before: local ones for a
+        // local-only service.
+        for e in sp.endpoints.iter().filter(|e| e.terminating && (e.local || !local_only)) {
             if !chosen.iter().any(|c| c.key == e.key) {
                 out.push(RealServer::masq(SocketAddr::new(e.ip, e.port), 0));
             }
@@ -879,5 +881,72 @@ mod tests {
             .filter_map(|(_, r)| r.target())
             .collect();
         assert_eq!(input, [KUBE_IPVS_FILTER, KUBE_PROXY_FIREWALL, KUBE_NODE_PORT]);
+    }
+
+    #[test]
+    fn graceful_termination_keeps_terminating_endpoints_at_weight_zero_at_the_tail() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.30
+  externalTrafficPolicy: Local
+  ports: [{name: p, port: 80, protocol: TCP, targetPort: 80, nodePort: 30030}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: p, port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.1.0.1], nodeName: n1}
+- {addresses: [10.1.0.2], nodeName: n2}
+- {addresses: [10.1.0.3], nodeName: n2, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.0.4], nodeName: n1, conditions: {ready: false, serving: false, terminating: true}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 192.168.1.10}]}
+"#;
+        let c = crate::model::load::load_str(yaml, "t").unwrap().cluster;
+        let node = c.node_view(None, &[]).unwrap();
+        let s = sync(&c, &node, IpFamily::V4, &IpvsOptions::default());
+        let rs = |addr: &str| -> Vec<(String, u32)> {
+            s.virtual_servers
+                .services
+                .iter()
+                .find(|v| matches!(v.key, VsKey::Addr { addr: a, .. } if a.to_string() == addr))
+                .unwrap()
+                .real_servers
+                .iter()
+                .map(|r| (r.addr.to_string(), r.weight))
+                .collect()
+        };
+        // Cluster IP: ready ones newest first (added in ip:port order), then both terminating.
+        assert_eq!(
+            rs("10.96.0.30:80"),
+            [
+                ("10.1.0.2:80".into(), 1),
+                ("10.1.0.1:80".into(), 1),
+                ("10.1.0.3:80".into(), 0),
+                ("10.1.0.4:80".into(), 0)
+            ]
+        );
+        // NodePort with externalTrafficPolicy Local: the local ready one, the local terminating one.
+        assert_eq!(
+            rs("192.168.1.10:30030"),
+            [("10.1.0.1:80".into(), 1), ("10.1.0.4:80".into(), 0)]
+        );
+        let off = IpvsOptions { graceful_termination: false, ..IpvsOptions::default() };
+        let s2 = sync(&c, &node, IpFamily::V4, &off);
+        assert!(
+            s2.virtual_servers
+                .services
+                .iter()
+                .all(|v| v.real_servers.iter().all(|r| r.weight == 1))
+        );
     }
 }
