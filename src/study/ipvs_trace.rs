@@ -22,6 +22,12 @@
 //!    connection's destination NAT being already set up) and POSTROUTING, where KUBE-POSTROUTING
 //!    masquerades marked traffic and hairpin traffic (KUBE-LOOP-BACK).
 //!
+//! Scheduler state (`--state FILE`, [`SchedulerStateFile`]) is JSON:
+//! `{"picks": N, "last": "IP:PORT", "conns": {"IP:PORT": {"active": A, "inactive": I}}}`, all
+//! optional: `picks` new connections already scheduled, then picks until `last` was the last
+//! one chosen (the rr/wrr cursor), and open connections per destination (what lc, wlc, sed, nq
+//! see). Unknown fields and destinations are errors.
+//!
 //! Invariants: the outcome probabilities sum to 1 when a destination is available (each is the
 //! share of the destination times the probability of the iptables path that led there); no
 //! randomness is drawn: IPVS schedulers are deterministic given their state.
@@ -214,6 +220,10 @@ pub struct SchedulerStateFile {
     /// cursor (and every other scheduler's state) as that many picks would.
     #[serde(default)]
     pub picks: u32,
+    /// The rr/wrr cursor: the destination (`ip:port`) the scheduler picked last. Applied after
+    /// `picks`: picks continue until this destination has just been chosen.
+    #[serde(default)]
+    pub last: Option<String>,
     /// Open connections per destination (`ip:port` → counts): what lc, wlc, sed, nq see.
     #[serde(default)]
     pub conns: BTreeMap<String, ConnCounts>,
@@ -239,7 +249,7 @@ impl SchedulerStateFile {
     pub fn parse(origin: &str, text: &str) -> Result<SchedulerStateFile, IpvsStateError> {
         serde_json::from_str(text).map_err(|e| IpvsStateError::State {
             origin: origin.to_owned(),
-            message: format!("{e} (expected {{\"picks\": N, \"conns\": {{\"IP:PORT\": {{\"active\": A, \"inactive\": I}}}}}})"),
+            message: format!("{e} (expected {{\"picks\": N, \"last\": \"IP:PORT\", \"conns\": {{\"IP:PORT\": {{\"active\": A, \"inactive\": I}}}}}})"),
         })
     }
 }
@@ -654,6 +664,30 @@ fn apply_state(svc: &mut IpvsService, st: &SchedulerStateFile) -> Result<(), Ipv
     for _ in 0..st.picks {
         svc.schedule(client);
     }
+    if let Some(last) = &st.last {
+        let a: SocketAddr = last
+            .parse()
+            .map_err(|_| IpvsTraceError::State(format!("last '{last}' is not IP:PORT")))?;
+        if svc.lookup(a).is_none() {
+            return Err(IpvsTraceError::State(format!(
+                "last '{last}' is not a destination of the service"
+            )));
+        }
+        // A wrr cycle is at most the sum of the weights long; rr's is the list length.
+        let bound: u64 = svc.dests().map(|(_, d)| u64::from(d.weight).max(1)).sum::<u64>() + 1;
+        let mut found = false;
+        for _ in 0..bound.min(1 << 20) {
+            if svc.schedule(client).is_some_and(|d| d.addr == a) {
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(IpvsTraceError::State(format!(
+                "the scheduler never picks '{last}' (weight 0 or overloaded?)"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -1021,7 +1055,7 @@ mod tests {
         let st = state(None);
         let mut r = req("10.1.9.7", 0);
         let t0 = trace_ipvs(&st, &r).unwrap();
-        r.state = Some(SchedulerStateFile { picks: 1, conns: BTreeMap::new() });
+        r.state = Some(SchedulerStateFile { picks: 1, last: None, conns: BTreeMap::new() });
         let t1 = trace_ipvs(&st, &r).unwrap();
         assert_ne!(t0.decision, t1.decision);
         assert!(t1.deterministic);
@@ -1039,7 +1073,7 @@ mod tests {
         for d in &dests[..dests.len() - 1] {
             conns.insert(d.clone(), ConnCounts { active: 1, inactive: 0 });
         }
-        r.state = Some(SchedulerStateFile { picks: 0, conns });
+        r.state = Some(SchedulerStateFile { picks: 0, last: None, conns });
         let t = trace_ipvs(&st, &r).unwrap();
         assert!(t.decision.as_deref().unwrap().contains(dests.last().unwrap()), "{:?}", t.decision);
     }
@@ -1181,7 +1215,7 @@ clusterCIDR: 10.1.0.0/16,fd01::/64
         let mut r = req("10.1.9.7", 0);
         let mut conns = BTreeMap::new();
         conns.insert("10.9.9.9:1".to_owned(), ConnCounts { active: 1, inactive: 0 });
-        r.state = Some(SchedulerStateFile { picks: 0, conns });
+        r.state = Some(SchedulerStateFile { picks: 0, last: None, conns });
         let e = trace_ipvs(&st, &r).unwrap_err();
         assert!(e.to_string().contains("'10.9.9.9:1' is not a destination"), "{e}");
     }
@@ -1206,5 +1240,21 @@ clusterCIDR: 10.1.0.0/16,fd01::/64
         let (s, l) = find_service(&table, Protocol::Tcp, dst, 9);
         assert!(s.is_some());
         assert_eq!(l.hash_lookups, 4, "an unknown mark costs one more lookup");
+    }
+
+    #[test]
+    fn state_file_last_sets_the_rr_cursor_from_json() {
+        let st = state(None);
+        let mut r = req("10.1.9.7", 2);
+        let dests: Vec<String> =
+            st.table.services[0].real_servers.iter().map(|d| d.addr.to_string()).collect();
+        let json = format!(r#"{{"last": "{}"}}"#, dests[0]);
+        r.state = Some(SchedulerStateFile::parse("s.json", &json).unwrap());
+        let t = trace_ipvs(&st, &r).unwrap();
+        assert!(t.deterministic);
+        // rr moves on from the list head: the next pick is list position 1.
+        assert_eq!(t.flows[0].dest.as_deref(), Some(dests[1].as_str()), "{:?}", t.flows);
+        let e = SchedulerStateFile::parse("s.json", r#"{"last": 3}"#).unwrap_err();
+        assert!(e.to_string().starts_with("s.json: "), "{e}");
     }
 }
