@@ -4,8 +4,9 @@
 //!
 //! 1. **Companion iptables, before IPVS.** A packet from the network walks PREROUTING (raw,
 //!    mangle, nat) and, routed to a local address (the VIPs are on kube-ipvs0), INPUT's mangle,
-//!    filter and security tables; IPVS takes it at LOCAL_IN (`ip_vs_remote_request4`, `ip_vs_in_hook` in newer kernels; priority
-//!    `NF_IP_PRI_NAT_SRC - 1`, so nat INPUT never sees it). A packet from the node walks OUTPUT's
+//!    filter and security tables; IPVS takes it at LOCAL_IN (`ip_vs_remote_request4`, named
+//!    `ip_vs_in_hook` in newer kernels; priority `NF_IP_PRI_NAT_SRC - 1`, so nat INPUT never
+//!    sees it). A packet from the node walks OUTPUT's
 //!    raw, mangle and nat tables; IPVS takes it at LOCAL_OUT (`ip_vs_local_request4`, priority
 //!    `NF_IP_PRI_NAT_DST + 2`). The walk uses the netfilter model with the ipsets, so every
 //!    `-m set` rule is decided by the set contents.
