@@ -441,3 +441,125 @@ fn shipped_scenarios_show_their_effect() {
         last["endpoints"].as_object().unwrap().values().filter(|e| e["state"] == "ready").count();
     assert_eq!(ready, 3);
 }
+
+/// Issue #4 acceptance: sh names its bucket and destination.
+#[test]
+fn ipvs_trace_sh_names_bucket_and_destination() {
+    let out = svcpath()
+        .args([
+            "trace",
+            "10.96.0.10:80",
+            "--mode",
+            "ipvs",
+            "--scheduler",
+            "sh",
+            "--from",
+            "10.1.9.7",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("decision: sh: bucket "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("→ 10.1.0."), "{line}");
+}
+
+/// Issue #4 acceptance: rr over six flows rotates through the three destinations twice.
+#[test]
+fn ipvs_trace_rr_count_shows_the_rotation() {
+    let out = svcpath()
+        .args(["trace", "10.96.0.10:80", "--mode", "ipvs", "--scheduler", "rr", "--count", "6"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let picks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(":4000") && l.contains(" -> "))
+        .filter_map(|l| l.split(" -> ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(picks.len(), 6, "{text}");
+    assert_eq!(picks[0..3], picks[3..6]);
+    let mut first: Vec<&str> = picks[0..3].to_vec();
+    first.sort();
+    first.dedup();
+    assert_eq!(first.len(), 3);
+}
+
+#[test]
+fn rules_mode_ipvs_prints_ipvsadm_save_list_ipset_and_iptables() {
+    let save = String::from_utf8(
+        svcpath().args(["rules", "--mode", "ipvs"]).assert().success().get_output().stdout.clone(),
+    )
+    .unwrap();
+    assert!(save.starts_with("-A -t 10.96.0.10:80 -s rr\n"), "{save}");
+    assert_eq!(save.lines().filter(|l| l.starts_with("-a -t 10.96.0.10:80 -r 10.1.0.")).count(), 3);
+    let list = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--format", "list"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(list.contains("TCP  10.96.0.10:80 rr"), "{list}");
+    let sets = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--ipset"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(sets.contains("add KUBE-CLUSTER-IP 10.96.0.10,tcp:80"), "{sets}");
+    let ipt = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--iptables"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(ipt.contains("--match-set KUBE-CLUSTER-IP dst,dst"), "{ipt}");
+    let wrr = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--scheduler", "wrr"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(wrr.starts_with("-A -t 10.96.0.10:80 -s wrr\n"), "{wrr}");
+    fails_with(&["rules", "--mode", "ipvs", "--scheduler", "zz"], &[], "--scheduler");
+}
+
+#[test]
+fn trace_side_by_side_iptables_and_ipvs() {
+    let out = svcpath()
+        .args(["trace", "10.96.0.10:80", "--mode", "iptables,ipvs", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let s = v.to_string();
+    for ep in ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"] {
+        assert!(s.contains(ep), "{s}");
+    }
+}
