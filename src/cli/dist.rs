@@ -180,7 +180,7 @@ impl DistArgs {
                     .map_err(|_| anyhow!("--sweep: '{v}' is not a whole number"))
             })
             .collect::<anyhow::Result<_>>()?;
-        if values.iter().any(|v| *v == 0) {
+        if values.contains(&0) {
             bail!("--sweep: values must be at least 1");
         }
         let base = self
