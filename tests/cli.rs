@@ -563,3 +563,11 @@ fn trace_side_by_side_iptables_and_ipvs() {
         assert!(s.contains(ep), "{s}");
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definitions() {
+    let bash = String::from_utf8(svcpath().args(["completions", "bash"]).assert().success().get_output().stdout.clone()).unwrap();
+    assert!(bash.contains("ipvs-replay") && bash.contains("--iptables-save"));
+    let man = String::from_utf8(svcpath().arg("man").assert().success().get_output().stdout.clone()).unwrap();
+    assert!(man.contains(".TH svcpath 1"));
+}
