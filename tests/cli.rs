@@ -566,8 +566,13 @@ fn trace_side_by_side_iptables_and_ipvs() {
 
 #[test]
 fn completions_and_man_page_come_from_the_cli_definitions() {
-    let bash = String::from_utf8(svcpath().args(["completions", "bash"]).assert().success().get_output().stdout.clone()).unwrap();
+    let bash = String::from_utf8(
+        svcpath().args(["completions", "bash"]).assert().success().get_output().stdout.clone(),
+    )
+    .unwrap();
     assert!(bash.contains("ipvs-replay") && bash.contains("--iptables-save"));
-    let man = String::from_utf8(svcpath().arg("man").assert().success().get_output().stdout.clone()).unwrap();
+    let man =
+        String::from_utf8(svcpath().arg("man").assert().success().get_output().stdout.clone())
+            .unwrap();
     assert!(man.contains(".TH svcpath 1"));
 }

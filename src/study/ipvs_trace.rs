@@ -455,66 +455,13 @@ fn hop_views(dp: &Dataplane, o: &Outcome, keep: &[(&str, &str)]) -> Vec<HopView>
             _ => true,
         })
         .map(|h| {
-            let (table, chain) = dp.netfilter.names(h.table, h.chain);
-            let mut v = HopView {
-                hook: h.hook.chain_name().to_owned(),
-                table: table.to_owned(),
-                chain: chain.to_owned(),
-                rule: h.rule.map(|r| r + 1),
-                line: None,
-                text: None,
-                event: String::new(),
-                probability: None,
-                detail: None,
-                evaluated: h.evaluated,
-            };
-            if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule)
-                && let Some(rule) = t.chains.get(h.chain).and_then(|c| c.rules.get(r))
-            {
-                v.line = Some(rule.line);
-                v.text = Some(dp.statement_text(t.source, rule.stmt));
-            }
-            match &h.event {
-                Event::Enter => v.event = "enter".into(),
-                Event::Matched => v.event = "match".into(),
-                Event::Branch { probability, taken } => {
-                    v.event = "branch".into();
-                    v.probability = Some(*probability);
-                    v.detail = Some(if *taken { "matched" } else { "not matched" }.into());
-                }
-                Event::Return => v.event = "return".into(),
-                Event::Policy { accept } => {
-                    v.event = "policy".into();
-                    v.detail = Some(if *accept { "ACCEPT" } else { "DROP" }.into());
-                }
-                Event::Unmodelled { what } => {
-                    v.event = "unmodelled".into();
-                    v.detail = Some(what.clone());
-                }
-                Event::Route { delivery } => {
-                    v.event = "route".into();
-                    v.table = "route".into();
-                    v.chain = String::new();
-                    v.detail = Some(
-                        match delivery {
-                            Delivery::Local => "to a local address",
-                            _ => "not local: FORWARD",
-                        }
-                        .into(),
-                    );
-                }
+            let mut v = super::trace::hop_view(dp, h);
+            if v.event == "route" && v.detail.as_deref() == Some("to a local address: INPUT") {
+                v.detail = Some("to a local address".into());
             }
             v
         })
         .collect()
-}
-
-fn verdict_name(v: &Verdict) -> String {
-    match v {
-        Verdict::Accept => "ACCEPT".into(),
-        Verdict::Drop => "DROP".into(),
-        Verdict::Reject(w) => format!("REJECT ({w})"),
-    }
 }
 
 fn vs_name(key: &VsKey) -> String {
@@ -838,7 +785,7 @@ pub fn trace_ipvs(state: &IpvsState, req: &IpvsTraceRequest) -> Result<IpvsTrace
                     }
                     outcomes.push(IpvsOutcome {
                         endpoint: Some(addr.to_string()),
-                        verdict: verdict_name(&a.verdict),
+                        verdict: super::trace::verdict_name(&a.verdict),
                         probability: prob,
                         masquerade: a.masquerade,
                         delivery: if a.verdict == Verdict::Accept {
@@ -889,7 +836,7 @@ pub fn trace_ipvs(state: &IpvsState, req: &IpvsTraceRequest) -> Result<IpvsTrace
         before: first.as_ref().map(|o| hop_views(&before_dp, o, before_keep)).unwrap_or_default(),
         before_verdict: first
             .as_ref()
-            .map_or_else(|| "ACCEPT".into(), |o| verdict_name(&o.verdict)),
+            .map_or_else(|| "ACCEPT".into(), |o| super::trace::verdict_name(&o.verdict)),
         mark,
         lookup,
         scheduler,
@@ -910,7 +857,7 @@ fn probe_pick(svc: &IpvsService, client: SocketAddr, st: ConnState) -> Option<So
 fn stopped(dp: &Dataplane, b: &Outcome, keep: &[(&str, &str)]) -> IpvsOutcome {
     IpvsOutcome {
         endpoint: None,
-        verdict: verdict_name(&b.verdict),
+        verdict: super::trace::verdict_name(&b.verdict),
         probability: b.probability,
         masquerade: false,
         delivery: "none".into(),
