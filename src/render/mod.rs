@@ -6,3 +6,4 @@
 
 pub mod dist;
 pub mod trace;
+pub mod verify;

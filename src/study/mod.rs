@@ -9,3 +9,4 @@ pub mod dataplane;
 pub mod dist;
 pub mod ipvs_replay;
 pub mod trace;
+pub mod verify;

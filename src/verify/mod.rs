@@ -39,6 +39,8 @@
 //!   nf_tables, and newest-first with legacy (the kernel's table list is a stack).
 
 pub mod agent;
+pub mod calibrate;
+pub mod check;
 pub mod netns;
 pub mod traffic;
 
@@ -49,6 +51,8 @@ use thiserror::Error;
 use crate::model::rules::Family;
 
 pub use agent::run_agent;
+pub use calibrate::{CalibrateOptions, Calibration, calibrate};
+pub use check::{CheckOptions, Observation, check, observe};
 pub use netns::{Netns, cleanup_leftovers};
 pub use traffic::{
     AgentCommand, Flow, FlowResult, Observed, Report, RunOptions, Topology, run_flows,
@@ -166,6 +170,9 @@ pub enum VerifyError {
         /// What went wrong.
         message: String,
     },
+    /// svcpath's own model could not predict a flow.
+    #[error("svcpath's model: {0}")]
+    Model(#[from] crate::dataplane::netfilter::EvalError),
 }
 
 fn line_suffix(line: Option<usize>, text: Option<&str>) -> String {
