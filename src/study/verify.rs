@@ -50,6 +50,8 @@ pub const ALPHA: f64 = 1e-4;
 pub const MAX_FLOWS: usize = 400;
 /// Flows of a probe whose prediction has a single fate.
 pub const SINGLE_FATE_FLOWS: usize = 5;
+/// Flows of a probe whose only predicted fate is no answer (each waits out the flow timeout).
+pub const NO_ANSWER_FLOWS: usize = 2;
 /// Flows from one repeated client of a Service with session affinity.
 pub const REPEAT_FLOWS: usize = 10;
 
@@ -685,11 +687,11 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
                 }
             };
             let req = request(entry, first_src);
-            let first = expectation_of(
-                &dp.netfilter.evaluate(&env, &packet(dp, &req))?,
-                entry.proto,
-                from_node,
-            );
+            let outcomes = dp.netfilter.evaluate(&env, &packet(dp, &req))?;
+            let records = outcomes
+                .iter()
+                .any(|o| o.effects.iter().any(|e| matches!(e, Effect::RecentSet { .. })));
+            let first = expectation_of(&outcomes, entry.proto, from_node);
             let p_min = first
                 .iter()
                 .filter(|p| p.probability > 0.0)
@@ -697,17 +699,24 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
                 .fold(1.0f64, f64::min);
             let fates = first.iter().filter(|p| p.probability > 0.0).count();
             let needed = flows_needed(p_min);
+            if class == SourceClass::Repeat && !(records && fates > 1) {
+                // Nothing to stick to: this entry has no session affinity (or one fate only).
+                continue;
+            }
             let n = if class == SourceClass::Repeat {
                 REPEAT_FLOWS
             } else if fates > 1 {
                 opts.flows.max(needed)
+            } else if first.iter().any(|p| p.fate == Fate::NoAnswer) {
+                // Each costs a whole flow timeout.
+                opts.flows.min(NO_ANSWER_FLOWS)
             } else {
                 opts.flows.min(SINGLE_FATE_FLOWS)
             }
             .clamp(1, opts.max_flows.max(1));
             // With session affinity a client sticks after its first connection: the spread of
             // external clients is measured with one new client per flow.
-            let spread = sticky
+            let spread = records
                 && fates > 1
                 && matches!(
                     class,
@@ -878,16 +887,17 @@ pub fn compare(
             }
         }
         for (fate, (prob, masqs)) in &seen_here {
+            let backend = matches!(fate, Fate::Endpoint(_));
             let row = rows.entry(*fate).or_insert(FateRow {
                 fate: *fate,
                 expected: 0.0,
                 miss: 1.0,
                 observed: 0,
-                masquerade: masqs.first().copied(),
+                masquerade: if backend { masqs.first().copied() } else { None },
             });
             row.expected += prob;
             row.miss *= 1.0 - prob;
-            if masqs.iter().any(|m| Some(*m) != row.masquerade) {
+            if backend && masqs.iter().any(|m| Some(*m) != row.masquerade) {
                 row.masquerade = None;
             }
         }
