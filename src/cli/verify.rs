@@ -107,7 +107,7 @@ impl VerifyArgs {
             } else {
                 format!(
                     "{}: {} services ({} rules); a flow to the first Service walks {} rules, to the last {}\n\
-                     per flow: {:.0} ns (first), {:.0} ns (last), {} flows x {} rounds\n\
+                     median TCP connect: {:.0} ns (first), {:.0} ns (last); {} flows to each x {} rounds\n\
                      per rule: {:.1} ns (rounds: {})\nper flow without rules: {:.0} ns\n",
                     c.backend,
                     c.services,

@@ -1032,3 +1032,245 @@ pub struct Run {
     /// The verdict.
     pub judgement: Judgement,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubeproxy::iptables::NodeEnv;
+    use crate::model::default::DEFAULT_YAML;
+    use crate::model::load::load_str;
+
+    /// The default cluster plus `extra` YAML documents, as a dataplane and its setting.
+    fn setup(extra: &str) -> (Dataplane, Setting) {
+        let text = format!("{DEFAULT_YAML}\n---\n{extra}");
+        let cluster = load_str(&text, "test").unwrap().cluster;
+        let node = cluster.node_view(None, &[]).unwrap();
+        let dp = Dataplane::from_cluster(&cluster, "test", &node, IpFamily::V4, NodeEnv::default())
+            .unwrap();
+        let setting = Setting::from_cluster(&cluster, &node, IpFamily::V4);
+        (dp, setting)
+    }
+
+    const EMPTY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: default}\n\
+        spec:\n  type: ClusterIP\n  clusterIP: 10.96.0.20\n  clusterIPs: [10.96.0.20]\n  ports:\n\
+        \x20 - {name: web, protocol: TCP, port: 80, targetPort: 8080}\n\
+        \x20 - {name: dns, protocol: UDP, port: 53, targetPort: 53}\n";
+
+    const LB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: lb, namespace: default}\n\
+        spec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.30\n  clusterIPs: [10.96.0.30]\n\
+        \x20 selector: {app: my-app}\n  loadBalancerSourceRanges: [198.51.100.0/24]\n  ports:\n\
+        \x20 - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}\n\
+        status:\n  loadBalancer:\n    ingress: [{ip: 203.0.113.50}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: lb-1, namespace: default, labels: {kubernetes.io/service-name: lb}}\n\
+        addressType: IPv4\nports: [{name: http, protocol: TCP, port: 8080}]\n\
+        endpoints:\n- addresses: [10.1.0.1]\n  nodeName: node-1\n- addresses: [10.1.0.2]\n  nodeName: node-1\n";
+
+    fn ep(s: &str) -> Fate {
+        Fate::Endpoint(s.parse().unwrap())
+    }
+
+    fn probe_of<'p>(plan: &'p Plan, dst: &str, class: SourceClass) -> (usize, &'p Probe) {
+        let dst: SocketAddr = dst.parse().unwrap();
+        let mut at = 0;
+        for p in &plan.probes {
+            if p.entry.dst == dst && p.class == class {
+                return (at, p);
+            }
+            at += p.sources.len();
+        }
+        panic!("no probe {dst} {class}");
+    }
+
+    /// What a kernel in perfect agreement would show: each flow's most likely fate, in turn
+    /// through the fates so that the counts follow the shares.
+    fn ideal(plan: &Plan, dp: &Dataplane) -> Vec<Seen> {
+        let exp = expectations(dp, plan, &[]).unwrap();
+        let mut out = Vec::new();
+        for (i, (e, (_, src, ..))) in exp.iter().zip(plan.flows()).enumerate() {
+            let live: Vec<&Predicted> = e.iter().filter(|p| p.probability > 0.0).collect();
+            let p = live[i % live.len()];
+            let source = match p.fate {
+                Fate::Endpoint(_) => Some(if p.masquerade { plan.node_addrs[0] } else { src }),
+                _ => None,
+            };
+            out.push(Seen { fate: p.fate, source });
+        }
+        out
+    }
+
+    #[test]
+    fn flows_needed_sees_every_outcome_with_near_certainty() {
+        assert_eq!(flows_needed(1.0 / 3.0), 35);
+        assert_eq!(flows_needed(0.5), 20);
+        assert_eq!(flows_needed(1.0), 1);
+        assert_eq!(flows_needed(0.0), 1);
+        assert!((1.0f64 - 0.01).powi(flows_needed(0.01) as i32) < MISS);
+    }
+
+    #[test]
+    fn plan_probes_each_entry_from_pod_node_and_outside() {
+        let (dp, setting) = setup(EMPTY);
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        let (_, pod) = probe_of(&plan, "10.96.0.10:80", SourceClass::Pod);
+        assert_eq!(pod.sources.len(), 60);
+        assert_eq!(pod.needed, 35);
+        let src = pod.sources[0];
+        assert!("10.1.0.0/16".parse::<IpNetwork>().unwrap().contains(src), "{src}");
+        assert!(!["10.1.0.1", "10.1.0.2", "10.1.0.3"].contains(&src.to_string().as_str()));
+        let (_, node) = probe_of(&plan, "10.96.0.10:80", SourceClass::Node);
+        assert!(node.from_node);
+        assert_eq!(node.sources[0], "192.168.1.10".parse::<IpAddr>().unwrap());
+        probe_of(&plan, "10.96.0.10:80", SourceClass::External);
+        // A Service without endpoints has one fate: few flows.
+        let (_, empty) = probe_of(&plan, "10.96.0.20:80", SourceClass::Pod);
+        assert_eq!(empty.sources.len(), SINGLE_FATE_FLOWS);
+        assert_eq!(plan.endpoints.len(), 3);
+    }
+
+    #[test]
+    fn reject_is_refused_except_a_udp_send_from_the_node() {
+        let (dp, setting) = setup(EMPTY);
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        let fate = |dst, class| probe_of(&plan, dst, class).1.first[0].fate;
+        assert_eq!(fate("10.96.0.20:80", SourceClass::Pod), Fate::Refused);
+        assert_eq!(fate("10.96.0.20:80", SourceClass::Node), Fate::Refused);
+        assert_eq!(fate("10.96.0.20:53", SourceClass::External), Fate::Refused);
+        assert_eq!(fate("10.96.0.20:53", SourceClass::Node), Fate::SendDenied);
+    }
+
+    #[test]
+    fn ideal_observations_pass_and_masquerade_follows_the_source() {
+        let (dp, setting) = setup(EMPTY);
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        let seen = ideal(&plan, &dp);
+        let j = judge(&dp, &plan, &seen).unwrap();
+        assert!(j.ok(), "{:#?}", j.probes.iter().filter(|p| !p.ok()).collect::<Vec<_>>());
+        let masq = |class| {
+            let (_, p) = probe_of(&plan, "10.96.0.10:80", class);
+            p.first.iter().all(|x| x.masquerade)
+        };
+        assert!(!masq(SourceClass::Pod), "a pod keeps its source");
+        assert!(masq(SourceClass::External), "an outside client is masqueraded");
+    }
+
+    #[test]
+    fn compare_fails_on_a_flipped_probability() {
+        let (dp, setting) = setup("");
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        let seen = ideal(&plan, &dp);
+        let exp = expectations(&dp, &plan, &seen).unwrap();
+        let (at, probe) = probe_of(&plan, "10.96.0.10:80", SourceClass::Pod);
+        let n = probe.sources.len();
+        let s = &seen[at..at + n];
+        assert!(compare(probe, &exp[at..at + n], s, &plan.node_addrs).ok());
+        // The wrong model: the first endpoint never chosen, its share given to the second.
+        let wrong: Vec<Expectation> = exp[at..at + n]
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                let p0 = e[0].probability;
+                e[0].probability = 0.0;
+                e[1].probability += p0;
+                e
+            })
+            .collect();
+        let r = compare(probe, &wrong, s, &plan.node_addrs);
+        assert!(!r.ok());
+        assert!(r.problems[0].contains("10.1.0.1:8080"), "{:?}", r.problems);
+        // A milder lie: 1/2, 1/4, 1/4 is caught by the chi-square test alone.
+        let skewed: Vec<Expectation> = exp[at..at + n]
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e[0].probability = 0.5;
+                e[1].probability = 0.25;
+                e[2].probability = 0.25;
+                e
+            })
+            .collect();
+        let seen_even: Vec<Seen> = (0..300)
+            .map(|i| Seen {
+                fate: [ep("10.1.0.1:8080"), ep("10.1.0.2:8080"), ep("10.1.0.3:8080")][i % 3],
+                source: probe.sources.first().copied(),
+            })
+            .collect();
+        let big = Probe { sources: vec![probe.sources[0]; 300], ..probe.clone() };
+        let skewed: Vec<Expectation> = (0..300).map(|i| skewed[i % n].clone()).collect();
+        let r = compare(&big, &skewed, &seen_even, &plan.node_addrs);
+        assert!(r.problems.iter().any(|p| p.contains("shares differ")), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn compare_fails_on_wrong_masquerade_and_unexpected_fate() {
+        let (dp, setting) = setup("");
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        let mut seen = ideal(&plan, &dp);
+        let exp = expectations(&dp, &plan, &seen).unwrap();
+        let (at, probe) = probe_of(&plan, "10.96.0.10:80", SourceClass::External);
+        let n = probe.sources.len();
+        // The backend saw the client itself: no masquerade, where svcpath predicts one.
+        seen[at].source = Some(probe.sources[0]);
+        seen[at + 1].fate = Fate::Refused;
+        seen[at + 1].source = None;
+        let r = compare(probe, &exp[at..at + n], &seen[at..at + n], &plan.node_addrs);
+        assert_eq!(r.masquerade_mismatches, 1);
+        assert!(r.problems.iter().any(|p| p.contains("masquerade differs")), "{:?}", r.problems);
+        assert!(r.problems.iter().any(|p| p.starts_with("refused: 1 flow")), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn affinity_is_predicted_from_the_flows_before() {
+        let text = DEFAULT_YAML.replace(
+            "  ports:\n  - name: http",
+            "  sessionAffinity: ClientIP\n  ports:\n  - name: http",
+        );
+        let cluster = load_str(&text, "t").unwrap().cluster;
+        let node = cluster.node_view(None, &[]).unwrap();
+        let dp = Dataplane::from_cluster(&cluster, "t", &node, IpFamily::V4, NodeEnv::default())
+            .unwrap();
+        let setting = Setting::from_cluster(&cluster, &node, IpFamily::V4);
+        let plan = plan(&dp, &setting, PlanOptions::default()).unwrap();
+        // The pod's first flow reaches 10.1.0.2; the model then predicts it for every later flow.
+        let seen: Vec<Seen> =
+            plan.flows().map(|_| Seen { fate: ep("10.1.0.2:8080"), source: None }).collect();
+        let exp = expectations(&dp, &plan, &seen).unwrap();
+        let (at, pod) = probe_of(&plan, "10.96.0.10:80", SourceClass::Pod);
+        assert_eq!(exp[at].len(), 3, "the first connection spreads");
+        for e in &exp[at + 1..at + pod.sources.len()] {
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].fate, ep("10.1.0.2:8080"));
+        }
+        // Outside clients spread over one client per flow, and one repeated client is probed.
+        let (_, ext) = probe_of(&plan, "10.96.0.10:80", SourceClass::External);
+        let distinct: std::collections::BTreeSet<_> = ext.sources.iter().collect();
+        assert_eq!(distinct.len(), ext.sources.len());
+        let (_, rep) = probe_of(&plan, "10.96.0.10:80", SourceClass::Repeat);
+        assert_eq!(rep.sources.len(), REPEAT_FLOWS);
+        assert!(rep.sources.iter().all(|s| *s == rep.sources[0]));
+    }
+
+    #[test]
+    fn rules_of_a_dump_give_the_same_entries_and_source_ranges() {
+        let (dp, from_cluster) = setup(LB);
+        let node: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap()];
+        let from_rules = Setting::from_rules(&dp, IpFamily::V4, &node);
+        let key = |s: &Setting| {
+            let mut v: Vec<(EntryKind, SocketAddr)> =
+                s.entries.iter().map(|e| (e.kind, e.dst)).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(key(&from_rules), key(&from_cluster));
+        let lb = from_rules.entries.iter().find(|e| e.kind == EntryKind::LoadBalancer).unwrap();
+        assert_eq!(lb.source_ranges, vec!["198.51.100.0/24".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(lb.service, "default/lb:http");
+        assert_eq!(from_rules.pod_cidrs, vec!["10.1.0.0/16".parse::<IpNetwork>().unwrap()]);
+        let plan = plan(&dp, &from_rules, PlanOptions::default()).unwrap();
+        let (_, inside) = probe_of(&plan, "203.0.113.50:80", SourceClass::ExternalAllowed);
+        assert!(lb.source_ranges[0].contains(inside.sources[0]));
+        let (_, outside) = probe_of(&plan, "203.0.113.50:80", SourceClass::ExternalDenied);
+        assert!(!lb.source_ranges[0].contains(outside.sources[0]));
+        assert_eq!(outside.first[0].fate, Fate::NoAnswer);
+    }
+}

@@ -1,16 +1,17 @@
 //! `svcpath verify --calibrate`: what one rule and one flow cost in this machine's kernel.
 //!
 //! A synthetic cluster of `services` ClusterIP Services (one port, all backed by the same pod) is
-//! rendered by svcpath's kube-proxy and loaded into a node namespace; then flows go to the
-//! Service kube-proxy lists first in `KUBE-SERVICES` and to the one it lists last. A new TCP
-//! connection walks the nat rules once (its SYN); every other packet of it follows conntrack. So
-//! the difference of the mean time per flow, divided by the difference of the rules svcpath's
+//! rendered by svcpath's kube-proxy and loaded into a node namespace; then new TCP connections go
+//! to the Service kube-proxy lists first in `KUBE-SERVICES` and to the one it lists last. A new
+//! connection walks the nat rules once (its SYN); every other packet of it follows conntrack. The
+//! sender times each `connect()` (SYN out, SYN-ACK back), so process and pipe overheads stay out.
+//! The difference of the median connect times, divided by the difference of the rules svcpath's
 //! trace says each walk evaluates, is the kernel's cost per rule; what is left of the first
-//! Service's time is the cost of a flow without rules.
+//! Service's time is the cost of a connection through the node without rules.
 //!
-//! Invariants: the two destinations alternate over `rounds` runs (first, last, first, …) so drift
-//! of the machine hits both alike; the per-rule figure is the median over rounds; timing covers
-//! only the sending (namespaces and rule loading are excluded).
+//! Invariants: the two destinations alternate flow by flow in one run, so drift of the machine
+//! hits both alike; medians, not means, so a scheduling hiccup does not count; the per-rule figure
+//! is the median of the per-round figures (a round is `flows` connections to each).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -56,7 +57,7 @@ pub struct CalibrateOptions {
     pub services: usize,
     /// Flows per destination per round.
     pub flows: usize,
-    /// Rounds (each sends to the first, then to the last Service).
+    /// Rounds (each `flows` connections to both Services, alternating).
     pub rounds: usize,
 }
 
@@ -77,9 +78,9 @@ pub struct Calibration {
     pub flows: usize,
     /// Rounds.
     pub rounds: usize,
-    /// Mean nanoseconds per flow to the first Service (median over rounds).
+    /// Median nanoseconds of a connect to the first Service.
     pub flow_ns_first: f64,
-    /// Mean nanoseconds per flow to the last Service (median over rounds).
+    /// Median nanoseconds of a connect to the last Service.
     pub flow_ns_last: f64,
     /// The kernel's nanoseconds per rule evaluated (median over rounds).
     pub per_rule_ns: f64,
@@ -231,39 +232,38 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Calibration, VerifyError> {
         flow_timeout: Duration::from_millis(1000),
         add_kube_jumps: true,
     };
-    let time_to = |dst: IpAddr| -> Result<f64, VerifyError> {
-        let flows: Vec<Flow> = (0..opts.flows)
-            .map(|_| Flow {
-                src: IpAddr::V4(CLIENT),
-                dst: SocketAddr::new(dst, SERVICE_PORT),
-                proto: Protocol::Tcp,
-                from_node: false,
-            })
-            .collect();
-        let report = run_flows_with(&dp.text, Family::V4, opts.backend, &topo, &flows, &run_opts)?;
-        if let Some(bad) =
-            report.observed.iter().find(|o| !matches!(o.result, FlowResult::Reached { .. }))
-        {
-            return Err(VerifyError::Invalid {
-                what: "calibration flow".to_owned(),
-                value: format!("{:?}", bad.result),
-                hint: "every calibration flow must reach the pod; is the kernel overloaded?"
-                    .to_owned(),
-            });
-        }
-        Ok(report.sending.as_secs_f64() * 1e9 / opts.flows as f64)
-    };
-    let mut firsts = Vec::new();
-    let mut lasts = Vec::new();
-    let mut per_rule = Vec::new();
-    let diff = f64::from(rules_last.saturating_sub(rules_first).max(1));
-    for _ in 0..opts.rounds {
-        let a = time_to(first)?;
-        let b = time_to(last)?;
-        firsts.push(a);
-        lasts.push(b);
-        per_rule.push((b - a) / diff);
+    // First and last alternate, flow by flow, in one run: drift hits both alike.
+    let dsts = [first, last];
+    let total = opts.flows * 2 * opts.rounds;
+    let flows: Vec<Flow> = (0..total)
+        .map(|i| Flow {
+            src: IpAddr::V4(CLIENT),
+            dst: SocketAddr::new(dsts[i % 2], SERVICE_PORT),
+            proto: Protocol::Tcp,
+            from_node: false,
+        })
+        .collect();
+    let report = run_flows_with(&dp.text, Family::V4, opts.backend, &topo, &flows, &run_opts)?;
+    if let Some(bad) =
+        report.observed.iter().find(|o| !matches!(o.result, FlowResult::Reached { .. }))
+    {
+        return Err(VerifyError::Invalid {
+            what: "calibration flow".to_owned(),
+            value: format!("{:?}", bad.result),
+            hint: "every calibration flow must reach the pod; is the kernel overloaded?".to_owned(),
+        });
     }
+    let ns = |d: &Option<Duration>| d.map(|d| d.as_nanos() as f64);
+    let diff = f64::from(rules_last.saturating_sub(rules_first).max(1));
+    let per_round = opts.flows * 2;
+    let mut per_rule = Vec::new();
+    for chunk in report.connect.chunks(per_round.max(1)) {
+        let mut a: Vec<f64> = chunk.iter().step_by(2).filter_map(ns).collect();
+        let mut b: Vec<f64> = chunk.iter().skip(1).step_by(2).filter_map(ns).collect();
+        per_rule.push((median(&mut b) - median(&mut a)) / diff);
+    }
+    let mut firsts: Vec<f64> = report.connect.iter().step_by(2).filter_map(ns).collect();
+    let mut lasts: Vec<f64> = report.connect.iter().skip(1).step_by(2).filter_map(ns).collect();
     let rounds = per_rule.clone();
     let per_rule_ns = median(&mut per_rule);
     let flow_ns_first = median(&mut firsts);
