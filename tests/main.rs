@@ -6,3 +6,4 @@ mod harness;
 mod kernel;
 mod kubeproxy_data;
 mod regression;
+mod verify;

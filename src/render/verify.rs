@@ -189,7 +189,7 @@ mod tests {
     #[test]
     fn json_carries_the_rows() {
         let j = json(&run(10));
-        assert!(j.contains("\"fate\": \"endpoint\""), "{j}");
+        assert!(j.contains("\"kind\": \"endpoint\""), "{j}");
         assert!(j.contains("\"class\": \"pod\""), "{j}");
     }
 }

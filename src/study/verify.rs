@@ -383,7 +383,7 @@ fn has_recent_set(dp: &Dataplane) -> bool {
 
 /// What a sender can tell about one flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case", tag = "fate", content = "endpoint")]
+#[serde(rename_all = "snake_case", tag = "kind", content = "endpoint")]
 pub enum Fate {
     /// A backend at this address answered.
     Endpoint(SocketAddr),
@@ -462,7 +462,7 @@ pub fn expectation_of(outcomes: &[Outcome], proto: Protocol, from_node: bool) ->
 /// The flows needed so that an outcome of probability `p_min` is missed with probability below
 /// [`MISS`]: `ceil(ln MISS / ln(1 - p_min))` (1 for a certain outcome).
 pub fn flows_needed(p_min: f64) -> usize {
-    if !(p_min > 0.0) || p_min >= 1.0 {
+    if p_min.is_nan() || p_min <= 0.0 || p_min >= 1.0 {
         return 1;
     }
     let n = (MISS.ln() / (1.0 - p_min).ln()).ceil();
@@ -632,10 +632,10 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
 
     for entry in &setting.entries {
         let mut classes: Vec<(SourceClass, Option<IpAddr>, bool)> = Vec::new();
-        if entry.kind != EntryKind::LocalhostNodePort {
-            if let Some(p) = pod {
-                classes.push((SourceClass::Pod, Some(p), false));
-            }
+        if entry.kind != EntryKind::LocalhostNodePort
+            && let Some(p) = pod
+        {
+            classes.push((SourceClass::Pod, Some(p), false));
         }
         let node_src =
             if entry.kind == EntryKind::LocalhostNodePort { Some(LOCALHOST_V4) } else { primary };
