@@ -112,7 +112,7 @@ fn verify_default_cluster_and_a_service_without_endpoints() {
     );
     let svc = probes_to(&run, "10.96.0.10:80");
     let classes: Vec<&str> = svc.iter().map(|p| class_of(p)).collect();
-    assert_eq!(classes, ["pod", "node", "external"]);
+    assert_eq!(classes, ["pod", "hairpin", "node", "external"]);
     for p in &svc {
         let rows = p["rows"].as_array().unwrap();
         assert_eq!(rows.len(), 3, "{p}");
@@ -123,6 +123,8 @@ fn verify_default_cluster_and_a_service_without_endpoints() {
             match class_of(p) {
                 "pod" => assert!(!masq, "a pod keeps its source: {p}"),
                 "external" => assert!(masq, "an outside client is masqueraded: {p}"),
+                // An endpoint reaching itself is masqueraded, reaching another one is not.
+                "hairpin" => assert_eq!(masq, r["fate"]["endpoint"] == "10.1.0.1:8080", "{p}"),
                 _ => {}
             }
         }

@@ -38,7 +38,7 @@ fn rows(p: &ProbeResult) -> Vec<[String; 8]> {
         out.push([
             if first { entry_cell(p) } else { String::new() },
             if first { source_cell(p) } else { String::new() },
-            if first { p.flows.to_string() } else { String::new() },
+            if first { format!("{} (need {})", p.flows, p.needed) } else { String::new() },
             r.fate.to_string(),
             format!("{:.1}% ({:.1})", 100.0 * r.expected / n, r.expected),
             r.observed.to_string(),

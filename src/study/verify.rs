@@ -8,7 +8,8 @@
 //!    addresses, the pod CIDRs and the source ranges, taken from a cluster
 //!    ([`Setting::from_cluster`]) or from a dump's own rules ([`Setting::from_rules`]).
 //! 2. [`plan`]: for every entry and every source class ([`SourceClass`]: a pod of the cluster CIDR,
-//!    the node itself on the OUTPUT path, an external client, or in and out of
+//!    an endpoint of the Service calling it (hairpin), the node itself on the OUTPUT path, an
+//!    external client, or in and out of
 //!    `loadBalancerSourceRanges`), a [`Probe`] of `n` new connections, with `n` chosen so that
 //!    every outcome of probability `p` is seen with probability at least `1 - MISS`
 //!    (`n ≥ ln(MISS) / ln(1 - p_min)`, [`flows_needed`]), capped. The listeners are every DNAT
@@ -119,6 +120,9 @@ pub struct Entry {
 pub enum SourceClass {
     /// A pod address of the cluster CIDR (not an endpoint), in its own namespace behind the node.
     Pod,
+    /// An endpoint of the Service itself (its own namespace), calling the cluster IP: the
+    /// hairpin case.
+    Hairpin,
     /// A process on the node, from its primary address (or loopback for localhost node ports):
     /// the OUTPUT path.
     Node,
@@ -136,6 +140,7 @@ impl fmt::Display for SourceClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             SourceClass::Pod => "pod",
+            SourceClass::Hairpin => "endpoint (hairpin)",
             SourceClass::Node => "node",
             SourceClass::External => "external",
             SourceClass::ExternalAllowed => "external, in source ranges",
@@ -637,6 +642,23 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
         {
             classes.push((SourceClass::Pod, Some(p), false));
         }
+        if entry.kind == EntryKind::ClusterIp
+            && let Some(p) = pod
+        {
+            // An endpoint calling its own Service: when it lands on itself the reply would
+            // short-cut inside the pod, so kube-proxy masquerades that path (hairpin).
+            let outcomes = dp.netfilter.evaluate(&env, &packet(dp, &request(entry, p)))?;
+            let mut eps: Vec<IpAddr> = outcomes
+                .iter()
+                .filter(|o| o.dnat && o.verdict == Verdict::Accept)
+                .map(|o| o.dst)
+                .filter(|ip| !setting.node_addrs.contains(ip) && !ip.is_loopback())
+                .collect();
+            eps.sort();
+            if let Some(ep) = eps.first() {
+                classes.push((SourceClass::Hairpin, Some(*ep), false));
+            }
+        }
         let node_src =
             if entry.kind == EntryKind::LocalhostNodePort { Some(LOCALHOST_V4) } else { primary };
         if let Some(n) = node_src {
@@ -1122,6 +1144,10 @@ mod tests {
         assert!(node.from_node);
         assert_eq!(node.sources[0], "192.168.1.10".parse::<IpAddr>().unwrap());
         probe_of(&plan, "10.96.0.10:80", SourceClass::External);
+        let (_, hairpin) = probe_of(&plan, "10.96.0.10:80", SourceClass::Hairpin);
+        assert_eq!(hairpin.sources[0], "10.1.0.1".parse::<IpAddr>().unwrap());
+        let self_masq: Vec<bool> = hairpin.first.iter().map(|p| p.masquerade).collect();
+        assert_eq!(self_masq, [true, false, false], "only the path back to itself is masqueraded");
         // A Service without endpoints has one fate: few flows.
         let (_, empty) = probe_of(&plan, "10.96.0.20:80", SourceClass::Pod);
         assert_eq!(empty.sources.len(), SINGLE_FATE_FLOWS);

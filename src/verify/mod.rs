@@ -11,6 +11,11 @@
 //!   read it back with `iptables-save` (the kernel's canonical form).
 //! - [`traffic::run_flows`]: a node, a client and one namespace per pod; real TCP/UDP flows; what
 //!   each reached and with which source address.
+//! - [`check::check`] / [`check::observe`]: `svcpath verify` end to end: the probes
+//!   [`crate::study::verify::plan`] asks for, sent through [`traffic`], judged by
+//!   [`crate::study::verify::judge`] against svcpath's exact predictions.
+//! - [`calibrate::calibrate`]: the kernel's cost per rule and per new connection, from the first
+//!   and the last Service of a large synthetic ruleset.
 //! - [`agent::run_agent`]: the listener/sender that runs inside the namespaces (the binary exposes
 //!   it as the hidden `svcpath __agent` subcommand).
 //!
