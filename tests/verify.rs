@@ -350,3 +350,36 @@ fn verify_dump_without_node_ip_is_an_error() {
     // Not root: the environment error comes first; as root: the missing --node-ip.
     assert!(stderr.contains("--node-ip") || stderr.contains("needs root"), "{stderr}");
 }
+
+/// A dump input: the entries come from its `KUBE-SERVICES` rules, the listeners from its DNAT
+/// targets, the pod source from its `! -s CIDR -j KUBE-MARK-MASQ` rule.
+#[test]
+fn verify_a_dump_takes_endpoints_from_its_dnat_targets() {
+    if !kernel_available("verify_a_dump_takes_endpoints_from_its_dnat_targets", Backend::Nft) {
+        return;
+    }
+    let rules = svcpath().arg("rules").output().unwrap();
+    assert!(rules.status.success());
+    let dir = temp_with(&[("dump.txt", &String::from_utf8_lossy(&rules.stdout))]);
+    let out = svcpath()
+        .args(["verify", "--json", "--timeout-ms", "250", "--node-ip", "192.168.1.10"])
+        .arg("--iptables-save")
+        .arg(dir.path().join("dump.txt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let run: Value = serde_json::from_str(&stdout).unwrap();
+    let svc = probes_to(&run, "10.96.0.10:80");
+    let classes: Vec<&str> = svc.iter().map(|p| class_of(p)).collect();
+    assert_eq!(classes, ["pod", "hairpin", "node", "external"]);
+    assert_eq!(svc[0]["entry"]["service"], "default/my-app-service:http");
+    let reached: Vec<&str> = svc[0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["observed"].as_u64().unwrap_or(0) > 0)
+        .filter_map(|r| r["fate"]["endpoint"].as_str())
+        .collect();
+    assert_eq!(reached, ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]);
+}
