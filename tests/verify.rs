@@ -58,6 +58,8 @@ fn orphaned_namespaces() -> Vec<String> {
             verify::netns::parse_name(n)
                 .is_some_and(|(pid, _)| !Path::new(&format!("/proc/{pid}")).exists())
         })
+        // Listed just before its process deleted it and exited: gone now.
+        .filter(|n| Path::new("/run/netns").join(n).exists())
         .collect()
 }
 

@@ -25,6 +25,26 @@
 //! Invariants: the plan is deterministic for an input (no randomness; addresses are chosen by
 //! rule); a fate is what a socket can tell apart ([`Fate`]): an endpoint, refused, no answer, or a
 //! send the node's own kernel refused (`EPERM`, a DROP or REJECT in OUTPUT of a UDP flow).
+//!
+//! How the model's outcomes become fates ([`fate_of`]), following what the kernel does:
+//! - ACCEPT after DNAT: the endpoint. Masquerade is seen as a node address in place of the flow's
+//!   source; a DNAT to a node address is delivered through INPUT and never meets POSTROUTING, so
+//!   it keeps its source (the model walks the same hooks).
+//! - ACCEPT without DNAT: refused when the destination is local (nothing listens on the Service
+//!   port there), no answer otherwise (the packet leaves by the node's uplink and is lost).
+//! - REJECT: refused (TCP reset or ICMP error; the namespaces' ICMP rate limits are cleared, or a
+//!   fresh namespace would answer REJECT with silence). DROP: no answer.
+//! - A DROP or REJECT in OUTPUT of a UDP flow sent by the node itself fails the `send()` at once
+//!   with `EPERM`; a TCP `connect()` does not fail that way (REJECT is refused, DROP times out).
+//! - Localhost node ports need `route_localnet=1`, which the node namespace has, as kube-proxy sets.
+//!
+//! Approximations: the model sees every remote packet arrive on `eth0`, while in the kernel
+//! topology pods come in on their own veth (`pN`), so rules with `-i` (detectLocalMode
+//! `BridgeInterface`/`InterfaceNamePrefix`) are not checked faithfully; a flow whose backend got
+//! it but whose answer was lost counts as reaching that backend; SCTP ports are skipped; in a dump
+//! input the cluster CIDR and the source ranges are read back from kube-proxy's own rule layout
+//! (`! -s CIDR -j KUBE-MARK-MASQ`, `KUBE-FW-*`), so a dump from another proxy gets no pod source
+//! and no in-range client.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -769,6 +789,13 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
                     first_src
                 };
                 sources.push(next);
+            }
+            if n < needed && class != SourceClass::Repeat {
+                out.notes.push(format!(
+                    "{} {} from {class}: {n} flows, fewer than the {needed} that make a miss of \
+                     the rarest outcome (p = {p_min:.4}) unlikely; raise --max-flows",
+                    entry.service, entry.kind
+                ));
             }
             out.probes.push(Probe {
                 entry: entry.clone(),

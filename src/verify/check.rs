@@ -98,6 +98,13 @@ pub fn observe(
         });
     }
     let plan = sv::plan(dp, setting, opts.plan)?;
+    if plan.probes.is_empty() {
+        return Err(VerifyError::Invalid {
+            what: "plan".to_owned(),
+            value: format!("{} entries, no probe", setting.entries.len()),
+            hint: "no source could be placed; give the node's addresses with --node-ip".to_owned(),
+        });
+    }
     let flows: Vec<Flow> = plan
         .flows()
         .map(|(_, src, dst, proto, from_node)| Flow { src, dst, proto, from_node })
