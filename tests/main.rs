@@ -8,3 +8,4 @@ mod kubeproxy_data;
 mod kubeproxy_ipvs;
 mod readme;
 mod regression;
+mod verify;

@@ -9,3 +9,4 @@ pub mod dist;
 pub mod ipvs;
 pub mod sim;
 pub mod trace;
+pub mod verify;

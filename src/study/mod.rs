@@ -12,3 +12,4 @@ pub mod ipvs_replay;
 pub mod ipvs_trace;
 pub mod sim;
 pub mod trace;
+pub mod verify;
