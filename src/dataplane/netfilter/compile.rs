@@ -1021,6 +1021,9 @@ fn build_target(
                 other => return Err(CompileErrorKind::UnknownOption(other.to_owned())),
             }
         }
+        "NOTRACK" | "CT" if table != "raw" => {
+            return Err(CompileErrorKind::WrongTable(name.to_owned(), "raw table"));
+        }
         "NOTRACK" => Target::NoTrack,
         "CT" if opt("notrack").is_some() => Target::NoTrack,
         "LOG" | "NFLOG" | "ULOG" | "TRACE" | "CONNMARK" | "CHECKSUM" | "AUDIT"

@@ -1026,6 +1026,7 @@ fn eval_rule<C: Chooser>(
                 let p_match = if *neg { 1.0 - p } else { p };
                 match chooser.choose(threshold) {
                     Some(drawn) => drawn != *neg,
+                    None if p_match <= 0.0 => false,
                     None if p_match >= 1.0 => true,
                     None => {
                         let mut alt = w.clone();
