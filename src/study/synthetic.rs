@@ -1,0 +1,364 @@
+//! Synthetic clusters of a given shape, built directly as model values (no YAML).
+//!
+//! [`uniform`] makes the cluster the cost sweeps use: `services` ClusterIP (or NodePort)
+//! Services with one TCP port each and `endpoints` ready pods each. [`varied`] makes a small
+//! cluster with every feature the iptables proxier distinguishes (types, policies, affinity,
+//! external and load-balancer IPs, source ranges, terminating and remote endpoints, several
+//! protocols), chosen by a seed, for property tests.
+//!
+//! Invariants: the same arguments give the same cluster (addresses are functions of the indices,
+//! randomness comes only from the seed); every address is unique within its range; the simulated
+//! node is [`NODE_NAME`] at [`NODE_IP`], and it is always the cluster's first Node.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+use rand::{RngExt, SeedableRng};
+
+use crate::model::{
+    AddressType, Cluster, Endpoint, EndpointPort, EndpointSlice, IpFamily, LoadBalancerIngress,
+    Node, NodeAddress, ProxyConfig, Protocol, Service, ServicePort, ServiceType, SessionAffinity,
+    TargetPort, TrafficPolicy,
+};
+
+/// The simulated node's name.
+pub const NODE_NAME: &str = "node-1";
+/// The simulated node's address.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 10);
+/// First address of the Service range (10.96.0.0/12, a kubeadm default): Service `i` gets
+/// `SERVICE_BASE + 1 + i`.
+pub const SERVICE_BASE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 0);
+/// First pod address: pods come from the cluster CIDR 10.128.0.0/9 (8M addresses).
+pub const POD_BASE: Ipv4Addr = Ipv4Addr::new(10, 128, 0, 0);
+/// First external / load-balancer address (TEST-NET-3 and beyond).
+pub const EXTERNAL_BASE: Ipv4Addr = Ipv4Addr::new(203, 0, 0, 0);
+/// The namespace of synthetic Services.
+pub const NAMESPACE: &str = "bench";
+/// The Service port every uniform Service exposes.
+pub const SERVICE_PORT: u16 = 80;
+/// The container port behind it.
+pub const TARGET_PORT: u16 = 8080;
+/// The first node port handed out.
+pub const NODE_PORT_BASE: u16 = 30000;
+/// How many other nodes host endpoints (endpoints are spread round-robin over the node list).
+pub const NODES: usize = 4;
+
+/// The most Services [`uniform`] can number (the /12 Service range, less the base).
+pub const MAX_SERVICES: usize = (1 << 20) - 2;
+
+/// The shape of a uniform cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Number of Services.
+    pub services: usize,
+    /// Ready endpoints per Service.
+    pub endpoints: usize,
+    /// Give every Service a NodePort.
+    pub node_ports: bool,
+}
+
+/// Why a shape cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShapeError {
+    /// More Services than the Service range holds.
+    #[error("{0} services do not fit the 10.96.0.0/12 service range (at most {MAX_SERVICES})")]
+    TooManyServices(usize),
+    /// More pods than the cluster CIDR holds.
+    #[error(
+        "{0} pods (services × endpoints) do not fit the 10.128.0.0/9 cluster CIDR; use fewer endpoints"
+    )]
+    TooManyPods(usize),
+    /// More NodePorts than the node-port range holds.
+    #[error("{0} node ports do not fit 30000-65535; drop --node-ports or use fewer services")]
+    TooManyNodePorts(usize),
+}
+
+fn offset(base: Ipv4Addr, n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(base).wrapping_add(n as u32)))
+}
+
+/// The cluster IP of uniform Service `i`.
+pub fn service_ip(i: usize) -> IpAddr {
+    offset(SERVICE_BASE, i + 1)
+}
+
+/// The address of endpoint `j` of uniform Service `i` with `per` endpoints per Service.
+pub fn pod_ip(i: usize, j: usize, per: usize) -> IpAddr {
+    offset(POD_BASE, i * per + j + 1)
+}
+
+/// The name of uniform Service `i` (zero-padded so name order is index order).
+pub fn service_name(i: usize) -> String {
+    format!("svc-{i:07}")
+}
+
+fn node(name: &str, ip: IpAddr) -> Node {
+    Node {
+        name: name.to_owned(),
+        addresses: vec![NodeAddress { kind: "InternalIP".to_owned(), address: ip }],
+        pod_cidrs: Vec::new(),
+    }
+}
+
+fn nodes() -> Vec<Node> {
+    let mut out = vec![node(NODE_NAME, IpAddr::V4(NODE_IP))];
+    for k in 1..NODES {
+        out.push(node(&format!("node-{}", k + 1), offset(NODE_IP, k)));
+    }
+    out
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        cluster_cidrs: ipnetwork::Ipv4Network::new(POD_BASE, 9)
+            .map(IpNetwork::V4)
+            .into_iter()
+            .collect(),
+        ..ProxyConfig::default()
+    }
+}
+
+fn service(name: String, ip: IpAddr, ports: Vec<ServicePort>) -> Service {
+    Service {
+        namespace: NAMESPACE.to_owned(),
+        name,
+        service_type: ServiceType::ClusterIP,
+        cluster_ips: vec![ip],
+        ports,
+        external_ips: Vec::new(),
+        load_balancer_source_ranges: Vec::new(),
+        load_balancer_ingress: Vec::new(),
+        session_affinity: SessionAffinity::None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        health_check_node_port: None,
+        ip_families: vec![IpFamily::V4],
+    }
+}
+
+fn endpoint(ip: IpAddr, node: usize) -> Endpoint {
+    let node_name = if node == 0 { NODE_NAME.to_owned() } else { format!("node-{}", node + 1) };
+    Endpoint {
+        addresses: vec![ip],
+        ready: true,
+        serving: true,
+        terminating: false,
+        node_name: Some(node_name),
+        zone: None,
+    }
+}
+
+/// A uniform cluster: `shape.services` Services `bench/svc-NNNNNNN` on 10.96.0.1… port 80/TCP,
+/// each with `shape.endpoints` ready pods on 8080 spread over [`NODES`] nodes.
+///
+/// # Errors
+/// [`ShapeError`] when the shape does not fit the address or port ranges.
+pub fn uniform(shape: Shape) -> Result<Cluster, ShapeError> {
+    if shape.services > MAX_SERVICES {
+        return Err(ShapeError::TooManyServices(shape.services));
+    }
+    let pods = shape.services.saturating_mul(shape.endpoints);
+    if pods >= (1 << 23) - 1 {
+        return Err(ShapeError::TooManyPods(pods));
+    }
+    if shape.node_ports && shape.services > usize::from(u16::MAX - NODE_PORT_BASE) {
+        return Err(ShapeError::TooManyNodePorts(shape.services));
+    }
+    let mut services = Vec::with_capacity(shape.services);
+    let mut slices = Vec::with_capacity(shape.services);
+    for i in 0..shape.services {
+        let name = service_name(i);
+        let port = ServicePort {
+            name: "http".to_owned(),
+            protocol: Protocol::Tcp,
+            port: SERVICE_PORT,
+            target_port: TargetPort::Number(TARGET_PORT),
+            node_port: shape.node_ports.then(|| NODE_PORT_BASE + i as u16),
+        };
+        let mut svc = service(name.clone(), service_ip(i), vec![port]);
+        if shape.node_ports {
+            svc.service_type = ServiceType::NodePort;
+        }
+        services.push(svc);
+        slices.push(EndpointSlice {
+            namespace: NAMESPACE.to_owned(),
+            name: format!("{name}-x1"),
+            service_name: name,
+            address_type: AddressType::IPv4,
+            endpoints: (0..shape.endpoints)
+                .map(|j| endpoint(pod_ip(i, j, shape.endpoints), (i + j) % NODES))
+                .collect(),
+            ports: vec![EndpointPort {
+                name: "http".to_owned(),
+                port: Some(TARGET_PORT),
+                protocol: Protocol::Tcp,
+            }],
+        });
+    }
+    Ok(Cluster { services, endpoint_slices: slices, nodes: nodes(), config: config() })
+}
+
+/// A small cluster with `services` Services whose every feature is drawn from `seed`: type,
+/// traffic policies, affinity, external and load-balancer IPs with source ranges, one to three
+/// ports of TCP/UDP/SCTP (sharing port numbers across protocols), and zero to four endpoints
+/// that may be local, remote, not ready, or serving while terminating.
+pub fn varied(seed: u64, services: usize) -> Cluster {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut out_svcs = Vec::new();
+    let mut slices = Vec::new();
+    let mut next_node_port = NODE_PORT_BASE;
+    let mut next_external = 0usize;
+    for i in 0..services.min(MAX_SERVICES) {
+        let name = service_name(i);
+        let nports = rng.random_range(1..=3usize);
+        let kind = rng.random_range(0..4u8);
+        let mut ports = Vec::new();
+        let mut eports = Vec::new();
+        for k in 0..nports {
+            let protocol = match rng.random_range(0..6u8) {
+                0 => Protocol::Udp,
+                1 => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            let port = [80u16, 443, 53, 8080][rng.random_range(0..4usize)];
+            let pname = format!("p{k}");
+            let node_port = (kind >= 1).then(|| {
+                next_node_port = next_node_port.wrapping_add(1).max(NODE_PORT_BASE);
+                next_node_port
+            });
+            ports.push(ServicePort {
+                name: pname.clone(),
+                protocol,
+                port,
+                target_port: TargetPort::Number(TARGET_PORT + k as u16),
+                node_port,
+            });
+            eports.push(EndpointPort {
+                name: pname,
+                port: Some(TARGET_PORT + k as u16),
+                protocol,
+            });
+        }
+        // Avoid two ports with the same (port, protocol): the API server refuses them.
+        ports.dedup_by(|a, b| a.port == b.port && a.protocol == b.protocol);
+        let mut svc = service(name.clone(), service_ip(i), ports);
+        svc.service_type = match kind {
+            0 => ServiceType::ClusterIP,
+            1 | 2 => ServiceType::NodePort,
+            _ => ServiceType::LoadBalancer,
+        };
+        if rng.random_bool(0.25) {
+            svc.session_affinity = SessionAffinity::ClientIp { timeout_seconds: 10800 };
+        }
+        if rng.random_bool(0.3) {
+            svc.external_traffic_policy = TrafficPolicy::Local;
+        }
+        if rng.random_bool(0.2) {
+            svc.internal_traffic_policy = TrafficPolicy::Local;
+        }
+        if rng.random_bool(0.2) {
+            svc.external_ips.push(offset(EXTERNAL_BASE, next_external));
+            next_external += 1;
+        }
+        if svc.service_type == ServiceType::LoadBalancer {
+            svc.load_balancer_ingress.push(LoadBalancerIngress {
+                ip: offset(EXTERNAL_BASE, next_external),
+                ip_mode: None,
+            });
+            next_external += 1;
+            if rng.random_bool(0.4) {
+                svc.load_balancer_source_ranges.push(
+                    IpNetwork::new(
+                        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)),
+                        rng.random_range(24..=32u8),
+                    )
+                    .unwrap_or_else(|_| IpNetwork::from(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+                );
+                if rng.random_bool(0.5) {
+                    svc.load_balancer_source_ranges
+                        .push(IpNetwork::new(IpAddr::V4(NODE_IP), 32).unwrap_or_else(|_| {
+                            IpNetwork::from(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                        }));
+                }
+            }
+            if svc.external_traffic_policy == TrafficPolicy::Local {
+                svc.health_check_node_port = Some(next_node_port.wrapping_add(1000));
+            }
+        }
+        let neps = rng.random_range(0..=4usize);
+        let endpoints = (0..neps)
+            .map(|j| {
+                let mut e = endpoint(pod_ip(i, j, 4), rng.random_range(0..NODES));
+                match rng.random_range(0..8u8) {
+                    0 => e.ready = false,
+                    1 => {
+                        e.ready = false;
+                        e.terminating = true;
+                    }
+                    2 => {
+                        e.ready = false;
+                        e.serving = false;
+                        e.terminating = true;
+                    }
+                    _ => {}
+                }
+                e
+            })
+            .collect();
+        out_svcs.push(svc);
+        slices.push(EndpointSlice {
+            namespace: NAMESPACE.to_owned(),
+            name: format!("{name}-x1"),
+            service_name: name,
+            address_type: AddressType::IPv4,
+            endpoints,
+            ports: eports,
+        });
+    }
+    Cluster { services: out_svcs, endpoint_slices: slices, nodes: nodes(), config: config() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_addresses_are_functions_of_the_indices() {
+        let c = uniform(Shape { services: 3, endpoints: 2, node_ports: false }).unwrap();
+        assert_eq!(c.services.len(), 3);
+        assert_eq!(c.services[2].cluster_ips, vec![service_ip(2)]);
+        assert_eq!(service_ip(2).to_string(), "10.96.0.3");
+        let eps: Vec<String> = c.endpoint_slices[1]
+            .endpoints
+            .iter()
+            .map(|e| e.addresses[0].to_string())
+            .collect();
+        assert_eq!(eps, ["10.128.0.4", "10.128.0.5"]);
+        assert_eq!(c.nodes[0].name, NODE_NAME);
+    }
+
+    #[test]
+    fn uniform_refuses_shapes_that_do_not_fit() {
+        let e = uniform(Shape { services: 2_000_000, endpoints: 1, node_ports: false });
+        assert_eq!(e.unwrap_err(), ShapeError::TooManyServices(2_000_000));
+        let e = uniform(Shape { services: 100_000, endpoints: 100, node_ports: false });
+        assert!(e.unwrap_err().to_string().contains("fewer endpoints"));
+        let e = uniform(Shape { services: 40_000, endpoints: 1, node_ports: true });
+        assert!(matches!(e, Err(ShapeError::TooManyNodePorts(40_000))));
+    }
+
+    #[test]
+    fn varied_is_reproducible_for_a_seed() {
+        assert_eq!(varied(7, 12), varied(7, 12));
+        assert_ne!(varied(7, 12), varied(8, 12));
+    }
+
+    #[test]
+    fn uniform_node_ports_are_distinct() {
+        let c = uniform(Shape { services: 5, endpoints: 1, node_ports: true }).unwrap();
+        let np: Vec<u16> = c.services.iter().filter_map(|s| s.ports[0].node_port).collect();
+        assert_eq!(np, [30000, 30001, 30002, 30003, 30004]);
+        assert!(c.services.iter().all(|s| s.service_type == ServiceType::NodePort));
+    }
+}
