@@ -5,6 +5,8 @@
 //! with its exact probability and cost; [`ipvs_replay`] replays scheduler events through the
 //! kernel-exact IPVS model.
 
+pub mod cost;
 pub mod dataplane;
 pub mod ipvs_replay;
+pub mod synthetic;
 pub mod trace;

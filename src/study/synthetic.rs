@@ -199,6 +199,17 @@ pub fn uniform(shape: Shape) -> Result<Cluster, ShapeError> {
     Ok(Cluster { services, endpoint_slices: slices, nodes: nodes(), config: config() })
 }
 
+/// `cluster` with one more ready endpoint in its first EndpointSlice (on the simulated node, at
+/// the first pod address no uniform Service of that size uses): the "one endpoint added" change.
+pub fn with_extra_endpoint(cluster: &Cluster) -> Cluster {
+    let mut c = cluster.clone();
+    let used: usize = c.endpoint_slices.iter().map(|s| s.endpoints.len()).sum();
+    if let Some(slice) = c.endpoint_slices.first_mut() {
+        slice.endpoints.push(endpoint(offset(POD_BASE, used + 1), 0));
+    }
+    c
+}
+
 /// A small cluster with `services` Services whose every feature is drawn from `seed`: type,
 /// traffic policies, affinity, external and load-balancer IPs with source ranges, one to three
 /// ports of TCP/UDP/SCTP (sharing port numbers across protocols), and zero to four endpoints
@@ -334,7 +345,7 @@ mod tests {
             .iter()
             .map(|e| e.addresses[0].to_string())
             .collect();
-        assert_eq!(eps, ["10.128.0.4", "10.128.0.5"]);
+        assert_eq!(eps, ["10.128.0.3", "10.128.0.4"]);
         assert_eq!(c.nodes[0].name, NODE_NAME);
     }
 
@@ -346,6 +357,15 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("fewer endpoints"));
         let e = uniform(Shape { services: 40_000, endpoints: 1, node_ports: true });
         assert!(matches!(e, Err(ShapeError::TooManyNodePorts(40_000))));
+    }
+
+    #[test]
+    fn extra_endpoint_goes_to_the_first_service_at_a_fresh_address() {
+        let c = uniform(Shape { services: 2, endpoints: 2, node_ports: false }).unwrap();
+        let more = with_extra_endpoint(&c);
+        assert_eq!(more.endpoint_slices[0].endpoints.len(), 3);
+        assert_eq!(more.endpoint_slices[0].endpoints[2].addresses[0].to_string(), "10.128.0.5");
+        assert_eq!(more.endpoint_slices[1], c.endpoint_slices[1]);
     }
 
     #[test]
