@@ -2,6 +2,9 @@
 //!
 //! Text is for reading at a terminal: a header saying what was traced and from which rules, the
 //! path (shared steps once, then each outcome's own steps), and a table of outcomes. JSON carries
-//! the same data as the study's `Serialize` types.
+//! the same data as the study's `Serialize` types. [`cost`] prints the cost study as a table, CSV
+//! or JSON, and [`plot`] draws SVG plots.
 
+pub mod cost;
+pub mod plot;
 pub mod trace;
