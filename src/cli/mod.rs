@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
+pub mod cost;
 pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
@@ -25,6 +26,8 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Print the rules kube-proxy would program on a node (iptables-restore text).
     Rules(rules::RulesArgs),
+    /// Price Services in each proxy mode: rules per packet, dump size, sync cost, at scale.
+    Cost(cost::CostArgs),
     /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
     IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
@@ -36,6 +39,7 @@ impl Command {
             Command::Trace(a) => a.run(),
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
+            Command::Cost(a) => a.run(),
         }
     }
 }

@@ -210,6 +210,149 @@ pub fn with_extra_endpoint(cluster: &Cluster) -> Cluster {
     c
 }
 
+/// `cluster` with one more Service: a copy of the first one (ports and endpoints) named
+/// `zz-added` in the same namespace, on the cluster IP after the highest one in use, its
+/// endpoints on fresh pod addresses: the "one Service added" change.
+pub fn with_extra_service(cluster: &Cluster) -> Cluster {
+    let mut c = cluster.clone();
+    let Some(first) = c.services.first().cloned() else { return c };
+    let top = c
+        .services
+        .iter()
+        .flat_map(|s| &s.cluster_ips)
+        .filter_map(|ip| match ip {
+            IpAddr::V4(a) => Some(u32::from(*a)),
+            IpAddr::V6(_) => None,
+        })
+        .max()
+        .unwrap_or(u32::from(SERVICE_BASE));
+    let used: usize = c.endpoint_slices.iter().map(|s| s.endpoints.len()).sum();
+    let mut svc = first.clone();
+    svc.name = "zz-added".to_owned();
+    svc.cluster_ips = vec![IpAddr::V4(Ipv4Addr::from(top.wrapping_add(1)))];
+    svc.ip_families = vec![IpFamily::V4];
+    svc.ports.iter_mut().for_each(|p| p.node_port = None);
+    if svc.service_type == ServiceType::NodePort {
+        svc.service_type = ServiceType::ClusterIP;
+    }
+    let mut next = used + 2;
+    let slices: Vec<EndpointSlice> = c
+        .slices_for(&first)
+        .cloned()
+        .map(|mut sl| {
+            sl.name = format!("zz-added-{}", sl.name);
+            sl.service_name = svc.name.clone();
+            for e in &mut sl.endpoints {
+                e.addresses = vec![offset(POD_BASE, next)];
+                next += 1;
+            }
+            sl
+        })
+        .collect();
+    c.services.push(svc);
+    c.endpoint_slices.extend(slices);
+    c
+}
+
+/// A uniform-style cluster as Kubernetes manifests (a JSON `List` of Services, EndpointSlices,
+/// Nodes and a KubeProxyConfiguration) that `svcpath rules --cluster` reads back to the same
+/// model. Only the fields [`uniform`] and [`varied`] set are written.
+pub fn manifests(cluster: &Cluster) -> serde_json::Value {
+    use serde_json::json;
+    let mut items = Vec::new();
+    for s in &cluster.services {
+        let ports: Vec<serde_json::Value> = s
+            .ports
+            .iter()
+            .map(|p| {
+                let mut v = json!({
+                    "name": p.name,
+                    "protocol": p.protocol.as_str().to_ascii_uppercase(),
+                    "port": p.port,
+                    "targetPort": match &p.target_port {
+                        TargetPort::Number(n) => json!(n),
+                        TargetPort::Name(n) => json!(n),
+                    },
+                });
+                if let Some(np) = p.node_port {
+                    v["nodePort"] = json!(np);
+                }
+                v
+            })
+            .collect();
+        let ips: Vec<String> = s.cluster_ips.iter().map(ToString::to_string).collect();
+        let kind = match s.service_type {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
+        };
+        items.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": s.name, "namespace": s.namespace},
+            "spec": {
+                "type": kind,
+                "clusterIP": ips.first(),
+                "clusterIPs": ips,
+                "ports": ports,
+                "externalIPs": s.external_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            },
+        }));
+    }
+    for sl in &cluster.endpoint_slices {
+        let eps: Vec<serde_json::Value> = sl
+            .endpoints
+            .iter()
+            .map(|e| {
+                json!({
+                    "addresses": e.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
+                    "nodeName": e.node_name,
+                })
+            })
+            .collect();
+        let ports: Vec<serde_json::Value> = sl
+            .ports
+            .iter()
+            .map(|p| json!({"name": p.name, "port": p.port, "protocol": p.protocol.as_str().to_ascii_uppercase()}))
+            .collect();
+        items.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": sl.name,
+                "namespace": sl.namespace,
+                "labels": {"kubernetes.io/service-name": sl.service_name},
+            },
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": ports,
+        }));
+    }
+    for n in &cluster.nodes {
+        let addrs: Vec<serde_json::Value> = n
+            .addresses
+            .iter()
+            .map(|a| json!({"type": a.kind, "address": a.address.to_string()}))
+            .collect();
+        items.push(json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n.name},
+            "status": {"addresses": addrs},
+        }));
+    }
+    let cidrs: Vec<String> = cluster.config.cluster_cidrs.iter().map(ToString::to_string).collect();
+    items.push(json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "iptables",
+        "clusterCIDR": cidrs.join(","),
+    }));
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
 /// A small cluster with `services` Services whose every feature is drawn from `seed`: type,
 /// traffic policies, affinity, external and load-balancer IPs with source ranges, one to three
 /// ports of TCP/UDP/SCTP (sharing port numbers across protocols), and zero to four endpoints
@@ -366,6 +509,26 @@ mod tests {
         assert_eq!(more.endpoint_slices[0].endpoints.len(), 3);
         assert_eq!(more.endpoint_slices[0].endpoints[2].addresses[0].to_string(), "10.128.0.5");
         assert_eq!(more.endpoint_slices[1], c.endpoint_slices[1]);
+    }
+
+    #[test]
+    fn manifests_load_back_to_the_same_cluster() {
+        let c = uniform(Shape { services: 3, endpoints: 2, node_ports: true }).unwrap();
+        let text = manifests(&c).to_string();
+        let loaded = crate::model::load::load_str(&text, "synthetic.json").unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.cluster, c);
+    }
+
+    #[test]
+    fn extra_service_copies_the_first_on_fresh_addresses() {
+        let c = uniform(Shape { services: 2, endpoints: 2, node_ports: false }).unwrap();
+        let more = with_extra_service(&c);
+        assert_eq!(more.services.len(), 3);
+        assert_eq!(more.services[2].cluster_ips[0].to_string(), "10.96.0.3");
+        let added = &more.endpoint_slices[2];
+        assert_eq!(added.service_name, "zz-added");
+        assert_eq!(added.endpoints[0].addresses[0].to_string(), "10.128.0.6");
     }
 
     #[test]
