@@ -19,8 +19,15 @@ fn cost_rule_counts_equal_the_rules_dumps() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().to_str().unwrap();
     let text = stdout(&[
-        "cost", "--services", "10,100,300", "--endpoints", "3", "--json", "--quiet",
-        "--save-clusters", save,
+        "cost",
+        "--services",
+        "10,100,300",
+        "--endpoints",
+        "3",
+        "--json",
+        "--quiet",
+        "--save-clusters",
+        save,
     ]);
     let rows = rows(&text);
     assert_eq!(rows.len(), 6);
@@ -66,7 +73,14 @@ fn cost_csv_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("cost.svg");
     let text = stdout(&[
-        "cost", "--services", "10,100", "--endpoints", "2", "--csv", "-q", "--plot",
+        "cost",
+        "--services",
+        "10,100",
+        "--endpoints",
+        "2",
+        "--csv",
+        "-q",
+        "--plot",
         svg.to_str().unwrap(),
     ]);
     let lines: Vec<&str> = text.lines().collect();

@@ -100,7 +100,11 @@ impl CostArgs {
         let shapes = self
             .services
             .iter()
-            .map(|&services| Shape { services, endpoints: self.endpoints, node_ports: self.node_ports })
+            .map(|&services| Shape {
+                services,
+                endpoints: self.endpoints,
+                node_ports: self.node_ports,
+            })
             .collect();
         Ok(Plan { modes, scheduler, shapes })
     }
@@ -125,9 +129,12 @@ impl CostArgs {
     }
 
     fn progress(&self, len: usize) -> ProgressBar {
-        let target = if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let target =
+            if self.quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
         let bar = ProgressBar::with_draw_target(Some(len as u64), target);
-        if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}") {
+        if let Ok(style) =
+            ProgressStyle::with_template("{spinner} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+        {
             bar.set_style(style);
         }
         bar.enable_steady_tick(Duration::from_millis(200));

@@ -149,9 +149,7 @@ pub fn text(rows: &[CostRow]) -> String {
             .iter()
             .zip(&widths)
             .enumerate()
-            .map(|(i, (c, w))| {
-                if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") }
-            })
+            .map(|(i, (c, w))| if i == 0 { format!("{c:<w$}") } else { format!("{c:>w$}") })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');

@@ -85,7 +85,8 @@ fn decades(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
 /// # Errors
 /// [`PlotError::Empty`] when there is nothing to draw on log axes.
 pub fn svg(plot: &Plot) -> Result<String, PlotError> {
-    let pts = || plot.series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0 > 0.0 && p.1 > 0.0);
+    let pts =
+        || plot.series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0 > 0.0 && p.1 > 0.0);
     let (x0, x1) = decades(pts().map(|p| p.0)).ok_or(PlotError::Empty)?;
     let (y0, y1) = decades(pts().map(|p| p.1)).ok_or(PlotError::Empty)?;
     let mut out = String::new();
@@ -159,7 +160,10 @@ mod tests {
             x_label: "Services".into(),
             y_label: "rules evaluated".into(),
             series: vec![
-                Series { label: "iptables".into(), points: vec![(10.0, 25.0), (10_000.0, 10_020.0)] },
+                Series {
+                    label: "iptables".into(),
+                    points: vec![(10.0, 25.0), (10_000.0, 10_020.0)],
+                },
                 Series { label: "ipvs".into(), points: vec![(10.0, 13.0), (10_000.0, 13.0)] },
             ],
         }

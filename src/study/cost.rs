@@ -39,10 +39,11 @@ use crate::dataplane::netfilter::{CompileError, Netfilter};
 use crate::formats::iptables_save::{self, ParseError};
 use crate::kubeproxy::iptables::{self as kp, NodeEnv};
 use crate::kubeproxy::names::{
-    external_chain, firewall_chain, service_chain, service_local_chain,
+    LARGE_CLUSTER_ENDPOINTS, external_chain, firewall_chain, service_chain, service_local_chain,
 };
 use crate::model::rules::{Family, Ruleset, Statement, Table};
 use crate::model::{Cluster, IpFamily, NodeView, ServiceType};
+use crate::study::synthetic::{self, Shape};
 
 /// Nanoseconds the kernel spends per iptables rule evaluated. The figure for this class
 /// of machine is 8–15 ns per rule (the ipt_do_table loop: header compare, then each match's
@@ -415,6 +416,83 @@ pub fn walk_costs(
     Ok((Spread::of(&first), last.1, Spread::of(&est)))
 }
 
+/// kube-proxy's count for its large-cluster mode: endpoints summed over service ports.
+fn endpoint_count(cluster: &Cluster) -> usize {
+    cluster.endpoint_slices.iter().map(|s| s.endpoints.len() * s.ports.len().max(1)).sum()
+}
+
+/// The cluster holding only Service `keep` of `cluster` (with its slices, nodes and config), plus
+/// a padding Service of [`LARGE_CLUSTER_ENDPOINTS`] + 1 endpoints when `large`, so kube-proxy
+/// renders it in the same comment mode as the whole cluster.
+fn sub_cluster(cluster: &Cluster, keep: Option<usize>, large: bool) -> Cluster {
+    let mut out = Cluster {
+        services: Vec::new(),
+        endpoint_slices: Vec::new(),
+        nodes: cluster.nodes.clone(),
+        config: cluster.config.clone(),
+    };
+    if let Some(svc) = keep.and_then(|i| cluster.services.get(i)) {
+        out.services.push(svc.clone());
+        out.endpoint_slices.extend(cluster.slices_for(svc).cloned());
+    }
+    if large {
+        let pad = synthetic::uniform(Shape {
+            services: 1,
+            endpoints: LARGE_CLUSTER_ENDPOINTS + 1,
+            node_ports: false,
+        });
+        if let Ok(mut pad) = pad {
+            for s in &mut pad.services {
+                s.name = PAD_SERVICE.to_owned();
+                s.namespace = PAD_SERVICE.to_owned();
+            }
+            for sl in &mut pad.endpoint_slices {
+                sl.service_name = PAD_SERVICE.to_owned();
+                sl.namespace = PAD_SERVICE.to_owned();
+            }
+            out.services.extend(pad.services);
+            out.endpoint_slices.extend(pad.endpoint_slices);
+        }
+    }
+    out
+}
+
+/// The name (and namespace) of the padding Service in [`sub_cluster`].
+const PAD_SERVICE: &str = "svcpath-padding";
+
+fn ports_of(c: &Cluster, i: Option<usize>) -> Vec<(String, crate::model::Protocol)> {
+    i.and_then(|i| c.services.get(i))
+        .map(|s| s.ports.iter().map(|p| (s.port_name(p), p.protocol)).collect())
+        .unwrap_or_default()
+}
+
+/// The partial restore of one change without rendering the whole cluster twice more: kube-proxy's
+/// top-level chains hold one group of rules per Service, independent of the others, and the
+/// Service-owned chains of unchanged Services are left out, so the partial restore of the whole
+/// cluster is `unchanged` (the whole cluster's top-level chains) plus what the change adds to the
+/// partial restore of a cluster holding only the changed Service (rendered before and after, in
+/// the same comment mode as the whole cluster).
+fn change_cost(
+    unchanged: SyncCost,
+    before: (&Cluster, Option<usize>),
+    after: (&Cluster, Option<usize>),
+    node: &NodeView,
+    family: IpFamily,
+    large: bool,
+) -> SyncCost {
+    let env = NodeEnv::default();
+    let mini_b = kp::sync(&sub_cluster(before.0, before.1, large), node, family, env).payload;
+    let mini_a = kp::sync(&sub_cluster(after.0, after.1, large), node, family, env).payload;
+    let ports = ports_of(after.0, after.1);
+    let changed = partial_restore(&mini_b, &mini_a, &ports);
+    let base = partial_restore(&mini_b, &mini_b, &[]);
+    SyncCost {
+        lines: (unchanged.lines + changed.lines).saturating_sub(base.lines),
+        bytes: (unchanged.bytes + changed.bytes).saturating_sub(base.bytes),
+        rules: (unchanged.rules + changed.rules).saturating_sub(base.rules),
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1e3
 }
@@ -458,18 +536,13 @@ pub fn iptables_row(
     let full = whole(&sync.payload);
     let mut costs = SyncCosts { full, ..SyncCosts::default() };
     if let Some((one_more_ep, one_more_svc)) = changes {
-        let changed_ports = |c: &Cluster, i: usize| -> Vec<(String, crate::model::Protocol)> {
-            c.services
-                .get(i)
-                .map(|s| s.ports.iter().map(|p| (s.port_name(p), p.protocol)).collect())
-                .unwrap_or_default()
-        };
-        let after = kp::sync(one_more_ep, node, family, env_kp).payload;
-        costs.endpoint_added = partial_restore(&sync.payload, &after, &changed_ports(cluster, 0));
-        let after = kp::sync(one_more_svc, node, family, env_kp).payload;
-        let new = one_more_svc.services.len().saturating_sub(1);
+        let large = endpoint_count(cluster) > LARGE_CLUSTER_ENDPOINTS;
+        let unchanged = partial_restore(&sync.payload, &sync.payload, &[]);
+        costs.endpoint_added =
+            change_cost(unchanged, (cluster, Some(0)), (one_more_ep, Some(0)), node, family, large);
+        let new = one_more_svc.services.len().checked_sub(1);
         costs.service_added =
-            partial_restore(&sync.payload, &after, &changed_ports(one_more_svc, new));
+            change_cost(unchanged, (cluster, None), (one_more_svc, new), node, family, large);
     }
     Ok(CostRow {
         mode: CostMode::Iptables,
@@ -662,7 +735,6 @@ pub fn price_dump(text: &str, family: Family, local: Vec<IpAddr>) -> Result<Cost
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::study::synthetic::{self, Shape};
 
     fn shape(services: usize, endpoints: usize) -> Shape {
         Shape { services, endpoints, node_ports: false }
@@ -683,7 +755,9 @@ mod tests {
     fn rule_count_matches_the_rendered_dump() {
         let c = synthetic::uniform(shape(7, 3)).unwrap();
         let node = c.node_view(None, &[]).unwrap();
-        let text = iptables_save::render(&kp::sync(&c, &node, IpFamily::V4, NodeEnv::default()).node_dump());
+        let text = iptables_save::render(
+            &kp::sync(&c, &node, IpFamily::V4, NodeEnv::default()).node_dump(),
+        );
         let r = row(7, 3);
         assert_eq!(r.rules, text.lines().filter(|l| l.starts_with("-A ")).count());
         assert_eq!(r.dump_lines, text.lines().count());
@@ -717,6 +791,39 @@ mod tests {
         assert!(ep.rules > 50, "{ep:?}");
     }
 
+    /// The composed partial restore equals the one computed from two whole renderings, in both
+    /// comment modes (3 × 2 endpoints, and 600 × 2 above kube-proxy's 1000-endpoint threshold).
+    #[test]
+    fn composed_change_cost_equals_the_direct_diff() {
+        for (services, endpoints) in [(3, 2), (600, 2)] {
+            let c = synthetic::uniform(shape(services, endpoints)).unwrap();
+            let node = c.node_view(None, &[]).unwrap();
+            let env = NodeEnv::default();
+            let before = kp::sync(&c, &node, IpFamily::V4, env).payload;
+            let large = endpoint_count(&c) > LARGE_CLUSTER_ENDPOINTS;
+            let unchanged = partial_restore(&before, &before, &[]);
+            let ep = synthetic::with_extra_endpoint(&c);
+            let direct = partial_restore(
+                &before,
+                &kp::sync(&ep, &node, IpFamily::V4, env).payload,
+                &ports_of(&c, Some(0)),
+            );
+            let composed =
+                change_cost(unchanged, (&c, Some(0)), (&ep, Some(0)), &node, IpFamily::V4, large);
+            assert_eq!(composed, direct, "{services} services, endpoint added");
+            let svc = synthetic::with_extra_service(&c);
+            let last = Some(services);
+            let direct = partial_restore(
+                &before,
+                &kp::sync(&svc, &node, IpFamily::V4, env).payload,
+                &ports_of(&svc, last),
+            );
+            let composed =
+                change_cost(unchanged, (&c, None), (&svc, last), &node, IpFamily::V4, large);
+            assert_eq!(composed, direct, "{services} services, service added");
+        }
+    }
+
     #[test]
     fn partial_restore_deletes_chains_that_went_away() {
         let c = synthetic::uniform(shape(3, 2)).unwrap();
@@ -747,7 +854,9 @@ mod tests {
     fn dump_pricing_walks_each_kube_services_capture_rule() {
         let c = synthetic::uniform(shape(5, 2)).unwrap();
         let node = c.node_view(None, &[]).unwrap();
-        let text = iptables_save::render(&kp::sync(&c, &node, IpFamily::V4, NodeEnv::default()).node_dump());
+        let text = iptables_save::render(
+            &kp::sync(&c, &node, IpFamily::V4, NodeEnv::default()).node_dump(),
+        );
         let r = price_dump(&text, Family::V4, node.addresses.clone()).unwrap();
         assert_eq!(r.entry_points, 5);
         let from_cluster = row(5, 2);

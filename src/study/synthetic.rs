@@ -17,7 +17,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::model::{
     AddressType, Cluster, Endpoint, EndpointPort, EndpointSlice, IpFamily, LoadBalancerIngress,
-    Node, NodeAddress, ProxyConfig, Protocol, Service, ServicePort, ServiceType, SessionAffinity,
+    Node, NodeAddress, Protocol, ProxyConfig, Service, ServicePort, ServiceType, SessionAffinity,
     TargetPort, TrafficPolicy,
 };
 
@@ -388,11 +388,7 @@ pub fn varied(seed: u64, services: usize) -> Cluster {
                 target_port: TargetPort::Number(TARGET_PORT + k as u16),
                 node_port,
             });
-            eports.push(EndpointPort {
-                name: pname,
-                port: Some(TARGET_PORT + k as u16),
-                protocol,
-            });
+            eports.push(EndpointPort { name: pname, port: Some(TARGET_PORT + k as u16), protocol });
         }
         // Avoid two ports with the same (port, protocol): the API server refuses them.
         ports.dedup_by(|a, b| a.port == b.port && a.protocol == b.protocol);
@@ -430,10 +426,10 @@ pub fn varied(seed: u64, services: usize) -> Cluster {
                     .unwrap_or_else(|_| IpNetwork::from(IpAddr::V4(Ipv4Addr::LOCALHOST))),
                 );
                 if rng.random_bool(0.5) {
-                    svc.load_balancer_source_ranges
-                        .push(IpNetwork::new(IpAddr::V4(NODE_IP), 32).unwrap_or_else(|_| {
-                            IpNetwork::from(IpAddr::V4(Ipv4Addr::LOCALHOST))
-                        }));
+                    svc.load_balancer_source_ranges.push(
+                        IpNetwork::new(IpAddr::V4(NODE_IP), 32)
+                            .unwrap_or_else(|_| IpNetwork::from(IpAddr::V4(Ipv4Addr::LOCALHOST))),
+                    );
                 }
             }
             if svc.external_traffic_policy == TrafficPolicy::Local {
@@ -483,11 +479,8 @@ mod tests {
         assert_eq!(c.services.len(), 3);
         assert_eq!(c.services[2].cluster_ips, vec![service_ip(2)]);
         assert_eq!(service_ip(2).to_string(), "10.96.0.3");
-        let eps: Vec<String> = c.endpoint_slices[1]
-            .endpoints
-            .iter()
-            .map(|e| e.addresses[0].to_string())
-            .collect();
+        let eps: Vec<String> =
+            c.endpoint_slices[1].endpoints.iter().map(|e| e.addresses[0].to_string()).collect();
         assert_eq!(eps, ["10.128.0.3", "10.128.0.4"]);
         assert_eq!(c.nodes[0].name, NODE_NAME);
     }

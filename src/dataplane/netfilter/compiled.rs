@@ -361,10 +361,7 @@ impl<'a> CompiledNetfilter<'a> {
                                 }
                             };
                             shapes |= 1 << (key.shape & (shape::ANY_DST | shape::ANY_PORT));
-                            index
-                                .entry(key)
-                                .and_modify(|s| s.push(pos))
-                                .or_insert(Slots::One(pos));
+                            index.entry(key).and_modify(|s| s.push(pos)).or_insert(Slots::One(pos));
                         }
                         if at.is_empty() {
                             at = vec![NO_RUN; n];
@@ -714,9 +711,7 @@ impl<'a> CompiledNetfilter<'a> {
             if p.pos < from || best.is_some_and(|b| p.pos > b) {
                 continue;
             }
-            if p.proto == pkt.proto
-                && p.dst.contains(w.dst)
-                && p.dport.is_none_or(|d| d == w.dport)
+            if p.proto == pkt.proto && p.dst.contains(w.dst) && p.dport.is_none_or(|d| d == w.dport)
             {
                 best = Some(p.pos);
                 break;
@@ -1302,7 +1297,11 @@ mod tests {
         let faithful = sorted(&r.nf.evaluate(&r.env, pkt).map_err(|e| e.to_string())?);
         let fast = sorted(&compiled.exact(&r.env, pkt).map_err(|e| e.to_string())?);
         if faithful.len() != fast.len() {
-            return Err(format!("{pkt:?}: {} outcomes vs {}:\n{faithful:#?}\n{fast:#?}", faithful.len(), fast.len()));
+            return Err(format!(
+                "{pkt:?}: {} outcomes vs {}:\n{faithful:#?}\n{fast:#?}",
+                faithful.len(),
+                fast.len()
+            ));
         }
         for (a, b) in faithful.iter().zip(&fast) {
             if a.0 != b.0 || (a.1 - b.1).abs() > 1e-12 {
@@ -1330,7 +1329,12 @@ mod tests {
         let node_ip = node.addresses.iter().copied().find(|a| !a.is_loopback() && a.is_ipv4());
         let mut sources = vec![ip("10.255.255.254"), ip("172.16.5.5"), ip("198.51.100.7")];
         sources.extend(
-            cluster.endpoint_slices.iter().flat_map(|s| &s.endpoints).take(1).map(|e| e.addresses[0]),
+            cluster
+                .endpoint_slices
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .take(1)
+                .map(|e| e.addresses[0]),
         );
         let mut dests: Vec<(IpAddr, u16, u8)> = vec![(ip("10.96.255.1"), 80, 6)];
         for s in &cluster.services {
@@ -1381,7 +1385,8 @@ mod tests {
 
     #[test]
     fn kube_services_is_indexed_and_the_cascade_is_a_branch_table() {
-        let c = synthetic::uniform(Shape { services: 20, endpoints: 5, node_ports: false }).unwrap();
+        let c =
+            synthetic::uniform(Shape { services: 20, endpoints: 5, node_ports: false }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
         let r = rules_of(&c, &node);
         let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
@@ -1393,7 +1398,8 @@ mod tests {
 
     #[test]
     fn last_service_costs_its_position_in_kube_services() {
-        let c = synthetic::uniform(Shape { services: 50, endpoints: 1, node_ports: false }).unwrap();
+        let c =
+            synthetic::uniform(Shape { services: 50, endpoints: 1, node_ports: false }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
         let r = rules_of(&c, &node);
         let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
