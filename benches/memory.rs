@@ -8,7 +8,7 @@ use std::time::Instant;
 use svcpath::dataplane::netfilter::Netfilter;
 use svcpath::dataplane::netfilter::compiled::CompiledNetfilter;
 use svcpath::formats::iptables_save;
-use svcpath::kubeproxy::iptables::{self, NodeEnv};
+use svcpath::kubeproxy::iptables::NodeEnv;
 use svcpath::model::IpFamily;
 use svcpath::model::rules::Family;
 use svcpath::study::synthetic::{self, Shape};
@@ -60,8 +60,14 @@ fn main() {
     stage("cluster", 0);
     let Ok(node) = cluster.node_view(None, &[]) else { std::process::exit(2) };
     let text = {
-        let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
-        iptables_save::render(&dump)
+        let shape = Shape { services, endpoints, node_ports: false };
+        match synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default()) {
+            Ok(sync) => iptables_save::render(&sync.node_dump()),
+            Err(e) => {
+                eprintln!("memory: {e}");
+                std::process::exit(2);
+            }
+        }
     };
     drop(cluster);
     let lines = text.lines().count();

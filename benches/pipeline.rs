@@ -24,12 +24,19 @@ fn render(c: &mut Criterion) {
     for services in [1_000usize, 10_000] {
         let cluster = common::cluster(services, 10);
         let node = cluster.node_view(None, &[]).expect("synthetic node");
-        g.measurement_time(Duration::from_secs(if services >= 10_000 { 10 } else { 3 }));
+        g.measurement_time(Duration::from_secs(if services >= 10_000 { 20 } else { 3 }));
         g.bench_with_input(BenchmarkId::new("iptables_x10", services), &services, |b, _| {
             b.iter(|| {
                 let dump =
                     iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
                 black_box(iptables_save::render(&dump).len())
+            })
+        });
+        let shape = synthetic::Shape { services, endpoints: 10, node_ports: false };
+        g.bench_with_input(BenchmarkId::new("chunked_x10", services), &services, |b, _| {
+            b.iter(|| {
+                let sync = synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default());
+                black_box(sync.map(|s| iptables_save::render(&s.node_dump()).len()))
             })
         });
         let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
@@ -57,14 +64,14 @@ fn parse(c: &mut Criterion) {
 fn sync(c: &mut Criterion) {
     let mut g = c.benchmark_group("sync");
     g.sample_size(10).warm_up_time(Duration::from_millis(500));
-    for services in [1_000usize, 10_000] {
+    for services in [1_000usize, 3_000] {
         let cluster = common::cluster(services, 10);
         let node = cluster.node_view(None, &[]).expect("synthetic node");
         let before = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).payload;
         let after_cluster = synthetic::with_extra_endpoint(&cluster);
         let s = &cluster.services[0];
         let ports = vec![(s.port_name(&s.ports[0]), s.ports[0].protocol)];
-        g.measurement_time(Duration::from_secs(if services >= 10_000 { 10 } else { 3 }));
+        g.measurement_time(Duration::from_secs(5));
         g.bench_with_input(BenchmarkId::new("endpoint_added_x10", services), &services, |b, _| {
             b.iter(|| {
                 let after =

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use svcpath::dataplane::netfilter::{Env, Netfilter, Packet};
 use svcpath::formats::iptables_save;
-use svcpath::kubeproxy::iptables::{self, NodeEnv};
+use svcpath::kubeproxy::iptables::NodeEnv;
 use svcpath::model::rules::{Family, Ruleset};
 use svcpath::model::{Cluster, IpFamily, NodeView};
 use svcpath::study::synthetic::{self, Shape};
@@ -32,7 +32,10 @@ pub fn cluster(services: usize, endpoints: usize) -> Cluster {
 pub fn node(services: usize, endpoints: usize) -> Node {
     let cluster = cluster(services, endpoints);
     let node = cluster.node_view(None, &[]).expect("the synthetic node exists");
-    let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
+    let shape = Shape { services, endpoints, node_ports: false };
+    let dump = synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default())
+        .expect("benchmark shapes fit the address ranges")
+        .node_dump();
     let text = iptables_save::render(&dump);
     let ruleset = iptables_save::parse(&text, Family::V4).expect("svcpath's dump parses");
     let nf = Netfilter::new(&ruleset).expect("svcpath's dump compiles");

@@ -169,6 +169,7 @@ impl CostArgs {
                 &plan.modes,
                 changes,
                 plan.scheduler,
+                Some(*shape),
             )?);
             bar.inc(1);
         }
@@ -200,6 +201,7 @@ impl CostArgs {
             &plan.modes,
             Some((&more_ep, &more_svc)),
             plan.scheduler,
+            None,
         )?;
         bar.finish_and_clear();
         Ok(rows)

@@ -204,6 +204,9 @@ pub enum CostError {
     /// A walk exceeded its bounds.
     #[error("{0}")]
     Eval(#[from] crate::dataplane::netfilter::EvalError),
+    /// A synthetic shape does not fit.
+    #[error("{0}")]
+    Shape(#[from] synthetic::ShapeError),
 }
 
 /// Scheduler steps for one new connection over `n` destinations: how many destinations the
@@ -503,8 +506,10 @@ fn endpoints_per_service(cluster: &Cluster) -> f64 {
     if cluster.services.is_empty() { 0.0 } else { eps as f64 / cluster.services.len() as f64 }
 }
 
-/// The iptables row for `cluster` on `node`; `grow` makes the changed clusters (one endpoint
-/// added to the first Service, one Service added) for the sync costs, when known.
+/// The iptables row for `cluster` on `node`. `changes` are the changed clusters (one endpoint
+/// added to the first Service, one Service added) for the sync costs, when known; `shape`, when
+/// the cluster is [`synthetic::uniform`] of that shape, renders it in chunks
+/// ([`synthetic::uniform_rules`], the same rules, faster for 100k Services).
 ///
 /// # Errors
 /// svcpath's dump not parsing or compiling (a bug), or a walk out of bounds.
@@ -513,10 +518,14 @@ pub fn iptables_row(
     node: &NodeView,
     family: IpFamily,
     changes: Option<(&Cluster, &Cluster)>,
+    shape: Option<Shape>,
 ) -> Result<CostRow, CostError> {
     let env_kp = NodeEnv::default();
     let t0 = Instant::now();
-    let sync = kp::sync(cluster, node, family, env_kp);
+    let sync = match shape {
+        Some(s) => synthetic::uniform_rules(s, node, family, env_kp)?,
+        None => kp::sync(cluster, node, family, env_kp),
+    };
     let dump = sync.node_dump();
     let text = iptables_save::render(&dump);
     let render_ms = ms(t0);
@@ -628,13 +637,14 @@ pub fn price(
     modes: &[CostMode],
     changes: Option<(&Cluster, &Cluster)>,
     scheduler: SchedulerKind,
+    shape: Option<Shape>,
 ) -> Result<Vec<CostRow>, CostError> {
     let mut rows = Vec::new();
     let mut entry_points = None;
     for m in modes {
         match m {
             CostMode::Iptables => {
-                let row = iptables_row(cluster, node, family, changes)?;
+                let row = iptables_row(cluster, node, family, changes, shape)?;
                 entry_points = Some(row.entry_points);
                 rows.push(row);
             }
@@ -746,9 +756,16 @@ mod tests {
         let ep = synthetic::with_extra_endpoint(&c);
         let svc = synthetic::uniform(Shape { services: services + 1, ..s }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
-        price(&c, &node, IpFamily::V4, &[CostMode::Iptables], Some((&ep, &svc)), SchedulerKind::Rr)
-            .unwrap()
-            .remove(0)
+        let rows = price(
+            &c,
+            &node,
+            IpFamily::V4,
+            &[CostMode::Iptables],
+            Some((&ep, &svc)),
+            SchedulerKind::Rr,
+            Some(s),
+        );
+        rows.unwrap().remove(0)
     }
 
     #[test]
