@@ -2,6 +2,10 @@
 
 mod cli;
 mod cost;
+mod golden;
 mod harness;
+mod kernel;
 mod kubeproxy_data;
+mod kubeproxy_ipvs;
+mod readme;
 mod regression;

@@ -1,10 +1,14 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
+pub mod completions;
 pub mod cost;
+pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
+pub mod sim;
 pub mod trace;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -24,10 +28,23 @@ pub struct Cli {
 pub enum Command {
     /// Follow one packet: every rule, every endpoint with its exact probability, the cost.
     Trace(trace::TraceArgs),
-    /// Print the rules kube-proxy would program on a node (iptables-restore text).
+    /// Print the rules kube-proxy would program on a node (iptables-restore; ipvsadm, ipset for IPVS).
     Rules(rules::RulesArgs),
     /// Price Services in each proxy mode: rules per packet, dump size, sync cost, at scale.
     Cost(cost::CostArgs),
+    /// Send N new connections through each proxy mode and compare the endpoint shares.
+    Dist(dist::DistArgs),
+    /// Simulate load on a Service over time (nodes, arrivals, lifetimes, scaling, rollouts).
+    Sim(sim::SimArgs),
+    /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
+    Verify(verify::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man(completions::ManArgs),
+    /// Internal: the helper process `verify` runs inside namespaces.
+    #[command(name = "__agent", hide = true)]
+    Agent(verify::AgentArgs),
     /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
     IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
@@ -40,6 +57,12 @@ impl Command {
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
             Command::Cost(a) => a.run(),
+            Command::Dist(a) => a.run(),
+            Command::Sim(a) => a.run(),
+            Command::Verify(a) => a.run(),
+            Command::Agent(a) => a.run(),
+            Command::Completions(a) => a.run(),
+            Command::Man(a) => a.run(),
         }
     }
 }

@@ -110,11 +110,10 @@ pub fn text(rows: &[CostRow]) -> String {
             CostMode::Iptables => format!("{} l / {}", c.lines, human_bytes(c.bytes)),
             CostMode::Ipvs => format!("{} ops", c.lines),
         };
-        let (render, parse) = match r.mode {
-            CostMode::Iptables => {
-                (format!("{:.1} ms", r.svcpath.render_ms), format!("{:.1} ms", r.svcpath.parse_ms))
-            }
-            CostMode::Ipvs => ("-".to_owned(), "-".to_owned()),
+        let render = format!("{:.1} ms", r.svcpath.render_ms);
+        let parse = match r.mode {
+            CostMode::Iptables => format!("{:.1} ms", r.svcpath.parse_ms),
+            CostMode::Ipvs => "-".to_owned(),
         };
         cells.push(vec![
             r.mode.name().to_owned(),
@@ -128,7 +127,7 @@ pub fn text(rows: &[CostRow]) -> String {
             format!("{:.0}", r.established.mean),
             human_ns(r.first_packet_ns),
             r.rules.to_string(),
-            if r.mode == CostMode::Iptables {
+            if r.dump_lines > 0 {
                 format!("{} l / {}", r.dump_lines, human_bytes(r.dump_bytes))
             } else {
                 "-".to_owned()
@@ -168,6 +167,8 @@ est. 1st pkt: rules × {PER_RULE_NS} ns (IPVS: + hash lookups and scheduler step
 to be calibrated on the real kernel.\n\
 sync: lines/bytes of the iptables-restore input (+ep, +svc: kube-proxy's partial restore; full: \
 the whole payload); IPVS: netlink and ipset operations.\n\
+IPVS rules: companion iptables rules + virtual servers + real servers; dump: iptables-save + \
+ipvsadm -Sn + ipset save.\n\
 render/parse: svcpath's own time for the node's dump.\n"
     );
     out

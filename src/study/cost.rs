@@ -204,6 +204,9 @@ pub enum CostError {
     /// A walk exceeded its bounds.
     #[error("{0}")]
     Eval(#[from] crate::dataplane::netfilter::EvalError),
+    /// svcpath's IPVS rendering or trace failed.
+    #[error("ipvs: {0}")]
+    Ipvs(String),
     /// A synthetic shape does not fit.
     #[error("{0}")]
     Shape(#[from] synthetic::ShapeError),
@@ -578,7 +581,9 @@ pub fn iptables_row(
     })
 }
 
-/// The IPVS row for a cluster: `ports` virtual services with `endpoints` real servers each.
+/// The IPVS row of a shape without rendering it: `ports` virtual services with `endpoints` real
+/// servers each and the constants above (from kube-proxy's IPVS proxier source). The study uses
+/// [`ipvs_row_rendered`]; this is the closed form it should agree with in order of magnitude.
 pub fn ipvs_row(
     services: usize,
     ports: usize,
@@ -626,6 +631,140 @@ pub fn ipvs_row(
     }
 }
 
+/// Entry points traced through the IPVS model per cluster (evenly spaced, the last one included):
+/// its cost does not depend on the Service, and each trace scans the ipsets.
+pub const IPVS_SAMPLES: usize = 32;
+
+/// The IPVS row from svcpath's rendering of kube-proxy's IPVS mode
+/// ([`crate::kubeproxy::ipvs::sync`]): companion iptables rules, ipsets and virtual servers. The
+/// first-packet cost is [`crate::study::ipvs_trace::trace_ipvs`]'s (companion rules before and
+/// after IPVS, hash lookups, scheduler steps) over [`IPVS_SAMPLES`] entry points; established
+/// packets walk the companion rules with conntrack's ESTABLISHED state and the ipsets loaded.
+///
+/// # Errors
+/// svcpath's own IPVS output not compiling (a bug), or a walk out of bounds.
+pub fn ipvs_row_rendered(
+    cluster: &Cluster,
+    node: &NodeView,
+    family: IpFamily,
+    scheduler: SchedulerKind,
+) -> Result<CostRow, CostError> {
+    use crate::dataplane::netfilter::eval::IpSets;
+    use crate::kubeproxy::ipvs::IpvsOptions;
+    use crate::study::ipvs_trace::{IpvsState, IpvsTraceRequest, trace_ipvs};
+    use crate::study::trace::TraceRequest;
+    let opts =
+        IpvsOptions { scheduler: Some(scheduler.name().to_owned()), ..IpvsOptions::default() };
+    let t0 = Instant::now();
+    let state = IpvsState::from_cluster(cluster, "cost", node, family, &opts)
+        .map_err(|e| CostError::Ipvs(e.to_string()))?;
+    let render_ms = ms(t0);
+    let src = pod_source(cluster, family);
+    let packets: Vec<(usize, Packet)> = entry_packets(cluster, node, family, src)
+        .into_iter()
+        .filter(|(_, p)| p.src == src)
+        .collect();
+    let n = packets.len();
+    let picks: BTreeSet<usize> =
+        (0..IPVS_SAMPLES.min(n))
+            .map(|k| {
+                if IPVS_SAMPLES.min(n) <= 1 {
+                    n - 1
+                } else {
+                    k * (n - 1) / (IPVS_SAMPLES.min(n) - 1)
+                }
+            })
+            .collect();
+    let env = Env {
+        local: state.local.clone(),
+        ipsets: IpSets::new(state.ipsets.iter().cloned()),
+        ..Env::default()
+    };
+    let compiled = CompiledNetfilter::new(&state.iptables.netfilter, &state.iptables.ruleset);
+    let (mut first, mut est) = (Vec::new(), Vec::new());
+    let (mut lookups, mut steps, mut last) = (0u32, 0u32, 0.0f64);
+    let t1 = Instant::now();
+    for &k in &picks {
+        let (_, pkt) = &packets[k];
+        let proto = match pkt.proto {
+            17 => crate::model::Protocol::Udp,
+            132 => crate::model::Protocol::Sctp,
+            _ => crate::model::Protocol::Tcp,
+        };
+        let req = IpvsTraceRequest {
+            packet: TraceRequest {
+                src: pkt.src,
+                src_note: String::new(),
+                dst: pkt.dst,
+                dport: pkt.dport,
+                proto,
+                seed: None,
+                in_iface: "eth0".to_owned(),
+            },
+            scheduler: None,
+            count: 0,
+            state: None,
+        };
+        let t = trace_ipvs(&state, &req).map_err(|e| CostError::Ipvs(e.to_string()))?;
+        let rules = t.cost.rules_before + t.cost.rules_after;
+        first.push(rules);
+        lookups = lookups.max(t.cost.hash_lookups);
+        steps = steps.max(t.cost.scheduler_steps);
+        last = rules;
+        let mut e = pkt.clone();
+        e.established = true;
+        let outs = compiled.exact(&env, &e)?;
+        est.push(outs.iter().map(|o| o.probability * f64::from(o.rules_evaluated)).sum());
+    }
+    let walk_ms = ms(t1);
+    let first = Spread::of(&first);
+    let per = endpoints_per_service(cluster).round().max(0.0) as usize;
+    let ports: usize = state.table.services.len();
+    let real_servers: usize = state.table.services.iter().map(|v| v.real_servers.len()).sum();
+    let iptables_rules = state.iptables.ruleset.rule_count();
+    let ipvsadm = crate::formats::ipvsadm::render_save(&state.table);
+    let ipset = crate::formats::ipset::render(&state.ipsets);
+    let dump_lines =
+        state.iptables.text.lines().count() + ipvsadm.lines().count() + ipset.lines().count();
+    let dump_bytes = state.iptables.text.len() + ipvsadm.len() + ipset.len();
+    let ns = first.mean * PER_RULE_NS
+        + f64::from(lookups) * HASH_LOOKUP_NS
+        + f64::from(steps) * SCHED_STEP_NS;
+    Ok(CostRow {
+        mode: CostMode::Ipvs,
+        services: cluster.services.len(),
+        endpoints: endpoints_per_service(cluster),
+        entry_points: n,
+        first_packet: first,
+        last_service: last,
+        established: Spread::of(&est),
+        hash_lookups: lookups,
+        sched_steps: steps,
+        first_packet_ns: ns,
+        rules: iptables_rules + ports + real_servers,
+        chains: state
+            .iptables
+            .ruleset
+            .tables
+            .iter()
+            .flat_map(|t| &t.statements)
+            .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
+            .count(),
+        dump_lines,
+        dump_bytes,
+        sync: SyncCosts {
+            endpoint_added: SyncCost { lines: 1, bytes: 0, rules: 1 },
+            service_added: SyncCost { lines: 3 + per, bytes: 0, rules: 1 + per },
+            full: SyncCost {
+                lines: 3 * ports + real_servers,
+                bytes: 0,
+                rules: ports + real_servers,
+            },
+        },
+        svcpath: OwnTimes { render_ms, parse_ms: 0.0, compile_ms: 0.0, walk_ms },
+    })
+}
+
 /// Prices `cluster` in each of `modes`.
 ///
 /// # Errors
@@ -649,17 +788,8 @@ pub fn price(
                 rows.push(row);
             }
             CostMode::Ipvs => {
-                let ports: usize = cluster.services.iter().map(|s| s.ports.len()).sum();
-                let eps = entry_points.unwrap_or_else(|| {
-                    entry_packets(cluster, node, family, pod_source(cluster, family)).len()
-                });
-                rows.push(ipvs_row(
-                    cluster.services.len(),
-                    ports,
-                    endpoints_per_service(cluster),
-                    eps,
-                    scheduler,
-                ));
+                let _ = entry_points;
+                rows.push(ipvs_row_rendered(cluster, node, family, scheduler)?);
             }
         }
     }
@@ -854,6 +984,21 @@ mod tests {
         let with_x = partial_restore(&before, &after, &ports);
         let same = partial_restore(&after, &after, &ports);
         assert_eq!(with_x.lines, same.lines + 1, "one -X line for the removed SEP chain");
+    }
+
+    #[test]
+    fn rendered_ipvs_first_packet_is_flat_in_services() {
+        let cost = |services: usize| {
+            let c = synthetic::uniform(shape(services, 3)).unwrap();
+            let node = c.node_view(None, &[]).unwrap();
+            ipvs_row_rendered(&c, &node, IpFamily::V4, SchedulerKind::Wlc).unwrap()
+        };
+        let (a, b) = (cost(5), cost(200));
+        assert_eq!(a.first_packet, b.first_packet);
+        assert_eq!(a.established, b.established);
+        assert!(a.first_packet.mean > 0.0 && a.first_packet.mean < 40.0, "{:?}", a.first_packet);
+        assert_eq!(a.sched_steps, 3, "wlc looks at every destination");
+        assert!(b.rules > a.rules, "virtual and real servers grow with Services");
     }
 
     #[test]

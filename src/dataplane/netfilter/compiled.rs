@@ -1218,6 +1218,30 @@ fn eval_rule<R: rand::Rng + ?Sized>(
                     _ => random_side(draw, w, pending, *neg, threshold, p_match),
                 }
             }
+            Match::Set { neg, name, src_dims, return_nomatch } => {
+                match env.ipsets.test(
+                    name,
+                    src_dims,
+                    *return_nomatch,
+                    w.src,
+                    w.dst,
+                    pkt.sport,
+                    w.dport,
+                    pkt.proto,
+                ) {
+                    Some(hit) => hit != *neg,
+                    None => {
+                        let msg = format!(
+                            "line {}: -m set --match-set {name}: no contents for set '{name}' (give its ipset save); rule assumed not to match",
+                            rule.line
+                        );
+                        if !w.warnings.contains(&msg) {
+                            w.warnings.push(msg);
+                        }
+                        false
+                    }
+                }
+            }
             Match::Unmodelled(what) => {
                 let msg = format!(
                     "line {}: {what} is not modelled; rule assumed not to match",
