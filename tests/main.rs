@@ -1,6 +1,7 @@
 //! svcpath's integration tests: one test binary, one module per area.
 
 mod cli;
+mod cost;
 mod golden;
 mod harness;
 mod kernel;

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
 pub mod completions;
+pub mod cost;
 pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
@@ -29,6 +30,8 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Print the rules kube-proxy would program on a node (iptables-restore; ipvsadm, ipset for IPVS).
     Rules(rules::RulesArgs),
+    /// Price Services in each proxy mode: rules per packet, dump size, sync cost, at scale.
+    Cost(cost::CostArgs),
     /// Send N new connections through each proxy mode and compare the endpoint shares.
     Dist(dist::DistArgs),
     /// Simulate load on a Service over time (nodes, arrivals, lifetimes, scaling, rollouts).
@@ -53,6 +56,7 @@ impl Command {
             Command::Trace(a) => a.run(),
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
+            Command::Cost(a) => a.run(),
             Command::Dist(a) => a.run(),
             Command::Sim(a) => a.run(),
             Command::Verify(a) => a.run(),

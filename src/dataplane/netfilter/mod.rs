@@ -28,6 +28,7 @@
 //! ```
 
 pub mod compile;
+pub mod compiled;
 pub mod conntrack;
 pub mod eval;
 

@@ -1,0 +1,1598 @@
+//! The compiled evaluator: the same netfilter semantics as [`super::eval`], with the long, regular
+//! parts of kube-proxy's rule sets turned into indexed lookups.
+//!
+//! Two shapes are compiled; every other rule is evaluated one by one, as the faithful walk does:
+//!
+//! - **Indexed runs.** A run of consecutive rules that test nothing but `-p PROTO`, an optional
+//!   `-d ADDR` and an optional single `--dport PORT` (kube-proxy's `KUBE-SERVICES`,
+//!   `KUBE-NODEPORTS`, `KUBE-EXTERNAL-SERVICES` capture rules) is indexed by (destination,
+//!   protocol, port). Entering the run at position `p`, one lookup per key shape finds the first
+//!   matching rule at or after `p`; rules with a non-host prefix (`-d 127.0.0.0/8`) are kept in a
+//!   short list scanned in order.
+//! - **Statistic cascades.** A run of rules whose only test is one `-m statistic --mode random`
+//!   (or none: the unconditional last rule) is a branch table: cumulative thresholds let one draw
+//!   pick the rule with the same distribution as the cascade of independent draws, and the exact
+//!   mode forks into every branch at once.
+//!
+//! Invariants, checked by the property tests at the bottom against [`super::eval`]:
+//!
+//! - the outcomes (verdict, delivery, addresses, mark, NAT, effects, warnings) are the faithful
+//!   walk's, with probabilities equal to within 1e-12 (the exact mode multiplies in the faithful
+//!   order, so they are usually bit-identical);
+//! - `rules_evaluated` is the count the kernel would make: a lookup that lands on rule `q` after
+//!   entering the run at `p` counts `q - p + 1` rules, a miss counts the whole rest of the run;
+//! - sampling draws a different number of random values than the faithful walk (one 64-bit draw
+//!   per cascade instead of one 31-bit draw per statistic rule), so a seed gives another sequence
+//!   but the same distribution; a cascade entered in its middle (after a `RETURN` from a rule's
+//!   chain) is walked rule by rule.
+//!
+//! The index needs the destination address of each rule, which the compiled header keeps in a
+//! private form, so [`CompiledNetfilter::new`] also takes the [`Ruleset`] the model was compiled
+//! from; a rule whose source does not agree with its compiled header is simply not indexed.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+
+use super::Netfilter;
+use super::compile::{
+    CompiledRule, CompiledTable, Match, Net, RecentCmd, Target, addrtype, ctstate,
+};
+use super::eval::{
+    Delivery, Effect, Env, EvalError, Hook, HookMap, MAX_DEPTH, MAX_OUTCOMES, Origin, Outcome,
+    Packet, Verdict,
+};
+use crate::model::rules::{Arg, Ruleset, Statement};
+
+/// The shortest run of capture rules worth indexing.
+pub const MIN_INDEXED_RUN: usize = 3;
+/// The shortest statistic cascade compiled into a branch table.
+pub const MIN_CASCADE_RUN: usize = 2;
+
+/// `2^31`: the kernel's statistic thresholds are out of this.
+const THRESHOLD_SCALE: f64 = 2_147_483_648.0;
+/// `2^-53`: turns the top 53 bits of a 64-bit draw into a uniform value in [0, 1).
+const UNIT_53: f64 = 1.0 / 9_007_199_254_740_992.0;
+/// No run at this rule position.
+const NO_RUN: u32 = u32::MAX;
+
+/// A multiply-rotate hasher for the index keys (addresses and ports, never attacker-chosen here).
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+const HASH_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        // Fold the high half down so the table's low-bit index sees every input bit.
+        let h = self.0;
+        (h ^ (h >> 29)).wrapping_mul(HASH_K) ^ (h >> 32)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(HASH_K);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+
+/// Which parts of an index key are wildcards.
+mod shape {
+    /// The rule has no `-d`.
+    pub const ANY_DST: u8 = 1;
+    /// The rule has no `--dport`.
+    pub const ANY_PORT: u8 = 2;
+    /// The destination is IPv6.
+    pub const V6: u8 = 4;
+}
+
+/// One key of the capture index: a run, a destination (or any), a protocol, a port (or any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct IndexKey {
+    dst: u128,
+    run: u32,
+    dport: u16,
+    proto: u8,
+    shape: u8,
+}
+
+/// The positions of the rules with one key, ascending.
+#[derive(Debug, Clone)]
+enum Slots {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Slots {
+    fn push(&mut self, pos: u32) {
+        match self {
+            Slots::One(first) => *self = Slots::Many(vec![*first, pos]),
+            Slots::Many(v) => v.push(pos),
+        }
+    }
+
+    /// The first position at or after `from`.
+    fn first_from(&self, from: u32) -> Option<u32> {
+        match self {
+            Slots::One(p) => (*p >= from).then_some(*p),
+            Slots::Many(v) => {
+                let i = v.partition_point(|&p| p < from);
+                v.get(i).copied()
+            }
+        }
+    }
+}
+
+/// A capture rule whose destination is a prefix shorter than a host: checked in order.
+#[derive(Debug, Clone)]
+struct PrefixRule {
+    pos: u32,
+    dst: Net,
+    proto: u8,
+    dport: Option<u16>,
+}
+
+/// A compiled run of consecutive rules in one chain.
+#[derive(Debug, Clone)]
+enum Run {
+    /// Capture rules found by lookup.
+    Indexed {
+        /// First rule.
+        start: u32,
+        /// One past the last rule.
+        end: u32,
+        /// The key shapes present (bit `shape` set for each `ANY_DST | ANY_PORT` combination).
+        shapes: u8,
+        /// Prefix-destination rules, in order.
+        prefixes: Vec<PrefixRule>,
+    },
+    /// A statistic cascade.
+    Cascade {
+        /// First rule.
+        start: u32,
+        /// One past the last rule.
+        end: u32,
+        /// The probability that each rule matches when reached (1 for an unconditional rule).
+        p_match: Vec<f64>,
+        /// Entered at `start`, the probability that the walk stops at or before each rule.
+        cumulative: Vec<f64>,
+    },
+}
+
+/// The faithful model compiled into lookups; borrows the [`Netfilter`] it was built from.
+#[derive(Debug, Clone)]
+pub struct CompiledNetfilter<'a> {
+    nf: &'a Netfilter,
+    hooks: HookMap,
+    /// For each table and chain, the run id at each rule position (empty: no run in the chain).
+    run_at: Vec<Vec<Vec<u32>>>,
+    runs: Vec<Run>,
+    index: FastMap<IndexKey, Slots>,
+}
+
+/// What the compiler made of a rule set: how much of it is indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CompileStats {
+    /// Rules in indexed capture runs.
+    pub indexed_rules: usize,
+    /// Indexed runs.
+    pub indexed_runs: usize,
+    /// Rules in statistic cascades.
+    pub cascade_rules: usize,
+    /// Statistic cascades.
+    pub cascades: usize,
+    /// Rules evaluated one by one.
+    pub generic_rules: usize,
+}
+
+/// A capture rule's test: protocol, destination (host address, prefix or none), port.
+enum Capture {
+    Host { addr: u128, v6: bool, proto: u8, dport: Option<u16> },
+    Prefix(PrefixRule),
+    AnyDst { proto: u8, dport: Option<u16> },
+}
+
+/// The destination written in the rule's source, when it is a host address.
+fn source_host(ruleset: &Ruleset, table: &CompiledTable, rule: &CompiledRule) -> Option<IpAddr> {
+    let stmt = ruleset.tables.get(table.source)?.statements.get(rule.stmt)?;
+    let Statement::Rule(r) = &stmt.stmt else { return None };
+    r.args.iter().rev().find_map(|a| match a {
+        Arg::Destination { neg: false, addr } => {
+            let full = if addr.net.ip().is_ipv4() { 32 } else { 128 };
+            (addr.net.prefix() == full).then(|| addr.net.ip())
+        }
+        _ => None,
+    })
+}
+
+fn capture_of(
+    ruleset: &Ruleset,
+    table: &CompiledTable,
+    rule: &CompiledRule,
+    pos: u32,
+) -> Option<Capture> {
+    let h = &rule.header;
+    let (false, proto) = h.proto? else { return None };
+    if h.src.is_some() || h.in_iface.is_some() || h.out_iface.is_some() || h.fragment == Some(true)
+    {
+        return None;
+    }
+    let mut dport = None;
+    for m in &rule.matches {
+        match m {
+            Match::Always => {}
+            Match::Ports { proto: p, sport: None, dport: None } if *p == proto => {}
+            Match::Ports { proto: p, sport: None, dport: Some((false, r)) }
+                if *p == proto && r.lo == r.hi && dport.is_none() =>
+            {
+                dport = Some(r.lo);
+            }
+            _ => return None,
+        }
+    }
+    match h.dst {
+        None => Some(Capture::AnyDst { proto, dport }),
+        Some((true, _)) => None,
+        Some((false, net)) => match source_host(ruleset, table, rule) {
+            Some(ip) if Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }) == net => {
+                let (addr, v6) = addr_key(ip);
+                Some(Capture::Host { addr, v6, proto, dport })
+            }
+            _ => Some(Capture::Prefix(PrefixRule { pos, dst: net, proto, dport })),
+        },
+    }
+}
+
+/// A rule of a statistic cascade: no header test, only comments and at most one random match.
+fn cascade_p(rule: &CompiledRule) -> Option<f64> {
+    let h = &rule.header;
+    if h.proto.is_some()
+        || h.src.is_some()
+        || h.dst.is_some()
+        || h.in_iface.is_some()
+        || h.out_iface.is_some()
+        || h.fragment == Some(true)
+    {
+        return None;
+    }
+    let mut p = None;
+    for m in &rule.matches {
+        match m {
+            Match::Always => {}
+            Match::Random { neg, threshold } if p.is_none() => {
+                let q = f64::from(*threshold) / THRESHOLD_SCALE;
+                p = Some(if *neg { 1.0 - q } else { q });
+            }
+            _ => return None,
+        }
+    }
+    Some(p.unwrap_or(1.0))
+}
+
+fn addr_key(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+        IpAddr::V6(a) => (u128::from(a), true),
+    }
+}
+
+impl<'a> CompiledNetfilter<'a> {
+    /// Compiles `nf`, which must have been built from `ruleset` (rules whose source disagrees are
+    /// evaluated one by one instead of indexed).
+    pub fn new(nf: &'a Netfilter, ruleset: &Ruleset) -> CompiledNetfilter<'a> {
+        let mut runs = Vec::new();
+        let mut index: FastMap<IndexKey, Slots> = FastMap::default();
+        let mut run_at = Vec::with_capacity(nf.tables.len());
+        for table in &nf.tables {
+            let mut per_chain = Vec::with_capacity(table.chains.len());
+            for chain in &table.chains {
+                let mut at: Vec<u32> = Vec::new();
+                let n = chain.rules.len();
+                let mut i = 0;
+                while i < n {
+                    // An indexed run from i?
+                    let mut j = i;
+                    let mut caps = Vec::new();
+                    while j < n {
+                        match capture_of(ruleset, table, &chain.rules[j], j as u32) {
+                            Some(c) => caps.push(c),
+                            None => break,
+                        }
+                        j += 1;
+                    }
+                    if j - i >= MIN_INDEXED_RUN {
+                        let id = runs.len() as u32;
+                        let mut shapes = 0u8;
+                        let mut prefixes = Vec::new();
+                        for (k, c) in caps.into_iter().enumerate() {
+                            let pos = (i + k) as u32;
+                            let key = match c {
+                                Capture::Host { addr, v6, proto, dport } => {
+                                    let s = if dport.is_none() { shape::ANY_PORT } else { 0 };
+                                    IndexKey {
+                                        dst: addr,
+                                        run: id,
+                                        dport: dport.unwrap_or(0),
+                                        proto,
+                                        shape: s | if v6 { shape::V6 } else { 0 },
+                                    }
+                                }
+                                Capture::AnyDst { proto, dport } => {
+                                    let s = shape::ANY_DST
+                                        | if dport.is_none() { shape::ANY_PORT } else { 0 };
+                                    IndexKey {
+                                        dst: 0,
+                                        run: id,
+                                        dport: dport.unwrap_or(0),
+                                        proto,
+                                        shape: s,
+                                    }
+                                }
+                                Capture::Prefix(p) => {
+                                    prefixes.push(p);
+                                    continue;
+                                }
+                            };
+                            shapes |= 1 << (key.shape & (shape::ANY_DST | shape::ANY_PORT));
+                            index.entry(key).and_modify(|s| s.push(pos)).or_insert(Slots::One(pos));
+                        }
+                        if at.is_empty() {
+                            at = vec![NO_RUN; n];
+                        }
+                        at[i..j].iter_mut().for_each(|x| *x = id);
+                        runs.push(Run::Indexed {
+                            start: i as u32,
+                            end: j as u32,
+                            shapes,
+                            prefixes,
+                        });
+                        i = j;
+                        continue;
+                    }
+                    // A statistic cascade from i?
+                    let mut j = i;
+                    let mut p_match = Vec::new();
+                    let mut randoms = 0;
+                    while j < n {
+                        let r = &chain.rules[j];
+                        match cascade_p(r) {
+                            Some(p) => {
+                                if r.matches.iter().any(|m| matches!(m, Match::Random { .. })) {
+                                    randoms += 1;
+                                }
+                                p_match.push(p);
+                            }
+                            None => break,
+                        }
+                        j += 1;
+                    }
+                    if j - i >= MIN_CASCADE_RUN && randoms > 0 {
+                        let id = runs.len() as u32;
+                        let mut cumulative = Vec::with_capacity(p_match.len());
+                        let mut survive = 1.0f64;
+                        for &q in &p_match {
+                            let q = q.clamp(0.0, 1.0);
+                            survive *= 1.0 - q;
+                            cumulative.push(1.0 - survive);
+                        }
+                        if at.is_empty() {
+                            at = vec![NO_RUN; n];
+                        }
+                        at[i..j].iter_mut().for_each(|x| *x = id);
+                        runs.push(Run::Cascade {
+                            start: i as u32,
+                            end: j as u32,
+                            p_match,
+                            cumulative,
+                        });
+                        i = j;
+                        continue;
+                    }
+                    i += 1;
+                }
+                per_chain.push(at);
+            }
+            run_at.push(per_chain);
+        }
+        CompiledNetfilter { nf, hooks: HookMap::new(&nf.tables), run_at, runs, index }
+    }
+
+    /// How much of the rule set is indexed.
+    pub fn stats(&self) -> CompileStats {
+        let mut s = CompileStats::default();
+        for r in &self.runs {
+            match r {
+                Run::Indexed { start, end, .. } => {
+                    s.indexed_runs += 1;
+                    s.indexed_rules += (end - start) as usize;
+                }
+                Run::Cascade { start, end, .. } => {
+                    s.cascades += 1;
+                    s.cascade_rules += (end - start) as usize;
+                }
+            }
+        }
+        let total: usize =
+            self.nf.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.len()).sum();
+        s.generic_rules = total - s.indexed_rules - s.cascade_rules;
+        s
+    }
+
+    /// The model this was compiled from.
+    pub fn netfilter(&self) -> &'a Netfilter {
+        self.nf
+    }
+
+    /// One outcome of `pkt`, following random branches with `rng` (one 64-bit draw per cascade,
+    /// 31 bits per other statistic rule). Hops are not recorded.
+    ///
+    /// # Errors
+    /// [`EvalError`] when the walk exceeds its bounds.
+    pub fn sample<R: rand::Rng + ?Sized>(
+        &self,
+        env: &Env,
+        pkt: &Packet,
+        rng: &mut R,
+    ) -> Result<Outcome, EvalError> {
+        let mut w = Walk::start(pkt);
+        let mut pending = Vec::new();
+        self.run(env, pkt, &mut Draw::Sample(rng), &mut w, &mut pending)?;
+        Ok(w.finish())
+    }
+
+    /// Every outcome of `pkt` with its exact probability (no hops recorded).
+    ///
+    /// # Errors
+    /// [`EvalError`] when the walk exceeds its bounds.
+    pub fn exact(&self, env: &Env, pkt: &Packet) -> Result<Vec<Outcome>, EvalError> {
+        let mut pending = vec![Walk::start(pkt)];
+        let mut out = Vec::new();
+        let mut draw: Draw<'_, rand_pcg::Pcg64Mcg> = Draw::Exact;
+        while let Some(mut w) = pending.pop() {
+            self.run(env, pkt, &mut draw, &mut w, &mut pending)?;
+            out.push(w.finish());
+            if out.len() + pending.len() > MAX_OUTCOMES {
+                return Err(EvalError::TooManyOutcomes(MAX_OUTCOMES));
+            }
+        }
+        Ok(out)
+    }
+
+    fn run<R: rand::Rng + ?Sized>(
+        &self,
+        env: &Env,
+        pkt: &Packet,
+        draw: &mut Draw<'_, R>,
+        w: &mut Walk,
+        pending: &mut Vec<Walk>,
+    ) -> Result<(), EvalError> {
+        let tables = &self.nf.tables;
+        loop {
+            if w.verdict.is_some() || w.phase == Phase::Done {
+                return Ok(());
+            }
+            let hook = phase_hook(w.phase);
+            let steps = &self.hooks.steps[hook as usize];
+            let Some(&(ti, root, is_nat)) = steps.get(w.step) else {
+                w.next_phase(env);
+                continue;
+            };
+            let skip_nat = is_nat
+                && (w.untracked
+                    || w.ct & ctstate::NEW == 0
+                    || (hook == Hook::Input && w.local_origin));
+            if skip_nat {
+                w.step += 1;
+                continue;
+            }
+            let table = &tables[ti];
+            if w.stack.is_empty() {
+                w.stack.push(Frame { chain: root as u32, pos: 0 });
+            }
+            if self.walk_step(env, pkt, draw, w, pending, ti, table)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Walks the current hook step; `Ok(true)` when the walk ended (a verdict).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_step<R: rand::Rng + ?Sized>(
+        &self,
+        env: &Env,
+        pkt: &Packet,
+        draw: &mut Draw<'_, R>,
+        w: &mut Walk,
+        pending: &mut Vec<Walk>,
+        ti: usize,
+        table: &CompiledTable,
+    ) -> Result<bool, EvalError> {
+        loop {
+            if w.stack.len() > MAX_DEPTH {
+                return Err(EvalError::TooDeep(MAX_DEPTH));
+            }
+            let Some(Frame { chain, pos }) = w.stack.last() else { return Ok(false) };
+            let chain = chain as usize;
+            let pos = pos as usize;
+            let c = &table.chains[chain];
+            let rules = &c.rules;
+            if pos >= rules.len() {
+                if w.stack.len() == 1 {
+                    w.stack.clear();
+                    if !c.policy.unwrap_or(true) {
+                        w.verdict = Some(Verdict::Drop);
+                        return Ok(true);
+                    }
+                    w.step += 1;
+                    return Ok(false);
+                }
+                w.stack.pop();
+                continue;
+            }
+            // Which rule matched (its position), or none at this position.
+            let hit: Option<usize> = match std::mem::replace(&mut w.resume, Resume::Fresh) {
+                Resume::NoMatch => None,
+                Resume::Match => Some(pos),
+                Resume::Fresh => {
+                    let run = self.run_at[ti][chain].get(pos).copied().unwrap_or(NO_RUN);
+                    match self.runs.get(run as usize) {
+                        Some(Run::Indexed { end, shapes, prefixes, .. }) => {
+                            match self.lookup(run, *shapes, prefixes, pkt, w, pos as u32) {
+                                Some(q) => {
+                                    w.evaluated += q - pos as u32 + 1;
+                                    w.set_pos(q);
+                                    Some(q as usize)
+                                }
+                                None => {
+                                    w.evaluated += end - pos as u32;
+                                    w.set_pos(*end);
+                                    continue;
+                                }
+                            }
+                        }
+                        Some(Run::Cascade { start, end, p_match, cumulative })
+                            if *start as usize == pos =>
+                        {
+                            match cascade(draw, w, pending, *start, *end, p_match, cumulative) {
+                                Some(q) => Some(q as usize),
+                                None => continue,
+                            }
+                        }
+                        _ => {
+                            w.evaluated += 1;
+                            eval_rule(&rules[pos], env, pkt, w, draw, pending).then_some(pos)
+                        }
+                    }
+                }
+            };
+            let Some(at) = hit else {
+                w.set_pos(pos as u32 + 1);
+                continue;
+            };
+            w.set_pos(at as u32 + 1);
+            let rule = &rules[at];
+            match &rule.target {
+                Target::None | Target::Continue(_) => {}
+                Target::Unmodelled(what) => {
+                    w.warnings.push(format!(
+                        "line {}: {what} is not modelled; assumed to let the packet continue",
+                        rule.line
+                    ));
+                }
+                Target::Accept => {
+                    w.stack.clear();
+                    w.step += 1;
+                    return Ok(false);
+                }
+                Target::Drop => {
+                    w.verdict = Some(Verdict::Drop);
+                    return Ok(true);
+                }
+                Target::Reject(with) => {
+                    w.verdict = Some(Verdict::Reject(with.clone()));
+                    return Ok(true);
+                }
+                Target::Return => {
+                    if w.stack.len() == 1 {
+                        w.stack.clear();
+                        if !c.policy.unwrap_or(true) {
+                            w.verdict = Some(Verdict::Drop);
+                            return Ok(true);
+                        }
+                        w.step += 1;
+                        return Ok(false);
+                    }
+                    w.stack.pop();
+                }
+                Target::Jump(to) => w.stack.push(Frame { chain: *to as u32, pos: 0 }),
+                Target::Goto(to) => {
+                    if w.stack.len() == 1 {
+                        // A goto from the built-in chain: returning ends at its policy.
+                        w.set_pos(u32::MAX / 2);
+                        w.stack.push(Frame { chain: *to as u32, pos: 0 });
+                    } else {
+                        w.stack.pop();
+                        w.stack.push(Frame { chain: *to as u32, pos: 0 });
+                    }
+                }
+                Target::Dnat { ip, port } => {
+                    w.dst = *ip;
+                    if let Some(p) = port {
+                        w.dport = *p;
+                    }
+                    w.dnat = true;
+                    w.ct |= ctstate::DNAT;
+                    w.stack.clear();
+                    w.step += 1;
+                    return Ok(false);
+                }
+                Target::Snat { ip } => {
+                    w.snat = Some(*ip);
+                    w.ct |= ctstate::SNAT;
+                    w.stack.clear();
+                    w.step += 1;
+                    return Ok(false);
+                }
+                Target::Masquerade { .. } => {
+                    w.masquerade = true;
+                    w.ct |= ctstate::SNAT;
+                    w.stack.clear();
+                    w.step += 1;
+                    return Ok(false);
+                }
+                Target::Mark { clear, xor } => w.mark = (w.mark & !clear) ^ xor,
+                Target::NoTrack => {
+                    w.untracked = true;
+                    w.ct = ctstate::UNTRACKED;
+                }
+            }
+        }
+    }
+
+    /// The first rule of an indexed run at or after `from` that captures the packet.
+    fn lookup(
+        &self,
+        run: u32,
+        shapes: u8,
+        prefixes: &[PrefixRule],
+        pkt: &Packet,
+        w: &Walk,
+        from: u32,
+    ) -> Option<u32> {
+        let (addr, v6) = addr_key(w.dst);
+        let mut best: Option<u32> = None;
+        for s in 0..4u8 {
+            if shapes & (1 << s) == 0 {
+                continue;
+            }
+            let any_dst = s & shape::ANY_DST != 0;
+            let any_port = s & shape::ANY_PORT != 0;
+            let key = IndexKey {
+                dst: if any_dst { 0 } else { addr },
+                run,
+                dport: if any_port { 0 } else { w.dport },
+                proto: pkt.proto,
+                shape: s | if v6 && !any_dst { shape::V6 } else { 0 },
+            };
+            if let Some(q) = self.index.get(&key).and_then(|sl| sl.first_from(from))
+                && best.is_none_or(|b| q < b)
+            {
+                best = Some(q);
+            }
+        }
+        for p in prefixes {
+            if p.pos < from || best.is_some_and(|b| p.pos > b) {
+                continue;
+            }
+            if p.proto == pkt.proto && p.dst.contains(w.dst) && p.dport.is_none_or(|d| d == w.dport)
+            {
+                best = Some(p.pos);
+                break;
+            }
+        }
+        best
+    }
+}
+
+/// Resolves a cascade entered at its start: the matching rule's position, or `None` when the walk
+/// goes on after the cascade (the position is already set). Forks every branch in exact mode.
+fn cascade<R: rand::Rng + ?Sized>(
+    draw: &mut Draw<'_, R>,
+    w: &mut Walk,
+    pending: &mut Vec<Walk>,
+    start: u32,
+    end: u32,
+    p_match: &[f64],
+    cumulative: &[f64],
+) -> Option<u32> {
+    match draw {
+        Draw::Sample(rng) => {
+            let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
+            let i = cumulative.partition_point(|&c| c <= u);
+            if i < p_match.len() {
+                w.evaluated += i as u32 + 1;
+                w.set_pos(start + i as u32);
+                Some(start + i as u32)
+            } else {
+                w.evaluated += end - start;
+                w.set_pos(end);
+                None
+            }
+        }
+        Draw::Exact => {
+            // The same products as the faithful walk's forks, in the same order.
+            let base = w.evaluated;
+            let mut rest = w.prob;
+            let mut branches: Vec<(u32, f64)> = Vec::new();
+            let mut through = true;
+            for (k, &q) in p_match.iter().enumerate() {
+                if q <= 0.0 {
+                    continue;
+                }
+                if q >= 1.0 {
+                    branches.push((k as u32, rest));
+                    through = false;
+                    break;
+                }
+                branches.push((k as u32, rest * q));
+                rest *= 1.0 - q;
+            }
+            // The walk that goes through the whole cascade unmatched.
+            let mut first: Option<(u32, f64)> = None;
+            for (k, prob) in branches {
+                if first.is_none() {
+                    first = Some((k, prob));
+                    continue;
+                }
+                let mut alt = w.clone();
+                alt.prob = prob;
+                alt.evaluated = base + k + 1;
+                alt.set_pos(start + k);
+                alt.resume = Resume::Match;
+                pending.push(alt);
+            }
+            if through {
+                match first {
+                    None => {
+                        w.evaluated = base + (end - start);
+                        w.set_pos(end);
+                        return None;
+                    }
+                    Some(_) => {
+                        let mut alt = w.clone();
+                        alt.prob = rest;
+                        alt.evaluated = base + (end - start);
+                        alt.set_pos(end);
+                        pending.push(alt);
+                    }
+                }
+            }
+            let (k, prob) = first?;
+            w.prob = prob;
+            w.evaluated = base + k + 1;
+            w.set_pos(start + k);
+            Some(start + k)
+        }
+    }
+}
+
+/// How random matches are resolved.
+enum Draw<'r, R: rand::Rng + ?Sized> {
+    /// Fork into every branch.
+    Exact,
+    /// Follow one branch per draw.
+    Sample(&'r mut R),
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Frame {
+    chain: u32,
+    pos: u32,
+}
+
+/// The jump stack: inline for the depths kube-proxy's rules reach, spilling beyond.
+#[derive(Clone, Debug, Default)]
+struct Stack {
+    inline: [Frame; 8],
+    len: usize,
+    spill: Vec<Frame>,
+}
+
+impl Stack {
+    fn len(&self) -> usize {
+        self.len + self.spill.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.spill.clear();
+    }
+
+    fn push(&mut self, f: Frame) {
+        if self.len < self.inline.len() && self.spill.is_empty() {
+            self.inline[self.len] = f;
+            self.len += 1;
+        } else {
+            self.spill.push(f);
+        }
+    }
+
+    fn pop(&mut self) {
+        if self.spill.pop().is_none() && self.len > 0 {
+            self.len -= 1;
+        }
+    }
+
+    fn last(&self) -> Option<Frame> {
+        match self.spill.last() {
+            Some(f) => Some(*f),
+            None if self.len > 0 => Some(self.inline[self.len - 1]),
+            None => None,
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Frame> {
+        match self.spill.last_mut() {
+            Some(f) => Some(f),
+            None if self.len > 0 => Some(&mut self.inline[self.len - 1]),
+            None => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Pre,
+    Out,
+    In,
+    Fwd,
+    Post,
+    Done,
+}
+
+fn phase_hook(p: Phase) -> Hook {
+    match p {
+        Phase::Pre => Hook::Prerouting,
+        Phase::Out => Hook::Output,
+        Phase::In => Hook::Input,
+        Phase::Fwd => Hook::Forward,
+        Phase::Post | Phase::Done => Hook::Postrouting,
+    }
+}
+
+/// How the rule at the top frame's position is taken when the walk resumes there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    /// Evaluate it.
+    Fresh,
+    /// It did not match (the other side of a fork).
+    NoMatch,
+    /// It matched (a branch chosen by a fork); already counted.
+    Match,
+}
+
+#[derive(Clone, Debug)]
+struct Walk {
+    prob: f64,
+    phase: Phase,
+    step: usize,
+    stack: Stack,
+    resume: Resume,
+    src: IpAddr,
+    dst: IpAddr,
+    dport: u16,
+    mark: u32,
+    ct: u8,
+    untracked: bool,
+    dnat: bool,
+    masquerade: bool,
+    snat: Option<IpAddr>,
+    local_origin: bool,
+    delivered_local: bool,
+    verdict: Option<Verdict>,
+    evaluated: u32,
+    effects: Vec<Effect>,
+    warnings: Vec<String>,
+}
+
+impl Walk {
+    fn start(pkt: &Packet) -> Walk {
+        let local_origin = matches!(pkt.origin, Origin::Local);
+        Walk {
+            prob: 1.0,
+            phase: if local_origin { Phase::Out } else { Phase::Pre },
+            step: 0,
+            stack: Stack::default(),
+            resume: Resume::Fresh,
+            src: pkt.src,
+            dst: pkt.dst,
+            dport: pkt.dport,
+            mark: pkt.mark,
+            ct: if pkt.established { ctstate::ESTABLISHED } else { ctstate::NEW },
+            untracked: false,
+            dnat: false,
+            masquerade: false,
+            snat: None,
+            local_origin,
+            delivered_local: false,
+            verdict: None,
+            evaluated: 0,
+            effects: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    fn set_pos(&mut self, pos: u32) {
+        if let Some(f) = self.stack.last_mut() {
+            f.pos = pos;
+        }
+    }
+
+    fn next_phase(&mut self, env: &Env) {
+        self.step = 0;
+        self.stack.clear();
+        self.phase = match self.phase {
+            Phase::Pre => {
+                if env.is_local(self.dst) {
+                    Phase::In
+                } else {
+                    Phase::Fwd
+                }
+            }
+            Phase::Out | Phase::Fwd => Phase::Post,
+            Phase::Post => {
+                if self.local_origin && env.is_local(self.dst) {
+                    Phase::In
+                } else {
+                    Phase::Done
+                }
+            }
+            Phase::In => {
+                self.delivered_local = true;
+                Phase::Done
+            }
+            Phase::Done => Phase::Done,
+        };
+    }
+
+    fn finish(self) -> Outcome {
+        let verdict = self.verdict.unwrap_or(Verdict::Accept);
+        let delivery = match verdict {
+            Verdict::Accept if self.delivered_local => Delivery::Local,
+            Verdict::Accept => Delivery::Forward,
+            _ => Delivery::None,
+        };
+        Outcome {
+            probability: self.prob,
+            verdict,
+            delivery,
+            dst: self.dst,
+            dport: self.dport,
+            src: self.snat.unwrap_or(self.src),
+            dnat: self.dnat,
+            masquerade: self.masquerade,
+            snat: self.snat,
+            mark: self.mark,
+            rules_evaluated: self.evaluated,
+            hops: Vec::new(),
+            effects: self.effects,
+            warnings: self.warnings,
+        }
+    }
+}
+
+fn iface_matches(spec: &(bool, String, bool), iface: &str) -> bool {
+    let (neg, name, prefix) = spec;
+    let m = if *prefix { iface.starts_with(name.as_str()) } else { iface == name };
+    m != *neg
+}
+
+fn header_matches(rule: &CompiledRule, pkt: &Packet, w: &Walk) -> bool {
+    let h = &rule.header;
+    if let Some((neg, p)) = h.proto
+        && (pkt.proto == p) == neg
+    {
+        return false;
+    }
+    if let Some((neg, net)) = &h.src
+        && net.contains(w.src) == *neg
+    {
+        return false;
+    }
+    if let Some((neg, net)) = &h.dst
+        && net.contains(w.dst) == *neg
+    {
+        return false;
+    }
+    let hook = phase_hook(w.phase);
+    if let Some(spec) = &h.in_iface {
+        let iface = match (&pkt.origin, hook) {
+            (_, Hook::Output) => return false,
+            (Origin::Local, _) => "lo",
+            (Origin::Remote { in_iface }, _) => in_iface.as_str(),
+        };
+        if !iface_matches(spec, iface) {
+            return false;
+        }
+    }
+    if let Some(spec) = &h.out_iface {
+        let iface = match hook {
+            Hook::Prerouting | Hook::Input => return false,
+            _ if w.local_origin && w.dst.is_loopback() => "lo",
+            _ => pkt.out_iface.as_str(),
+        };
+        if !iface_matches(spec, iface) {
+            return false;
+        }
+    }
+    h.fragment != Some(true)
+}
+
+fn addr_type(env: &Env, ip: IpAddr) -> u16 {
+    if env.is_local(ip) {
+        addrtype::LOCAL
+    } else if ip.is_multicast() {
+        addrtype::MULTICAST
+    } else if ip.is_unspecified() {
+        addrtype::UNSPEC
+    } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
+        addrtype::BROADCAST
+    } else {
+        addrtype::UNICAST
+    }
+}
+
+fn mask_addr(ip: IpAddr, mask: Option<IpAddr>) -> IpAddr {
+    match (ip, mask) {
+        (IpAddr::V4(a), Some(IpAddr::V4(m))) => IpAddr::V4((u32::from(a) & u32::from(m)).into()),
+        (IpAddr::V6(a), Some(IpAddr::V6(m))) => IpAddr::V6((u128::from(a) & u128::from(m)).into()),
+        (ip, _) => ip,
+    }
+}
+
+/// xt_recent's check: enough stamps of `addr` in `list` within `seconds`, this walk's own
+/// `--set`/`--remove` effects applied on top of the shared lists.
+fn recent_seen(
+    env: &Env,
+    w: &Walk,
+    list: &str,
+    addr: IpAddr,
+    seconds: Option<u32>,
+    hitcount: Option<u32>,
+) -> bool {
+    let mut stamps: Vec<f64> =
+        env.recent.lists.get(list).and_then(|l| l.get(&addr)).cloned().unwrap_or_default();
+    for e in &w.effects {
+        match e {
+            Effect::RecentSet { list: l, addr: a } if l == list && *a == addr => {
+                stamps.push(env.now)
+            }
+            Effect::RecentRemove { list: l, addr: a } if l == list && *a == addr => stamps.clear(),
+            _ => {}
+        }
+    }
+    let need = hitcount.unwrap_or(0).max(1) as usize;
+    let counted =
+        stamps.iter().filter(|&&t| seconds.is_none_or(|s| t >= env.now - f64::from(s))).count();
+    counted >= need
+}
+
+/// Resolves one random test with probability `p_match` of matching (`threshold` out of 2^31, as
+/// drawn); forks in exact mode. Returns whether this walk's side matches.
+fn random_side<R: rand::Rng + ?Sized>(
+    draw: &mut Draw<'_, R>,
+    w: &mut Walk,
+    pending: &mut Vec<Walk>,
+    neg: bool,
+    threshold: u32,
+    p_match: f64,
+) -> bool {
+    match draw {
+        Draw::Sample(rng) => ((rng.next_u32() & 0x7FFF_FFFF) < threshold) != neg,
+        Draw::Exact => {
+            if p_match <= 0.0 {
+                false
+            } else if p_match >= 1.0 {
+                true
+            } else {
+                let mut alt = w.clone();
+                alt.prob *= 1.0 - p_match;
+                alt.resume = Resume::NoMatch;
+                w.prob *= p_match;
+                pending.push(alt);
+                true
+            }
+        }
+    }
+}
+
+/// One rule, evaluated as the faithful walk does: header, then every match in order.
+fn eval_rule<R: rand::Rng + ?Sized>(
+    rule: &CompiledRule,
+    env: &Env,
+    pkt: &Packet,
+    w: &mut Walk,
+    draw: &mut Draw<'_, R>,
+    pending: &mut Vec<Walk>,
+) -> bool {
+    if !header_matches(rule, pkt, w) {
+        return false;
+    }
+    for m in &rule.matches {
+        let ok = match m {
+            Match::Always => true,
+            Match::Ports { proto, sport, dport } => {
+                pkt.proto == *proto
+                    && sport.is_none_or(|(neg, r)| r.contains(pkt.sport) != neg)
+                    && dport.is_none_or(|(neg, r)| r.contains(w.dport) != neg)
+            }
+            Match::Multiport { neg, source, ports } => {
+                let hit = ports.iter().any(|r| match source {
+                    Some(true) => r.contains(pkt.sport),
+                    Some(false) => r.contains(w.dport),
+                    None => r.contains(pkt.sport) || r.contains(w.dport),
+                });
+                hit != *neg
+            }
+            Match::AddrType { src, dst } => {
+                src.is_none_or(|(neg, t)| (addr_type(env, w.src) & t != 0) != neg)
+                    && dst.is_none_or(|(neg, t)| (addr_type(env, w.dst) & t != 0) != neg)
+            }
+            Match::Mark { neg, value, mask } => ((w.mark & mask) == *value) != *neg,
+            Match::CtState { neg, states } => (w.ct & states != 0) != *neg,
+            Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask } => {
+                let addr = mask_addr(if *rdest { w.dst } else { w.src }, *mask);
+                let hit = match cmd {
+                    RecentCmd::Set => {
+                        w.effects.push(Effect::RecentSet { list: name.clone(), addr });
+                        true
+                    }
+                    RecentCmd::Check => recent_seen(env, w, name, addr, *seconds, *hitcount),
+                    RecentCmd::Update => {
+                        let seen = recent_seen(env, w, name, addr, *seconds, *hitcount);
+                        if seen {
+                            w.effects.push(Effect::RecentSet { list: name.clone(), addr });
+                        }
+                        seen
+                    }
+                    RecentCmd::Remove => {
+                        let seen = recent_seen(env, w, name, addr, None, None);
+                        if seen {
+                            w.effects.push(Effect::RecentRemove { list: name.clone(), addr });
+                        }
+                        seen
+                    }
+                };
+                hit != *neg
+            }
+            Match::Random { neg, threshold } => {
+                let p = f64::from(*threshold) / THRESHOLD_SCALE;
+                let p_match = if *neg { 1.0 - p } else { p };
+                random_side(draw, w, pending, *neg, *threshold, p_match)
+            }
+            Match::Nth { neg, every, .. } => {
+                let p = 1.0 / f64::from(*every);
+                let threshold = (p * THRESHOLD_SCALE).round() as u32;
+                let p_match = if *neg { 1.0 - p } else { p };
+                match draw {
+                    Draw::Exact if p_match <= 0.0 => {
+                        // The faithful walk forks even here; a zero-probability side adds nothing.
+                        let mut alt = w.clone();
+                        alt.prob *= 1.0 - p_match;
+                        alt.resume = Resume::NoMatch;
+                        w.prob *= p_match;
+                        pending.push(alt);
+                        true
+                    }
+                    _ => random_side(draw, w, pending, *neg, threshold, p_match),
+                }
+            }
+            Match::Set { neg, name, src_dims, return_nomatch } => {
+                match env.ipsets.test(
+                    name,
+                    src_dims,
+                    *return_nomatch,
+                    w.src,
+                    w.dst,
+                    pkt.sport,
+                    w.dport,
+                    pkt.proto,
+                ) {
+                    Some(hit) => hit != *neg,
+                    None => {
+                        let msg = format!(
+                            "line {}: -m set --match-set {name}: no contents for set '{name}' (give its ipset save); rule assumed not to match",
+                            rule.line
+                        );
+                        if !w.warnings.contains(&msg) {
+                            w.warnings.push(msg);
+                        }
+                        false
+                    }
+                }
+            }
+            Match::Unmodelled(what) => {
+                let msg = format!(
+                    "line {}: {what} is not modelled; rule assumed not to match",
+                    rule.line
+                );
+                if !w.warnings.contains(&msg) {
+                    w.warnings.push(msg);
+                }
+                false
+            }
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::path::{Path, PathBuf};
+
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::formats::iptables_save;
+    use crate::kubeproxy::iptables::{NodeEnv, sync};
+    use crate::model::rules::Family;
+    use crate::model::{Cluster, IpFamily, NodeView};
+    use crate::study::synthetic::{self, Shape};
+
+    /// Everything an outcome says except its probability, as a sortable text.
+    fn key(o: &Outcome) -> String {
+        format!(
+            "{:?} {:?} {} {} {} dnat={} masq={} snat={:?} mark={:#x} rules={} {:?} {:?}",
+            o.verdict,
+            o.delivery,
+            o.dst,
+            o.dport,
+            o.src,
+            o.dnat,
+            o.masquerade,
+            o.snat,
+            o.mark,
+            o.rules_evaluated,
+            o.effects,
+            o.warnings
+        )
+    }
+
+    fn sorted(outs: &[Outcome]) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = outs.iter().map(|o| (key(o), o.probability)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        v
+    }
+
+    /// The rules as `svcpath rules` prints them, parsed back (so statement indices are real).
+    struct Rules {
+        ruleset: Ruleset,
+        nf: Netfilter,
+        env: Env,
+    }
+
+    fn rules_of(cluster: &Cluster, node: &NodeView) -> Rules {
+        let dump = sync(cluster, node, IpFamily::V4, NodeEnv::default()).node_dump();
+        let text = iptables_save::render(&dump);
+        let ruleset = iptables_save::parse(&text, Family::V4).unwrap();
+        let nf = Netfilter::new(&ruleset).unwrap();
+        Rules { ruleset, nf, env: Env { local: node.addresses.clone(), ..Env::default() } }
+    }
+
+    /// Checks exact agreement and that samples land on exact outcomes; returns a failure text.
+    fn agree(r: &Rules, pkt: &Packet, seed: u64) -> Result<(), String> {
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let faithful = sorted(&r.nf.evaluate(&r.env, pkt).map_err(|e| e.to_string())?);
+        let fast = sorted(&compiled.exact(&r.env, pkt).map_err(|e| e.to_string())?);
+        if faithful.len() != fast.len() {
+            return Err(format!(
+                "{pkt:?}: {} outcomes vs {}:\n{faithful:#?}\n{fast:#?}",
+                faithful.len(),
+                fast.len()
+            ));
+        }
+        for (a, b) in faithful.iter().zip(&fast) {
+            if a.0 != b.0 || (a.1 - b.1).abs() > 1e-12 {
+                return Err(format!("{pkt:?}:\nfaithful {a:?}\ncompiled {b:?}"));
+            }
+        }
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        for _ in 0..8 {
+            let o = compiled.sample(&r.env, pkt, &mut rng).map_err(|e| e.to_string())?;
+            let k = key(&o);
+            if !faithful.iter().any(|(fk, p)| *fk == k && *p > 0.0) {
+                return Err(format!("{pkt:?}: sampled {k} is not an exact outcome"));
+            }
+        }
+        Ok(())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The packets worth sending into a cluster: to each cluster, external and load-balancer IP
+    /// and node port, from a pod, from outside, from a source range and from the node itself.
+    fn probes(cluster: &Cluster, node: &NodeView) -> Vec<Packet> {
+        let node_ip = node.addresses.iter().copied().find(|a| !a.is_loopback() && a.is_ipv4());
+        let mut sources = vec![ip("10.255.255.254"), ip("172.16.5.5"), ip("198.51.100.7")];
+        sources.extend(
+            cluster
+                .endpoint_slices
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .take(1)
+                .map(|e| e.addresses[0]),
+        );
+        let mut dests: Vec<(IpAddr, u16, u8)> = vec![(ip("10.96.255.1"), 80, 6)];
+        for s in &cluster.services {
+            for p in &s.ports {
+                let proto = p.protocol.number();
+                for a in s.cluster_ips.iter().chain(&s.external_ips) {
+                    dests.push((*a, p.port, proto));
+                }
+                for i in &s.load_balancer_ingress {
+                    dests.push((i.ip, p.port, proto));
+                }
+                if let (Some(np), Some(n)) = (p.node_port, node_ip) {
+                    dests.push((n, np, proto));
+                    dests.push((ip("127.0.0.1"), np, proto));
+                }
+            }
+            if let (Some(hc), Some(n)) = (s.health_check_node_port, node_ip) {
+                dests.push((n, hc, 6));
+            }
+        }
+        let mut out = Vec::new();
+        for (dst, dport, proto) in dests {
+            for src in sources.iter().copied().chain(node_ip) {
+                let local = Some(src) == node_ip || dst.is_loopback();
+                let src = if dst.is_loopback() { ip("127.0.0.1") } else { src };
+                let mut p = Packet::tcp(src, dst, dport);
+                p.proto = proto;
+                if local {
+                    p.origin = Origin::Local;
+                }
+                out.push(p.clone());
+                p.established = true;
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    fn check_cluster(cluster: &Cluster, seed: u64) -> Result<usize, String> {
+        let node = cluster.node_view(None, &[]).map_err(|e| e.to_string())?;
+        let r = rules_of(cluster, &node);
+        let pkts = probes(cluster, &node);
+        for p in &pkts {
+            agree(&r, p, seed)?;
+        }
+        Ok(pkts.len())
+    }
+
+    #[test]
+    fn kube_services_is_indexed_and_the_cascade_is_a_branch_table() {
+        let c =
+            synthetic::uniform(Shape { services: 20, endpoints: 5, node_ports: false }).unwrap();
+        let node = c.node_view(None, &[]).unwrap();
+        let r = rules_of(&c, &node);
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let s = compiled.stats();
+        assert!(s.indexed_rules >= 20, "{s:?}");
+        assert_eq!(s.cascades, 20, "{s:?}");
+        assert_eq!(s.cascade_rules, 100, "{s:?}");
+    }
+
+    #[test]
+    fn last_service_costs_its_position_in_kube_services() {
+        let c =
+            synthetic::uniform(Shape { services: 50, endpoints: 1, node_ports: false }).unwrap();
+        let node = c.node_view(None, &[]).unwrap();
+        let r = rules_of(&c, &node);
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let first = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(0), 80);
+        let last = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(49), 80);
+        let a = compiled.exact(&r.env, &first).unwrap();
+        let b = compiled.exact(&r.env, &last).unwrap();
+        assert_eq!(b[0].rules_evaluated - a[0].rules_evaluated, 49);
+        assert_eq!(a[0].rules_evaluated, r.nf.evaluate(&r.env, &first).unwrap()[0].rules_evaluated);
+        assert_eq!(b[0].rules_evaluated, r.nf.evaluate(&r.env, &last).unwrap()[0].rules_evaluated);
+        assert_eq!(b[0].dst, synthetic::pod_ip(49, 0, 1));
+    }
+
+    #[test]
+    fn uniform_clusters_agree_with_the_faithful_walk() {
+        for (services, endpoints) in [(1, 1), (7, 3), (30, 10)] {
+            let c = synthetic::uniform(Shape { services, endpoints, node_ports: true }).unwrap();
+            check_cluster(&c, 1).unwrap();
+        }
+    }
+
+    #[test]
+    fn one_cascade_draw_follows_the_cascade_distribution() {
+        let c = synthetic::uniform(Shape { services: 3, endpoints: 4, node_ports: false }).unwrap();
+        let node = c.node_view(None, &[]).unwrap();
+        let r = rules_of(&c, &node);
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let pkt = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(1), 80);
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(11);
+        let mut counts = std::collections::BTreeMap::new();
+        let n = 40_000;
+        for _ in 0..n {
+            let o = compiled.sample(&r.env, &pkt, &mut rng).unwrap();
+            *counts.entry(o.dst).or_insert(0u32) += 1;
+        }
+        assert_eq!(counts.len(), 4);
+        // Chi-square, 3 degrees of freedom; 16.27 is the 0.001 critical value.
+        let e = f64::from(n) / 4.0;
+        let chi: f64 = counts.values().map(|&c| (f64::from(c) - e).powi(2) / e).sum();
+        assert!(chi < 16.27, "chi-square {chi} for {counts:?}");
+    }
+
+    fn kubeproxy_data() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kubeproxy")
+    }
+
+    fn dirs_with(dir: &Path, file: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            if d.join(file).exists() {
+                out.push(d.clone());
+            }
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Flow {
+        source: IpAddr,
+        dest: IpAddr,
+        port: u16,
+        protocol: String,
+    }
+
+    fn flows(dir: &Path) -> Vec<Packet> {
+        let Ok(text) = std::fs::read_to_string(dir.join("flows.json")) else { return Vec::new() };
+        let flows: Vec<Flow> = serde_json::from_str(&text).unwrap();
+        flows
+            .into_iter()
+            .map(|f| {
+                let mut p = Packet::tcp(f.source, f.dest, f.port);
+                p.proto = crate::model::Protocol::parse(&f.protocol).map_or(6, |x| x.number());
+                p
+            })
+            .collect()
+    }
+
+    /// kube-proxy's own test clusters (tests/data/kubeproxy/*/cluster.yaml), rendered, plus their
+    /// upstream flows and a probe of every Service address.
+    #[test]
+    fn kube_proxy_test_clusters_agree_with_the_faithful_walk() {
+        let mut checked = 0;
+        for dir in dirs_with(&kubeproxy_data(), "cluster.yaml") {
+            let loaded = crate::model::load::load_path(&dir.join("cluster.yaml")).unwrap();
+            let cluster = loaded.cluster;
+            if cluster.services.iter().any(|s| s.cluster_ips.iter().any(IpAddr::is_ipv6)) {
+                continue;
+            }
+            let node = cluster.node_view(None, &[]).unwrap();
+            let r = rules_of(&cluster, &node);
+            let mut pkts = probes(&cluster, &node);
+            pkts.extend(flows(&dir));
+            for p in &pkts {
+                if let Err(e) = agree(&r, p, 3) {
+                    panic!("{}: {e}", dir.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 500, "only {checked} packets");
+    }
+
+    /// TestTracePacket's static dump and its flows, and every derived dump's rules (read as text).
+    #[test]
+    fn kube_proxy_dumps_agree_with_the_faithful_walk() {
+        let local: Vec<IpAddr> =
+            ["192.168.0.2", "192.168.1.2", "192.168.99.11"].iter().map(|a| ip(a)).collect();
+        let mut checked = 0;
+        for (file, flows_too) in [("rules.iptables", true), ("derived.iptables", false)] {
+            for dir in dirs_with(&kubeproxy_data(), file) {
+                let text = std::fs::read_to_string(dir.join(file)).unwrap();
+                let family = if text.contains("::") { Family::V6 } else { Family::V4 };
+                if family == Family::V6 {
+                    continue;
+                }
+                let ruleset = iptables_save::parse(&text, family).unwrap();
+                let nf = Netfilter::new(&ruleset).unwrap();
+                let r = Rules { ruleset, nf, env: Env { local: local.clone(), ..Env::default() } };
+                let mut pkts = if flows_too { flows(&dir) } else { Vec::new() };
+                // Every -d of every rule, on the ports the rules name.
+                for t in &r.ruleset.tables {
+                    for rule in t.rules() {
+                        let dst = rule.args.iter().find_map(|a| match a {
+                            Arg::Destination { addr, .. } => Some(addr.net.ip()),
+                            _ => None,
+                        });
+                        let port = rule.args.iter().find_map(|a| match a {
+                            Arg::Opt { name, values, .. } if name == "dport" => {
+                                values.first().and_then(|v| v.as_raw().parse().ok())
+                            }
+                            _ => None,
+                        });
+                        if let Some(dst) = dst.filter(IpAddr::is_ipv4) {
+                            for src in ["10.0.0.2", "203.0.113.2", "192.168.0.2"] {
+                                let mut p = Packet::tcp(ip(src), dst, port.unwrap_or(80));
+                                if src == "192.168.0.2" {
+                                    p.origin = Origin::Local;
+                                }
+                                pkts.push(p);
+                            }
+                        }
+                    }
+                }
+                for p in &pkts {
+                    if let Err(e) = agree(&r, p, 5) {
+                        panic!("{}: {e}", dir.display());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} packets");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Random kube-proxy clusters: every feature the proxier distinguishes, drawn from a seed.
+        #[test]
+        fn random_clusters_agree_with_the_faithful_walk(seed in any::<u64>(), services in 1usize..10) {
+            let c = synthetic::varied(seed, services);
+            if let Err(e) = check_cluster(&c, seed) {
+                prop_assert!(false, "seed {seed}, {services} services: {e}");
+            }
+        }
+    }
+}
