@@ -11,15 +11,15 @@
 //! ready endpoint is a cluster endpoint. kube-proxy visits Services in Go map order (random per
 //! sync); svcpath sorts them by service port name and protocol.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use super::names::endpoint_string;
 use crate::model::{
-    AddressType, Cluster, IpFamily, IpMode, NodeView, Protocol, Service, ServicePort, ServiceType,
-    SessionAffinity, TrafficPolicy,
+    AddressType, Cluster, EndpointSlice, IpFamily, IpMode, NodeView, Protocol, Service,
+    ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
 };
 
 /// One endpoint of a service port.
@@ -170,6 +170,11 @@ pub fn service_ports<'a>(
     node: &NodeView,
     family: IpFamily,
 ) -> Vec<SvcPort<'a>> {
+    // The slices of each Service, found once (a scan per Service would be quadratic).
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in &cluster.endpoint_slices {
+        slices.entry((s.namespace.as_str(), s.service_name.as_str())).or_default().push(s);
+    }
     let mut out = Vec::new();
     for svc in &cluster.services {
         if skip_service(svc) {
@@ -219,7 +224,14 @@ pub fn service_ports<'a>(
                 internal_local: svc.internal_traffic_policy == TrafficPolicy::Local,
                 health_check_node_port,
                 node_port: port.node_port.filter(|p| *p != 0),
-                endpoints: endpoints_for(cluster, svc, port, node, family),
+                endpoints: endpoints_for(
+                    slices
+                        .get(&(svc.namespace.as_str(), svc.name.as_str()))
+                        .map_or(&[][..], Vec::as_slice),
+                    port,
+                    node,
+                    family,
+                ),
             });
         }
     }
@@ -228,14 +240,13 @@ pub fn service_ports<'a>(
 }
 
 fn endpoints_for(
-    cluster: &Cluster,
-    svc: &Service,
+    slices: &[&EndpointSlice],
     port: &ServicePort,
     node: &NodeView,
     family: IpFamily,
 ) -> Vec<EndpointInfo> {
     let mut by_key: BTreeMap<String, EndpointInfo> = BTreeMap::new();
-    for slice in cluster.slices_for(svc) {
+    for slice in slices {
         let slice_family = match slice.address_type {
             AddressType::IPv4 => IpFamily::V4,
             AddressType::IPv6 => IpFamily::V6,
