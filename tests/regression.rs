@@ -1,1 +1,74 @@
 //! One test per fixed issue, headed by the issue it comes from.
+//!
+//! Issue #8 (fuzzing) findings are listed here as they were found; a finding whose fix belongs
+//! to another module's owner is `#[ignore]`d with the reason until the fix lands, then the
+//! `ignore` goes.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use svcpath::dataplane::netfilter::{Env, Netfilter, Packet};
+use svcpath::formats::iptables_save::parse;
+use svcpath::model::rules::Family;
+use svcpath::study::ipvs_replay::replay;
+
+// issue #8: `-m statistic --mode nth ! --every 1` never matches, yet the exact walk forks into
+// an outcome of probability 0 (fuzz target `trace`; src/dataplane/netfilter/eval.rs, `eval_rule`,
+// the `Match::Nth` arm lacks the `p_match <= 0.0` case the `Match::Random` arm has).
+#[test]
+#[ignore = "issue #8 finding 1: fix in src/dataplane/netfilter/eval.rs (Match::Nth with p_match 0)"]
+fn negated_nth_every_one_gives_no_zero_probability_outcome() {
+    let text = "*raw\n:PREROUTING ACCEPT [0:0]\n\
+                -A PREROUTING -m statistic --mode nth ! --every 1 --packet 0\nCOMMIT\n";
+    let rs = parse(text, Family::V6).unwrap();
+    let nf = Netfilter::new(&rs).unwrap();
+    let pkt = Packet::tcp("fd00::10".parse().unwrap(), "fd00::10".parse().unwrap(), 80);
+    let outs = nf.evaluate(&Env::default(), &pkt).unwrap();
+    assert!(outs.iter().all(|o| o.probability > 0.0), "{outs:?}");
+    assert_eq!(outs.len(), 1);
+}
+
+// issue #8: wrr with an overloaded destination of weight 2^31 - 1 walks every current weight
+// from 2^31 - 1 down to the next eligible weight, one full list pass each: one decision takes
+// tens of seconds (fuzz target `ipvs_sched`, 23 s; src/dataplane/ipvs/sched.rs, `wrr_schedule`).
+// The kernel's loop is the same; the model can jump `cw` straight to the largest value
+// (congruent modulo `di`) that some eligible destination's weight reaches, with the same result.
+#[test]
+#[ignore = "issue #8 finding 2: fix in src/dataplane/ipvs/sched.rs (wrr empty passes)"]
+fn wrr_with_a_huge_overloaded_weight_decides_quickly() {
+    let json = r#"{"scheduler": "wrr",
+        "dests": [{"dest": "10.0.0.1:80", "weight": 2147483647, "overload": true},
+                  {"dest": "10.0.0.2:80", "weight": 1}],
+        "events": [{"op": "connect", "id": "c0", "client": "192.0.2.1:1"}]}"#;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(replay(json).map(|o| o[0].dest()));
+    });
+    let dest = rx.recv_timeout(Duration::from_secs(2)).expect("decided within 2 s");
+    assert_eq!(dest.unwrap(), Some("10.0.0.2:80".parse().unwrap()));
+}
+
+// issue #8: a parse error quotes the offending token whole, so a 1 MB word gives a 1 MB error
+// line (the line text is cut at 160 characters, the token is not); src/formats/iptables_save.rs,
+// the `ParseErrorKind` messages (`UnexpectedWord`, `UnknownOption`, `InvalidAddress`, …).
+#[test]
+#[ignore = "issue #8 finding 3: fix in src/formats/iptables_save.rs (shorten quoted tokens)"]
+fn parse_error_for_a_huge_token_stays_short() {
+    let text = format!("*nat\n:X - [0:0]\n-A X {}\nCOMMIT\n", "a".repeat(1 << 20));
+    let err = parse(&text, Family::V4).unwrap_err();
+    assert_eq!(err.line, 3);
+    assert!(err.to_string().len() < 1024, "error is {} bytes long", err.to_string().len());
+}
+
+// issue #8: `Word::quote_if_spaced` (and so `Rule::comment`) leaves a value without spaces as
+// it is, quotes and backslashes included, so `Rule::comment("a\"b")` renders an unbalanced
+// quote that the parser refuses (fuzz target `roundtrip`; src/model/rules.rs).
+#[test]
+#[ignore = "issue #8 finding 4: fix in src/model/rules.rs (quote values holding '\"' or '\\')"]
+fn comment_with_a_double_quote_renders_parseable_text() {
+    use svcpath::formats::iptables_save::parse_rule_line;
+    use svcpath::model::rules::Rule;
+    let rule = Rule::new("X").comment("a\"b").jump("ACCEPT");
+    let parsed = parse_rule_line(&rule.to_string(), Family::V4).expect("rendered rule parses");
+    assert_eq!(parsed.comment_text().as_deref(), Some("a\"b"));
+}
