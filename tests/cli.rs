@@ -237,3 +237,69 @@ fn ipvs_replay_bad_event_names_the_event() {
     let json = r#"{"scheduler": "rr", "events": [{"op": "add", "dest": "10.0.0.1:80", "weight": 1}, {"op": "conect", "id": "c0", "client": "1.2.3.4:5"}]}"#;
     fails_with(&["ipvs-replay", "e.json"], &[("e.json", json)], "event 1");
 }
+
+fn trace_json(args: &[&str]) -> serde_json::Value {
+    let out = svcpath().args(args).assert().success().get_output().stdout.clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
+fn endpoints(v: &serde_json::Value) -> Vec<(String, f64)> {
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (o["endpoint"].as_str().unwrap_or("-").to_owned(), o["probability"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Issue #3 acceptance: a sticky client over time.
+#[test]
+fn session_affinity_pins_then_expires_then_moves_off_a_not_ready_endpoint() {
+    let cluster = crate::harness::root().join("rulesets/affinity/cluster.yaml");
+    let changed = crate::harness::root().join("rulesets/affinity/endpoint-not-ready.yaml");
+    let c = cluster.to_str().unwrap();
+    let base = ["trace", "10.96.0.10:80", "--json", "--cluster", c, "--from", "10.1.7.7"];
+    // First flow: each endpoint with the exact probability 1/3.
+    let first = trace_json(&base);
+    let eps = endpoints(&first);
+    assert_eq!(eps.len(), 3);
+    assert!(eps.iter().all(|(_, p)| (p - 1.0 / 3.0).abs() < 1e-9));
+    // After one connection at t=0, the next flows inside the 300 s timeout stick with probability 1.
+    let mut args = base.to_vec();
+    args.extend(["--after", "10.1.7.7@0", "--at", "250"]);
+    let sticky = trace_json(&args);
+    let e = sticky["history"][0]["endpoint"].as_str().unwrap().to_owned();
+    assert_eq!(endpoints(&sticky), vec![(e.clone(), 1.0)]);
+    assert_eq!(sticky["sticky"][0]["expires_at"], 300.0);
+    // After the timeout the distribution is fresh again.
+    let mut args = base.to_vec();
+    args.extend(["--after", "10.1.7.7@0", "--at", "301"]);
+    assert_eq!(endpoints(&trace_json(&args)).len(), 3);
+    // Another client is not pinned by this one.
+    let mut args =
+        ["trace", "10.96.0.10:80", "--json", "--cluster", c, "--from", "10.1.7.8"].to_vec();
+    args.extend(["--after", "10.1.7.7@0", "--at", "10"]);
+    assert_eq!(endpoints(&trace_json(&args)).len(), 3);
+    // When the sticky endpoint turns not-ready, the client moves.
+    assert_eq!(
+        e, "10.1.0.2:8080",
+        "the worked example in rulesets/affinity pins 10.1.0.2 with seed 1"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--after", "10.1.7.7@0", "--at", "10", "--changed", changed.to_str().unwrap()]);
+    let moved = endpoints(&trace_json(&args));
+    assert_eq!(moved.len(), 2);
+    assert!(moved.iter().all(|(ep, p)| ep != &e && (p - 0.5).abs() < 1e-9), "{moved:?}");
+}
+
+#[test]
+fn history_errors_name_the_item() {
+    fails_with(
+        &["trace", "10.96.0.10:80", "--after", "10.1.7.7@0,nonsense"],
+        &[],
+        "--after: item 2",
+    );
+    fails_with(&["trace", "10.96.0.10:80", "--after", "10.1.7.7@5,10.1.7.7@1"], &[], "backwards");
+}

@@ -2,6 +2,9 @@
 
 mod adversarial;
 mod cli;
+mod golden;
 mod harness;
+mod kernel;
 mod kubeproxy_data;
+mod readme;
 mod regression;

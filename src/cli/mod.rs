@@ -1,9 +1,12 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
+pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
 pub mod rules;
+pub mod sim;
 pub mod trace;
+pub mod verify;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,15 @@ pub enum Command {
     Trace(trace::TraceArgs),
     /// Print the rules kube-proxy would program on a node (iptables-restore text).
     Rules(rules::RulesArgs),
+    /// Send N new connections through each proxy mode and compare the endpoint shares.
+    Dist(dist::DistArgs),
+    /// Simulate load on a Service over time (nodes, arrivals, lifetimes, scaling, rollouts).
+    Sim(sim::SimArgs),
+    /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
+    Verify(verify::VerifyArgs),
+    /// Internal: the helper process `verify` runs inside namespaces.
+    #[command(name = "__agent", hide = true)]
+    Agent(verify::AgentArgs),
     /// Replay IPVS scheduler events through the kernel-exact model (one JSON line per connection).
     IpvsReplay(ipvs_replay::IpvsReplayArgs),
 }
@@ -36,6 +48,10 @@ impl Command {
             Command::Trace(a) => a.run(),
             Command::Rules(a) => a.run(),
             Command::IpvsReplay(a) => a.run(),
+            Command::Dist(a) => a.run(),
+            Command::Sim(a) => a.run(),
+            Command::Verify(a) => a.run(),
+            Command::Agent(a) => a.run(),
         }
     }
 }

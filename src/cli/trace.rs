@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use svcpath::dataplane::netfilter::Env;
 use svcpath::model::{Cluster, IpFamily, Protocol};
 use svcpath::render::trace as render;
-use svcpath::study::trace::{TraceRequest, trace};
+use svcpath::study::trace::{HistoryStep, TraceRequest, replay_history, trace};
 
 use super::input::{InputArgs, LoadedCluster};
 
@@ -57,6 +57,20 @@ pub struct TraceArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Earlier new connections to the same destination, replayed first (session affinity):
+    /// `CLIENT@SECONDS,CLIENT@SECONDS…`.
+    #[arg(long, value_name = "IP@T,…")]
+    after: Option<String>,
+    /// Earlier connections from a file: one `CLIENT@SECONDS` per line (`#` comments).
+    #[arg(long, value_name = "FILE", conflicts_with = "after")]
+    history: Option<std::path::PathBuf>,
+    /// The time of the traced packet in seconds (default: the last history time).
+    #[arg(long, value_name = "SECONDS")]
+    at: Option<f64>,
+    /// The cluster after a change (an endpoint not ready, removed, scaled): the history is replayed
+    /// on --cluster, the traced packet meets this cluster's rules, with the affinity state carried over.
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    changed: Option<std::path::PathBuf>,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -151,6 +165,42 @@ fn default_source(lc: &LoadedCluster, family: IpFamily) -> Option<(IpAddr, Strin
     None
 }
 
+/// Parses `IP@SECONDS` items separated by `sep` (`\n` for lines; `#` starts a comment).
+fn parse_history(text: &str, sep: &str, origin: &str) -> anyhow::Result<Vec<HistoryStep>> {
+    let items: Vec<&str> =
+        if sep == "\n" { text.lines().collect() } else { text.split(sep).collect() };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item = item.split('#').next().unwrap_or("").trim();
+        if item.is_empty() {
+            continue;
+        }
+        let where_ = if sep == "\n" {
+            format!("{origin}: line {}", i + 1)
+        } else {
+            format!("{origin}: item {}", i + 1)
+        };
+        let (ip, t) = item.split_once('@').ok_or_else(|| {
+            anyhow!("{where_}: '{item}' is not CLIENT@SECONDS (e.g. 10.2.0.1@30)")
+        })?;
+        let client: IpAddr =
+            ip.trim().parse().map_err(|_| anyhow!("{where_}: '{ip}' is not an IP address"))?;
+        let at: f64 =
+            t.trim().parse().map_err(|_| anyhow!("{where_}: '{t}' is not a time in seconds"))?;
+        if !at.is_finite() || at < 0.0 {
+            bail!("{where_}: time '{t}' must be a non-negative number of seconds");
+        }
+        if out.last().is_some_and(|s: &HistoryStep| s.at > at) {
+            bail!(
+                "{where_}: times must not go backwards ({at} after {})",
+                out.last().map_or(0.0, |s: &HistoryStep| s.at)
+            );
+        }
+        out.push(HistoryStep { client, at });
+    }
+    Ok(out)
+}
+
 impl TraceArgs {
     /// Runs the subcommand.
     pub fn run(self) -> anyhow::Result<ExitCode> {
@@ -222,8 +272,33 @@ impl TraceArgs {
             seed: self.seed,
             in_iface: self.in_iface,
         };
-        let env = Env { local: dp.local.clone(), ..Env::default() };
-        let t = trace(&dp, &req, &env)?;
+        let mut env = Env { local: dp.local.clone(), ..Env::default() };
+        let steps = match (&self.after, &self.history) {
+            (Some(text), _) => parse_history(text, ",", "--after")?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                parse_history(&text, "\n", &path.display().to_string())?
+            }
+            _ => Vec::new(),
+        };
+        let history = replay_history(&dp, &req, &steps, &mut env, self.seed.unwrap_or(1))?;
+        env.now = self.at.or(steps.last().map(|s| s.at)).unwrap_or(0.0);
+        if let Some(last) = steps.last()
+            && env.now < last.at
+        {
+            bail!("--at {} is before the last history packet at {}", env.now, last.at);
+        }
+        let final_dp = match &self.changed {
+            Some(path) => {
+                let mut changed = self.input.clone();
+                changed.cluster = vec![path.clone()];
+                changed.dataplane()?.0
+            }
+            None => dp,
+        };
+        let mut t = trace(&final_dp, &req, &env)?;
+        t.history = history;
         let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };
         super::print(&text)?;
         Ok(ExitCode::SUCCESS)

@@ -3,7 +3,8 @@
 //!
 //! # Input
 //! One text may hold several YAML documents (`---`), `kind: List` (or `ServiceList`, …) with
-//! `items`, JSON (a single object or a List: JSON is read by the same YAML 1.2 parser), or a mix.
+//! `items`, JSON (a single object, a List, or several objects one after the other; JSON is read
+//! by the same YAML 1.2 parser), or a mix of YAML and JSON documents.
 //! Objects read: v1 `Service`, `discovery.k8s.io` `EndpointSlice` (v1 and v1beta1), legacy v1
 //! `Endpoints`, v1 `Node`, `kubeproxy.config.k8s.io` `KubeProxyConfiguration`, and a v1 `ConfigMap`
 //! that embeds one in a data value (kubeadm's `kube-system/kube-proxy`, key `config.conf`; EKS's
@@ -24,10 +25,11 @@
 //!   API server would reject are errors.
 //! - Unknown fields are ignored everywhere. No input panics: malformed YAML, wrong types, alias
 //!   bombs and deep nesting all end in a [`LoadError`].
-//! - Work and memory are bounded by the input size: before anything is built, each file is
-//!   walked once with a node budget of 8 nodes per input byte (plus 100 000), so YAML aliases
-//!   that multiply the content ("billion laughs") fail fast. Nesting deeper than 128 levels fails
-//!   too (serde_yaml_ng's limit).
+//! - Work and memory are bounded by the input size: before anything is built, a file that holds
+//!   a `*` (so may hold YAML aliases) is walked once with a node budget of 8 nodes per input byte
+//!   (plus 100 000), so aliases that multiply the content ("billion laughs") fail fast. Skipped
+//!   values are stepped over without recursion; a walk deeper than 128 levels is refused
+//!   (serde_yaml_ng's limit), so deep nesting cannot overflow the stack.
 //!
 //! # Errors
 //! A [`LoadError`] names the file, the line (when the parser gives one), the object
@@ -72,6 +74,9 @@ const NODE_ALLOWANCE: usize = 100_000;
 
 /// The message of the budget error (matched to classify it as [`LoadErrorKind::TooComplex`]).
 const BOMB_MESSAGE: &str = "the document expands to too many nodes";
+
+/// The character that starts every YAML alias (`*name`).
+const ALIAS_INDICATOR: char = '*';
 
 /// File extensions [`load_paths`] reads from a directory.
 const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
@@ -148,7 +153,7 @@ impl fmt::Display for LoadError {
 /// server would reject (see the module doc).
 pub fn load_str(text: &str, origin: &str) -> Result<Loaded, LoadError> {
     let mut builder = Builder::default();
-    builder.add_text(text, origin)?;
+    builder.add_input(text, origin)?;
     Ok(builder.finish())
 }
 
@@ -180,7 +185,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
                 kind: LoadErrorKind::Io,
                 message: format!("cannot read the file: {e}"),
             })?;
-            builder.add_text(&text, &origin)?;
+            builder.add_input(&text, &origin)?;
         }
     }
     Ok(builder.finish())
@@ -617,22 +622,75 @@ fn yaml_error(
     }
 }
 
+/// Byte ranges of the values of a stream of concatenated JSON objects (`{…}{…}`, as several
+/// `kubectl get -o json` runs appended to one file give), when there are at least two; YAML
+/// cannot read such a stream as one document.
+fn json_stream_parts(text: &str) -> Option<Vec<(usize, usize)>> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<IgnoredAny>();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while let Some(value) = stream.next() {
+        value.ok()?;
+        let end = stream.byte_offset();
+        parts.push((start, end));
+        start = end;
+    }
+    (parts.len() > 1).then_some(parts)
+}
+
+/// Walks every document of `text` against the node budget; the error is a syntax error or
+/// [`LoadErrorKind::TooComplex`].
+fn count_nodes(text: &str, origin: &str) -> Result<(), LoadError> {
+    let budget =
+        Cell::new(text.len().saturating_mul(NODES_PER_BYTE).saturating_add(NODE_ALLOWANCE));
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        CountSeed(&budget)
+            .deserialize(doc)
+            .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::Syntax))?;
+    }
+    Ok(())
+}
+
 impl Builder {
-    fn add_text(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
-        // Pass 0: syntax, and the alias budget.
-        let budget =
-            Cell::new(text.len().saturating_mul(NODES_PER_BYTE).saturating_add(NODE_ALLOWANCE));
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            CountSeed(&budget)
-                .deserialize(doc)
-                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::Syntax))?;
+    /// Reads one input: a JSON stream value by value (lines still count from the file's start),
+    /// anything else as YAML.
+    fn add_input(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
+        let Some(parts) = json_stream_parts(text) else {
+            return self.add_text(text, origin);
+        };
+        for (start, end) in parts {
+            let lines_before = text.get(..start).map_or(0, |t| t.matches('\n').count());
+            let part = text.get(start..end).unwrap_or("");
+            self.add_text(part, origin).map_err(|mut e| {
+                if let Some(line) = e.line.as_mut() {
+                    *line += lines_before;
+                }
+                e
+            })?;
         }
-        // Pass 1: kinds and names.
+        Ok(())
+    }
+
+    fn add_text(&mut self, text: &str, origin: &str) -> Result<(), LoadError> {
+        // Pass 0: the alias budget. Without a `*` the text has no alias, and nothing can expand.
+        if text.contains(ALIAS_INDICATOR) {
+            count_nodes(text, origin)?;
+        }
+        // Pass 1: kinds and names (and syntax).
         let mut headers: Vec<Option<Header>> = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let h = Option::<Header>::deserialize(doc)
-                .map_err(|e| yaml_error(&e, origin, None, None, LoadErrorKind::NotAnObject))?;
-            headers.push(h);
+            match Option::<Header>::deserialize(doc) {
+                Ok(h) => headers.push(h),
+                Err(e) => {
+                    // A syntax error reads better as one: the counting pass accepts any
+                    // well-formed YAML, so if it fails too, its error is the real one.
+                    count_nodes(text, origin)?;
+                    return Err(yaml_error(&e, origin, None, None, LoadErrorKind::NotAnObject));
+                }
+            }
         }
         // Pass 2: typed objects.
         for (doc, header) in serde_yaml_ng::Deserializer::from_str(text).zip(&headers) {
@@ -787,5 +845,542 @@ impl Builder {
             self.warnings.push(format!("skipped {n} object{s} of kind {kind}"));
         }
         Loaded { cluster: self.cluster, warnings: self.warnings }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::model::{
+        AddressType, DetectLocalMode, IpFamily, IpMode, Protocol, ProxyMode, ServiceType,
+        SessionAffinity, TargetPort, TrafficPolicy,
+    };
+
+    const KUBECTL_LIST_YAML: &str = include_str!("../../tests/data/manifests/kubectl-list.yaml");
+    const KUBECTL_LIST_JSON: &str = include_str!("../../tests/data/manifests/kubectl-list.json");
+    const KUBEADM_CONFIGMAP: &str =
+        include_str!("../../tests/data/manifests/kube-proxy-configmap.yaml");
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn svc(spec: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n{spec}")
+    }
+
+    fn err(text: &str) -> LoadError {
+        load_str(text, "t.yaml").unwrap_err()
+    }
+
+    #[test]
+    fn kubectl_list_yaml_keeps_order_and_skips_pods_with_one_warning() {
+        let loaded = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap();
+        let c = &loaded.cluster;
+        let names: Vec<String> = c.services.iter().map(|s| s.namespaced_name()).collect();
+        assert_eq!(names, ["default/kubernetes", "shop/web", "shop/db", "shop/legacy"]);
+        let slices: Vec<&str> = c.endpoint_slices.iter().map(|s| s.name.as_str()).collect();
+        // web's Endpoints is not converted (web has a slice); legacy's is, after the slices.
+        assert_eq!(slices, ["web-7x2kq", "legacy-subset0"]);
+        assert_eq!(c.nodes.len(), 1);
+        assert!(loaded.warnings.contains(&"skipped 2 objects of kind Pod".to_owned()));
+        assert_eq!(loaded.warnings.iter().filter(|w| w.contains("Pod")).count(), 1);
+    }
+
+    #[test]
+    fn kubectl_list_yaml_service_fields() {
+        let c = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap().cluster;
+        let web = &c.services[1];
+        assert_eq!(web.service_type, ServiceType::LoadBalancer);
+        assert_eq!(web.cluster_ips, [ip("10.96.120.7")]);
+        assert_eq!(web.external_ips, [ip("192.0.2.10")]);
+        let ranges: Vec<String> =
+            web.load_balancer_source_ranges.iter().map(|n| n.to_string()).collect();
+        assert_eq!(ranges, ["203.0.113.0/24", "198.51.0.0/16"]);
+        assert_eq!(web.load_balancer_ingress.len(), 2);
+        assert_eq!(web.load_balancer_ingress[0].ip, ip("198.51.100.20"));
+        assert_eq!(web.load_balancer_ingress[0].ip_mode, Some(IpMode::Vip));
+        assert_eq!(web.load_balancer_ingress[1].ip_mode, Some(IpMode::Proxy));
+        assert_eq!(web.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 600 });
+        assert_eq!(web.external_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(web.health_check_node_port, Some(31999));
+        assert_eq!(web.ports[0].target_port, TargetPort::Name("http".into()));
+        assert_eq!(web.ports[0].node_port, Some(30080));
+        assert_eq!(web.ports[1].target_port, TargetPort::Number(9090));
+        assert_eq!(web.port_name(&web.ports[1]), "shop/web:metrics");
+        let db = &c.services[2];
+        assert!(db.cluster_ips.is_empty(), "headless");
+        assert_eq!(db.ports[0].target_port, TargetPort::Number(5432));
+        assert_eq!(c.services[3].ports[0].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn kubectl_list_yaml_warns_for_what_kube_proxy_ignores() {
+        let w = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap().warnings;
+        let has = |s: &str| w.iter().any(|x| x.contains(s));
+        assert!(has(
+            "list.yaml: items[1] Service shop/web: spec.externalIPs[1]: 'not-an-ip' is not an IP \
+             address; ignored, as kube-proxy does"
+        ));
+        assert!(has("spec.loadBalancerSourceRanges[2]: '10.0.0.0/40' is not a CIDR"));
+        assert!(has("items[5] EndpointSlice shop/orphan-abcde: metadata.labels: no \
+             'kubernetes.io/service-name' label; skipped, as kube-proxy does"));
+        assert_eq!(w.len(), 4, "{w:#?}");
+    }
+
+    #[test]
+    fn endpoint_conditions_default_as_kube_proxy_reads_them() {
+        let c = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap().cluster;
+        let s = &c.endpoint_slices[0];
+        assert_eq!(s.service_name, "web");
+        assert_eq!(s.address_type, AddressType::IPv4);
+        let e = &s.endpoints;
+        assert!(e[0].ready && e[0].serving && !e[0].terminating);
+        assert_eq!(e[0].zone.as_deref(), Some("zone-1"));
+        assert_eq!(e[0].node_name.as_deref(), Some("node-a"));
+        assert!(!e[1].ready && e[1].serving && e[1].terminating);
+        // `conditions: {}`: nil ready and serving are true, nil terminating is false.
+        assert!(e[2].ready && e[2].serving && !e[2].terminating);
+        assert_eq!(e[2].node_name, None);
+        assert_eq!(s.ports[1].name, "metrics");
+        assert_eq!(s.ports[1].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn legacy_endpoints_become_slices_only_without_slices() {
+        let c = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap().cluster;
+        let legacy: Vec<_> =
+            c.endpoint_slices.iter().filter(|s| s.service_name == "legacy").collect();
+        assert_eq!(legacy.len(), 1);
+        let e = &legacy[0].endpoints;
+        assert_eq!(e.len(), 2);
+        assert_eq!((e[0].addresses[0], e[0].ready, e[0].serving), (ip("10.244.3.3"), true, true));
+        assert_eq!((e[1].addresses[0], e[1].ready, e[1].serving), (ip("10.244.3.4"), false, true));
+        assert_eq!(legacy[0].ports[0].port, Some(8080));
+        assert_eq!(legacy[0].ports[0].protocol, Protocol::Udp);
+        assert_eq!(c.endpoint_slices.iter().filter(|s| s.service_name == "web").count(), 1);
+    }
+
+    #[test]
+    fn node_keeps_ip_addresses_and_pod_cidrs() {
+        let c = load_str(KUBECTL_LIST_YAML, "list.yaml").unwrap().cluster;
+        let n = &c.nodes[0];
+        assert_eq!(n.name, "node-a");
+        assert_eq!(n.addresses.len(), 1, "the Hostname entry is not an IP");
+        assert_eq!(
+            (n.addresses[0].kind.as_str(), n.addresses[0].address),
+            ("InternalIP", ip("192.168.10.11"))
+        );
+        assert_eq!(n.pod_cidrs, ["10.244.1.0/24".parse().unwrap()]);
+    }
+
+    #[test]
+    fn json_list_loads_dual_stack() {
+        let c = load_str(KUBECTL_LIST_JSON, "list.json").unwrap().cluster;
+        let s = &c.services[0];
+        assert_eq!(s.cluster_ips, [ip("10.96.7.7"), ip("fd00:10:96::7")]);
+        assert_eq!(s.ip_families, [IpFamily::V4, IpFamily::V6]);
+        assert_eq!(s.cluster_ip(IpFamily::V6), Some(ip("fd00:10:96::7")));
+        let sl = &c.endpoint_slices[0];
+        assert_eq!(sl.address_type, AddressType::IPv6);
+        assert!(sl.endpoints[0].serving, "nil serving is true");
+    }
+
+    #[test]
+    fn multi_document_yaml_with_json_documents_and_empty_ones() {
+        let text = "---\n# nothing here\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\n\
+                    spec: {clusterIP: 10.96.0.1, ports: [{port: 53, protocol: UDP}]}\n---\n\
+                    {\"apiVersion\": \"v1\", \"kind\": \"Node\", \
+                    \"metadata\": {\"name\": \"n1\"}}\n\
+                    ---\n...\n";
+        let c = load_str(text, "t.yaml").unwrap().cluster;
+        assert_eq!(c.services[0].name, "a");
+        assert_eq!(c.nodes[0].name, "n1");
+        assert!(c.nodes[0].pod_cidrs.is_empty());
+    }
+
+    #[test]
+    fn service_defaults_from_the_api_server() {
+        let c = load_str(&svc("  clusterIP: 10.96.0.9\n  ports:\n  - port: 80\n"), "t").unwrap();
+        let s = &c.cluster.services[0];
+        assert_eq!(s.namespace, "default");
+        assert_eq!(s.service_type, ServiceType::ClusterIP);
+        assert_eq!(s.cluster_ips, [ip("10.96.0.9")]);
+        assert_eq!(s.ports[0].name, "");
+        assert_eq!(s.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(s.ports[0].target_port, TargetPort::Number(80));
+        assert_eq!(s.ports[0].node_port, None);
+        assert_eq!(s.session_affinity, SessionAffinity::None);
+        assert_eq!(s.external_traffic_policy, TrafficPolicy::Cluster);
+        assert_eq!(s.internal_traffic_policy, TrafficPolicy::Cluster);
+        assert_eq!(s.health_check_node_port, None);
+        assert_eq!(s.ip_families, [IpFamily::V4], "derived from the cluster IP");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn client_ip_affinity_defaults_to_three_hours() {
+        let text =
+            svc("  clusterIP: 10.96.0.9\n  sessionAffinity: ClientIP\n  ports: [{port: 80}]\n");
+        let s = &load_str(&text, "t").unwrap().cluster.services[0];
+        assert_eq!(s.session_affinity, SessionAffinity::ClientIp { timeout_seconds: 10800 });
+    }
+
+    #[test]
+    fn target_port_zero_or_empty_defaults_to_port_and_global_means_cluster() {
+        let text =
+            svc("  type: NodePort\n  clusterIP: 10.96.0.9\n  externalTrafficPolicy: Global\n  \
+             ports:\n  \
+             - {name: a, port: 80, targetPort: 0}\n  - {name: b, port: 81, targetPort: ''}\n");
+        let s = &load_str(&text, "t").unwrap().cluster.services[0];
+        assert_eq!(s.ports[0].target_port, TargetPort::Number(80));
+        assert_eq!(s.ports[1].target_port, TargetPort::Number(81));
+        assert_eq!(s.external_traffic_policy, TrafficPolicy::Cluster);
+    }
+
+    #[test]
+    fn cluster_ip_with_leading_zeros_is_read_sloppily() {
+        let s =
+            load_str(&svc("  clusterIP: 010.096.000.010\n  ports: [{port: 80}]\n"), "t").unwrap();
+        assert_eq!(s.cluster.services[0].cluster_ips, [ip("10.96.0.10")]);
+    }
+
+    #[test]
+    fn external_name_and_headless_need_no_ports() {
+        let en = svc("  type: ExternalName\n  externalName: db.example.com\n");
+        assert!(load_str(&en, "t").unwrap().cluster.services[0].cluster_ips.is_empty());
+        let hl = svc("  clusterIP: None\n");
+        assert!(load_str(&hl, "t").unwrap().cluster.services[0].ports.is_empty());
+    }
+
+    #[test]
+    fn service_without_cluster_ip_loads_with_a_warning() {
+        let l = load_str(&svc("  ports: [{port: 80}]\n"), "t").unwrap();
+        assert!(l.cluster.services[0].cluster_ips.is_empty());
+        assert!(l.warnings[0].contains("spec.clusterIP: not set"), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn configmap_embedded_kube_proxy_configuration() {
+        let l = load_str(KUBEADM_CONFIGMAP, "cm.yaml").unwrap();
+        let cfg = &l.cluster.config;
+        assert_eq!(cfg.mode, ProxyMode::Ipvs);
+        let cidrs: Vec<String> = cfg.cluster_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(cidrs, ["10.244.0.0/16", "fd00:10:244::/56"]);
+        assert_eq!(cfg.hostname_override, None, "an empty hostnameOverride is unset");
+        assert_eq!(cfg.masquerade_bit, 14);
+        assert!(cfg.localhost_node_ports);
+        assert_eq!(cfg.detect_local_mode, DetectLocalMode::ClusterCIDR);
+        assert_eq!(cfg.ipvs_scheduler, "");
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn configmap_without_proxy_config_is_skipped() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n";
+        let l = load_str(text, "t").unwrap();
+        assert_eq!(l.warnings, ["skipped 1 object of kind ConfigMap"]);
+    }
+
+    #[test]
+    fn configmap_embedded_errors_name_the_configmap() {
+        let text = KUBEADM_CONFIGMAP.replace("mode: ipvs", "mode: userspace");
+        let e = load_str(&text, "cm.yaml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cm.yaml: ConfigMap kube-system/kube-proxy: data:1: KubeProxyConfiguration: mode: \
+             'userspace' is not a Linux proxy mode: use iptables, ipvs or nftables"
+        );
+    }
+
+    #[test]
+    fn proxy_configuration_fields() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+                    hostnameOverride: node-b\nmode: nftables\nclusterCIDR: 10.1.0.0/16\n\
+                    detectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cbr0}\n\
+                    iptables: {masqueradeAll: true, masqueradeBit: 15, localhostNodePorts: false}\n\
+                    nodePortAddresses: [primary, 192.168.0.0/16]\nipvs: {scheduler: wrr}\n";
+        let cfg = load_str(text, "t").unwrap().cluster.config;
+        assert_eq!(cfg.hostname_override.as_deref(), Some("node-b"));
+        assert_eq!(cfg.mode, ProxyMode::Nftables);
+        assert_eq!(cfg.detect_local_mode, DetectLocalMode::BridgeInterface);
+        assert_eq!(cfg.detect_local_interface.as_deref(), Some("cbr0"));
+        assert!(cfg.masquerade_all);
+        assert_eq!(cfg.masquerade_mark(), 0x8000);
+        assert!(!cfg.localhost_node_ports);
+        assert_eq!(cfg.node_port_addresses, ["primary", "192.168.0.0/16"]);
+        assert_eq!(cfg.ipvs_scheduler, "wrr");
+    }
+
+    #[test]
+    fn bridge_interface_mode_needs_its_interface() {
+        let text = "kind: KubeProxyConfiguration\ndetectLocalMode: BridgeInterface\n";
+        assert_eq!(
+            err(text).to_string(),
+            "t.yaml:1: KubeProxyConfiguration: detectLocal.bridgeInterface: required when \
+             detectLocalMode is BridgeInterface"
+        );
+    }
+
+    #[test]
+    fn a_second_proxy_configuration_replaces_the_first_with_a_warning() {
+        let text = "kind: KubeProxyConfiguration\nmode: ipvs\n---\nkind: KubeProxyConfiguration\n";
+        let l = load_str(text, "t").unwrap();
+        assert_eq!(l.cluster.config.mode, ProxyMode::Iptables);
+        assert_eq!(l.warnings.len(), 1);
+        assert!(l.warnings[0].contains("a second KubeProxyConfiguration"));
+    }
+
+    #[test]
+    fn error_port_out_of_range_names_file_line_object_and_field() {
+        let text = svc("  clusterIP: 10.96.0.9\n  ports:\n  - name: http\n    port: 70000\n");
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:9: Service default/web: spec.ports[0].port: 70000 is out of range 1-65535"
+        );
+        assert_eq!(e.kind, LoadErrorKind::Invalid);
+        assert_eq!(e.line, Some(9));
+    }
+
+    #[test]
+    fn error_in_a_list_item_names_the_item() {
+        let text = KUBECTL_LIST_YAML.replace("port: 5432", "port: 0");
+        let e = load_str(&text, "list.yaml").unwrap_err();
+        assert_eq!(e.object.as_deref(), Some("items[2] Service shop/db"));
+        assert_eq!(e.message, "spec.ports[0].port: 0 is out of range 1-65535");
+        let line = KUBECTL_LIST_YAML.lines().position(|l| l.contains("port: 5432")).unwrap() + 1;
+        assert_eq!(e.line, Some(line));
+    }
+
+    #[test]
+    fn error_service_without_ports() {
+        let e = err(&svc("  clusterIP: 10.96.0.9\n"));
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:1: Service default/web: spec.ports: a Service needs at least one port \
+             (unless it is headless or ExternalName)"
+        );
+    }
+
+    #[test]
+    fn error_invalid_cluster_ip() {
+        let e = err(&svc("  clusterIP: 10.96.0.300\n  ports: [{port: 80}]\n"));
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:6: Service default/web: spec.clusterIP: '10.96.0.300' is not an IP address \
+             (use an address, \"None\" for a headless Service, or leave it out)"
+        );
+    }
+
+    #[test]
+    fn error_cluster_ip_disagrees_with_cluster_ips() {
+        let e =
+            err(&svc("  clusterIP: 10.96.0.1\n  clusterIPs: [10.96.0.2]\n  ports: [{port: 80}]\n"));
+        assert!(e.message.contains("spec.clusterIP: '10.96.0.1' differs from spec.clusterIPs[0]"));
+    }
+
+    #[test]
+    fn error_unnamed_ports_in_a_multi_port_service() {
+        let e = err(&svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80}, {port: 81}]\n"));
+        assert!(e.message.starts_with("spec.ports[0].name: required"), "{e}");
+    }
+
+    #[test]
+    fn error_node_port_on_cluster_ip_service() {
+        let e = err(&svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80, nodePort: 30080}]\n"));
+        assert!(e.message.contains("30080 may not be used when type is ClusterIP"), "{e}");
+    }
+
+    #[test]
+    fn error_quoted_numeric_target_port() {
+        let e = err(&svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80, targetPort: '8080'}]\n"));
+        assert!(
+            e.message.starts_with("spec.ports[0].targetPort: '8080' is a quoted number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn error_lower_case_protocol() {
+        let e = err(&svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80, protocol: tcp}]\n"));
+        assert_eq!(
+            e.message,
+            "spec.ports[0].protocol: unsupported protocol 'tcp': use TCP, UDP or SCTP (upper case)"
+        );
+    }
+
+    #[test]
+    fn error_unknown_service_type() {
+        let e = err(&svc("  type: Internal\n"));
+        assert!(e.message.starts_with("spec.type: unknown variant `Internal`"), "{e}");
+        assert_eq!(e.line, Some(6));
+    }
+
+    #[test]
+    fn error_slice_address_of_the_wrong_family() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  \
+                    labels: {kubernetes.io/service-name: web}\naddressType: IPv4\n\
+                    endpoints:\n- addresses: [fd00::1]\n";
+        let e = err(text);
+        assert_eq!(
+            e.to_string(),
+            "t.yaml:1: EndpointSlice default/s: endpoints[0].addresses[0]: 'fd00::1' is not an \
+             IPv4 address, as addressType says"
+        );
+    }
+
+    #[test]
+    fn error_malformed_yaml_has_line_and_column() {
+        let e = err("apiVersion: v1\nkind: Service\nmetadata:\n  name: [web\n");
+        assert_eq!(e.kind, LoadErrorKind::Syntax);
+        assert!(e.line.is_some() && e.column.is_some());
+        assert!(e.to_string().starts_with(&format!(
+            "t.yaml:{}:{}: malformed YAML/JSON: ",
+            e.line.unwrap(),
+            e.column.unwrap()
+        )));
+    }
+
+    #[test]
+    fn error_document_that_is_not_an_object() {
+        let e = err("just a string\n");
+        assert_eq!(e.kind, LoadErrorKind::NotAnObject);
+        assert!(e.message.contains("expected a Kubernetes object"), "{e}");
+        let e = err("apiVersion: v1\nmetadata: {name: x}\n");
+        assert_eq!(e.to_string(), "t.yaml:1: kind: missing (is this a Kubernetes object?)");
+    }
+
+    #[test]
+    fn yaml_bomb_fails_fast_with_a_clear_error() {
+        let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bomb\n");
+        let lols = ["\"lol\""; 9].join(",");
+        text.push_str(&format!("  labels:\n    a: &a [{lols}]\n"));
+        let mut prev = 'a';
+        for name in ['b', 'c', 'd', 'e', 'f', 'g', 'h', 'i'] {
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            text.push_str(&format!("    {name}: &{name} [{refs}]\n"));
+            prev = name;
+        }
+        let start = Instant::now();
+        let e = err(&text);
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        assert_eq!(e.kind, LoadErrorKind::TooComplex);
+        assert!(e.message.contains("billion laughs"), "{e}");
+    }
+
+    #[test]
+    fn a_few_aliases_are_fine() {
+        let text = "kind: Service\nmetadata: {name: a}\nspec:\n  clusterIP: &ip 10.96.0.1\n  \
+                    clusterIPs: [*ip]\n  ports: [{port: 80}]\n";
+        assert_eq!(load_str(text, "t").unwrap().cluster.services[0].cluster_ips, [ip("10.96.0.1")]);
+    }
+
+    #[test]
+    fn deep_nesting_never_overflows_the_stack() {
+        // Skipped objects are stepped over without recursion.
+        let deep = format!("{}{}", "[".repeat(1000), "]".repeat(1000));
+        let l = load_str(&format!("kind: Pod\nspec: {deep}\n"), "t").unwrap();
+        assert_eq!(l.warnings, ["skipped 1 object of kind Pod"]);
+        // The counting pass (run when aliases may be present) stops at 128 levels.
+        let text = format!("kind: Pod\nmetadata: {{name: &n x, namespace: *n}}\nspec: {deep}\n");
+        let e = err(&text);
+        assert_eq!(e.kind, LoadErrorKind::TooComplex);
+        assert!(e.message.contains("128 levels"), "{e}");
+        // A typed field gets a type error, not a deep walk.
+        let e = err(&format!("kind: Service\nmetadata: {{name: s}}\nspec: {deep}\n"));
+        assert_eq!(e.kind, LoadErrorKind::Invalid);
+    }
+
+    #[test]
+    fn service_of_another_api_group_is_skipped() {
+        let text =
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: k}\nspec: {}\n";
+        let l = load_str(text, "t").unwrap();
+        assert!(l.cluster.services.is_empty());
+        assert_eq!(l.warnings, ["skipped 1 object of kind Service (serving.knative.dev/v1)"]);
+    }
+
+    #[test]
+    fn v1beta1_slice_reads_topology() {
+        let text = "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata:\n  \
+                    name: s\n  namespace: ns\n  labels: {kubernetes.io/service-name: web}\n\
+                    addressType: IPv4\nendpoints:\n- addresses: [10.0.0.1]\n  topology:\n    \
+                    kubernetes.io/hostname: n1\n    topology.kubernetes.io/zone: z1\n";
+        let c = load_str(text, "t").unwrap().cluster;
+        let e = &c.endpoint_slices[0].endpoints[0];
+        assert_eq!((e.node_name.as_deref(), e.zone.as_deref()), (Some("n1"), Some("z1")));
+    }
+
+    #[test]
+    fn fqdn_slices_keep_no_addresses() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  \
+                    labels: {kubernetes.io/service-name: web}\naddressType: FQDN\n\
+                    endpoints:\n- addresses: [db.example.com]\n";
+        let c = load_str(text, "t").unwrap().cluster;
+        assert_eq!(c.endpoint_slices[0].address_type, AddressType::Fqdn);
+        assert!(c.endpoint_slices[0].endpoints[0].addresses.is_empty());
+    }
+
+    #[test]
+    fn duplicate_object_is_replaced_in_place_with_a_warning() {
+        let a = svc("  clusterIP: 10.96.0.1\n  ports: [{port: 80}]\n");
+        let b = "---\nkind: Node\nmetadata: {name: n}\n---\n".to_owned()
+            + &svc("  clusterIP: 10.96.0.2\n  ports: [{port: 80}]\n");
+        let l = load_str(&(a + &b), "t").unwrap();
+        assert_eq!(l.cluster.services.len(), 1);
+        assert_eq!(l.cluster.services[0].cluster_ips, [ip("10.96.0.2")]);
+        assert_eq!(l.warnings, ["t: Service default/web: appears again; the later one wins"]);
+    }
+
+    #[test]
+    fn load_paths_merges_files_and_directories_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("more");
+        std::fs::create_dir(&sub).unwrap();
+        let first = dir.path().join("a.yaml");
+        std::fs::write(&first, KUBECTL_LIST_YAML).unwrap();
+        std::fs::write(sub.join("2.json"), KUBECTL_LIST_JSON).unwrap();
+        std::fs::write(sub.join("1.yml"), KUBEADM_CONFIGMAP).unwrap();
+        std::fs::write(sub.join("notes.txt"), "not yaml: [").unwrap();
+        let l = load_paths(&[first, sub]).unwrap();
+        assert_eq!(l.cluster.services.len(), 5);
+        assert_eq!(l.cluster.services[4].namespaced_name(), "prod/api");
+        assert_eq!(l.cluster.config.mode, ProxyMode::Ipvs);
+        assert!(l.warnings[0].starts_with(&dir.path().join("a.yaml").display().to_string()));
+    }
+
+    #[test]
+    fn load_path_reports_a_missing_file() {
+        let e = load_path(Path::new("/nonexistent/svcpath/x.yaml")).unwrap_err();
+        assert_eq!(e.kind, LoadErrorKind::Io);
+        assert!(e.to_string().starts_with("/nonexistent/svcpath/x.yaml: cannot read the file"));
+    }
+
+    #[test]
+    fn concatenated_json_objects_load_and_errors_count_lines_from_the_file_start() {
+        let one =
+            "{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {\"name\": \"n1\"}}\n";
+        let two = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Service\",\n  \"metadata\": \
+                   {\"name\": \"s\"},\n  \"spec\": {\"clusterIP\": \"10.96.0.1\",\n    \
+                   \"ports\": [{\"port\": 99999}]}\n}\n";
+        let c = load_str(&format!("{one}{one}"), "s.json").unwrap();
+        assert_eq!(c.cluster.nodes.len(), 1);
+        assert_eq!(c.warnings.len(), 1, "the same Node twice");
+        let e = load_str(&format!("{one}{two}"), "s.json").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.json:7: Service default/s: spec.ports[0].port: 99999 is out of range 1-65535"
+        );
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_cluster() {
+        let l = load_str("", "t").unwrap();
+        assert_eq!(l.cluster, Cluster::default());
+        assert!(l.warnings.is_empty());
     }
 }

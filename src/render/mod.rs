@@ -4,4 +4,6 @@
 //! path (shared steps once, then each outcome's own steps), and a table of outcomes. JSON carries
 //! the same data as the study's `Serialize` types.
 
+pub mod dist;
+pub mod sim;
 pub mod trace;

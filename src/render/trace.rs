@@ -9,6 +9,10 @@ pub fn json(trace: &Trace) -> String {
     serde_json::to_string_pretty(trace).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
+fn secs(t: f64) -> String {
+    if t.fract() == 0.0 { format!("{t:.0}s") } else { format!("{t:.3}s") }
+}
+
 /// A probability with enough digits to see the kernel's quantisation, and as a percentage.
 pub fn probability(p: f64) -> String {
     format!("{p:.10} ({:.2}%)", p * 100.0)
@@ -103,6 +107,38 @@ pub fn text(trace: &Trace) -> String {
     };
     let _ = writeln!(out, "  source: {} ({}); {path}", p.src, p.src_note);
     let _ = writeln!(out, "  mode:   {}", trace.mode);
+    if !trace.history.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "history (earlier new connections, outcomes drawn with the seed)");
+        for h in &trace.history {
+            let to = h.endpoint.as_deref().unwrap_or(&h.verdict);
+            let _ = writeln!(
+                out,
+                "  t={:<10} {:<16} → {to} (p = {})",
+                secs(h.at),
+                h.client,
+                probability(h.probability)
+            );
+        }
+    }
+    if !trace.sticky.is_empty() || !trace.history.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "session affinity of {} at t={}", p.src, secs(trace.at));
+        if trace.sticky.is_empty() {
+            let _ = writeln!(out, "  no -m recent entry: the client is not pinned");
+        }
+        for st in &trace.sticky {
+            let ep = st.endpoint.as_deref().unwrap_or("an endpoint no longer in the rules");
+            let state = match (st.checked, st.expires_at) {
+                (false, _) => "no rule checks this list any more".to_owned(),
+                (true, Some(exp)) if exp >= trace.at => format!("pinned until t={}", secs(exp)),
+                (true, Some(exp)) => format!("expired at t={}", secs(exp)),
+                (true, None) => "checked without --seconds: pinned for good".to_owned(),
+            };
+            let _ =
+                writeln!(out, "  {} → {ep}: last seen t={}, {state}", st.list, secs(st.last_seen));
+        }
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "path");
     hops_text(&trace.hops, &mut out);

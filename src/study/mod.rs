@@ -6,5 +6,7 @@
 //! kernel-exact IPVS model.
 
 pub mod dataplane;
+pub mod dist;
 pub mod ipvs_replay;
+pub mod sim;
 pub mod trace;

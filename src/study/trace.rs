@@ -5,12 +5,14 @@
 //! is masqueraded and how many rules the kernel evaluated on the way. With a seed, one outcome is
 //! sampled instead, reproducibly.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use rand::SeedableRng;
 use serde::Serialize;
 
 use super::dataplane::Dataplane;
+use crate::dataplane::netfilter::compile::{Match, RecentCmd, Target};
 use crate::dataplane::netfilter::eval::{Delivery, Env, Event, Hook, Origin, Outcome, Verdict};
 use crate::dataplane::netfilter::{EvalError, Packet};
 use crate::model::Protocol;
@@ -108,6 +110,150 @@ pub struct Trace {
     pub rules_total: usize,
     /// The hops common to every outcome.
     pub hops: Vec<HopView>,
+    /// The time of the traced packet (seconds since the start of the history).
+    pub at: f64,
+    /// Earlier packets replayed before this one (session affinity history).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryView>,
+    /// The `-m recent` entries of the traced client at `at` (session affinity state).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sticky: Vec<StickyView>,
+}
+
+/// One earlier packet of a history: a new connection from `client` at `at` seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HistoryStep {
+    /// The client address.
+    pub client: IpAddr,
+    /// When (seconds).
+    pub at: f64,
+}
+
+/// What an earlier packet did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryView {
+    /// The client.
+    pub client: IpAddr,
+    /// When (seconds).
+    pub at: f64,
+    /// Where it went (sampled with the trace's seed), `None` without DNAT.
+    pub endpoint: Option<String>,
+    /// Its verdict.
+    pub verdict: String,
+    /// The probability of that outcome at that moment.
+    pub probability: f64,
+}
+
+/// A `-m recent` list holding the traced client: kube-proxy's session affinity state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StickyView {
+    /// The list (kube-proxy names it after the endpoint's KUBE-SEP chain).
+    pub list: String,
+    /// The endpoint that chain DNATs to, if it still exists in the rules.
+    pub endpoint: Option<String>,
+    /// When the client was last recorded (seconds).
+    pub last_seen: f64,
+    /// The `--rcheck --seconds` timeout of the rules checking this list.
+    pub timeout: Option<u32>,
+    /// When the entry stops matching (`last_seen + timeout`).
+    pub expires_at: Option<f64>,
+    /// Whether a rule still checks this list (false when the endpoint is gone from the rules).
+    pub checked: bool,
+}
+
+/// For each `-m recent` list: the `--seconds` of the rules that check it and the DNAT target of the
+/// chain of the same name (kube-proxy names both after the endpoint's chain).
+fn recent_lists(dp: &Dataplane) -> BTreeMap<String, (Option<u32>, Option<String>)> {
+    let mut out: BTreeMap<String, (Option<u32>, Option<String>)> = BTreeMap::new();
+    for t in &dp.netfilter.tables {
+        for c in &t.chains {
+            for r in &c.rules {
+                for m in &r.matches {
+                    if let Match::Recent {
+                        name,
+                        cmd: RecentCmd::Check | RecentCmd::Update,
+                        seconds,
+                        ..
+                    } = m
+                    {
+                        out.entry(name.clone()).or_default().0 = *seconds;
+                    }
+                }
+            }
+        }
+        for c in &t.chains {
+            if let Some(entry) = out.get_mut(&c.name) {
+                entry.1 = c.rules.iter().find_map(|r| match r.target {
+                    Target::Dnat { ip, port } => Some(match port {
+                        Some(p) => SocketAddr::new(ip, p).to_string(),
+                        None => ip.to_string(),
+                    }),
+                    _ => None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Replays earlier new connections into `env` (their `-m recent` effects), choosing each one's
+/// outcome with a generator seeded by `seed`.
+///
+/// # Errors
+/// [`EvalError`] when a walk exceeds its bounds.
+pub fn replay_history(
+    dp: &Dataplane,
+    req: &TraceRequest,
+    steps: &[HistoryStep],
+    env: &mut Env,
+    seed: u64,
+) -> Result<Vec<HistoryView>, EvalError> {
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(steps.len());
+    for (i, step) in steps.iter().enumerate() {
+        env.now = step.at;
+        let mut pkt = packet(dp, &TraceRequest { src: step.client, ..req.clone() });
+        pkt.sport = 30000u16.wrapping_add(i as u16);
+        let exact = dp.netfilter.evaluate(env, &pkt)?;
+        let o = dp.netfilter.sample(env, &pkt, &mut rng, false)?;
+        let probability = exact
+            .iter()
+            .filter(|e| e.dst == o.dst && e.dport == o.dport && e.verdict == o.verdict)
+            .map(|e| e.probability)
+            .sum();
+        for e in &o.effects {
+            env.recent.apply(e, env.now);
+        }
+        out.push(HistoryView {
+            client: step.client,
+            at: step.at,
+            endpoint: o.dnat.then(|| SocketAddr::new(o.dst, o.dport).to_string()),
+            verdict: verdict_name(&o.verdict),
+            probability,
+        });
+    }
+    Ok(out)
+}
+
+/// The recent-list entries of `client` in `env`, with their expiry under `dp`'s rules.
+pub fn sticky_state(dp: &Dataplane, env: &Env, client: IpAddr) -> Vec<StickyView> {
+    let lists = recent_lists(dp);
+    let mut out = Vec::new();
+    for (list, addrs) in &env.recent.lists {
+        let Some(stamps) = addrs.get(&client) else { continue };
+        let Some(&last) = stamps.last() else { continue };
+        let (timeout, endpoint) = lists.get(list).cloned().unwrap_or((None, None));
+        out.push(StickyView {
+            list: list.clone(),
+            endpoint,
+            last_seen: last,
+            timeout,
+            expires_at: timeout.map(|t| last + f64::from(t)),
+            checked: lists.contains_key(list),
+        });
+    }
+    out.sort_by(|a, b| a.list.cmp(&b.list));
+    out
 }
 
 /// The packet traced.
@@ -268,6 +414,9 @@ pub fn trace(dp: &Dataplane, req: &TraceRequest, env: &Env) -> Result<Trace, Eva
         rules_evaluated_max: max,
         rules_total: dp.ruleset.rule_count(),
         hops: common,
+        at: env.now,
+        history: Vec::new(),
+        sticky: sticky_state(dp, env, req.src),
     })
 }
 

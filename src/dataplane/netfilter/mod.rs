@@ -28,6 +28,7 @@
 //! ```
 
 pub mod compile;
+pub mod conntrack;
 pub mod eval;
 
 use std::net::IpAddr;

@@ -309,7 +309,7 @@ pub(crate) fn convert_slice(
     let address_type = match raw.address_type {
         Some(RawAddressType::IPv4) => AddressType::IPv4,
         Some(RawAddressType::IPv6) => AddressType::IPv6,
-        Some(RawAddressType::FQDN) => AddressType::Fqdn,
+        Some(RawAddressType::Fqdn) => AddressType::Fqdn,
         None => return Err("addressType: missing (IPv4, IPv6 or FQDN)".to_owned()),
     };
     let mut endpoints = Vec::new();
@@ -374,8 +374,10 @@ pub(crate) struct LegacyEndpoints {
 }
 
 /// Converts a legacy v1 Endpoints into EndpointSlices: one per subset and address family, named
-/// `<name>-subset<i>` (`-v6` appended for the IPv6 half of a mixed subset). `addresses` are
-/// ready and serving, `notReadyAddresses` neither; none is terminating (Endpoints cannot say).
+/// `<name>-subset<i>` (`-v6` appended for the IPv6 half of a mixed subset). As the
+/// EndpointSlice mirroring controller (`pkg/controller/endpointslicemirroring/utils.go`) sets
+/// only `ready` (true for `addresses`, false for `notReadyAddresses`), kube-proxy reads every
+/// mirrored endpoint as serving and not terminating, and so does this conversion.
 pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, String> {
     let meta = raw.metadata.as_ref();
     let namespace = namespace_of(meta);
@@ -401,7 +403,7 @@ pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, St
             let ep = Endpoint {
                 addresses: vec![a.ip.0],
                 ready: ok,
-                serving: ok,
+                serving: true,
                 terminating: false,
                 node_name: a.node_name,
                 zone: None,
@@ -465,9 +467,8 @@ pub(crate) fn convert_node(raw: RawNode) -> Result<Node, String> {
 /// Errors: an unknown mode or detectLocalMode, an interface-based mode without its interface,
 /// a clusterCIDR or nodePortAddresses entry that is not a CIDR.
 pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, String> {
-    let mut cfg = ProxyConfig::default();
-    cfg.hostname_override = raw.hostname_override.filter(|h| !h.trim().is_empty());
-    cfg.mode = match raw.mode.as_deref().unwrap_or("") {
+    let hostname_override = raw.hostname_override.filter(|h| !h.trim().is_empty());
+    let mode = match raw.mode.as_deref().unwrap_or("") {
         "" | "iptables" => ProxyMode::Iptables,
         "ipvs" => ProxyMode::Ipvs,
         "nftables" => ProxyMode::Nftables,
@@ -486,13 +487,14 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
         (_, Some(list)) => ("detectLocal.clusterCIDRs", list),
         _ => ("clusterCIDR", Vec::new()),
     };
+    let mut cluster_cidrs = Vec::new();
     for (i, c) in cidrs.iter().enumerate() {
         let net = parse_cidr_sloppy(c).ok_or_else(|| {
             format!("{field}: entry {i} '{c}' is not a CIDR (like 10.244.0.0/16)")
         })?;
-        cfg.cluster_cidrs.push(net);
+        cluster_cidrs.push(net);
     }
-    cfg.detect_local_mode = match raw.detect_local_mode.as_deref().unwrap_or("") {
+    let detect_local_mode = match raw.detect_local_mode.as_deref().unwrap_or("") {
         "" | "ClusterCIDR" => DetectLocalMode::ClusterCIDR,
         "NodeCIDR" => DetectLocalMode::NodeCIDR,
         "BridgeInterface" => DetectLocalMode::BridgeInterface,
@@ -504,7 +506,7 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
             ));
         }
     };
-    cfg.detect_local_interface = match cfg.detect_local_mode {
+    let detect_local_interface = match detect_local_mode {
         DetectLocalMode::BridgeInterface => {
             Some(detect_local.bridge_interface.filter(|s| !s.is_empty()).ok_or(
                 "detectLocal.bridgeInterface: required when detectLocalMode is BridgeInterface",
@@ -519,17 +521,30 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
         DetectLocalMode::ClusterCIDR | DetectLocalMode::NodeCIDR => None,
     };
     let ipt = raw.iptables.unwrap_or_default();
-    cfg.masquerade_all = ipt.masquerade_all.unwrap_or(false);
-    cfg.masquerade_bit = ipt.masquerade_bit.map_or(DEFAULT_MASQUERADE_BIT, |b| b.0);
-    cfg.localhost_node_ports = ipt.localhost_node_ports.unwrap_or(true);
+    let masquerade_all = ipt.masquerade_all.unwrap_or(false);
+    let masquerade_bit = ipt.masquerade_bit.map_or(DEFAULT_MASQUERADE_BIT, |b| b.0);
+    let localhost_node_ports = ipt.localhost_node_ports.unwrap_or(true);
+    let mut node_port_addresses = Vec::new();
     for (i, a) in raw.node_port_addresses.unwrap_or_default().into_iter().enumerate() {
         if a != NODE_PORT_ADDRESSES_PRIMARY && parse_cidr_sloppy(&a).is_none() {
             return Err(format!("nodePortAddresses[{i}]: '{a}' is neither a CIDR nor 'primary'"));
         }
-        cfg.node_port_addresses.push(a);
+        node_port_addresses.push(a);
     }
-    cfg.ipvs_scheduler = raw.ipvs.and_then(|i| i.scheduler).unwrap_or_default();
-    Ok(cfg)
+    let ipvs_scheduler = raw.ipvs.and_then(|i| i.scheduler).unwrap_or_default();
+    Ok(ProxyConfig {
+        hostname_override,
+        mode,
+        cluster_cidrs,
+        detect_local_mode,
+        detect_local_interface,
+        masquerade_all,
+        masquerade_bit,
+        localhost_node_ports,
+        node_port_addresses,
+        ipvs_scheduler,
+        ..ProxyConfig::default()
+    })
 }
 
 #[cfg(test)]

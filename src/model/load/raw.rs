@@ -30,6 +30,41 @@ const MAX_PORT_NAME_LEN: usize = 15;
 // ---------------------------------------------------------------------------------------------
 // Leaf types: one value, checked where it is read.
 
+/// Reads a string and checks it inside the visitor, so the error carries the value's own path
+/// and line (an error raised after `String::deserialize` returns would point at the parent).
+struct CheckedStr<F>(F);
+
+impl<T, F: FnOnce(&str) -> Result<T, String>> Visitor<'_> for CheckedStr<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+}
+
+/// Reads an integer and checks it inside the visitor (see [`CheckedStr`]).
+struct CheckedInt<F>(F);
+
+impl<T, F: FnOnce(i128) -> Result<T, String>> Visitor<'_> for CheckedInt<F> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        (self.0)(i128::from(v)).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        (self.0)(i128::from(v)).map_err(E::custom)
+    }
+}
+
 /// A port number 1-65535 (`spec.ports[].port`, legacy `Endpoints` ports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PortNum(pub u16);
@@ -172,15 +207,14 @@ pub(crate) struct Proto(pub Protocol);
 
 impl<'de> Deserialize<'de> for Proto {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
+        d.deserialize_str(CheckedStr(|s: &str| match s {
             "TCP" => Ok(Proto(Protocol::Tcp)),
             "UDP" => Ok(Proto(Protocol::Udp)),
             "SCTP" => Ok(Proto(Protocol::Sctp)),
-            other => Err(de::Error::custom(format_args!(
-                "unsupported protocol '{other}': use TCP, UDP or SCTP (upper case)"
-            ))),
-        }
+            other => {
+                Err(format!("unsupported protocol '{other}': use TCP, UDP or SCTP (upper case)"))
+            }
+        }))
     }
 }
 
@@ -190,10 +224,9 @@ pub(crate) struct Ip(pub IpAddr);
 
 impl<'de> Deserialize<'de> for Ip {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_ip_sloppy(&s)
-            .map(Ip)
-            .ok_or_else(|| de::Error::custom(format_args!("'{s}' is not an IP address")))
+        d.deserialize_str(CheckedStr(|s: &str| {
+            parse_ip_sloppy(s).map(Ip).ok_or_else(|| format!("'{s}' is not an IP address"))
+        }))
     }
 }
 
@@ -210,17 +243,16 @@ pub(crate) enum ClusterIp {
 
 impl<'de> Deserialize<'de> for ClusterIp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match s.as_str() {
+        d.deserialize_str(CheckedStr(|s: &str| match s {
             "" => Ok(ClusterIp::Unset),
             "None" => Ok(ClusterIp::Headless),
             other => parse_ip_sloppy(other).map(ClusterIp::Addr).ok_or_else(|| {
-                de::Error::custom(format_args!(
+                format!(
                     "'{other}' is not an IP address (use an address, \"None\" for a headless \
                      Service, or leave it out)"
-                ))
+                )
             }),
-        }
+        }))
     }
 }
 
@@ -230,13 +262,10 @@ pub(crate) struct AffinityTimeout(pub u32);
 
 impl<'de> Deserialize<'de> for AffinityTimeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
-        match u32::try_from(v) {
+        d.deserialize_i64(CheckedInt(|v: i128| match u32::try_from(v) {
             Ok(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => Ok(AffinityTimeout(t)),
-            _ => Err(de::Error::custom(format_args!(
-                "{v} is out of range 1-{MAX_AFFINITY_TIMEOUT} seconds"
-            ))),
-        }
+            _ => Err(format!("{v} is out of range 1-{MAX_AFFINITY_TIMEOUT} seconds")),
+        }))
     }
 }
 
@@ -246,11 +275,10 @@ pub(crate) struct MasqBit(pub u8);
 
 impl<'de> Deserialize<'de> for MasqBit {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
-        match u8::try_from(v) {
+        d.deserialize_i64(CheckedInt(|v: i128| match u8::try_from(v) {
             Ok(b) if b <= 31 => Ok(MasqBit(b)),
-            _ => Err(de::Error::custom(format_args!("{v} is out of range 0-31"))),
-        }
+            _ => Err(format!("{v} is out of range 0-31")),
+        }))
     }
 }
 
@@ -302,14 +330,15 @@ impl From<RawFamily> for IpFamily {
 /// `status.loadBalancer.ingress[].ipMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub(crate) enum RawIpMode {
-    VIP,
+    #[serde(rename = "VIP")]
+    Vip,
     Proxy,
 }
 
 impl From<RawIpMode> for IpMode {
     fn from(m: RawIpMode) -> IpMode {
         match m {
-            RawIpMode::VIP => IpMode::Vip,
+            RawIpMode::Vip => IpMode::Vip,
             RawIpMode::Proxy => IpMode::Proxy,
         }
     }
@@ -320,7 +349,8 @@ impl From<RawIpMode> for IpMode {
 pub(crate) enum RawAddressType {
     IPv4,
     IPv6,
-    FQDN,
+    #[serde(rename = "FQDN")]
+    Fqdn,
 }
 
 // ---------------------------------------------------------------------------------------------
