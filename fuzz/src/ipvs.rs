@@ -167,7 +167,7 @@ fn check_decision(kind: SchedulerKind, before: &[(DestId, Dest)], decision: Opti
                 | SchedulerKind::Fo
         );
         assert!(
-            !(must_find && !elig.is_empty()),
+            !must_find || elig.is_empty(),
             "{kind}: no destination chosen although {} are eligible: {before:?}",
             elig.len()
         );
@@ -218,16 +218,14 @@ fn check_decision(kind: SchedulerKind, before: &[(DestId, Dest)], decision: Opti
                 c.addr,
                 d.addr
             ),
-            SchedulerKind::Nq => {
-                if c.active > 0 {
-                    assert!(d.active > 0, "nq: chose busy {} although {} is idle", c.addr, d.addr);
-                    assert!(
-                        (u128::from(c.active) + 1) * w(d) <= (u128::from(d.active) + 1) * w(c),
-                        "nq: chose {} over {} with a lower expected delay",
-                        c.addr,
-                        d.addr
-                    );
-                }
+            SchedulerKind::Nq if c.active > 0 => {
+                assert!(d.active > 0, "nq: chose busy {} although {} is idle", c.addr, d.addr);
+                assert!(
+                    (u128::from(c.active) + 1) * w(d) <= (u128::from(d.active) + 1) * w(c),
+                    "nq: chose {} over {} with a lower expected delay",
+                    c.addr,
+                    d.addr
+                );
             }
             SchedulerKind::Fo => {
                 assert!(c.weight >= d.weight, "fo: chose {} over heavier {}", c.addr, d.addr)
