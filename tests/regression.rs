@@ -72,3 +72,16 @@ fn comment_with_a_double_quote_renders_parseable_text() {
     let parsed = parse_rule_line(&rule.to_string(), Family::V4).expect("rendered rule parses");
     assert_eq!(parsed.comment_text().as_deref(), Some("a\"b"));
 }
+
+// issue #8: a bare word may end in `\r`, but a line's last `\r` is stripped as half of a CRLF
+// line end, so `-A X --x 1\r\r` parses to the value `1\r`, renders as `-A X --x 1\r` and parses
+// back as `1` (fuzz target `iptables_save`; src/formats/iptables_save.rs, the line splitter
+// strips one `\r` while the tokenizer keeps `\r` inside words).
+#[test]
+#[ignore = "issue #8 finding 5: decide in src/formats/iptables_save.rs what a stray '\\r' is"]
+fn word_ending_in_carriage_return_round_trips() {
+    use svcpath::formats::iptables_save::render;
+    let rs = parse("*nat\n:X - [0:0]\n-A X --x 1\r\r\nCOMMIT\n", Family::V4).unwrap();
+    let again = parse(&render(&rs), Family::V4).unwrap();
+    assert_eq!(render(&again), render(&rs));
+}
