@@ -68,7 +68,7 @@ fn jump_depth_beyond_the_walk_limit_is_a_clean_error() {
 }
 
 /// The peak resident set of process `pid` so far (`VmHWM` in `/proc/PID/status`), in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
+pub(crate) fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -105,7 +105,8 @@ fn write_big_dump(path: &Path, rules: usize) {
 }
 
 /// A 1,000,000-rule dump (133 MB) parses, compiles and traces to the right outcome, and the peak
-/// memory stays bounded. Slow in a debug build and ~2 GB at peak, so it runs on request:
+/// memory stays bounded. Measured on 2026-11-27 (2 shared cores): release build 6.3 s wall,
+/// 2.0 GiB peak RSS; debug build about 2 minutes, same peak. So it runs on request:
 /// `cargo test --release --test integration adversarial::million -- --ignored --nocapture`.
 #[test]
 #[ignore = "1M-rule dump: 133 MB file, ~2 GB peak RSS; run with --ignored (see the doc comment)"]
