@@ -303,3 +303,276 @@ fn history_errors_name_the_item() {
     );
     fails_with(&["trace", "10.96.0.10:80", "--after", "10.1.7.7@5,10.1.7.7@1"], &[], "backwards");
 }
+
+/// Issue #5 acceptance: the three tables on the default cluster.
+#[test]
+fn dist_default_cluster_iptables_rr_sh() {
+    let out = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "iptables,ipvs:rr,ipvs:sh",
+            "--flows",
+            "100000",
+            "--seed",
+            "1",
+            "--json",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let modes = v["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 3);
+    // iptables: the sampler is unbiased against the exact branch probabilities.
+    assert!(modes[0]["p_value"].as_f64().unwrap() > 1e-4, "{}", modes[0]);
+    for r in modes[0]["rows"].as_array().unwrap() {
+        assert!((r["expected"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+    }
+    // rr: exactly even.
+    let rr: Vec<u64> =
+        modes[1]["rows"].as_array().unwrap().iter().map(|r| r["count"].as_u64().unwrap()).collect();
+    assert!(rr.iter().max().unwrap() - rr.iter().min().unwrap() <= 1, "{rr:?}");
+    // sh with 3 clients clumps.
+    let sh3 = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "ipvs:sh",
+            "--clients",
+            "3",
+            "--flows",
+            "30000",
+            "--json",
+            "--quiet",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&sh3).unwrap();
+    assert!(v["modes"][0]["max_mean"].as_f64().unwrap() > 1.3, "{}", v["modes"][0]);
+}
+
+#[test]
+fn dist_sweep_endpoints_writes_a_row_per_value_and_mode_and_a_plot() {
+    let dir = temp_with(&[]);
+    let plot = dir.path().join("sweep.svg");
+    let out = svcpath()
+        .args([
+            "dist",
+            "10.96.0.10:80",
+            "--mode",
+            "iptables,ipvs:rr",
+            "--flows",
+            "5000",
+            "--sweep",
+            "endpoints=2,10,50",
+            "--csv",
+            "--quiet",
+            "--plot",
+        ])
+        .arg(&plot)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1 + 3 * 2, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("endpoints,50,ipvs:rr,0.000000")), "{text}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("ipvs:rr"));
+}
+
+#[test]
+fn dist_rejects_an_unknown_mode() {
+    fails_with(&["dist", "10.96.0.10:80", "--mode", "ipvs:xyz"], &[], "--mode");
+}
+
+/// Issue #5: every shipped scenario runs, and the effect it ships to show is in its numbers.
+#[test]
+fn shipped_scenarios_show_their_effect() {
+    let run = |name: &str| -> serde_json::Value {
+        let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
+        let out = svcpath()
+            .arg("sim")
+            .arg(&path)
+            .args(["--json", "--quiet"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let rr = run("rr-many-nodes");
+    let picks: Vec<&str> =
+        rr["first_picks"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert_eq!(picks.len(), 10);
+    assert!(picks.iter().all(|p| *p == picks[0]), "{picks:?}");
+    let long = run("scale-up-long-lived");
+    assert!(long["share_times"].as_array().unwrap().iter().all(|s| s["after"].is_null()));
+    let short = run("scale-up-short-lived");
+    assert!(
+        short["share_times"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["after"].as_f64().is_some_and(|a| a <= 60.0))
+    );
+    let sh = run("sh-few-clients");
+    let busy = sh["total_connections"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v.as_u64().unwrap() > 0)
+        .count();
+    assert!(busy <= 3, "3 clients reach at most 3 pods of 6: {}", sh["total_connections"]);
+    let roll = run("rolling-update-affinity");
+    let last = roll["samples"].as_array().unwrap().last().unwrap();
+    let ready =
+        last["endpoints"].as_object().unwrap().values().filter(|e| e["state"] == "ready").count();
+    assert_eq!(ready, 3);
+}
+
+/// Issue #4 acceptance: sh names its bucket and destination.
+#[test]
+fn ipvs_trace_sh_names_bucket_and_destination() {
+    let out = svcpath()
+        .args([
+            "trace",
+            "10.96.0.10:80",
+            "--mode",
+            "ipvs",
+            "--scheduler",
+            "sh",
+            "--from",
+            "10.1.9.7",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("decision: sh: bucket "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("→ 10.1.0."), "{line}");
+}
+
+/// Issue #4 acceptance: rr over six flows rotates through the three destinations twice.
+#[test]
+fn ipvs_trace_rr_count_shows_the_rotation() {
+    let out = svcpath()
+        .args(["trace", "10.96.0.10:80", "--mode", "ipvs", "--scheduler", "rr", "--count", "6"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let picks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(":4000") && l.contains(" -> "))
+        .filter_map(|l| l.split(" -> ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(picks.len(), 6, "{text}");
+    assert_eq!(picks[0..3], picks[3..6]);
+    let mut first: Vec<&str> = picks[0..3].to_vec();
+    first.sort();
+    first.dedup();
+    assert_eq!(first.len(), 3);
+}
+
+#[test]
+fn rules_mode_ipvs_prints_ipvsadm_save_list_ipset_and_iptables() {
+    let save = String::from_utf8(
+        svcpath().args(["rules", "--mode", "ipvs"]).assert().success().get_output().stdout.clone(),
+    )
+    .unwrap();
+    assert!(save.starts_with("-A -t 10.96.0.10:80 -s rr\n"), "{save}");
+    assert_eq!(save.lines().filter(|l| l.starts_with("-a -t 10.96.0.10:80 -r 10.1.0.")).count(), 3);
+    let list = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--format", "list"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(list.contains("TCP  10.96.0.10:80 rr"), "{list}");
+    let sets = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--ipset"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(sets.contains("add KUBE-CLUSTER-IP 10.96.0.10,tcp:80"), "{sets}");
+    let ipt = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--iptables"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(ipt.contains("--match-set KUBE-CLUSTER-IP dst,dst"), "{ipt}");
+    let wrr = String::from_utf8(
+        svcpath()
+            .args(["rules", "--mode", "ipvs", "--scheduler", "wrr"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone(),
+    )
+    .unwrap();
+    assert!(wrr.starts_with("-A -t 10.96.0.10:80 -s wrr\n"), "{wrr}");
+    fails_with(&["rules", "--mode", "ipvs", "--scheduler", "zz"], &[], "--scheduler");
+}
+
+#[test]
+fn trace_side_by_side_iptables_and_ipvs() {
+    let out = svcpath()
+        .args(["trace", "10.96.0.10:80", "--mode", "iptables,ipvs", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let s = v.to_string();
+    for ep in ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"] {
+        assert!(s.contains(ep), "{s}");
+    }
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definitions() {
+    let bash = String::from_utf8(
+        svcpath().args(["completions", "bash"]).assert().success().get_output().stdout.clone(),
+    )
+    .unwrap();
+    assert!(bash.contains("ipvs-replay") && bash.contains("--iptables-save"));
+    let man =
+        String::from_utf8(svcpath().arg("man").assert().success().get_output().stdout.clone())
+            .unwrap();
+    assert!(man.contains(".TH svcpath 1"));
+}

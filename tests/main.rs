@@ -6,5 +6,7 @@ mod golden;
 mod harness;
 mod kernel;
 mod kubeproxy_data;
+mod kubeproxy_ipvs;
 mod readme;
 mod regression;
+mod verify;

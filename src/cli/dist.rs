@@ -59,6 +59,10 @@ pub struct DistArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Repeat the study while one parameter grows: `endpoints=2,10,100,1000` (the Service gets that
+    /// many ready pods) or `clients=1,10,100,1000`. Prints one row per value and mode.
+    #[arg(long, value_name = "PARAM=V1,V2,…")]
+    sweep: Option<String>,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -115,7 +119,145 @@ fn backends(
     Ok(out)
 }
 
+/// Replaces the pods of the Service at `dest` with `n` ready pods on the first node.
+fn with_endpoints(lc: &LoadedCluster, dest: SocketAddr, n: usize) -> anyhow::Result<LoadedCluster> {
+    let mut cluster = lc.cluster.clone();
+    let svc = cluster
+        .services
+        .iter()
+        .find(|s| s.cluster_ips.contains(&dest.ip()))
+        .cloned()
+        .ok_or_else(|| anyhow!("no Service with cluster IP {}", dest.ip()))?;
+    let slice = cluster
+        .endpoint_slices
+        .iter_mut()
+        .find(|s| s.namespace == svc.namespace && s.service_name == svc.name)
+        .ok_or_else(|| {
+            anyhow!("Service {}/{} has no EndpointSlice to grow", svc.namespace, svc.name)
+        })?;
+    let template = slice
+        .endpoints
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("the EndpointSlice has no endpoint"))?;
+    slice.endpoints = (0..n as u32)
+        .map(|i| {
+            let mut e = template.clone();
+            e.addresses = vec![match template.addresses.first() {
+                Some(IpAddr::V6(_)) => IpAddr::V6(
+                    (0xfd00_0000_0000_0000_0000_0000_00a0_0000u128 + u128::from(i)).into(),
+                ),
+                _ => IpAddr::V4((u32::from(std::net::Ipv4Addr::new(10, 200, 0, 1)) + i).into()),
+            }];
+            e.ready = true;
+            e.serving = true;
+            e.terminating = false;
+            e
+        })
+        .collect();
+    cluster.endpoint_slices.retain(|s| {
+        !(s.namespace == svc.namespace && s.service_name == svc.name && s.endpoints.is_empty())
+    });
+    Ok(LoadedCluster { cluster, origin: lc.origin.clone(), node: lc.node.clone() })
+}
+
 impl DistArgs {
+    fn run_sweep(
+        &self,
+        sweep: &str,
+        modes: &[ModeSpec],
+        client_dist: ClientDist,
+        family: IpFamily,
+    ) -> anyhow::Result<ExitCode> {
+        let (param, values) = sweep.split_once('=').ok_or_else(|| {
+            anyhow!("--sweep: '{sweep}' is not PARAM=V1,V2,… (endpoints or clients)")
+        })?;
+        let values: Vec<usize> = values
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|_| anyhow!("--sweep: '{v}' is not a whole number"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if values.contains(&0) {
+            bail!("--sweep: values must be at least 1");
+        }
+        let base = self
+            .input
+            .cluster()?
+            .ok_or_else(|| anyhow!("--sweep needs a cluster input, not --iptables-save"))?;
+        let bar = if self.quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new((values.len() * modes.len()) as u64)
+        };
+        let mut points = Vec::new();
+        for &v in &values {
+            let (lc, clients) = match param {
+                "endpoints" => (with_endpoints(&base, self.dest, v)?, self.clients),
+                "clients" => (
+                    LoadedCluster {
+                        cluster: base.cluster.clone(),
+                        origin: base.origin.clone(),
+                        node: base.node.clone(),
+                    },
+                    v,
+                ),
+                other => bail!("--sweep: unknown parameter '{other}' (endpoints or clients)"),
+            };
+            let dp = svcpath::study::dataplane::Dataplane::from_cluster(
+                &lc.cluster,
+                &lc.origin,
+                &lc.node,
+                family,
+                svcpath::kubeproxy::iptables::NodeEnv::default(),
+            )?;
+            let proto = self.proto.map(Protocol::from).unwrap_or(Protocol::Tcp);
+            let req = DistRequest {
+                dst: self.dest.ip(),
+                dport: self.dest.port(),
+                proto,
+                flows: self.flows,
+                clients: client_addresses(
+                    self.client_base.unwrap_or_else(|| default_client_base(Some(&lc), family)),
+                    clients,
+                ),
+                client_dist,
+                seed: self.seed,
+            };
+            for m in modes {
+                bar.set_message(format!("{param}={v} {}", m.name()));
+                let r = match m {
+                    ModeSpec::Iptables => run_iptables(&dp, &req, &|_| {})?,
+                    ModeSpec::Ipvs(kind, flags) => run_ipvs(
+                        &backends(&lc, self.dest, proto, family)?,
+                        *kind,
+                        *flags,
+                        &req,
+                        &|_| {},
+                    ),
+                };
+                points.push(render::SweepPoint { param: param.to_owned(), value: v, result: r });
+                bar.inc(1);
+            }
+        }
+        bar.finish_and_clear();
+        if let Some(path) = &self.plot {
+            std::fs::write(path, render::sweep_svg(&points, self.flows)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let text = if self.json {
+            serde_json::to_string_pretty(&points)? + "\n"
+        } else if self.csv {
+            render::sweep_csv(&points)
+        } else {
+            render::sweep_text(&points, self.flows)
+        };
+        super::print(&text)?;
+        Ok(ExitCode::SUCCESS)
+    }
+
     /// Runs the subcommand.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let family: IpFamily = self.input.family.into();
@@ -131,6 +273,9 @@ impl DistArgs {
             ClientDist::parse(&self.client_dist).map_err(|e| anyhow!("--client-dist: {e}"))?;
         if self.clients == 0 {
             bail!("--clients must be at least 1");
+        }
+        if let Some(sweep) = &self.sweep {
+            return self.run_sweep(sweep, &modes, client_dist, family);
         }
         let (dp, lc) = self.input.dataplane()?;
         let proto = match self.proto {

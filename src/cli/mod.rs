@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each a clap `Args` struct with a `run`.
 
+pub mod completions;
 pub mod dist;
 pub mod input;
 pub mod ipvs_replay;
@@ -26,7 +27,7 @@ pub struct Cli {
 pub enum Command {
     /// Follow one packet: every rule, every endpoint with its exact probability, the cost.
     Trace(trace::TraceArgs),
-    /// Print the rules kube-proxy would program on a node (iptables-restore text).
+    /// Print the rules kube-proxy would program on a node (iptables-restore; ipvsadm, ipset for IPVS).
     Rules(rules::RulesArgs),
     /// Send N new connections through each proxy mode and compare the endpoint shares.
     Dist(dist::DistArgs),
@@ -34,6 +35,10 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Check svcpath's traces against the real kernel in throwaway network namespaces (root).
     Verify(verify::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man(completions::ManArgs),
     /// Internal: the helper process `verify` runs inside namespaces.
     #[command(name = "__agent", hide = true)]
     Agent(verify::AgentArgs),
@@ -52,6 +57,8 @@ impl Command {
             Command::Sim(a) => a.run(),
             Command::Verify(a) => a.run(),
             Command::Agent(a) => a.run(),
+            Command::Completions(a) => a.run(),
+            Command::Man(a) => a.run(),
         }
     }
 }

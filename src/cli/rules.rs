@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 use clap::{Args, ValueEnum};
 
-use svcpath::formats::iptables_save;
+use svcpath::dataplane::ipvs::SchedulerKind;
+use svcpath::formats::{ipset, iptables_save, ipvsadm};
 use svcpath::kubeproxy::iptables::{self, NodeEnv};
+use svcpath::kubeproxy::ipvs::{self as kp_ipvs, IpvsOptions};
 
 use super::input::InputArgs;
 
@@ -15,6 +17,17 @@ use super::input::InputArgs;
 pub enum ModeArg {
     /// kube-proxy's iptables proxier.
     Iptables,
+    /// kube-proxy's IPVS proxier (`ipvsadm -Sn` by default).
+    Ipvs,
+}
+
+/// How to print IPVS mode's virtual servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpvsFormat {
+    /// `ipvsadm -Sn` (restore format).
+    Save,
+    /// An `ipvsadm -Ln`-style listing.
+    List,
 }
 
 /// Print the rules kube-proxy would program on a node.
@@ -29,6 +42,18 @@ pub struct RulesArgs {
     /// from them; those kube-proxy installs with `iptables -I`).
     #[arg(long)]
     payload: bool,
+    /// IPVS mode: the virtual-server format.
+    #[arg(long, value_enum, default_value = "save")]
+    format: IpvsFormat,
+    /// IPVS mode: print the ipsets (`ipset save`) instead of the virtual servers.
+    #[arg(long, conflicts_with = "iptables")]
+    ipset: bool,
+    /// IPVS mode: print the companion iptables rules (iptables-restore text) instead.
+    #[arg(long)]
+    iptables: bool,
+    /// IPVS mode: the scheduler (default: the configuration's `ipvs.scheduler`, else rr).
+    #[arg(long, value_name = "SCHED")]
+    scheduler: Option<String>,
 }
 
 impl RulesArgs {
@@ -39,8 +64,37 @@ impl RulesArgs {
                 "`svcpath rules` renders rules from a cluster; --iptables-save is an input for `trace`"
             );
         };
-        let sync =
-            iptables::sync(&lc.cluster, &lc.node, self.input.family.into(), NodeEnv::default());
+        let family = self.input.family.into();
+        if self.mode == ModeArg::Ipvs {
+            if let Some(s) = &self.scheduler {
+                SchedulerKind::parse(s).map_err(|e| anyhow!("--scheduler: {e}"))?;
+            }
+            let opts = IpvsOptions { scheduler: self.scheduler.clone(), ..IpvsOptions::default() };
+            let sync = kp_ipvs::sync(&lc.cluster, &lc.node, family, &opts);
+            let text = if self.ipset {
+                ipset::render(&sync.ipsets)
+            } else if self.iptables {
+                iptables_save::render(&if self.payload {
+                    sync.payload.clone()
+                } else {
+                    sync.node_dump()
+                })
+            } else if self.format == IpvsFormat::List {
+                ipvsadm::render_list(&sync.virtual_servers)
+            } else {
+                ipvsadm::render_save(&sync.virtual_servers)
+            };
+            super::print(&text)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if self.ipset
+            || self.iptables
+            || self.scheduler.is_some()
+            || self.format != IpvsFormat::Save
+        {
+            bail!("--format, --ipset, --iptables and --scheduler go with --mode ipvs");
+        }
+        let sync = iptables::sync(&lc.cluster, &lc.node, family, NodeEnv::default());
         let ruleset = if self.payload { sync.payload } else { sync.node_dump() };
         super::print(&iptables_save::render(&ruleset))?;
         Ok(ExitCode::SUCCESS)

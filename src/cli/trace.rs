@@ -7,8 +7,13 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use svcpath::dataplane::netfilter::Env;
+use svcpath::kubeproxy::ipvs::IpvsOptions;
 use svcpath::model::{Cluster, IpFamily, Protocol};
+use svcpath::render::ipvs as ipvs_render;
 use svcpath::render::trace as render;
+use svcpath::study::ipvs_trace::{
+    IpvsState, IpvsTraceRequest, SchedulerStateFile, compare, trace_ipvs,
+};
 use svcpath::study::trace::{HistoryStep, TraceRequest, replay_history, trace};
 
 use super::input::{InputArgs, LoadedCluster};
@@ -71,6 +76,24 @@ pub struct TraceArgs {
     /// on --cluster, the traced packet meets this cluster's rules, with the affinity state carried over.
     #[arg(long, value_name = "FILE", requires = "cluster")]
     changed: Option<std::path::PathBuf>,
+    /// The proxy mode: iptables, ipvs, or iptables,ipvs for both side by side.
+    #[arg(long, value_name = "MODE", default_value = "iptables")]
+    mode: String,
+    /// IPVS: the scheduler (rr, wrr, lc, wlc, sed, nq, sh, dh, mh, fo, ovf).
+    #[arg(long, value_name = "SCHED")]
+    scheduler: Option<String>,
+    /// IPVS: also schedule this many successive new connections (shows rr's rotation).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    count: u32,
+    /// IPVS: scheduler state to start from (JSON: picks, last, conns).
+    #[arg(long, value_name = "FILE")]
+    state: Option<std::path::PathBuf>,
+    /// IPVS: a node's `ipvsadm -Sn` (or `-Ln`) dump, with --iptables-save and --ipset.
+    #[arg(long, value_name = "FILE")]
+    ipvsadm: Option<std::path::PathBuf>,
+    /// IPVS: a node's `ipset save` dump.
+    #[arg(long = "ipset", value_name = "FILE", requires = "ipvsadm")]
+    ipset_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     input: InputArgs,
 }
@@ -297,9 +320,83 @@ impl TraceArgs {
             }
             None => dp,
         };
+        let modes: Vec<&str> = self.mode.split(',').map(str::trim).collect();
+        let (want_ipt, want_ipvs) = (modes.contains(&"iptables"), modes.contains(&"ipvs"));
+        if let Some(bad) = modes.iter().find(|m| !matches!(**m, "iptables" | "ipvs")) {
+            bail!("--mode: unknown mode '{bad}' (iptables, ipvs or iptables,ipvs)");
+        }
+        if !want_ipvs
+            && (self.scheduler.is_some()
+                || self.count > 0
+                || self.state.is_some()
+                || self.ipvsadm.is_some())
+        {
+            bail!("--scheduler, --count, --state and --ipvsadm go with --mode ipvs");
+        }
         let mut t = trace(&final_dp, &req, &env)?;
         t.history = history;
-        let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };
+        if !want_ipvs {
+            let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };
+            super::print(&text)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(s) = &self.scheduler {
+            svcpath::dataplane::ipvs::SchedulerKind::parse(s)
+                .map_err(|e| anyhow!("--scheduler: {e}"))?;
+        }
+        let state = match (&lc, &self.ipvsadm) {
+            (_, Some(path)) => {
+                let read = |p: &std::path::PathBuf| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                };
+                let vs = read(path)?;
+                let sets = self.ipset_file.as_ref().map(read).transpose()?;
+                let ipt = self.input.iptables_save.as_ref().map(read).transpose()?;
+                IpvsState::from_dumps(
+                    &path.display().to_string(),
+                    family,
+                    &vs,
+                    sets.as_deref(),
+                    ipt.as_deref(),
+                    &self.input.node_ip,
+                )?
+            }
+            (Some(lc), None) => {
+                let opts =
+                    IpvsOptions { scheduler: self.scheduler.clone(), ..IpvsOptions::default() };
+                IpvsState::from_cluster(&lc.cluster, &lc.origin, &lc.node, family, &opts)?
+            }
+            (None, None) => bail!(
+                "--mode ipvs with --iptables-save needs the node's `ipvsadm -Sn` (--ipvsadm FILE)"
+            ),
+        };
+        let sched_state = match &self.state {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                Some(SchedulerStateFile::parse(&p.display().to_string(), &text)?)
+            }
+            None => None,
+        };
+        let ireq = IpvsTraceRequest {
+            packet: req.clone(),
+            scheduler: self.scheduler.clone(),
+            count: self.count,
+            state: sched_state,
+        };
+        let it = trace_ipvs(&state, &ireq)?;
+        let text = if want_ipt {
+            let c = compare(&t, &it);
+            if self.json {
+                ipvs_render::compare_json(&c) + "\n"
+            } else {
+                ipvs_render::compare_text(&c)
+            }
+        } else if self.json {
+            ipvs_render::json(&it) + "\n"
+        } else {
+            ipvs_render::text(&it)
+        };
         super::print(&text)?;
         Ok(ExitCode::SUCCESS)
     }

@@ -171,7 +171,7 @@ fn is_command_line_only(word: &str) -> bool {
 
 /// A parse failure: where it happened, the text it happened in, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("line {line}: {kind}{}{}", in_text(.text), hint_suffix(.kind))]
+#[error("line {line}: {}{}{}", short_kind(.kind), in_text(.text), hint_suffix(.kind))]
 pub struct ParseError {
     /// The 1-based line number (one past the last line for a missing `COMMIT`).
     pub line: usize,
@@ -181,6 +181,18 @@ pub struct ParseError {
     pub text: String,
     /// What went wrong.
     pub kind: ParseErrorKind,
+}
+
+/// The kind's message, with a huge quoted token cut so an error stays one readable line.
+fn short_kind(kind: &ParseErrorKind) -> String {
+    const MAX_SHOWN: usize = 240;
+    let text = kind.to_string();
+    if text.chars().count() > MAX_SHOWN {
+        let shown: String = text.chars().take(MAX_SHOWN).collect();
+        format!("{shown}…")
+    } else {
+        text
+    }
 }
 
 fn in_text(text: &str) -> String {
@@ -206,6 +218,10 @@ pub enum ParseErrorKind {
     /// The input holds a NUL byte (`iptables-restore` would silently cut the line there).
     #[error("NUL byte in the input")]
     NulByte,
+    /// A carriage return inside a line (only one right before the line end is accepted, as
+    /// half of a CRLF).
+    #[error("carriage return inside the line")]
+    StrayCarriageReturn,
     /// The input is not valid UTF-8.
     #[error("invalid UTF-8 in the input")]
     InvalidUtf8,
@@ -418,6 +434,7 @@ impl ParseErrorKind {
         use ParseErrorKind as K;
         match self {
             K::NulByte => "remove the NUL byte; is this a binary file?".into(),
+            K::StrayCarriageReturn => "convert the file's line ends (dos2unix); a word cannot hold a CR".into(),
             K::InvalidUtf8 => "iptables-save prints UTF-8 text; is this the right file?".into(),
             K::MissingTableName | K::UnknownTable { .. } => {
                 "tables are filter, nat, mangle, raw, security".into()
@@ -651,6 +668,9 @@ impl<'a> Parser<'a> {
                 continue;
             }
             let line = raw.strip_suffix('\r').unwrap_or(raw);
+            if let Some(at) = line.find('\r') {
+                return Err(error_at(lineno, line, at, ParseErrorKind::StrayCarriageReturn));
+            }
             self.line(line, lineno)?;
         }
         if let Some(table) = self.open.take() {

@@ -2,6 +2,8 @@
 //!
 //! [`iptables_save`] reads what `iptables-save` / `ip6tables-save` print and `iptables-restore`
 //! reads, into a [`crate::model::rules::Ruleset`], and renders a ruleset back to that text.
+//! [`ipvsadm`] reads and prints `ipvsadm -Sn` / `-Ln` and [`ipset`] `ipset save`, into the values of
+//! [`crate::model::ipvs`].
 //!
 //! Invariants shared by every format here:
 //! - parsing never panics, whatever the input; every rejection is a located, structured error
@@ -13,4 +15,6 @@
 //! - a parser judges syntax only: what a match module or a target *means* is decided by the
 //!   dataplane layer.
 
+pub mod ipset;
 pub mod iptables_save;
+pub mod ipvsadm;

@@ -2,8 +2,10 @@
 //!
 //! [`endpoints`] is kube-proxy's shared view (service ports, endpoint selection by traffic
 //! policy); [`names`] holds every chain name and fixed value; [`iptables`] renders the iptables
-//! proxier's rules as typed [`crate::model::rules`] values. Nothing here touches a kernel.
+//! proxier's rules as typed [`crate::model::rules`] values; [`ipvs`] renders the IPVS proxier's virtual servers,
+//! ipsets and companion iptables rules. Nothing here touches a kernel.
 
 pub mod endpoints;
 pub mod iptables;
+pub mod ipvs;
 pub mod names;

@@ -4,10 +4,11 @@
 //! configuration) as validated values; [`load`] reads them from what `kubectl get -o yaml|json`
 //! prints; [`default`] is the embedded cluster used when no input is given. [`rules`] is the typed
 //! vocabulary of iptables rules that the kube-proxy renderer produces, the text format parses into
-//! and the netfilter evaluator runs.
+//! and the netfilter evaluator runs; [`ipvs`] holds IPVS virtual servers and ipsets.
 
 pub mod cluster;
 pub mod default;
+pub mod ipvs;
 pub mod load;
 pub mod rules;
 

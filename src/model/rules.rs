@@ -51,9 +51,10 @@ impl Word {
         Word(text.into())
     }
 
-    /// A word for `value`, double-quoted when it holds a space (kube-proxy's convention).
+    /// A word for `value`, double-quoted when it holds a space (kube-proxy's convention), or a
+    /// character that would otherwise break the word (a quote or a backslash).
     pub fn quote_if_spaced(value: &str) -> Word {
-        if value.is_empty() || value.contains([' ', '\t']) {
+        if value.is_empty() || value.contains([' ', '\t', '"', '\\', '\'']) {
             Word(quote(value))
         } else {
             Word(value.to_owned())

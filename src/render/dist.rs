@@ -194,3 +194,120 @@ pub fn svg(r: &DistResult) -> Result<String, PlotError> {
     }
     Ok(buf)
 }
+
+/// One value of a sweep and one mode's result there.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepPoint {
+    /// `endpoints` or `clients`.
+    pub param: String,
+    /// Its value.
+    pub value: usize,
+    /// The mode's result at that value.
+    pub result: crate::study::dist::ModeResult,
+}
+
+/// The sweep as a table: one row per value and mode.
+pub fn sweep_text(points: &[SweepPoint], flows: u64) -> String {
+    let mut out = String::new();
+    let param = points.first().map_or("", |p| p.param.as_str());
+    let _ =
+        writeln!(out, "distribution quality as {param} grow ({flows} new connections per point)");
+    let _ = writeln!(
+        out,
+        "  {:>10}  {:<22} {:>9} {:>10} {:>10} {:>12}",
+        param, "mode", "CV", "max/mean", "max/min", "p-value"
+    );
+    for p in points {
+        let r = &p.result;
+        let _ = writeln!(
+            out,
+            "  {:>10}  {:<22} {:>8.2}% {:>10.3} {:>10.3} {:>12}",
+            p.value,
+            r.mode,
+            r.cv * 100.0,
+            r.max_mean,
+            r.max_min,
+            if r.p_value.is_nan() { "n/a".to_owned() } else { format!("{:.3e}", r.p_value) }
+        );
+    }
+    out
+}
+
+/// The sweep as CSV.
+pub fn sweep_csv(points: &[SweepPoint]) -> String {
+    let mut out = String::from("param,value,mode,cv,max_mean,max_min,chi_square,dof,p_value\n");
+    for p in points {
+        let r = &p.result;
+        let _ = writeln!(
+            out,
+            "{},{},{},{:.6},{:.6},{:.6},{:.4},{},{:.6e}",
+            p.param, p.value, r.mode, r.cv, r.max_mean, r.max_min, r.chi_square, r.dof, r.p_value
+        );
+    }
+    out
+}
+
+/// Coefficient of variation against the swept parameter (log scale), one line per mode.
+///
+/// # Errors
+/// [`PlotError`] when the SVG cannot be drawn.
+pub fn sweep_svg(points: &[SweepPoint], flows: u64) -> Result<String, PlotError> {
+    let param = points.first().map_or("", |p| p.param.as_str()).to_owned();
+    let mut modes: Vec<String> = points.iter().map(|p| p.result.mode.clone()).collect();
+    modes.dedup();
+    modes.sort();
+    modes.dedup();
+    let x_min = points.iter().map(|p| p.value).min().unwrap_or(1).max(1) as f64;
+    let x_max = (points.iter().map(|p| p.value).max().unwrap_or(10) as f64).max(x_min * 10.0);
+    let y_max =
+        points.iter().map(|p| p.result.cv * 100.0).filter(|v| v.is_finite()).fold(1.0f64, f64::max)
+            * 1.2;
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (800, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| PlotError(e.to_string()))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("imbalance as {param} grow ({flows} connections per point)"),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..y_max)
+            .map_err(|e| PlotError(e.to_string()))?;
+        chart
+            .configure_mesh()
+            .x_desc(param.clone())
+            .y_desc("coefficient of variation of endpoint counts (%)")
+            .draw()
+            .map_err(|e| PlotError(e.to_string()))?;
+        for (i, m) in modes.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| &p.result.mode == m && p.result.cv.is_finite())
+                .map(|p| (p.value as f64, p.result.cv * 100.0))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| PlotError(e.to_string()))?
+                .label(m.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 14, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| PlotError(e.to_string()))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| PlotError(e.to_string()))?;
+        root.present().map_err(|e| PlotError(e.to_string()))?;
+    }
+    Ok(buf)
+}

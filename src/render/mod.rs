@@ -2,8 +2,11 @@
 //!
 //! Text is for reading at a terminal: a header saying what was traced and from which rules, the
 //! path (shared steps once, then each outcome's own steps), and a table of outcomes. JSON carries
-//! the same data as the study's `Serialize` types.
+//! the same data as the study's `Serialize` types. [`trace`] renders iptables-mode traces, [`ipvs`]
+//! IPVS-mode traces and the side-by-side comparison.
 
 pub mod dist;
+pub mod ipvs;
 pub mod sim;
 pub mod trace;
+pub mod verify;

@@ -264,12 +264,19 @@ pub fn chi_square(counts: &[u64], expected: &[f64]) -> (f64, u32, f64) {
     (stat, dof, p)
 }
 
-fn summarise(mode: String, expected_from: String, rows: Vec<Row>) -> ModeResult {
+/// Summarises rows; the imbalance metrics cover the rows `eligible` accepts (the endpoints that
+/// could get traffic: every weighted real server for IPVS, every endpoint of the cascade for
+/// iptables).
+fn summarise(
+    mode: String,
+    expected_from: String,
+    rows: Vec<Row>,
+    eligible: &dyn Fn(&Row) -> bool,
+) -> ModeResult {
     let counts: Vec<u64> = rows.iter().map(|r| r.count).collect();
     let expected: Vec<f64> = rows.iter().map(|r| r.expected).collect();
     let (chi_square, dof, p_value) = chi_square(&counts, &expected);
-    // Imbalance over the endpoints that are expected to get traffic.
-    let ep: Vec<f64> = rows.iter().filter(|r| r.expected > 0.0).map(|r| r.count as f64).collect();
+    let ep: Vec<f64> = rows.iter().filter(|r| eligible(r)).map(|r| r.count as f64).collect();
     let (mut max_min, mut max_mean, mut cv) = (f64::NAN, f64::NAN, f64::NAN);
     if !ep.is_empty() {
         let max = ep.iter().cloned().fold(f64::MIN, f64::max);
@@ -359,7 +366,12 @@ pub fn run_iptables(
             count,
         })
         .collect();
-    Ok(summarise("iptables".into(), "exact probabilities of the statistic branches".into(), rows))
+    Ok(summarise(
+        "iptables".into(),
+        "exact probabilities of the statistic branches".into(),
+        rows,
+        &|r| r.expected > 0.0 && r.endpoint.contains(':'),
+    ))
 }
 
 /// An IPVS mode: kube-proxy's real servers on one node, connections kept open.
@@ -452,7 +464,9 @@ pub fn run_ipvs(
     } else {
         "real-server weights"
     };
-    summarise(mode, from.into(), rows)
+    let weighted: Vec<String> =
+        backends.iter().filter(|b| b.weight > 0).map(|b| b.addr.to_string()).collect();
+    summarise(mode, from.into(), rows, &|r| weighted.contains(&r.endpoint))
 }
 
 /// Client addresses: `n` consecutive addresses from `base`.

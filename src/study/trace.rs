@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::dataplane::Dataplane;
 use crate::dataplane::netfilter::compile::{Match, RecentCmd, Target};
+use crate::dataplane::netfilter::eval::Hop;
 use crate::dataplane::netfilter::eval::{Delivery, Env, Event, Hook, Origin, Outcome, Verdict};
 use crate::dataplane::netfilter::{EvalError, Packet};
 use crate::model::Protocol;
@@ -276,63 +277,65 @@ fn hook_name(h: Hook) -> &'static str {
 }
 
 fn view(dp: &Dataplane, o: &Outcome) -> Vec<HopView> {
-    o.hops
-        .iter()
-        .map(|h| {
-            let (table, chain) = dp.netfilter.names(h.table, h.chain);
-            let mut v = HopView {
-                hook: hook_name(h.hook).to_owned(),
-                table: table.to_owned(),
-                chain: chain.to_owned(),
-                rule: h.rule.map(|r| r + 1),
-                line: None,
-                text: None,
-                event: String::new(),
-                probability: None,
-                detail: None,
-                evaluated: h.evaluated,
-            };
-            if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule) {
-                let rule = &t.chains[h.chain].rules[r];
-                v.line = Some(rule.line);
-                v.text = Some(dp.statement_text(t.source, rule.stmt));
-            }
-            match &h.event {
-                Event::Enter => v.event = "enter".into(),
-                Event::Matched => v.event = "match".into(),
-                Event::Branch { probability, taken } => {
-                    v.event = "branch".into();
-                    v.probability = Some(*probability);
-                    v.detail = Some(if *taken { "matched" } else { "not matched" }.into());
-                }
-                Event::Return => v.event = "return".into(),
-                Event::Policy { accept } => {
-                    v.event = "policy".into();
-                    v.detail = Some(if *accept { "ACCEPT" } else { "DROP" }.into());
-                }
-                Event::Unmodelled { what } => {
-                    v.event = "unmodelled".into();
-                    v.detail = Some(what.clone());
-                }
-                Event::Route { delivery } => {
-                    v.event = "route".into();
-                    v.table = "route".into();
-                    v.chain = String::new();
-                    v.detail = Some(
-                        match delivery {
-                            Delivery::Local => "to a local address: INPUT",
-                            _ => "not local: FORWARD",
-                        }
-                        .into(),
-                    );
-                }
-            }
-            v
-        })
-        .collect()
+    o.hops.iter().map(|h| hop_view(dp, h)).collect()
 }
 
-fn verdict_name(v: &Verdict) -> String {
+/// One hop resolved to its table, chain, rule line and text.
+pub fn hop_view(dp: &Dataplane, h: &Hop) -> HopView {
+    let (table, chain) = dp.netfilter.names(h.table, h.chain);
+    let mut v = HopView {
+        hook: hook_name(h.hook).to_owned(),
+        table: table.to_owned(),
+        chain: chain.to_owned(),
+        rule: h.rule.map(|r| r + 1),
+        line: None,
+        text: None,
+        event: String::new(),
+        probability: None,
+        detail: None,
+        evaluated: h.evaluated,
+    };
+    if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule)
+        && let Some(rule) = t.chains.get(h.chain).and_then(|c| c.rules.get(r))
+    {
+        v.line = Some(rule.line);
+        v.text = Some(dp.statement_text(t.source, rule.stmt));
+    }
+    match &h.event {
+        Event::Enter => v.event = "enter".into(),
+        Event::Matched => v.event = "match".into(),
+        Event::Branch { probability, taken } => {
+            v.event = "branch".into();
+            v.probability = Some(*probability);
+            v.detail = Some(if *taken { "matched" } else { "not matched" }.into());
+        }
+        Event::Return => v.event = "return".into(),
+        Event::Policy { accept } => {
+            v.event = "policy".into();
+            v.detail = Some(if *accept { "ACCEPT" } else { "DROP" }.into());
+        }
+        Event::Unmodelled { what } => {
+            v.event = "unmodelled".into();
+            v.detail = Some(what.clone());
+        }
+        Event::Route { delivery } => {
+            v.event = "route".into();
+            v.table = "route".into();
+            v.chain = String::new();
+            v.detail = Some(
+                match delivery {
+                    Delivery::Local => "to a local address: INPUT",
+                    _ => "not local: FORWARD",
+                }
+                .into(),
+            );
+        }
+    }
+    v
+}
+
+/// ACCEPT, DROP or `REJECT (type)`.
+pub fn verdict_name(v: &Verdict) -> String {
     match v {
         Verdict::Accept => "ACCEPT".into(),
         Verdict::Drop => "DROP".into(),

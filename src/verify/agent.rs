@@ -11,7 +11,8 @@
 //!   away) or after `--max-seconds`.
 //! - `send [--sysctl KEY=VALUE]… --timeout-ms N`: reads flows from stdin, one a line
 //!   (`TOKEN PROTO SRC_IP SRC_PORT DST`), sends each as a new connection from `SRC_IP:SRC_PORT`
-//!   and prints one `@flow TOKEN OUTCOME…` line per flow, in order ([`SendOutcome`]).
+//!   and prints one `@flow TOKEN OUTCOME…` line per flow, in order ([`SendOutcome`]), preceded
+//!   for a connected TCP flow by `@time TOKEN NS`, the nanoseconds its `connect()` took.
 //!
 //! Invariants: every line meant for the parent starts with `@` (anything else on stdout, such as a
 //! test harness banner, is ignored by the parent); every blocking socket call has a timeout; the
@@ -21,7 +22,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
@@ -34,6 +35,8 @@ pub const READY: &str = "@ready";
 pub const HIT: &str = "@hit";
 /// The prefix of a sender's report of one flow.
 pub const FLOW: &str = "@flow";
+/// The prefix of a sender's report of a TCP flow's connect time.
+pub const TIME: &str = "@time";
 /// What a client writes first on a connection: this word and the flow's token.
 const HELLO: &str = "svcpath";
 /// How long a listener waits for a connected client's first line.
@@ -320,7 +323,13 @@ fn send(args: &SendArgs) -> Result<(), VerifyError> {
         }
         let (token, proto, src, dst) = parse_flow_line(&line)?;
         let outcome = match proto {
-            Protocol::Tcp => send_tcp(token, src, dst, args.timeout),
+            Protocol::Tcp => {
+                let (outcome, connect) = send_tcp(token, src, dst, args.timeout);
+                if let Some(d) = connect {
+                    emit(&out, &time_line(token, d));
+                }
+                outcome
+            }
             Protocol::Udp => send_udp(token, src, dst, args.timeout),
             Protocol::Sctp => SendOutcome::Error("sctp-unsupported".to_owned()),
         };
@@ -369,20 +378,43 @@ fn parse_reply(text: &str) -> Option<SendOutcome> {
     Some(SendOutcome::Reached { local, peer })
 }
 
-fn send_tcp(token: u64, src: SocketAddr, dst: SocketAddr, timeout: Duration) -> SendOutcome {
+/// A sender's report of how long a TCP flow's `connect()` took (SYN out, SYN-ACK back: the one
+/// packet that walks the nat rules, and its answer): `@time TOKEN NANOSECONDS`.
+pub fn time_line(token: u64, connect: Duration) -> String {
+    format!("{TIME} {token} {}", connect.as_nanos())
+}
+
+/// Parses a [`time_line`] back into its token and nanoseconds.
+pub fn parse_time(line: &str) -> Option<(u64, u64)> {
+    let mut w = line.strip_prefix(TIME)?.split_whitespace();
+    Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+}
+
+/// Sends one TCP flow; also returns how long a successful `connect()` took.
+fn send_tcp(
+    token: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> (SendOutcome, Option<Duration>) {
     let sock = match Socket::new(Domain::for_address(dst), Type::STREAM, None) {
         Ok(s) => s,
-        Err(e) => return SendOutcome::Error(e.to_string().replace(' ', "_")),
+        Err(e) => return (SendOutcome::Error(e.to_string().replace(' ', "_")), None),
     };
     // Close with RST-free FIN; reuse lets a port in TIME_WAIT be bound again on long runs.
     let _ = sock.set_reuse_address(true);
     if let Err(e) = sock.bind(&src.into()) {
-        return SendOutcome::Error(format!("bind_{src}:_{e}").replace(' ', "_"));
+        return (SendOutcome::Error(format!("bind_{src}:_{e}").replace(' ', "_")), None);
     }
+    let started = Instant::now();
     if let Err(e) = sock.connect_timeout(&dst.into(), timeout) {
-        return classify(&e);
+        return (classify(&e), None);
     }
-    let mut stream: TcpStream = sock.into();
+    let connect = started.elapsed();
+    (exchange(token, sock.into(), timeout), Some(connect))
+}
+
+fn exchange(token: u64, mut stream: TcpStream, timeout: Duration) -> SendOutcome {
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     if let Err(e) = stream.write_all(format!("{HELLO} {token}\n").as_bytes()) {
@@ -435,6 +467,8 @@ mod tests {
             assert_eq!(SendOutcome::parse(&c.line(42)), Some((42, c.clone())), "{}", c.line(42));
         }
         assert_eq!(SendOutcome::parse("@flow x timeout"), None);
+        assert_eq!(parse_time(&time_line(7, Duration::from_micros(250))), Some((7, 250_000)));
+        assert_eq!(SendOutcome::parse(&time_line(7, Duration::from_micros(1))), None);
         assert_eq!(SendOutcome::parse("running 1 test"), None);
     }
 

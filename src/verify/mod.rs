@@ -11,6 +11,11 @@
 //!   read it back with `iptables-save` (the kernel's canonical form).
 //! - [`traffic::run_flows`]: a node, a client and one namespace per pod; real TCP/UDP flows; what
 //!   each reached and with which source address.
+//! - [`check::check`] / [`check::observe`]: `svcpath verify` end to end: the probes
+//!   [`crate::study::verify::plan`] asks for, sent through [`traffic`], judged by
+//!   [`crate::study::verify::judge`] against svcpath's exact predictions.
+//! - [`calibrate::calibrate`]: the kernel's cost per rule and per new connection, from the first
+//!   and the last Service of a large synthetic ruleset.
 //! - [`agent::run_agent`]: the listener/sender that runs inside the namespaces (the binary exposes
 //!   it as the hidden `svcpath __agent` subcommand).
 //!
@@ -39,6 +44,8 @@
 //!   nf_tables, and newest-first with legacy (the kernel's table list is a stack).
 
 pub mod agent;
+pub mod calibrate;
+pub mod check;
 pub mod netns;
 pub mod traffic;
 
@@ -49,6 +56,8 @@ use thiserror::Error;
 use crate::model::rules::Family;
 
 pub use agent::run_agent;
+pub use calibrate::{CalibrateOptions, Calibration, calibrate};
+pub use check::{CheckOptions, Observation, check, observe};
 pub use netns::{Netns, cleanup_leftovers};
 pub use traffic::{
     AgentCommand, Flow, FlowResult, Observed, Report, RunOptions, Topology, run_flows,
@@ -166,6 +175,9 @@ pub enum VerifyError {
         /// What went wrong.
         message: String,
     },
+    /// svcpath's own model could not predict a flow.
+    #[error("svcpath's model: {0}")]
+    Model(#[from] crate::dataplane::netfilter::EvalError),
 }
 
 fn line_suffix(line: Option<usize>, text: Option<&str>) -> String {

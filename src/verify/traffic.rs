@@ -265,6 +265,8 @@ pub struct Report {
     pub setup: Duration,
     /// Time spent sending flows.
     pub sending: Duration,
+    /// For each flow (input order), how long its TCP `connect()` took, when it connected.
+    pub connect: Vec<Option<Duration>>,
 }
 
 impl Report {
@@ -428,7 +430,7 @@ pub fn run_flows_with(
     let mut listeners = world.start_listeners(&plan, opts, lifetime)?;
     let setup = started.elapsed();
     let sending_started = Instant::now();
-    let outcomes = world.send_all(&plan, flows, opts)?;
+    let (outcomes, connect) = world.send_all(&plan, flows, opts)?;
     if outcomes.iter().any(|o| !matches!(o, SendOutcome::Reached { .. })) {
         // A hit for a flow whose answer was lost is printed before the answer is sent; give
         // the pipes a moment.
@@ -443,7 +445,7 @@ pub fn run_flows_with(
         observed.push(Observed { flow: i, result: merge(outcome, hit)? });
     }
     drop(world);
-    Ok(Report { observed, setup, sending })
+    Ok(Report { observed, setup, sending, connect })
 }
 
 fn merge(
@@ -827,9 +829,10 @@ impl World {
         plan: &Plan,
         flows: &[Flow],
         opts: &RunOptions,
-    ) -> Result<Vec<SendOutcome>, VerifyError> {
+    ) -> Result<(Vec<SendOutcome>, Vec<Option<Duration>>), VerifyError> {
         let mut next_port: BTreeMap<IpAddr, u16> = BTreeMap::new();
         let mut outcomes: Vec<Option<SendOutcome>> = vec![None; flows.len()];
+        let mut connect: Vec<Option<Duration>> = vec![None; flows.len()];
         let mut start = 0;
         // Consecutive flows from one namespace share a sender (order is kept: affinity needs it).
         while let Some(&origin) = plan.origins.get(start) {
@@ -866,18 +869,22 @@ impl World {
             let stderr = child.stderr.take();
             let reader = std::thread::spawn(move || {
                 let mut got = Vec::new();
+                let mut times = Vec::new();
                 if let Some(out) = stdout {
                     for line in BufReader::new(out).lines().map_while(Result::ok) {
-                        if let Some(parsed) = SendOutcome::parse(agent::protocol_part(&line)) {
+                        let line = agent::protocol_part(&line);
+                        if let Some(parsed) = SendOutcome::parse(line) {
                             got.push(parsed);
+                        } else if let Some(t) = agent::parse_time(line) {
+                            times.push(t);
                         }
                     }
                 }
-                got
+                (got, times)
             });
             let status = netns::wait_deadline(&mut child, budget);
             let _ = writer.join();
-            let got = reader.join().unwrap_or_default();
+            let (got, times) = reader.join().unwrap_or_default();
             let mut err_text = String::new();
             if let Some(mut e) = stderr {
                 let _ = std::io::Read::read_to_string(&mut e, &mut err_text);
@@ -903,9 +910,14 @@ impl World {
                     *slot = Some(outcome);
                 }
             }
+            for (token, ns) in times {
+                if let Some(slot) = connect.get_mut(token as usize) {
+                    *slot = Some(Duration::from_nanos(ns));
+                }
+            }
             start = end;
         }
-        outcomes
+        let outcomes = outcomes
             .into_iter()
             .enumerate()
             .map(|(i, o)| {
@@ -913,7 +925,8 @@ impl World {
                     message: format!("the sender reported nothing for flow {i}"),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((outcomes, connect))
     }
 }
 

@@ -655,6 +655,22 @@ fn wrr_schedule(m: &mut WrrMark, view: View<'_>) -> Option<(usize, i64)> {
         }
         dest = None;
         m.cw -= m.di;
+        // Passes at a current weight above every available weight pick nothing and change
+        // nothing but `cw` (while no stop position is armed): jump over them at once. The kernel
+        // walks them one by one; with a weight of 2^31 - 1 that is billions of empty passes.
+        if stop.is_none() {
+            let w_max = (0..n)
+                .filter_map(|p| view.at(p))
+                .filter(|d| !d.overloaded)
+                .map(|d| i64::from(d.weight))
+                .max()
+                .unwrap_or(0);
+            let floor = w_max.max(m.di);
+            if m.cw > floor {
+                let k = (m.cw - floor + m.di - 1) / m.di;
+                m.cw -= k * m.di;
+            }
+        }
         if m.cw <= 0 {
             m.cw = m.mw;
             if last_pass || last.is_none() {

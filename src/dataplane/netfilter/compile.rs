@@ -189,6 +189,17 @@ pub enum Match {
         /// The listed states as [`ctstate`] bits.
         states: u8,
     },
+    /// `-m set [!] --match-set NAME DIR[,DIR…] [--return-nomatch]`: membership in an ipset.
+    Set {
+        /// Negated (`! --match-set`).
+        neg: bool,
+        /// The set name.
+        name: String,
+        /// For each dimension, whether it takes the source (`src`) rather than the destination.
+        src_dims: Vec<bool>,
+        /// `--return-nomatch`: a `nomatch` entry makes the match succeed.
+        return_nomatch: bool,
+    },
     /// A match that never changes the outcome (`comment`, `nfacct`).
     Always,
     /// A module or option svcpath does not model; the reason says which.
@@ -693,6 +704,18 @@ fn module_options(module: &str) -> Option<&'static [&'static str]> {
         ],
         "state" => &["state"],
         "nfacct" => &["nfacct-name"],
+        "set" => &[
+            "match-set",
+            "return-nomatch",
+            "update-counters",
+            "update-subcounters",
+            "packets-eq",
+            "packets-lt",
+            "packets-gt",
+            "bytes-eq",
+            "bytes-lt",
+            "bytes-gt",
+        ],
         _ => return None,
     })
 }
@@ -846,6 +869,46 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
             let (neg, _, v) = opt(key).ok_or_else(|| CompileErrorKind::MissingValue(key.into()))?;
             Match::CtState { neg: *neg, states: parse_ctstates(key, &first(key, v)?)? }
         }
+        "set" => {
+            let mut out = None;
+            let mut return_nomatch = false;
+            for (neg, o, values) in &m.opts {
+                match *o {
+                    "match-set" => {
+                        let name = first(o, values)?;
+                        let dirs = values
+                            .get(1)
+                            .map(Word::value)
+                            .ok_or_else(|| CompileErrorKind::MissingValue("match-set".into()))?;
+                        let mut src_dims = Vec::new();
+                        for d in dirs.split(',') {
+                            src_dims.push(match d {
+                                "src" => true,
+                                "dst" => false,
+                                _ => {
+                                    return Err(bad(
+                                        o,
+                                        &dirs,
+                                        "directions are src or dst, comma-separated",
+                                    ));
+                                }
+                            });
+                        }
+                        if src_dims.is_empty() || src_dims.len() > 6 {
+                            return Err(bad(o, &dirs, "give one to six directions"));
+                        }
+                        out = Some((*neg, name, src_dims));
+                    }
+                    "return-nomatch" => return_nomatch = true,
+                    // Counters are updated, never compared, by these two.
+                    "update-counters" | "update-subcounters" => {}
+                    other => return Ok(Match::Unmodelled(format!("-m set --{other}"))),
+                }
+            }
+            let (neg, name, src_dims) =
+                out.ok_or_else(|| CompileErrorKind::MissingValue("match-set".into()))?;
+            Match::Set { neg, name, src_dims, return_nomatch }
+        }
         other => {
             let _ = family;
             Match::Unmodelled(format!("match module '{other}'"))
@@ -957,6 +1020,9 @@ fn build_target(
                 "xor-mark" => Target::Mark { clear: 0, xor: value },
                 other => return Err(CompileErrorKind::UnknownOption(other.to_owned())),
             }
+        }
+        "NOTRACK" | "CT" if table != "raw" => {
+            return Err(CompileErrorKind::WrongTable(name.to_owned(), "raw table"));
         }
         "NOTRACK" => Target::NoTrack,
         "CT" if opt("notrack").is_some() => Target::NoTrack,
@@ -1207,5 +1273,26 @@ mod tests {
         let r = Rule::new("C").module("foo").opt("bar", &["1"]).jump("ACCEPT");
         let c = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap();
         assert_eq!(c.matches, vec![Match::Unmodelled("match module 'foo'".into())]);
+    }
+
+    #[test]
+    fn set_match_reads_name_directions_and_negation() {
+        let r = Rule::new("KUBE-POSTROUTING")
+            .module("set")
+            .not_opt("match-set", &["KUBE-LOOP-BACK", "dst,dst,src"])
+            .opt("return-nomatch", &[])
+            .jump("MASQUERADE");
+        let c = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap();
+        assert_eq!(
+            c.matches,
+            vec![Match::Set {
+                neg: true,
+                name: "KUBE-LOOP-BACK".into(),
+                src_dims: vec![false, false, true],
+                return_nomatch: true
+            }]
+        );
+        let bad = Rule::new("X").module("set").opt("match-set", &["S", "dst,up"]).jump("ACCEPT");
+        assert!(compile_rule(&bad, Family::V4, &HashMap::new(), "filter").is_err());
     }
 }
