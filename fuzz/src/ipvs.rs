@@ -40,11 +40,6 @@ impl WeightInput {
     fn value(self) -> u32 {
         match self {
             WeightInput::Small(w) => u32::from(w % 6),
-            // Finding 2 of issue #8 (tests/regression.rs): wrr walks every current weight
-            // from the maximum down when no destination is eligible, so a weight near 2^31
-            // makes one decision take a minute. In-range weights are kept small until
-            // sched.rs skips the empty passes; out-of-range ones stay (they must be refused).
-            WeightInput::Any(w) if w <= MAX_WEIGHT => w % 4096,
             WeightInput::Any(w) => w,
         }
     }

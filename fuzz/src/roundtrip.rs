@@ -121,14 +121,13 @@ impl WordInput {
             WordInput::Bare(s) => Word::raw(bare(s, usize::MAX).unwrap_or_else(|| "v".to_owned())),
             WordInput::Save(s) => save_string(&quotable(s)),
             WordInput::Spaced(s) => {
-                let s = quotable(s);
-                // `quote_if_spaced` leaves an unspaced value as it is, quotes and all (finding 4
-                // of issue #8), so only spaced or empty values go through it; the rest are made
-                // bare words.
-                if s.is_empty() || s.contains([' ', '\t']) {
-                    Word::quote_if_spaced(&s)
+                // Since the fix of finding 4 of issue #8, values with quotes or backslashes
+                // are quoted too; a value quote_if_spaced leaves bare must be a value word.
+                let w = Word::quote_if_spaced(&quotable(s));
+                if w.as_raw().starts_with('"') {
+                    w
                 } else {
-                    Word::raw(bare(&s, usize::MAX).unwrap_or_else(|| "v".to_owned()))
+                    Word::raw(bare(w.as_raw(), usize::MAX).unwrap_or_else(|| "v".to_owned()))
                 }
             }
             WordInput::Mixed(a, b) => {

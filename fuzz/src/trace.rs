@@ -397,12 +397,6 @@ fn add_match(rule: Rule, m: &MatchInput, family: Family, randoms: &mut usize) ->
             }
             *randoms += 1;
             let every = u32::from(*every % 8) + 1;
-            // Finding 1 of issue #8 (tests/regression.rs): `! --every 1` never matches, yet
-            // the exact walk forks into a probability-0 outcome. Kept out of the generator so
-            // fuzzing goes on past it; remove this guard once eval.rs handles it.
-            if *neg && every == 1 {
-                return rule;
-            }
             let packet = u32::from(*packet) % every;
             let rule = rule.module("statistic").opt("mode", &["nth"]);
             opt(rule, *neg, "every", &[&every.to_string()]).opt("packet", &[&packet.to_string()])
@@ -513,10 +507,6 @@ fn add_target(rule: Rule, t: &TargetInput, users: &[String], table: &str, family
             rule.jump("MARK").opt(name, &[&v])
         }
         TargetInput::Log => rule.jump("LOG").opt("log-prefix", &["\"svc \""]),
-        // Finding 6 of issue #8 (tests/regression.rs): NOTRACK and CT are raw-table targets the
-        // compiler also accepts elsewhere, where exact and sampled walks then disagree. Only
-        // raw gets them until compile.rs refuses the others.
-        TargetInput::NoTrack(_) if table != "raw" => rule,
         TargetInput::NoTrack(ct) => {
             if *ct {
                 rule.jump("CT").opt("notrack", &[])

@@ -1,0 +1,21 @@
+//! The `ipset save` parser on arbitrary text: never panics, and what it accepts renders to text
+//! that parses back to the same sets.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use svcpath::formats::ipset::{parse, render};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(sets) = parse(text) else { return };
+    // Finding 9 of issue #8 (tests/regression.rs): an empty quoted extra word (`""`) is read
+    // but rendered as nothing. Such sets skip the round trip until the format decides.
+    if sets.iter().flat_map(|s| &s.entries).any(|e| e.extra.iter().any(String::is_empty)) {
+        return;
+    }
+    let rendered = render(&sets);
+    match parse(&rendered) {
+        Ok(again) => assert_eq!(again, sets, "parse(render(s)) != s"),
+        Err(e) => panic!("rendered sets do not parse: {e}\n{rendered}"),
+    }
+});
