@@ -1,5 +1,6 @@
 //! svcpath's integration tests: one test binary, one module per area.
 
+mod adversarial;
 mod cli;
 mod cost;
 mod golden;

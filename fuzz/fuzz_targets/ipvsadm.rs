@@ -1,0 +1,44 @@
+//! The `ipvsadm` parsers on arbitrary bytes (first byte: even = `-Sn` save format, odd = `-Ln`
+//! listing): never panic. An accepted listing renders to text that parses back to the same
+//! table, sorted; an accepted save text renders to text that parses back and renders the same.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use svcpath::formats::ipvsadm::{parse_list, parse_save, render_list, render_save};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&first, rest)) = data.split_first() else { return };
+    let Ok(text) = std::str::from_utf8(rest) else { return };
+    if first & 1 == 0 {
+        let Ok(table) = parse_save(text) else { return };
+        let rendered = render_save(&table);
+        let again = match parse_save(&rendered) {
+            Ok(t) => t,
+            Err(e) => panic!("rendered save text does not parse: {e}\n{rendered}"),
+        };
+        assert_eq!(render_save(&again), rendered, "render_save is not a fixed point");
+    } else {
+        let Ok(table) = parse_list(text) else { return };
+        // Finding 8 of issue #8 (tests/regression.rs): `pe NAME` without `persistent` is read
+        // but not rendered. Such tables skip the round trip until the format decides.
+        // Finding 10: thresholds read from an `ipvsadm -Ln --thresholds` listing are not in the
+        // plain listing `render_list` prints.
+        let thresholds = |s: &svcpath::model::ipvs::VirtualServer| {
+            s.real_servers.iter().any(|r| r.u_threshold != 0 || r.l_threshold != 0)
+        };
+        if table
+            .services
+            .iter()
+            .any(|s| (s.pe.is_some() && s.persistence.is_none()) || thresholds(s))
+        {
+            return;
+        }
+        let rendered = render_list(&table);
+        match parse_list(&rendered) {
+            Ok(again) => {
+                assert_eq!(again, table.sorted(), "parse_list(render_list(t)) != t.sorted()")
+            }
+            Err(e) => panic!("rendered listing does not parse: {e}\n{rendered}"),
+        }
+    }
+});
