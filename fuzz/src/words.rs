@@ -37,9 +37,10 @@ pub fn bare(s: &str, max: usize) -> Option<String> {
     if kept.is_empty() || kept == "!" { None } else { Some(kept.to_owned()) }
 }
 
-/// Text that may sit inside double quotes: no NUL and no line break.
+/// Text that may sit inside double quotes: no NUL, no line break and no carriage return (the
+/// parser refuses a CR anywhere but right before a line end).
 pub fn quotable(s: &str) -> String {
-    s.chars().filter(|&c| !matches!(c, '\0' | '\n')).collect()
+    s.chars().filter(|&c| !matches!(c, '\0' | '\n' | '\r')).collect()
 }
 
 /// Whether `s` renders as one bare word that parses back to itself as a name.
