@@ -164,7 +164,6 @@ fn ipvsadm_list_pe_without_persistence_round_trips() {
 // prints it bare, so the round trip splits or loses it (fuzz target `ipset`;
 // src/formats/ipset.rs, `render` does not quote extra words and option values).
 #[test]
-#[ignore = "issue #8 finding 9: fix in src/formats/ipset.rs (empty quoted words)"]
 fn ipset_empty_quoted_extra_word_round_trips() {
     use svcpath::formats::ipset::{parse, render};
     for text in [
@@ -197,7 +196,6 @@ fn ipvsadm_threshold_listing_round_trips() {
 // and the renderer disagree on what separates words (fuzz target `ipset`, minimised;
 // src/formats/ipset.rs).
 #[test]
-#[ignore = "issue #8 finding 11: fix in src/formats/ipset.rs (whitespace other than space)"]
 fn ipset_vertical_tab_value_round_trips() {
     use svcpath::formats::ipset::{parse, render};
     if let Ok(sets) = parse("create B hash:ip size\u{b}\"\u{b}\"") {

@@ -141,7 +141,7 @@ pub fn render(sets: &[IpSet]) -> String {
         for (n, v) in &s.options {
             match v {
                 Some(v) => {
-                    let _ = write!(out, " {n} {v}");
+                    let _ = write!(out, " {n} {}", word(v));
                 }
                 None => {
                     let _ = write!(out, " {n}");
@@ -152,7 +152,7 @@ pub fn render(sets: &[IpSet]) -> String {
         for e in &s.entries {
             let _ = write!(out, "add {} {}", s.name, e.member);
             for x in &e.extra {
-                let _ = write!(out, " {x}");
+                let _ = write!(out, " {}", word(x));
             }
             if let Some(c) = &e.comment {
                 let _ = write!(out, " comment \"{c}\"");
@@ -161,6 +161,15 @@ pub fn render(sets: &[IpSet]) -> String {
         }
     }
     out
+}
+
+/// A value as one word: quoted when it is empty or holds whitespace (the tokenizer splits there).
+fn word(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.is_empty() || v.contains(char::is_whitespace) {
+        std::borrow::Cow::Owned(format!("\"{v}\""))
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
 }
 
 struct Word {
