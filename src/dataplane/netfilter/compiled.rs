@@ -35,9 +35,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use super::Netfilter;
-use super::compile::{
-    CompiledRule, CompiledTable, Match, Net, RecentCmd, Target, addrtype, ctstate,
-};
+use super::compile::{CompiledRule, CompiledTable, Match, Net, Target, ctstate};
+use super::eval::{Cursor, Test, header_matches, test_match};
 use super::eval::{
     Delivery, Effect, Env, EvalError, Hook, HookMap, MAX_DEPTH, MAX_OUTCOMES, Origin, Outcome,
     Packet, Verdict,
@@ -1012,102 +1011,6 @@ impl Walk {
     }
 }
 
-fn iface_matches(spec: &(bool, String, bool), iface: &str) -> bool {
-    let (neg, name, prefix) = spec;
-    let m = if *prefix { iface.starts_with(name.as_str()) } else { iface == name };
-    m != *neg
-}
-
-fn header_matches(rule: &CompiledRule, pkt: &Packet, w: &Walk) -> bool {
-    let h = &rule.header;
-    if let Some((neg, p)) = h.proto
-        && (pkt.proto == p) == neg
-    {
-        return false;
-    }
-    if let Some((neg, net)) = &h.src
-        && net.contains(w.src) == *neg
-    {
-        return false;
-    }
-    if let Some((neg, net)) = &h.dst
-        && net.contains(w.dst) == *neg
-    {
-        return false;
-    }
-    let hook = phase_hook(w.phase);
-    if let Some(spec) = &h.in_iface {
-        let iface = match (&pkt.origin, hook) {
-            (_, Hook::Output) => return false,
-            (Origin::Local, _) => "lo",
-            (Origin::Remote { in_iface }, _) => in_iface.as_str(),
-        };
-        if !iface_matches(spec, iface) {
-            return false;
-        }
-    }
-    if let Some(spec) = &h.out_iface {
-        let iface = match hook {
-            Hook::Prerouting | Hook::Input => return false,
-            _ if w.local_origin && w.dst.is_loopback() => "lo",
-            _ => pkt.out_iface.as_str(),
-        };
-        if !iface_matches(spec, iface) {
-            return false;
-        }
-    }
-    h.fragment != Some(true)
-}
-
-fn addr_type(env: &Env, ip: IpAddr) -> u16 {
-    if env.is_local(ip) {
-        addrtype::LOCAL
-    } else if ip.is_multicast() {
-        addrtype::MULTICAST
-    } else if ip.is_unspecified() {
-        addrtype::UNSPEC
-    } else if matches!(ip, IpAddr::V4(a) if a.is_broadcast()) {
-        addrtype::BROADCAST
-    } else {
-        addrtype::UNICAST
-    }
-}
-
-fn mask_addr(ip: IpAddr, mask: Option<IpAddr>) -> IpAddr {
-    match (ip, mask) {
-        (IpAddr::V4(a), Some(IpAddr::V4(m))) => IpAddr::V4((u32::from(a) & u32::from(m)).into()),
-        (IpAddr::V6(a), Some(IpAddr::V6(m))) => IpAddr::V6((u128::from(a) & u128::from(m)).into()),
-        (ip, _) => ip,
-    }
-}
-
-/// xt_recent's check: enough stamps of `addr` in `list` within `seconds`, this walk's own
-/// `--set`/`--remove` effects applied on top of the shared lists.
-fn recent_seen(
-    env: &Env,
-    w: &Walk,
-    list: &str,
-    addr: IpAddr,
-    seconds: Option<u32>,
-    hitcount: Option<u32>,
-) -> bool {
-    let mut stamps: Vec<f64> =
-        env.recent.lists.get(list).and_then(|l| l.get(&addr)).cloned().unwrap_or_default();
-    for e in &w.effects {
-        match e {
-            Effect::RecentSet { list: l, addr: a } if l == list && *a == addr => {
-                stamps.push(env.now)
-            }
-            Effect::RecentRemove { list: l, addr: a } if l == list && *a == addr => stamps.clear(),
-            _ => {}
-        }
-    }
-    let need = hitcount.unwrap_or(0).max(1) as usize;
-    let counted =
-        stamps.iter().filter(|&&t| seconds.is_none_or(|s| t >= env.now - f64::from(s))).count();
-    counted >= need
-}
-
 /// Resolves one random test with probability `p_match` of matching (`threshold` out of 2^31, as
 /// drawn); forks in exact mode. Returns whether this walk's side matches.
 fn random_side<R: rand::Rng + ?Sized>(
@@ -1146,107 +1049,24 @@ fn eval_rule<R: rand::Rng + ?Sized>(
     draw: &mut Draw<'_, R>,
     pending: &mut Vec<Walk>,
 ) -> bool {
-    if !header_matches(rule, pkt, w) {
+    if !header_matches(&rule.header, pkt, w.src, w.dst, w.local_origin, phase_hook(w.phase)) {
         return false;
     }
     for m in &rule.matches {
-        let ok = match m {
-            Match::Always => true,
-            Match::Ports { proto, sport, dport } => {
-                pkt.proto == *proto
-                    && sport.is_none_or(|(neg, r)| r.contains(pkt.sport) != neg)
-                    && dport.is_none_or(|(neg, r)| r.contains(w.dport) != neg)
+        let mut c = Cursor {
+            src: w.src,
+            dst: w.dst,
+            dport: w.dport,
+            mark: w.mark,
+            ct: w.ct,
+            effects: &mut w.effects,
+        };
+        let ok = match test_match(m, rule.line, env, pkt, &mut c) {
+            Test::Is(b) => b,
+            Test::Random { neg, threshold, p_match, .. } => {
+                random_side(draw, w, pending, neg, threshold, p_match)
             }
-            Match::Multiport { neg, source, ports } => {
-                let hit = ports.iter().any(|r| match source {
-                    Some(true) => r.contains(pkt.sport),
-                    Some(false) => r.contains(w.dport),
-                    None => r.contains(pkt.sport) || r.contains(w.dport),
-                });
-                hit != *neg
-            }
-            Match::AddrType { src, dst } => {
-                src.is_none_or(|(neg, t)| (addr_type(env, w.src) & t != 0) != neg)
-                    && dst.is_none_or(|(neg, t)| (addr_type(env, w.dst) & t != 0) != neg)
-            }
-            Match::Mark { neg, value, mask } => ((w.mark & mask) == *value) != *neg,
-            Match::CtState { neg, states } => (w.ct & states != 0) != *neg,
-            Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask } => {
-                let addr = mask_addr(if *rdest { w.dst } else { w.src }, *mask);
-                let hit = match cmd {
-                    RecentCmd::Set => {
-                        w.effects.push(Effect::RecentSet { list: name.clone(), addr });
-                        true
-                    }
-                    RecentCmd::Check => recent_seen(env, w, name, addr, *seconds, *hitcount),
-                    RecentCmd::Update => {
-                        let seen = recent_seen(env, w, name, addr, *seconds, *hitcount);
-                        if seen {
-                            w.effects.push(Effect::RecentSet { list: name.clone(), addr });
-                        }
-                        seen
-                    }
-                    RecentCmd::Remove => {
-                        let seen = recent_seen(env, w, name, addr, None, None);
-                        if seen {
-                            w.effects.push(Effect::RecentRemove { list: name.clone(), addr });
-                        }
-                        seen
-                    }
-                };
-                hit != *neg
-            }
-            Match::Random { neg, threshold } => {
-                let p = f64::from(*threshold) / THRESHOLD_SCALE;
-                let p_match = if *neg { 1.0 - p } else { p };
-                random_side(draw, w, pending, *neg, *threshold, p_match)
-            }
-            Match::Nth { neg, every, .. } => {
-                let p = 1.0 / f64::from(*every);
-                let threshold = (p * THRESHOLD_SCALE).round() as u32;
-                let p_match = if *neg { 1.0 - p } else { p };
-                match draw {
-                    Draw::Exact if p_match <= 0.0 => {
-                        // The faithful walk forks even here; a zero-probability side adds nothing.
-                        let mut alt = w.clone();
-                        alt.prob *= 1.0 - p_match;
-                        alt.resume = Resume::NoMatch;
-                        w.prob *= p_match;
-                        pending.push(alt);
-                        true
-                    }
-                    _ => random_side(draw, w, pending, *neg, threshold, p_match),
-                }
-            }
-            Match::Set { neg, name, src_dims, return_nomatch } => {
-                match env.ipsets.test(
-                    name,
-                    src_dims,
-                    *return_nomatch,
-                    w.src,
-                    w.dst,
-                    pkt.sport,
-                    w.dport,
-                    pkt.proto,
-                ) {
-                    Some(hit) => hit != *neg,
-                    None => {
-                        let msg = format!(
-                            "line {}: -m set --match-set {name}: no contents for set '{name}' (give its ipset save); rule assumed not to match",
-                            rule.line
-                        );
-                        if !w.warnings.contains(&msg) {
-                            w.warnings.push(msg);
-                        }
-                        false
-                    }
-                }
-            }
-            Match::Unmodelled(what) => {
-                let msg = format!(
-                    "line {}: {what} is not modelled; rule assumed not to match",
-                    rule.line
-                );
+            Test::Unknown(msg) => {
                 if !w.warnings.contains(&msg) {
                     w.warnings.push(msg);
                 }

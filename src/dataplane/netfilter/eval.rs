@@ -836,25 +836,34 @@ fn next_phase(env: &Env, w: &mut Walk, record: bool) {
     };
 }
 
-fn iface_matches(spec: &(bool, String, bool), iface: &str) -> bool {
+pub(super) fn iface_matches(spec: &(bool, String, bool), iface: &str) -> bool {
     let (neg, name, prefix) = spec;
     let m = if *prefix { iface.starts_with(name.as_str()) } else { iface == name };
     m != *neg
 }
 
-fn header_matches(h: &Header, pkt: &Packet, w: &Walk, hook: Hook) -> bool {
+/// The kernel's header checks (`-p -s -d -i -o -f`), run before any match. Shared with the
+/// compiled walk in [`super::compiled`].
+pub(super) fn header_matches(
+    h: &Header,
+    pkt: &Packet,
+    src: IpAddr,
+    dst: IpAddr,
+    local_origin: bool,
+    hook: Hook,
+) -> bool {
     if let Some((neg, p)) = h.proto
         && (pkt.proto == p) == neg
     {
         return false;
     }
     if let Some((neg, net)) = &h.src
-        && net.contains(w.src) == *neg
+        && net.contains(src) == *neg
     {
         return false;
     }
     if let Some((neg, net)) = &h.dst
-        && net.contains(w.dst) == *neg
+        && net.contains(dst) == *neg
     {
         return false;
     }
@@ -871,7 +880,7 @@ fn header_matches(h: &Header, pkt: &Packet, w: &Walk, hook: Hook) -> bool {
     if let Some(spec) = &h.out_iface {
         let iface = match hook {
             Hook::Prerouting | Hook::Input => return false,
-            _ if w.local_origin && matches!(w.dst, ip if ip.is_loopback()) => "lo",
+            _ if local_origin && dst.is_loopback() => "lo",
             _ => pkt.out_iface.as_str(),
         };
         if !iface_matches(spec, iface) {
@@ -896,7 +905,7 @@ fn mask_addr(ip: IpAddr, mask: Option<IpAddr>) -> IpAddr {
 
 fn recent_seen(
     env: &Env,
-    w: &Walk,
+    effects: &[Effect],
     list: &str,
     addr: IpAddr,
     seconds: Option<u32>,
@@ -905,7 +914,7 @@ fn recent_seen(
     // Branch-local effects first (a --set earlier in this walk), then the shared state.
     let mut stamps: Vec<f64> =
         env.recent.stamps(list, addr).map(<[f64]>::to_vec).unwrap_or_default();
-    for e in &w.effects {
+    for e in effects {
         match e {
             Effect::RecentSet { list: l, addr: a } if l == list && *a == addr => {
                 stamps.push(env.now)
@@ -922,6 +931,136 @@ fn recent_seen(
     counted >= need
 }
 
+/// The packet state a match reads, and the effects it records: borrowed from a walk, so the
+/// faithful walk and the compiled one evaluate matches with the same code.
+pub(super) struct Cursor<'a> {
+    /// Source address (after SNAT so far).
+    pub src: IpAddr,
+    /// Destination address (after DNAT so far).
+    pub dst: IpAddr,
+    /// Destination port (after DNAT so far).
+    pub dport: u16,
+    /// The packet mark.
+    pub mark: u32,
+    /// Conntrack state bits.
+    pub ct: u8,
+    /// This walk's `-m recent` effects.
+    pub effects: &'a mut Vec<Effect>,
+}
+
+/// What one match says about a packet.
+pub(super) enum Test {
+    /// Decided.
+    Is(bool),
+    /// Decided by a random draw (`--mode random`, or `--mode nth` averaged over its hidden
+    /// counter): the walk forks or samples.
+    Random {
+        /// Negated.
+        neg: bool,
+        /// The threshold out of 2^31 that a draw is compared with.
+        threshold: u32,
+        /// The probability that the match holds.
+        p_match: f64,
+        /// Whether it is the nth mode.
+        nth: bool,
+    },
+    /// Not modelled (or an ipset without contents): assumed not to match; the message says so.
+    Unknown(String),
+}
+
+/// Evaluates one match of a rule at `line`.
+pub(super) fn test_match(
+    m: &Match,
+    line: usize,
+    env: &Env,
+    pkt: &Packet,
+    c: &mut Cursor<'_>,
+) -> Test {
+    Test::Is(match m {
+        Match::Always => true,
+        Match::Ports { proto, sport, dport } => {
+            pkt.proto == *proto
+                && sport.is_none_or(|(neg, r)| r.contains(pkt.sport) != neg)
+                && dport.is_none_or(|(neg, r)| r.contains(c.dport) != neg)
+        }
+        Match::Multiport { neg, source, ports } => {
+            let hit = ports.iter().any(|r| match source {
+                Some(true) => r.contains(pkt.sport),
+                Some(false) => r.contains(c.dport),
+                None => r.contains(pkt.sport) || r.contains(c.dport),
+            });
+            hit != *neg
+        }
+        Match::AddrType { src, dst } => {
+            src.is_none_or(|(neg, t)| (env.addr_type(c.src) & t != 0) != neg)
+                && dst.is_none_or(|(neg, t)| (env.addr_type(c.dst) & t != 0) != neg)
+        }
+        Match::Mark { neg, value, mask } => ((c.mark & mask) == *value) != *neg,
+        Match::CtState { neg, states } => (c.ct & states != 0) != *neg,
+        Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask } => {
+            let addr = mask_addr(if *rdest { c.dst } else { c.src }, *mask);
+            let hit = match cmd {
+                RecentCmd::Set => {
+                    c.effects.push(Effect::RecentSet { list: name.clone(), addr });
+                    true
+                }
+                RecentCmd::Check => recent_seen(env, c.effects, name, addr, *seconds, *hitcount),
+                RecentCmd::Update => {
+                    let seen = recent_seen(env, c.effects, name, addr, *seconds, *hitcount);
+                    if seen {
+                        c.effects.push(Effect::RecentSet { list: name.clone(), addr });
+                    }
+                    seen
+                }
+                RecentCmd::Remove => {
+                    let seen = recent_seen(env, c.effects, name, addr, None, None);
+                    if seen {
+                        c.effects.push(Effect::RecentRemove { list: name.clone(), addr });
+                    }
+                    seen
+                }
+            };
+            hit != *neg
+        }
+        Match::Random { neg, threshold } => {
+            let p = f64::from(*threshold) / 2147483648.0;
+            let p_match = if *neg { 1.0 - p } else { p };
+            return Test::Random { neg: *neg, threshold: *threshold, p_match, nth: false };
+        }
+        Match::Nth { neg, every, .. } => {
+            // The nth counter is hidden state; svcpath averages over it: 1 packet in `every`.
+            let p = 1.0 / f64::from(*every);
+            let threshold = (p * 2147483648.0).round() as u32;
+            let p_match = if *neg { 1.0 - p } else { p };
+            return Test::Random { neg: *neg, threshold, p_match, nth: true };
+        }
+        Match::Set { neg, name, src_dims, return_nomatch } => {
+            match env.ipsets.test(
+                name,
+                src_dims,
+                *return_nomatch,
+                c.src,
+                c.dst,
+                pkt.sport,
+                c.dport,
+                pkt.proto,
+            ) {
+                Some(hit) => hit != *neg,
+                None => {
+                    return Test::Unknown(format!(
+                        "line {line}: -m set --match-set {name}: no contents for set '{name}' (give its ipset save); rule assumed not to match"
+                    ));
+                }
+            }
+        }
+        Match::Unmodelled(what) => {
+            return Test::Unknown(format!(
+                "line {line}: {what} is not modelled; rule assumed not to match"
+            ));
+        }
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn eval_rule<C: Chooser>(
     rule: &CompiledRule,
@@ -936,147 +1075,46 @@ fn eval_rule<C: Chooser>(
     chain: usize,
     pos: usize,
 ) -> RuleOutcome {
-    if !header_matches(&rule.header, pkt, w, hook) {
+    if !header_matches(&rule.header, pkt, w.src, w.dst, w.local_origin, hook) {
         return RuleOutcome::NoMatch;
     }
     for m in &rule.matches {
-        let ok = match m {
-            Match::Always => true,
-            Match::Ports { proto, sport, dport } => {
-                pkt.proto == *proto
-                    && sport.is_none_or(|(neg, r)| r.contains(pkt.sport) != neg)
-                    && dport.is_none_or(|(neg, r)| r.contains(w.dport) != neg)
-            }
-            Match::Multiport { neg, source, ports } => {
-                let hit = ports.iter().any(|r| match source {
-                    Some(true) => r.contains(pkt.sport),
-                    Some(false) => r.contains(w.dport),
-                    None => r.contains(pkt.sport) || r.contains(w.dport),
-                });
-                hit != *neg
-            }
-            Match::AddrType { src, dst } => {
-                src.is_none_or(|(neg, t)| (env.addr_type(w.src) & t != 0) != neg)
-                    && dst.is_none_or(|(neg, t)| (env.addr_type(w.dst) & t != 0) != neg)
-            }
-            Match::Mark { neg, value, mask } => ((w.mark & mask) == *value) != *neg,
-            Match::CtState { neg, states } => (w.ct & states != 0) != *neg,
-            Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask } => {
-                let addr = mask_addr(if *rdest { w.dst } else { w.src }, *mask);
-                let hit = match cmd {
-                    RecentCmd::Set => {
-                        w.effects.push(Effect::RecentSet { list: name.clone(), addr });
-                        true
+        let mut c = Cursor {
+            src: w.src,
+            dst: w.dst,
+            dport: w.dport,
+            mark: w.mark,
+            ct: w.ct,
+            effects: &mut w.effects,
+        };
+        let ok = match test_match(m, rule.line, env, pkt, &mut c) {
+            Test::Is(b) => b,
+            Test::Random { neg, threshold, p_match, nth } => match chooser.choose(threshold) {
+                Some(drawn) => drawn != neg,
+                None if p_match <= 0.0 => false,
+                None if p_match >= 1.0 => true,
+                None => {
+                    let mut alt = w.clone();
+                    alt.prob *= 1.0 - p_match;
+                    alt.resume_nomatch = true;
+                    w.prob *= p_match;
+                    if record && !nth {
+                        let h = |probability, taken| Hop {
+                            hook,
+                            table: ti,
+                            chain,
+                            rule: Some(pos),
+                            evaluated: w.evaluated,
+                            event: Event::Branch { probability, taken },
+                        };
+                        alt.hops.push(h(1.0 - p_match, false));
+                        w.hops.push(h(p_match, true));
                     }
-                    RecentCmd::Check => recent_seen(env, w, name, addr, *seconds, *hitcount),
-                    RecentCmd::Update => {
-                        let seen = recent_seen(env, w, name, addr, *seconds, *hitcount);
-                        if seen {
-                            w.effects.push(Effect::RecentSet { list: name.clone(), addr });
-                        }
-                        seen
-                    }
-                    RecentCmd::Remove => {
-                        let seen = recent_seen(env, w, name, addr, None, None);
-                        if seen {
-                            w.effects.push(Effect::RecentRemove { list: name.clone(), addr });
-                        }
-                        seen
-                    }
-                };
-                hit != *neg
-            }
-            Match::Random { neg, threshold } => {
-                let p = f64::from(*threshold) / 2147483648.0;
-                let (p_match, t) = if *neg { (1.0 - p, *threshold) } else { (p, *threshold) };
-                match chooser.choose(t) {
-                    Some(drawn) => drawn != *neg,
-                    None => {
-                        if p_match <= 0.0 {
-                            false
-                        } else if p_match >= 1.0 {
-                            true
-                        } else {
-                            let mut alt = w.clone();
-                            alt.prob *= 1.0 - p_match;
-                            alt.resume_nomatch = true;
-                            w.prob *= p_match;
-                            if record {
-                                let h = |probability, taken| Hop {
-                                    hook,
-                                    table: ti,
-                                    chain,
-                                    rule: Some(pos),
-                                    evaluated: w.evaluated,
-                                    event: Event::Branch { probability, taken },
-                                };
-                                alt.hops.push(h(1.0 - p_match, false));
-                                w.hops.push(h(p_match, true));
-                            }
-                            pending.push(alt);
-                            true
-                        }
-                    }
+                    pending.push(alt);
+                    true
                 }
-            }
-            Match::Nth { neg, every, .. } => {
-                // The nth counter is hidden state; svcpath averages over it: 1 packet in `every`.
-                let p = 1.0 / f64::from(*every);
-                let threshold = (p * 2147483648.0).round() as u32;
-                let p_match = if *neg { 1.0 - p } else { p };
-                match chooser.choose(threshold) {
-                    Some(drawn) => drawn != *neg,
-                    None if p_match <= 0.0 => false,
-                    None if p_match >= 1.0 => true,
-                    None => {
-                        let mut alt = w.clone();
-                        alt.prob *= 1.0 - p_match;
-                        alt.resume_nomatch = true;
-                        w.prob *= p_match;
-                        pending.push(alt);
-                        true
-                    }
-                }
-            }
-            Match::Set { neg, name, src_dims, return_nomatch } => {
-                match env.ipsets.test(
-                    name,
-                    src_dims,
-                    *return_nomatch,
-                    w.src,
-                    w.dst,
-                    pkt.sport,
-                    w.dport,
-                    pkt.proto,
-                ) {
-                    Some(hit) => hit != *neg,
-                    None => {
-                        let msg = format!(
-                            "line {}: -m set --match-set {name}: no contents for set '{name}' (give its ipset save); rule assumed not to match",
-                            rule.line
-                        );
-                        if record {
-                            w.hops.push(Hop {
-                                hook,
-                                table: ti,
-                                chain,
-                                rule: Some(pos),
-                                evaluated: w.evaluated,
-                                event: Event::Unmodelled { what: msg.clone() },
-                            });
-                        }
-                        if !w.warnings.contains(&msg) {
-                            w.warnings.push(msg);
-                        }
-                        false
-                    }
-                }
-            }
-            Match::Unmodelled(what) => {
-                let msg = format!(
-                    "line {}: {what} is not modelled; rule assumed not to match",
-                    rule.line
-                );
+            },
+            Test::Unknown(msg) => {
                 if record {
                     w.hops.push(Hop {
                         hook,
