@@ -541,6 +541,38 @@ pub fn evaluate<C: Chooser>(
     Ok(outcomes)
 }
 
+impl Walk {
+    /// The built-in chain's policy ends this table's walk: ACCEPT moves on to the next step,
+    /// DROP is the verdict. Returns whether the walk ended.
+    fn end_at_policy(
+        &mut self,
+        policy: Option<bool>,
+        record: bool,
+        hook: Hook,
+        ti: usize,
+        chain: usize,
+    ) -> bool {
+        let accept = policy.unwrap_or(true);
+        if record {
+            self.hops.push(Hop {
+                hook,
+                table: ti,
+                chain,
+                rule: None,
+                evaluated: self.evaluated,
+                event: Event::Policy { accept },
+            });
+        }
+        self.stack.clear();
+        if !accept {
+            self.verdict = Some(Verdict::Drop);
+            return true;
+        }
+        self.step += 1;
+        false
+    }
+}
+
 fn finish(w: Walk) -> Outcome {
     let verdict = w.verdict.unwrap_or(Verdict::Accept);
     let delivery = match verdict {
@@ -628,23 +660,9 @@ fn run<C: Chooser>(
             let rules = &table.chains[chain].rules;
             if pos >= rules.len() {
                 if w.stack.len() == 1 {
-                    let accept = table.chains[chain].policy.unwrap_or(true);
-                    if record {
-                        w.hops.push(Hop {
-                            hook,
-                            table: ti,
-                            chain,
-                            rule: None,
-                            evaluated: w.evaluated,
-                            event: Event::Policy { accept },
-                        });
-                    }
-                    w.stack.clear();
-                    if !accept {
-                        w.verdict = Some(Verdict::Drop);
+                    if w.end_at_policy(table.chains[chain].policy, record, hook, ti, chain) {
                         return Ok(());
                     }
-                    w.step += 1;
                     break;
                 }
                 w.stack.pop();
@@ -717,23 +735,9 @@ fn run<C: Chooser>(
                 }
                 Target::Return => {
                     if w.stack.len() == 1 {
-                        let accept = table.chains[chain].policy.unwrap_or(true);
-                        if record {
-                            w.hops.push(Hop {
-                                hook,
-                                table: ti,
-                                chain,
-                                rule: None,
-                                evaluated: w.evaluated,
-                                event: Event::Policy { accept },
-                            });
-                        }
-                        w.stack.clear();
-                        if !accept {
-                            w.verdict = Some(Verdict::Drop);
+                        if w.end_at_policy(table.chains[chain].policy, record, hook, ti, chain) {
                             return Ok(());
                         }
-                        w.step += 1;
                         break;
                     }
                     w.stack.pop();
