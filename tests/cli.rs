@@ -2,13 +2,12 @@
 
 use predicates::prelude::*;
 
-use crate::harness::{svcpath, temp_with};
+use crate::harness::{stdout_of, svcpath, temp_with};
 
 /// Issue #2 acceptance: the first command a newcomer types.
 #[test]
 fn trace_default_cluster_lists_three_endpoints_at_one_third() {
-    let out =
-        svcpath().args(["trace", "10.96.0.10:80"]).assert().success().get_output().stdout.clone();
+    let out = stdout_of(&["trace", "10.96.0.10:80"]).into_bytes();
     let text = String::from_utf8(out).unwrap();
     for ep in ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"] {
         let line = text
@@ -22,13 +21,7 @@ fn trace_default_cluster_lists_three_endpoints_at_one_third() {
 
 #[test]
 fn trace_json_has_outcomes_probabilities_and_cost() {
-    let out = svcpath()
-        .args(["trace", "10.96.0.10:80", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(&["trace", "10.96.0.10:80", "--json"]).into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let outcomes = v["outcomes"].as_array().unwrap();
     assert_eq!(outcomes.len(), 3);
@@ -46,26 +39,15 @@ fn trace_json_has_outcomes_probabilities_and_cost() {
 
 #[test]
 fn trace_from_outside_the_cluster_is_masqueraded() {
-    let out = svcpath()
-        .args(["trace", "10.96.0.10:80", "--from", "172.16.5.5", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(&["trace", "10.96.0.10:80", "--from", "172.16.5.5", "--json"]).into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert!(v["outcomes"].as_array().unwrap().iter().all(|o| o["masquerade"] == true));
 }
 
 #[test]
 fn trace_from_the_node_takes_the_output_path() {
-    let out = svcpath()
-        .args(["trace", "10.96.0.10:80", "--from", "192.168.1.10", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out =
+        stdout_of(&["trace", "10.96.0.10:80", "--from", "192.168.1.10", "--json"]).into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["packet"]["path"], "output");
     assert_eq!(v["hops"][0]["hook"], "OUTPUT");
@@ -82,15 +64,7 @@ fn trace_by_service_name() {
 
 #[test]
 fn seeded_trace_is_reproducible() {
-    let run = || {
-        svcpath()
-            .args(["trace", "10.96.0.10:80", "--seed", "42", "--json"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone()
-    };
+    let run = || stdout_of(&["trace", "10.96.0.10:80", "--seed", "42", "--json"]).into_bytes();
     let a: serde_json::Value = serde_json::from_slice(&run()).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&run()).unwrap();
     assert_eq!(a["outcomes"].as_array().unwrap().len(), 1);
@@ -101,7 +75,7 @@ fn seeded_trace_is_reproducible() {
 /// same outcomes.
 #[test]
 fn rules_output_traces_like_the_cluster() {
-    let rules = svcpath().args(["rules"]).assert().success().get_output().stdout.clone();
+    let rules = stdout_of(&["rules"]).into_bytes();
     let dir = temp_with(&[("node.rules", std::str::from_utf8(&rules).unwrap())]);
     let path = dir.path().join("node.rules");
     let from_dump = svcpath()
@@ -121,13 +95,7 @@ fn rules_output_traces_like_the_cluster() {
         .get_output()
         .stdout
         .clone();
-    let from_cluster = svcpath()
-        .args(["trace", "10.96.0.10:80", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let from_cluster = stdout_of(&["trace", "10.96.0.10:80", "--json"]).into_bytes();
     let a: serde_json::Value = serde_json::from_slice(&from_dump).unwrap();
     let b: serde_json::Value = serde_json::from_slice(&from_cluster).unwrap();
     assert_eq!(a["outcomes"], b["outcomes"]);
@@ -135,13 +103,11 @@ fn rules_output_traces_like_the_cluster() {
 
 #[test]
 fn rules_payload_has_no_builtin_chains() {
-    let out = svcpath().args(["rules", "--payload"]).assert().success().get_output().stdout.clone();
+    let out = stdout_of(&["rules", "--payload"]).into_bytes();
     let text = String::from_utf8(out).unwrap();
     assert!(!text.contains(":INPUT"));
     assert!(text.starts_with("*filter\n:KUBE-SERVICES - [0:0]\n"), "{text}");
-    let full =
-        String::from_utf8(svcpath().args(["rules"]).assert().success().get_output().stdout.clone())
-            .unwrap();
+    let full = stdout_of(&["rules"]);
     assert!(full.contains(":PREROUTING ACCEPT [0:0]"));
     assert!(full.contains(
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
@@ -307,24 +273,19 @@ fn history_errors_name_the_item() {
 /// Issue #5 acceptance: the three tables on the default cluster.
 #[test]
 fn dist_default_cluster_iptables_rr_sh() {
-    let out = svcpath()
-        .args([
-            "dist",
-            "10.96.0.10:80",
-            "--mode",
-            "iptables,ipvs:rr,ipvs:sh",
-            "--flows",
-            "100000",
-            "--seed",
-            "1",
-            "--json",
-            "--quiet",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(&[
+        "dist",
+        "10.96.0.10:80",
+        "--mode",
+        "iptables,ipvs:rr,ipvs:sh",
+        "--flows",
+        "100000",
+        "--seed",
+        "1",
+        "--json",
+        "--quiet",
+    ])
+    .into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let modes = v["modes"].as_array().unwrap();
     assert_eq!(modes.len(), 3);
@@ -338,24 +299,19 @@ fn dist_default_cluster_iptables_rr_sh() {
         modes[1]["rows"].as_array().unwrap().iter().map(|r| r["count"].as_u64().unwrap()).collect();
     assert!(rr.iter().max().unwrap() - rr.iter().min().unwrap() <= 1, "{rr:?}");
     // sh with 3 clients clumps.
-    let sh3 = svcpath()
-        .args([
-            "dist",
-            "10.96.0.10:80",
-            "--mode",
-            "ipvs:sh",
-            "--clients",
-            "3",
-            "--flows",
-            "30000",
-            "--json",
-            "--quiet",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let sh3 = stdout_of(&[
+        "dist",
+        "10.96.0.10:80",
+        "--mode",
+        "ipvs:sh",
+        "--clients",
+        "3",
+        "--flows",
+        "30000",
+        "--json",
+        "--quiet",
+    ])
+    .into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&sh3).unwrap();
     assert!(v["modes"][0]["max_mean"].as_f64().unwrap() > 1.3, "{}", v["modes"][0]);
 }
@@ -445,22 +401,17 @@ fn shipped_scenarios_show_their_effect() {
 /// Issue #4 acceptance: sh names its bucket and destination.
 #[test]
 fn ipvs_trace_sh_names_bucket_and_destination() {
-    let out = svcpath()
-        .args([
-            "trace",
-            "10.96.0.10:80",
-            "--mode",
-            "ipvs",
-            "--scheduler",
-            "sh",
-            "--from",
-            "10.1.9.7",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(&[
+        "trace",
+        "10.96.0.10:80",
+        "--mode",
+        "ipvs",
+        "--scheduler",
+        "sh",
+        "--from",
+        "10.1.9.7",
+    ])
+    .into_bytes();
     let text = String::from_utf8(out).unwrap();
     let line = text
         .lines()
@@ -472,13 +423,17 @@ fn ipvs_trace_sh_names_bucket_and_destination() {
 /// Issue #4 acceptance: rr over six flows rotates through the three destinations twice.
 #[test]
 fn ipvs_trace_rr_count_shows_the_rotation() {
-    let out = svcpath()
-        .args(["trace", "10.96.0.10:80", "--mode", "ipvs", "--scheduler", "rr", "--count", "6"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out = stdout_of(&[
+        "trace",
+        "10.96.0.10:80",
+        "--mode",
+        "ipvs",
+        "--scheduler",
+        "rr",
+        "--count",
+        "6",
+    ])
+    .into_bytes();
     let text = String::from_utf8(out).unwrap();
     let picks: Vec<&str> = text
         .lines()
@@ -495,68 +450,24 @@ fn ipvs_trace_rr_count_shows_the_rotation() {
 
 #[test]
 fn rules_mode_ipvs_prints_ipvsadm_save_list_ipset_and_iptables() {
-    let save = String::from_utf8(
-        svcpath().args(["rules", "--mode", "ipvs"]).assert().success().get_output().stdout.clone(),
-    )
-    .unwrap();
+    let save = stdout_of(&["rules", "--mode", "ipvs"]);
     assert!(save.starts_with("-A -t 10.96.0.10:80 -s rr\n"), "{save}");
     assert_eq!(save.lines().filter(|l| l.starts_with("-a -t 10.96.0.10:80 -r 10.1.0.")).count(), 3);
-    let list = String::from_utf8(
-        svcpath()
-            .args(["rules", "--mode", "ipvs", "--format", "list"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone(),
-    )
-    .unwrap();
+    let list = stdout_of(&["rules", "--mode", "ipvs", "--format", "list"]);
     assert!(list.contains("TCP  10.96.0.10:80 rr"), "{list}");
-    let sets = String::from_utf8(
-        svcpath()
-            .args(["rules", "--mode", "ipvs", "--ipset"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone(),
-    )
-    .unwrap();
+    let sets = stdout_of(&["rules", "--mode", "ipvs", "--ipset"]);
     assert!(sets.contains("add KUBE-CLUSTER-IP 10.96.0.10,tcp:80"), "{sets}");
-    let ipt = String::from_utf8(
-        svcpath()
-            .args(["rules", "--mode", "ipvs", "--iptables"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone(),
-    )
-    .unwrap();
+    let ipt = stdout_of(&["rules", "--mode", "ipvs", "--iptables"]);
     assert!(ipt.contains("--match-set KUBE-CLUSTER-IP dst,dst"), "{ipt}");
-    let wrr = String::from_utf8(
-        svcpath()
-            .args(["rules", "--mode", "ipvs", "--scheduler", "wrr"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone(),
-    )
-    .unwrap();
+    let wrr = stdout_of(&["rules", "--mode", "ipvs", "--scheduler", "wrr"]);
     assert!(wrr.starts_with("-A -t 10.96.0.10:80 -s wrr\n"), "{wrr}");
     fails_with(&["rules", "--mode", "ipvs", "--scheduler", "zz"], &[], "--scheduler");
 }
 
 #[test]
 fn trace_side_by_side_iptables_and_ipvs() {
-    let out = svcpath()
-        .args(["trace", "10.96.0.10:80", "--mode", "iptables,ipvs", "--json"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
+    let out =
+        stdout_of(&["trace", "10.96.0.10:80", "--mode", "iptables,ipvs", "--json"]).into_bytes();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let s = v.to_string();
     for ep in ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"] {
@@ -566,10 +477,7 @@ fn trace_side_by_side_iptables_and_ipvs() {
 
 #[test]
 fn completions_and_man_page_come_from_the_cli_definitions() {
-    let bash = String::from_utf8(
-        svcpath().args(["completions", "bash"]).assert().success().get_output().stdout.clone(),
-    )
-    .unwrap();
+    let bash = stdout_of(&["completions", "bash"]);
     assert!(bash.contains("ipvs-replay") && bash.contains("--iptables-save"));
     let man =
         String::from_utf8(svcpath().arg("man").assert().success().get_output().stdout.clone())

@@ -9,6 +9,12 @@ pub fn svcpath() -> Command {
     Command::cargo_bin("svcpath").expect("the svcpath binary builds")
 }
 
+/// Runs the binary with `args`, asserts success, and returns its standard output.
+pub fn stdout_of(args: &[&str]) -> String {
+    let out = svcpath().args(args).assert().success().get_output().stdout.clone();
+    String::from_utf8(out).expect("svcpath prints UTF-8")
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
