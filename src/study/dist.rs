@@ -2,8 +2,9 @@
 //!
 //! The same traffic (clients drawn uniformly or Zipf-distributed, each connection from a fresh
 //! source port) goes through each mode's model: iptables through the netfilter model of the node's
-//! rules (one sampled walk per connection, 31 random bits per statistic match as the kernel draws
-//! them), IPVS through the kernel-exact scheduler of [`crate::dataplane::ipvs`] with the endpoints
+//! rules (one sampled walk per connection through the compiled evaluator, which draws once per
+//! statistic cascade where the kernel draws 31 bits per rule: the same distribution, checked by the
+//! chi-square tests below; large runs use every core), IPVS through the kernel-exact scheduler of [`crate::dataplane::ipvs`] with the endpoints
 //! as kube-proxy's IPVS proxier would add them (weight 1 each, serving-and-terminating ones at
 //! weight 0, in the kernel's list order: kube-proxy's later adds end up first). Connections stay
 //! open, so least-connection schedulers see every earlier connection of this node.
@@ -12,18 +13,21 @@
 //! iptables rules (not a sample), the weights for IPVS — by a chi-square test, and summarised by
 //! max/min, max/mean and the coefficient of variation. Everything is deterministic for a seed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::{Rng, RngExt, SeedableRng};
 use rand_pcg::Pcg64Mcg;
+use rayon::prelude::*;
 use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 use super::dataplane::Dataplane;
 use crate::dataplane::ipvs::{ConnState, DestSpec, IpvsService, SchedulerKind, ServiceFlags};
 use crate::dataplane::netfilter::EvalError;
-use crate::dataplane::netfilter::eval::{Env, Origin, Packet, Verdict};
+use crate::dataplane::netfilter::compiled::CompiledNetfilter;
+use crate::dataplane::netfilter::eval::{Env, Origin, Outcome, Packet, Verdict};
 use crate::model::Protocol;
 
 /// A proxy mode to simulate.
@@ -305,26 +309,65 @@ fn packet(dp: &Dataplane, req: &DistRequest, src: IpAddr, sport: u16) -> Packet 
     }
 }
 
-fn label(o: &crate::dataplane::netfilter::Outcome) -> String {
-    if o.dnat {
-        SocketAddr::new(o.dst, o.dport).to_string()
-    } else {
-        match &o.verdict {
-            Verdict::Accept => "not translated".into(),
-            Verdict::Drop => "DROP".into(),
-            Verdict::Reject(_) => "REJECT".into(),
+fn label(o: &Outcome) -> String {
+    Landing::of(o).label()
+}
+
+/// Flows sampled per parallel task. Each chunk draws from its own generator, seeded from the run's
+/// seed and the chunk's index, so the counts do not depend on the number of threads.
+const CHUNK: u64 = 1 << 16;
+
+/// The seed of chunk `k` of a run seeded with `seed` (SplitMix64's increment and finaliser).
+fn chunk_seed(seed: u64, k: u64) -> u64 {
+    let mut z = seed.wrapping_add((k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where a connection ended up: a translated destination, or the verdict of one that was not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Landing {
+    Endpoint(SocketAddr),
+    NotTranslated,
+    Drop,
+    Reject,
+}
+
+impl Landing {
+    fn of(o: &Outcome) -> Landing {
+        if o.dnat {
+            Landing::Endpoint(SocketAddr::new(o.dst, o.dport))
+        } else {
+            match &o.verdict {
+                Verdict::Accept => Landing::NotTranslated,
+                Verdict::Drop => Landing::Drop,
+                Verdict::Reject(_) => Landing::Reject,
+            }
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Landing::Endpoint(a) => a.to_string(),
+            Landing::NotTranslated => "not translated".into(),
+            Landing::Drop => "DROP".into(),
+            Landing::Reject => "REJECT".into(),
         }
     }
 }
 
-/// The iptables mode: one sampled walk per connection.
+/// The iptables mode: one sampled walk per connection, through the compiled evaluator
+/// ([`CompiledNetfilter`]: one 64-bit draw per statistic cascade, the same distribution as the
+/// kernel's draw per rule), in parallel chunks of [`CHUNK`] flows; deterministic for a seed
+/// whatever the number of threads. `progress` receives the number of flows done so far.
 ///
 /// # Errors
 /// [`EvalError`] from the walk.
 pub fn run_iptables(
     dp: &Dataplane,
     req: &DistRequest,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ModeResult, DistError> {
     if req.clients.is_empty() {
         return Err(DistError::Input("no clients".into()));
@@ -345,16 +388,31 @@ pub fn run_iptables(
             *expected.entry(label(&o)).or_default() += w * o.probability;
         }
     }
-    let mut rng = Pcg64Mcg::seed_from_u64(req.seed);
+    let compiled = CompiledNetfilter::new(&dp.netfilter, &dp.ruleset);
+    let packets: Vec<Packet> = req.clients.iter().map(|&c| packet(dp, req, c, 0)).collect();
+    let done = AtomicU64::new(0);
+    let chunks: Vec<Result<HashMap<Landing, u64>, EvalError>> = (0..req.flows.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| {
+            let mut rng = Pcg64Mcg::seed_from_u64(chunk_seed(req.seed, k));
+            let mut packets = packets.clone();
+            let mut counts: HashMap<Landing, u64> = HashMap::new();
+            let first = k * CHUNK;
+            let n = CHUNK.min(req.flows - first);
+            for i in first..first + n {
+                let p = &mut packets[picker.pick(&mut rng)];
+                p.sport = 32768 + (i % 28232) as u16;
+                let o = compiled.sample(&env, p, &mut rng)?;
+                *counts.entry(Landing::of(&o)).or_default() += 1;
+            }
+            progress(done.fetch_add(n, Ordering::Relaxed) + n);
+            Ok(counts)
+        })
+        .collect();
     let mut counts: BTreeMap<String, u64> = expected.keys().map(|k| (k.clone(), 0)).collect();
-    for i in 0..req.flows {
-        let c = picker.pick(&mut rng);
-        let sport = 32768 + (i % 28232) as u16;
-        let o =
-            dp.netfilter.sample(&env, &packet(dp, req, req.clients[c], sport), &mut rng, false)?;
-        *counts.entry(label(&o)).or_default() += 1;
-        if i % 65536 == 0 {
-            progress(i);
+    for chunk in chunks {
+        for (landing, n) in chunk? {
+            *counts.entry(landing.label()).or_default() += n;
         }
     }
     let rows = counts
