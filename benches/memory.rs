@@ -62,7 +62,7 @@ fn main() {
     let text = {
         let shape = Shape { services, endpoints, node_ports: false };
         match synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default()) {
-            Ok(sync) => iptables_save::render(&sync.node_dump()),
+            Ok(sync) => iptables_save::render(&sync.into_node_dump()),
             Err(e) => {
                 eprintln!("memory: {e}");
                 std::process::exit(2);

@@ -445,7 +445,10 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
                     if b.chains[i].1.is_some() {
                         return Err(err(
                             line,
-                            CompileErrorKind::CannotDelete(name.clone(), "it is a built-in chain"),
+                            CompileErrorKind::CannotDelete(
+                                name.to_string(),
+                                "it is a built-in chain",
+                            ),
                         ));
                     }
                     b.chains.remove(i);
@@ -1126,7 +1129,7 @@ pub fn compile_rule(
                                     opts: vec![(*neg, name.as_str(), values.as_slice())],
                                 });
                             }
-                            _ => return Err(CompileErrorKind::UnknownOption(name.clone())),
+                            _ => return Err(CompileErrorKind::UnknownOption(name.to_string())),
                         }
                     }
                 }
