@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use rayon::prelude::*;
 
 use super::endpoints::{EndpointInfo, SvcPort, categorize, service_ports};
 use super::names::*;
@@ -162,12 +163,16 @@ impl IptablesSync {
 }
 
 /// One family's output buffers, as kube-proxy keeps them.
+#[derive(Default)]
 struct Buffers {
     filter_chains: Vec<ChainDecl>,
     filter_rules: Vec<Rule>,
     nat_chains: Vec<ChainDecl>,
     nat_rules: Vec<Rule>,
 }
+
+/// Service ports one parallel task writes.
+const PORTS_PER_TASK: usize = 256;
 
 /// How kube-proxy tells local (pod) traffic apart: the `IfLocal` / `IfNotLocal` arguments.
 #[derive(Debug, Clone)]
@@ -300,8 +305,28 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
         large,
         masquerade_all: cfg.masquerade_all,
     };
-    for sp in &ports {
-        write_service_port(&mut b, sp, &ctx);
+    // Service ports are written in parallel, a chunk at a time, and joined in order: the same
+    // rules in the same order as one sequential pass.
+    let parts: Vec<Buffers> = ports
+        .par_chunks(PORTS_PER_TASK)
+        .map(|chunk| {
+            let mut part = Buffers::default();
+            let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
+            part.nat_rules.reserve(chunk.len() * 3 + eps * 3);
+            part.nat_chains.reserve(chunk.len() + eps);
+            for sp in chunk {
+                write_service_port(&mut part, sp, &ctx);
+            }
+            part
+        })
+        .collect();
+    b.nat_rules.reserve(parts.iter().map(|p| p.nat_rules.len()).sum::<usize>() + 8);
+    b.nat_chains.reserve(parts.iter().map(|p| p.nat_chains.len()).sum());
+    for part in parts {
+        b.filter_chains.extend(part.filter_chains);
+        b.filter_rules.extend(part.filter_rules);
+        b.nat_chains.extend(part.nat_chains);
+        b.nat_rules.extend(part.nat_rules);
     }
 
     // The NodePorts tail jump: the last rule of nat KUBE-SERVICES.
@@ -348,9 +373,11 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
     );
 
     let mut filter = Table::new("filter");
+    filter.statements.reserve(b.filter_chains.len() + b.filter_rules.len());
     b.filter_chains.into_iter().for_each(|c| filter.push(Statement::Chain(c)));
     b.filter_rules.into_iter().for_each(|r| filter.push(Statement::Rule(r)));
     let mut nat = Table::new("nat");
+    nat.statements.reserve(b.nat_chains.len() + b.nat_rules.len());
     b.nat_chains.into_iter().for_each(|c| nat.push(Statement::Chain(c)));
     b.nat_rules.into_iter().for_each(|r| nat.push(Statement::Rule(r)));
     let fam = if is_v6 { Family::V6 } else { Family::V4 };

@@ -131,9 +131,41 @@ pub fn port_chains(spn: &str, proto: Protocol) -> PortChains {
     }
 }
 
+/// Writes `v` in decimal at `buf[at..]`, returning the end (the caller sizes `buf`).
+fn push_decimal(buf: &mut [u8], at: usize, mut v: u32) -> usize {
+    let mut digits = [0u8; 10];
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = &digits[k..];
+    let end = (at + d.len()).min(buf.len());
+    buf[at..end].copy_from_slice(&d[..end - at]);
+    end
+}
+
 /// `ip:port` as Go's `net.JoinHostPort` writes it (`[v6]:port` for IPv6).
-pub fn endpoint_string(ip: IpAddr, port: u16) -> String {
-    SocketAddr::new(ip, port).to_string()
+pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
+    match ip {
+        IpAddr::V4(a) => {
+            // At most 21 bytes: stored inline.
+            let mut buf = [0u8; 21];
+            let mut n = 0;
+            for (i, o) in a.octets().into_iter().enumerate() {
+                n = push_decimal(&mut buf, n, u32::from(o));
+                buf[n] = if i < 3 { b'.' } else { b':' };
+                n += 1;
+            }
+            n = push_decimal(&mut buf, n, u32::from(port));
+            Name::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+        }
+        IpAddr::V6(_) => Name::new(SocketAddr::new(ip, port).to_string()),
+    }
 }
 
 /// `KUBE-SEP-…`: the chain of one endpoint of a service port.
@@ -186,6 +218,9 @@ mod tests {
     #[test]
     fn ipv6_endpoints_are_bracketed() {
         assert_eq!(endpoint_string("fd00::1".parse().unwrap(), 80), "[fd00::1]:80");
+        assert_eq!(endpoint_string("10.180.0.1".parse().unwrap(), 80), "10.180.0.1:80");
+        assert_eq!(endpoint_string("255.0.10.9".parse().unwrap(), 65535), "255.0.10.9:65535");
+        assert_eq!(endpoint_string("0.0.0.0".parse().unwrap(), 0), "0.0.0.0:0");
     }
 
     #[test]
