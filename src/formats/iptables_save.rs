@@ -106,6 +106,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::model::rules::{
@@ -561,24 +562,62 @@ pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
 /// Renders a ruleset as `iptables-restore` input: `*table`, one line per statement, `COMMIT`.
 ///
 /// The text is newline-terminated and has no comments; statements print through their
-/// `Display`, so rules keep the argument order and spelling they were parsed or built with.
+/// `write_to` (the same text as `Display`), so rules keep the argument order and spelling they
+/// were parsed or built with. Large tables are printed in parallel chunks joined in order.
 pub fn render(ruleset: &Ruleset) -> String {
     let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
-    // kube-proxy's lines average about 75 bytes; pages reserved and never written stay free.
-    let mut out = String::with_capacity(96 * statements + 32 * ruleset.tables.len());
-    for table in &ruleset.tables {
-        out.push('*');
-        out.push_str(&table.name);
-        out.push('\n');
-        for located in &table.statements {
-            // Writing into a String cannot fail.
-            let _ = located.stmt.write_to(&mut out);
+    if statements < 2 * RENDER_CHUNK {
+        // kube-proxy's lines average about 75 bytes; pages reserved and never written stay free.
+        let mut out = String::with_capacity(96 * statements + 32 * ruleset.tables.len());
+        for table in &ruleset.tables {
+            render_table_head(&mut out, table);
+            render_statements(&mut out, &table.statements);
+            out.push_str(COMMIT);
             out.push('\n');
         }
+        return out;
+    }
+    let parts: Vec<Vec<String>> = ruleset
+        .tables
+        .iter()
+        .map(|table| {
+            table
+                .statements
+                .par_chunks(RENDER_CHUNK)
+                .map(|chunk| {
+                    let mut out = String::with_capacity(96 * chunk.len());
+                    render_statements(&mut out, chunk);
+                    out
+                })
+                .collect()
+        })
+        .collect();
+    let len: usize = parts.iter().flatten().map(String::len).sum();
+    let mut out = String::with_capacity(len + 32 * ruleset.tables.len());
+    for (table, chunks) in ruleset.tables.iter().zip(parts) {
+        render_table_head(&mut out, table);
+        chunks.iter().for_each(|c| out.push_str(c));
         out.push_str(COMMIT);
         out.push('\n');
     }
     out
+}
+
+/// Statements one parallel task of [`render`] prints.
+const RENDER_CHUNK: usize = 8192;
+
+fn render_table_head(out: &mut String, table: &Table) {
+    out.push('*');
+    out.push_str(&table.name);
+    out.push('\n');
+}
+
+fn render_statements(out: &mut String, statements: &[Located]) {
+    for located in statements {
+        // Writing into a String cannot fail.
+        let _ = located.stmt.write_to(out);
+        out.push('\n');
+    }
 }
 
 /// The builtin chains of `table` (empty for an unknown table).
@@ -1457,6 +1496,30 @@ mod tests {
     #[test]
     fn render_roundtrip_kube_proxy_restore_order() {
         roundtrip(KUBE_PROXY_RESTORE, Family::V4);
+    }
+
+    #[test]
+    fn render_of_a_large_table_is_the_lines_in_order() {
+        // More statements than one render chunk, so the parallel path runs and is joined.
+        let mut nat = Table::new("nat");
+        let mut filter = Table::new("filter");
+        for i in 0..(2 * RENDER_CHUNK + 17) {
+            let chain = format!("KUBE-SEP-{i:016}");
+            nat.push(Statement::Chain(ChainDecl::user(chain.as_str())));
+            nat.push(Statement::Rule(Rule::new(chain.as_str()).jump("KUBE-MARK-MASQ")));
+        }
+        filter.push(Statement::Rule(Rule::new("INPUT").jump("ACCEPT")));
+        let set = Ruleset { family: Family::V4, tables: vec![nat, filter] };
+        let mut expected = String::new();
+        for t in &set.tables {
+            expected.push_str(&format!("*{}\n", t.name));
+            for st in &t.statements {
+                expected.push_str(&format!("{}\n", st.stmt));
+            }
+            expected.push_str("COMMIT\n");
+        }
+        assert_eq!(render(&set), expected);
+        assert_eq!(parse(&expected, Family::V4).map(|r| render(&r)), Ok(expected));
     }
 
     #[test]
