@@ -27,8 +27,8 @@ fn render(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(if services >= 10_000 { 20 } else { 3 }));
         g.bench_with_input(BenchmarkId::new("iptables_x10", services), &services, |b, _| {
             b.iter(|| {
-                let dump =
-                    iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
+                let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default())
+                    .into_node_dump();
                 black_box(iptables_save::render(&dump).len())
             })
         });
@@ -36,10 +36,11 @@ fn render(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("chunked_x10", services), &services, |b, _| {
             b.iter(|| {
                 let sync = synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default());
-                black_box(sync.map(|s| iptables_save::render(&s.node_dump()).len()))
+                black_box(sync.map(|s| iptables_save::render(&s.into_node_dump()).len()))
             })
         });
-        let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).node_dump();
+        let dump =
+            iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).into_node_dump();
         g.bench_with_input(BenchmarkId::new("text_only_x10", services), &services, |b, _| {
             b.iter(|| black_box(iptables_save::render(&dump).len()))
         });

@@ -78,8 +78,8 @@ fn normalise(ruleset: &Ruleset) -> String {
         let mut deleted: Vec<String> = Vec::new();
         for s in &t.statements {
             match &s.stmt {
-                Statement::Chain(c) => chains.push(c.name.clone()),
-                Statement::DeleteChain(Some(c)) => deleted.push(c.clone()),
+                Statement::Chain(c) => chains.push(c.name.to_string()),
+                Statement::DeleteChain(Some(c)) => deleted.push(c.to_string()),
                 _ => {}
             }
         }
@@ -95,7 +95,7 @@ fn normalise(ruleset: &Ruleset) -> String {
             out.push_str(&format!(":{c} - [0:0]\n"));
         }
         for c in &chains {
-            let mut rules: Vec<_> = t.rules().filter(|r| &r.chain == c).collect();
+            let mut rules: Vec<_> = t.rules().filter(|r| r.chain == c).collect();
             let sorted = c == "KUBE-NODEPORTS" || (c == "KUBE-SERVICES");
             if sorted {
                 rules.sort_by_key(|r| {

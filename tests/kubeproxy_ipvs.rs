@@ -150,7 +150,7 @@ fn companion_chains_hold_kube_proxy_jumps() {
                 .tables
                 .iter()
                 .flat_map(|t| t.rules())
-                .filter(|r| &r.chain == chain)
+                .filter(|r| r.chain == chain)
                 .map(|r| {
                     let set = r
                         .args

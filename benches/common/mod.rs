@@ -35,7 +35,7 @@ pub fn node(services: usize, endpoints: usize) -> Node {
     let shape = Shape { services, endpoints, node_ports: false };
     let dump = synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default())
         .expect("benchmark shapes fit the address ranges")
-        .node_dump();
+        .into_node_dump();
     let text = iptables_save::render(&dump);
     let ruleset = iptables_save::parse(&text, Family::V4).expect("svcpath's dump parses");
     let nf = Netfilter::new(&ruleset).expect("svcpath's dump compiles");

@@ -203,28 +203,32 @@ pub enum ArgInput {
 impl ArgInput {
     fn build(&self, family: Family) -> Option<Arg> {
         Some(match self {
-            ArgInput::Protocol(neg, n) => Arg::Protocol { neg: *neg, proto: n.build(usize::MAX) },
+            ArgInput::Protocol(neg, n) => {
+                Arg::Protocol { neg: *neg, proto: n.build(usize::MAX).into() }
+            }
             ArgInput::Source(neg, a) => Arg::Source { neg: *neg, addr: a.build(family) },
             ArgInput::Destination(neg, a) => Arg::Destination { neg: *neg, addr: a.build(family) },
-            ArgInput::In(neg, n) => Arg::InInterface { neg: *neg, name: n.build(MAX_IFACE) },
-            ArgInput::Out(neg, n) => Arg::OutInterface { neg: *neg, name: n.build(MAX_IFACE) },
+            ArgInput::In(neg, n) => Arg::InInterface { neg: *neg, name: n.build(MAX_IFACE).into() },
+            ArgInput::Out(neg, n) => {
+                Arg::OutInterface { neg: *neg, name: n.build(MAX_IFACE).into() }
+            }
             ArgInput::Fragment(neg) => {
                 if family == Family::V6 {
                     return None;
                 }
                 Arg::Fragment { neg: *neg }
             }
-            ArgInput::Match(n) => Arg::Match(n.build(usize::MAX)),
+            ArgInput::Match(n) => Arg::Match(n.build(usize::MAX).into()),
             ArgInput::Opt(neg, n, values) => {
                 let name = n.build(usize::MAX);
                 if RESERVED_OPTS.contains(&name.as_str()) || name.contains('=') {
                     return None;
                 }
                 let values = values.iter().take(4).map(WordInput::build).collect();
-                Arg::Opt { neg: *neg, name, values }
+                Arg::Opt { neg: *neg, name: name.into(), values }
             }
-            ArgInput::Jump(n) => Arg::Jump(n.build(MAX_CHAIN)),
-            ArgInput::Goto(n) => Arg::Goto(n.build(MAX_CHAIN)),
+            ArgInput::Jump(n) => Arg::Jump(n.build(MAX_CHAIN).into()),
+            ArgInput::Goto(n) => Arg::Goto(n.build(MAX_CHAIN).into()),
         })
     }
 }
@@ -294,14 +298,18 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                     (true, 2) => Some("DROP".to_owned()),
                     _ => None,
                 };
-                Statement::Chain(ChainDecl { name: chain, policy, counters: *counters })
+                Statement::Chain(ChainDecl {
+                    name: chain.into(),
+                    policy: policy.map(Into::into),
+                    counters: *counters,
+                })
             }
             StatementInput::NewChain(n) => {
                 let chain = n.build(MAX_CHAIN);
                 if builtin.contains(&chain.as_str()) || !declared.insert(chain.clone()) {
                     continue;
                 }
-                Statement::NewChain(chain)
+                Statement::NewChain(chain.into())
             }
             StatementInput::Delete(n) => {
                 let chain = n.as_ref().map(|n| n.build(MAX_CHAIN));
@@ -312,10 +320,10 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                         true
                     }
                 };
-                Statement::DeleteChain(chain)
+                Statement::DeleteChain(chain.map(Into::into))
             }
             StatementInput::Flush(n) => {
-                Statement::FlushChain(n.as_ref().map(|n| n.build(MAX_CHAIN)))
+                Statement::FlushChain(n.as_ref().map(|n| n.build(MAX_CHAIN).into()))
             }
             StatementInput::Rule { counters, insert, chain, args } => {
                 let op = match insert {
@@ -329,7 +337,7 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                 Statement::Rule(Rule {
                     counters: *counters,
                     op,
-                    chain: chain.build(MAX_CHAIN),
+                    chain: chain.build(MAX_CHAIN).into(),
                     args,
                 })
             }

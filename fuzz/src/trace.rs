@@ -322,7 +322,7 @@ fn build_rule(
         rule = match h {
             HeaderInput::Proto(neg, i) => {
                 let proto = pick(&PROTOS, *i).to_owned();
-                rule.arg(svcpath::model::rules::Arg::Protocol { neg: *neg, proto })
+                rule.arg(svcpath::model::rules::Arg::Protocol { neg: *neg, proto: proto.into() })
             }
             HeaderInput::Src(neg, i, p) => rule
                 .arg(svcpath::model::rules::Arg::Source { neg: *neg, addr: addr(family, *i, *p) }),
@@ -332,11 +332,11 @@ fn build_rule(
             }),
             HeaderInput::In(neg, i) => rule.arg(svcpath::model::rules::Arg::InInterface {
                 neg: *neg,
-                name: pick(&IFACES, *i).to_owned(),
+                name: pick(&IFACES, *i).into(),
             }),
             HeaderInput::Out(neg, i) => rule.arg(svcpath::model::rules::Arg::OutInterface {
                 neg: *neg,
-                name: pick(&IFACES, *i).to_owned(),
+                name: pick(&IFACES, *i).into(),
             }),
             HeaderInput::Frag(neg) if family == Family::V4 => {
                 rule.arg(svcpath::model::rules::Arg::Fragment { neg: *neg })

@@ -101,15 +101,17 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::model::rules::{
-    Addr, Arg, ChainDecl, Family, Located, Rule, RuleOp, Ruleset, Statement, Table, Word,
+    Addr, Arg, ChainDecl, Family, Located, Name, Rule, RuleOp, Ruleset, Statement, Table, Values,
+    Word,
 };
 
 /// The tables `iptables-restore` knows (the kernel's `iptable_*` modules).
@@ -560,22 +562,62 @@ pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
 /// Renders a ruleset as `iptables-restore` input: `*table`, one line per statement, `COMMIT`.
 ///
 /// The text is newline-terminated and has no comments; statements print through their
-/// `Display`, so rules keep the argument order and spelling they were parsed or built with.
+/// `write_to` (the same text as `Display`), so rules keep the argument order and spelling they
+/// were parsed or built with. Large tables are printed in parallel chunks joined in order.
 pub fn render(ruleset: &Ruleset) -> String {
     let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
-    let mut out = String::with_capacity(64 * statements + 32 * ruleset.tables.len());
-    for table in &ruleset.tables {
-        out.push('*');
-        out.push_str(&table.name);
-        out.push('\n');
-        for located in &table.statements {
-            // Writing into a String cannot fail.
-            let _ = writeln!(out, "{}", located.stmt);
+    if statements < 2 * RENDER_CHUNK {
+        // kube-proxy's lines average about 75 bytes; pages reserved and never written stay free.
+        let mut out = String::with_capacity(96 * statements + 32 * ruleset.tables.len());
+        for table in &ruleset.tables {
+            render_table_head(&mut out, table);
+            render_statements(&mut out, &table.statements);
+            out.push_str(COMMIT);
+            out.push('\n');
         }
+        return out;
+    }
+    let parts: Vec<Vec<String>> = ruleset
+        .tables
+        .iter()
+        .map(|table| {
+            table
+                .statements
+                .par_chunks(RENDER_CHUNK)
+                .map(|chunk| {
+                    let mut out = String::with_capacity(96 * chunk.len());
+                    render_statements(&mut out, chunk);
+                    out
+                })
+                .collect()
+        })
+        .collect();
+    let len: usize = parts.iter().flatten().map(String::len).sum();
+    let mut out = String::with_capacity(len + 32 * ruleset.tables.len());
+    for (table, chunks) in ruleset.tables.iter().zip(parts) {
+        render_table_head(&mut out, table);
+        chunks.iter().for_each(|c| out.push_str(c));
         out.push_str(COMMIT);
         out.push('\n');
     }
     out
+}
+
+/// Statements one parallel task of [`render`] prints.
+const RENDER_CHUNK: usize = 8192;
+
+fn render_table_head(out: &mut String, table: &Table) {
+    out.push('*');
+    out.push_str(&table.name);
+    out.push('\n');
+}
+
+fn render_statements(out: &mut String, statements: &[Located]) {
+    for located in statements {
+        // Writing into a String cannot fail.
+        let _ = located.stmt.write_to(out);
+        out.push('\n');
+    }
 }
 
 /// The builtin chains of `table` (empty for an unknown table).
@@ -662,15 +704,25 @@ impl<'a> Parser<'a> {
     }
 
     fn run(mut self, text: &'a str) -> Result<Ruleset, ParseError> {
+        // One pass over the whole text spares a search per line in the usual dump without CRs.
+        let has_cr = text.as_bytes().contains(&b'\r');
+        // About one long chain name per three lines in kube-proxy's dumps.
+        self.scratch.names.0.reserve(text.len() / 256);
+        self.declared.reserve(text.len() / 512);
         for (index, raw) in text.split('\n').enumerate() {
             let lineno = index + 1;
             if raw.is_empty() {
                 continue;
             }
-            let line = raw.strip_suffix('\r').unwrap_or(raw);
-            if let Some(at) = line.find('\r') {
-                return Err(error_at(lineno, line, at, ParseErrorKind::StrayCarriageReturn));
-            }
+            let line = if has_cr {
+                let line = raw.strip_suffix('\r').unwrap_or(raw);
+                if let Some(at) = line.find('\r') {
+                    return Err(error_at(lineno, line, at, ParseErrorKind::StrayCarriageReturn));
+                }
+                line
+            } else {
+                raw
+            };
             self.line(line, lineno)?;
         }
         if let Some(table) = self.open.take() {
@@ -765,7 +817,7 @@ impl<'a> Parser<'a> {
                 };
                 return err(policy_at, kind);
             }
-            Some(policy_word.to_owned())
+            Some(Name::new(policy_word))
         } else {
             return err(
                 policy_at,
@@ -788,13 +840,18 @@ impl<'a> Parser<'a> {
             return err(at, ParseErrorKind::UnexpectedWord { word: extra.to_owned() });
         }
         if !builtin {
-            if let Some(&first_line) = self.declared.get(name) {
-                let kind = ParseErrorKind::DuplicateChain { name: name.to_owned(), first_line };
-                return err(name_at, kind);
+            match self.declared.entry(Cow::Borrowed(name)) {
+                Entry::Occupied(first) => {
+                    let first_line = *first.get();
+                    let kind = ParseErrorKind::DuplicateChain { name: name.to_owned(), first_line };
+                    return err(name_at, kind);
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(lineno);
+                }
             }
-            self.declared.insert(Cow::Borrowed(name), lineno);
         }
-        let decl = ChainDecl { name: name.to_owned(), policy, counters };
+        let decl = ChainDecl { name: self.scratch.names.word(name), policy, counters };
         table.statements.push(Located { line: lineno, stmt: Statement::Chain(decl) });
         Ok(())
     }
@@ -814,9 +871,9 @@ fn track_chains<'a>(
     table: &str,
     declared: &mut ChainSet<'a>,
 ) -> Result<(), ParseError> {
-    let key = |name: &String| match chain_tok {
+    let key = |name: &Name| match chain_tok {
         Some(t) if !t.quoted => Cow::Borrowed(t.raw),
-        _ => Cow::Owned(name.clone()),
+        _ => Cow::Owned(name.to_string()),
     };
     match stmt {
         Statement::NewChain(name) => {
@@ -827,7 +884,7 @@ fn track_chains<'a>(
             };
             if let Some(first_line) = first_line {
                 let at = chain_tok.map_or(0, |t| t.at);
-                let kind = ParseErrorKind::DuplicateChain { name: name.clone(), first_line };
+                let kind = ParseErrorKind::DuplicateChain { name: name.to_string(), first_line };
                 return Err(error_at(lineno, line, at, kind));
             }
             declared.insert(key(name), lineno);
@@ -923,6 +980,11 @@ impl<'a> Tok<'a> {
     fn value(&self) -> String {
         if self.quoted { Word::raw(self.raw).value() } else { self.raw.to_owned() }
     }
+
+    /// The value as a [`Name`] (inline when short).
+    fn name(&self) -> Name {
+        if self.quoted { Name::from(self.value()) } else { Name::new(self.raw) }
+    }
 }
 
 /// Buffers reused from line to line.
@@ -930,6 +992,33 @@ impl<'a> Tok<'a> {
 struct Scratch<'a> {
     toks: Vec<Tok<'a>>,
     args: Vec<Arg>,
+    names: Names<'a>,
+}
+
+/// Long names (`KUBE-SEP-…`, 25 bytes) seen so far: every rule naming a chain shares one copy.
+/// Short names are stored inline in [`Name`] and need no table.
+#[derive(Default)]
+struct Names<'a>(HashMap<&'a str, Name, BuildHasherDefault<NameHasher>>);
+
+/// The longest name [`Name`] keeps inline.
+const INLINE_NAME: usize = 23;
+
+impl<'a> Names<'a> {
+    /// The value of `tok`, shared with earlier tokens of the same unquoted spelling.
+    fn name(&mut self, tok: &Tok<'a>) -> Name {
+        if tok.quoted || tok.raw.len() <= INLINE_NAME {
+            return tok.name();
+        }
+        self.0.entry(tok.raw).or_insert_with(|| Name::new(tok.raw)).clone()
+    }
+
+    /// A word of a `:CHAIN` line (never unquoted), shared like [`Names::name`].
+    fn word(&mut self, word: &'a str) -> Name {
+        if word.len() <= INLINE_NAME {
+            return Name::new(word);
+        }
+        self.0.entry(word).or_insert_with(|| Name::new(word)).clone()
+    }
 }
 
 /// `0x01` in every byte of a word.
@@ -1089,7 +1178,7 @@ fn parse_statement<'a>(
     let chain_tok = toks.get(1).copied().filter(|t| t.quoted || !(t.is_option() || t.is_bang()));
     let chain = match chain_tok {
         Some(t) => {
-            let name = t.value();
+            let name = scratch.names.name(&t);
             check_chain_name(&name, line, lineno, t.at)?;
             Some(name)
         }
@@ -1141,17 +1230,18 @@ fn parse_statement<'a>(
     } else {
         RuleOp::Append
     };
-    let args = parse_args(line, lineno, family, &toks[i..], &mut scratch.args)?;
+    let args = parse_args(line, lineno, family, &toks[i..], &mut scratch.args, &mut scratch.names)?;
     Ok((Statement::Rule(Rule { counters, op, chain, args }), chain_tok))
 }
 
 /// Maps the argument words of a rule into [`Arg`]s.
-fn parse_args(
+fn parse_args<'a>(
     line: &str,
     lineno: usize,
     family: Family,
-    toks: &[Tok<'_>],
+    toks: &[Tok<'a>],
     out: &mut Vec<Arg>,
+    names: &mut Names<'a>,
 ) -> Result<Vec<Arg>, ParseError> {
     let err = |at: usize, kind| error_at(lineno, line, at, kind);
     out.clear();
@@ -1211,7 +1301,7 @@ fn parse_args(
             "-p" | "--protocol" => {
                 let v = single(i)?;
                 i += 2;
-                Arg::Protocol { neg: negated, proto: v.value() }
+                Arg::Protocol { neg: negated, proto: v.name() }
             }
             "-s" | "--source" | "--src" => {
                 let v = single(i)?;
@@ -1249,13 +1339,13 @@ fn parse_args(
                 not_negatable()?;
                 let v = single(i)?;
                 i += 2;
-                Arg::Match(v.value())
+                Arg::Match(v.name())
             }
             "-j" | "--jump" | "-g" | "--goto" => {
                 not_negatable()?;
                 let v = single(i)?;
                 i += 2;
-                let target = v.value();
+                let target = names.name(&v);
                 check_chain_name(&target, line, lineno, v.at)?;
                 if matches!(name, "-j" | "--jump") { Arg::Jump(target) } else { Arg::Goto(target) }
             }
@@ -1267,10 +1357,10 @@ fn parse_args(
                     .iter()
                     .take_while(|t| t.quoted || !(t.is_option() || t.is_bang()))
                     .count();
-                let mut values = Vec::with_capacity(count);
-                values.extend(toks[i + 1..i + 1 + count].iter().map(|t| Word::raw(t.raw)));
+                let values: Values =
+                    toks[i + 1..i + 1 + count].iter().map(|t| Word::raw(t.raw)).collect();
                 i += 1 + count;
-                Arg::Opt { neg: negated, name: long[2..].to_owned(), values }
+                Arg::Opt { neg: negated, name: Name::new(&long[2..]), values }
             }
             other => {
                 let kind = if is_command_line_only(other) {
@@ -1308,10 +1398,10 @@ fn misplaced_long(long: &str) -> Option<ParseErrorKind> {
 }
 
 /// An interface name (`eth0`, `veth+`).
-fn interface(tok: &Tok<'_>) -> Result<String, ParseErrorKind> {
-    let name = tok.value();
+fn interface(tok: &Tok<'_>) -> Result<Name, ParseErrorKind> {
+    let name = tok.name();
     if name.len() > MAX_INTERFACE_NAME_LEN {
-        return Err(ParseErrorKind::InterfaceNameTooLong { name });
+        return Err(ParseErrorKind::InterfaceNameTooLong { name: name.to_string() });
     }
     Ok(name)
 }
@@ -1409,6 +1499,30 @@ mod tests {
     }
 
     #[test]
+    fn render_of_a_large_table_is_the_lines_in_order() {
+        // More statements than one render chunk, so the parallel path runs and is joined.
+        let mut nat = Table::new("nat");
+        let mut filter = Table::new("filter");
+        for i in 0..(2 * RENDER_CHUNK + 17) {
+            let chain = format!("KUBE-SEP-{i:016}");
+            nat.push(Statement::Chain(ChainDecl::user(chain.as_str())));
+            nat.push(Statement::Rule(Rule::new(chain.as_str()).jump("KUBE-MARK-MASQ")));
+        }
+        filter.push(Statement::Rule(Rule::new("INPUT").jump("ACCEPT")));
+        let set = Ruleset { family: Family::V4, tables: vec![nat, filter] };
+        let mut expected = String::new();
+        for t in &set.tables {
+            expected.push_str(&format!("*{}\n", t.name));
+            for st in &t.statements {
+                expected.push_str(&format!("{}\n", st.stmt));
+            }
+            expected.push_str("COMMIT\n");
+        }
+        assert_eq!(render(&set), expected);
+        assert_eq!(parse(&expected, Family::V4).map(|r| render(&r)), Ok(expected));
+    }
+
+    #[test]
     fn render_roundtrip_kernel_order_node_dump() {
         roundtrip(KUBE_PROXY_NODE, Family::V4);
     }
@@ -1498,14 +1612,18 @@ mod tests {
                 Arg::Opt {
                     neg: false,
                     name: "comment".into(),
-                    values: vec![Word::raw("\"ns1/svc1:p80 -> 10.180.0.1:80\"")]
+                    values: vec![Word::raw("\"ns1/svc1:p80 -> 10.180.0.1:80\"")].into()
                 },
                 Arg::Match("statistic".into()),
-                Arg::Opt { neg: false, name: "mode".into(), values: vec![Word::raw("random")] },
+                Arg::Opt {
+                    neg: false,
+                    name: "mode".into(),
+                    values: vec![Word::raw("random")].into()
+                },
                 Arg::Opt {
                     neg: false,
                     name: "probability".into(),
-                    values: vec![Word::raw("0.3333333333")]
+                    values: vec![Word::raw("0.3333333333")].into()
                 },
                 Arg::Jump("KUBE-SEP-Y".into()),
             ]
@@ -1522,7 +1640,7 @@ mod tests {
         assert_eq!(rule.args[1], Arg::Protocol { neg: false, proto: "tcp".into() });
         assert_eq!(
             rule.args[5],
-            Arg::Opt { neg: false, name: "dport".into(), values: vec![Word::raw("80")] }
+            Arg::Opt { neg: false, name: "dport".into(), values: vec![Word::raw("80")].into() }
         );
     }
 
@@ -1533,7 +1651,11 @@ mod tests {
         assert_eq!(rule.to_string(), line);
         assert_eq!(
             rule.args[1],
-            Arg::Opt { neg: true, name: "mark".into(), values: vec![Word::raw("0x4000/0x4000")] }
+            Arg::Opt {
+                neg: true,
+                name: "mark".into(),
+                values: vec![Word::raw("0x4000/0x4000")].into()
+            }
         );
     }
 
@@ -1572,7 +1694,7 @@ mod tests {
             Arg::Opt {
                 neg: true,
                 name: "match-set".into(),
-                values: vec![Word::raw("cali40all-ipam-pools"), Word::raw("src,dst")]
+                values: vec![Word::raw("cali40all-ipam-pools"), Word::raw("src,dst")].into()
             }
         );
     }
@@ -2329,19 +2451,24 @@ mod tests {
             });
             prop_oneof![
                 (any::<bool>(), "[a-z0-9]{1,8}")
-                    .prop_map(|(neg, proto)| Arg::Protocol { neg, proto }),
+                    .prop_map(|(neg, proto)| Arg::Protocol { neg, proto: proto.into() }),
                 (any::<bool>(), addr()).prop_map(|(neg, addr)| Arg::Source { neg, addr }),
                 (any::<bool>(), addr()).prop_map(|(neg, addr)| Arg::Destination { neg, addr }),
                 (any::<bool>(), "[a-z0-9.]{1,14}\\+?")
-                    .prop_map(|(neg, name)| Arg::InInterface { neg, name }),
+                    .prop_map(|(neg, name)| Arg::InInterface { neg, name: name.into() }),
                 (any::<bool>(), "[a-z0-9.]{1,14}\\+?")
-                    .prop_map(|(neg, name)| Arg::OutInterface { neg, name }),
+                    .prop_map(|(neg, name)| Arg::OutInterface { neg, name: name.into() }),
                 any::<bool>().prop_map(|neg| Arg::Fragment { neg }),
-                "[a-z][a-z0-9_]{0,10}".prop_map(Arg::Match),
-                (any::<bool>(), opt_name, proptest::collection::vec(word(), 0..3))
-                    .prop_map(|(neg, name, values)| Arg::Opt { neg, name, values }),
-                chain_name().prop_map(Arg::Jump),
-                chain_name().prop_map(Arg::Goto),
+                "[a-z][a-z0-9_]{0,10}".prop_map(|m: String| Arg::Match(m.into())),
+                (any::<bool>(), opt_name, proptest::collection::vec(word(), 0..3)).prop_map(
+                    |(neg, name, values)| Arg::Opt {
+                        neg,
+                        name: name.into(),
+                        values: values.into()
+                    }
+                ),
+                chain_name().prop_map(|c: String| Arg::Jump(c.into())),
+                chain_name().prop_map(|c: String| Arg::Goto(c.into())),
             ]
         }
 
@@ -2359,7 +2486,7 @@ mod tests {
                 .prop_map(|(counters, op, chain, args)| Rule {
                     counters,
                     op,
-                    chain,
+                    chain: chain.into(),
                     args,
                 })
         }
@@ -2382,13 +2509,13 @@ mod tests {
                         if i % 2 == 0 {
                             table.push(Statement::Chain(ChainDecl::user(chain)));
                         } else {
-                            table.push(Statement::NewChain(chain));
+                            table.push(Statement::NewChain(chain.into()));
                         }
                     }
                     for rule in rules {
                         table.push(Statement::Rule(rule));
                     }
-                    table.push(Statement::FlushChain(flush));
+                    table.push(Statement::FlushChain(flush.map(Into::into)));
                     if delete_all {
                         table.push(Statement::DeleteChain(None));
                     }

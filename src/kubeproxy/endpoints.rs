@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::names::endpoint_string;
+use crate::model::rules::Name;
 use crate::model::{
     AddressType, Cluster, EndpointSlice, IpFamily, IpMode, NodeView, Protocol, Service,
     ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
@@ -30,7 +31,7 @@ pub struct EndpointInfo {
     /// Its port.
     pub port: u16,
     /// `ip:port` (the sort key and hash input).
-    pub key: String,
+    pub key: Name,
     /// Ready.
     pub ready: bool,
     /// Serving.
@@ -151,7 +152,7 @@ pub fn categorize(sp: &SvcPort<'_>) -> Categorized {
         return out;
     }
     // kube-proxy merges through a Go map (random order); svcpath keeps `ip:port` order.
-    let mut merged: BTreeMap<String, EndpointInfo> = BTreeMap::new();
+    let mut merged: BTreeMap<Name, EndpointInfo> = BTreeMap::new();
     for e in out.cluster.iter().chain(&out.local) {
         merged.insert(e.key.clone(), e.clone());
     }
@@ -245,7 +246,7 @@ fn endpoints_for(
     node: &NodeView,
     family: IpFamily,
 ) -> Vec<EndpointInfo> {
-    let mut by_key: BTreeMap<String, EndpointInfo> = BTreeMap::new();
+    let mut by_key: BTreeMap<Name, EndpointInfo> = BTreeMap::new();
     for slice in slices {
         let slice_family = match slice.address_type {
             AddressType::IPv4 => IpFamily::V4,

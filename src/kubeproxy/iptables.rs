@@ -13,10 +13,13 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use rayon::prelude::*;
 
 use super::endpoints::{EndpointInfo, SvcPort, categorize, service_ports};
 use super::names::*;
-use crate::model::rules::{Addr, ChainDecl, Family, Rule, Ruleset, Statement, Table};
+use crate::model::rules::{
+    Addr, ChainDecl, Family, IntoName, Name, Rule, Ruleset, Statement, Table,
+};
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
 /// Facts about the node's iptables and kernel that change what kube-proxy writes.
@@ -105,58 +108,71 @@ fn jumps() -> Vec<(&'static str, Rule)> {
 
 impl IptablesSync {
     /// The whole node's rules as one `iptables-restore` input: built-in chains, kube-proxy's chains,
-    /// the jumps, then the payload's rules.
+    /// the jumps, then the payload's rules. Copies the payload; [`IptablesSync::into_node_dump`]
+    /// moves it.
     pub fn node_dump(&self) -> Ruleset {
+        self.clone().into_node_dump()
+    }
+
+    /// [`IptablesSync::node_dump`], moving the payload's statements instead of copying them.
+    pub fn into_node_dump(self) -> Ruleset {
+        let IptablesSync { family, payload, jumps } = self;
+        let mut payload_tables = payload.tables;
         let mut tables = Vec::new();
         for (tname, builtins) in BUILTINS {
+            let statements = payload_tables
+                .iter_mut()
+                .find(|t| t.name == *tname)
+                .map(|t| std::mem::take(&mut t.statements))
+                .unwrap_or_default();
             let mut t = Table::new(*tname);
+            t.statements.reserve(builtins.len() + jumps.len() * 2 + statements.len());
             for b in *builtins {
                 t.push(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")));
             }
-            let payload = self.payload.table(tname);
-            let mut declared: Vec<String> = Vec::new();
-            if let Some(p) = payload {
-                for s in &p.statements {
-                    if let Statement::Chain(c) = &s.stmt {
-                        declared.push(c.name.clone());
-                        t.push(s.stmt.clone());
-                    }
+            let mut chains = Vec::new();
+            let mut rest = Vec::with_capacity(statements.len());
+            for s in statements {
+                match s.stmt {
+                    Statement::Chain(c) => chains.push(c),
+                    other => rest.push(other),
                 }
             }
-            for (jt, r) in &self.jumps {
+            let mut extra: Vec<&str> = Vec::new();
+            for (jt, r) in &jumps {
                 if jt == tname
                     && let Some(target) = r.target()
-                    && !declared.iter().any(|d| d == target)
+                    && !chains.iter().any(|c| c.name == target)
+                    && !extra.contains(&target)
                 {
-                    declared.push(target.to_owned());
-                    t.push(Statement::Chain(ChainDecl::user(target)));
+                    extra.push(target);
                 }
             }
-            for (jt, r) in &self.jumps {
+            chains.into_iter().for_each(|c| t.push(Statement::Chain(c)));
+            extra.into_iter().for_each(|c| t.push(Statement::Chain(ChainDecl::user(c))));
+            for (jt, r) in &jumps {
                 if jt == tname {
                     t.push(Statement::Rule(r.clone()));
                 }
             }
-            if let Some(p) = payload {
-                for s in &p.statements {
-                    if !matches!(s.stmt, Statement::Chain(_)) {
-                        t.push(s.stmt.clone());
-                    }
-                }
-            }
+            rest.into_iter().for_each(|st| t.push(st));
             tables.push(t);
         }
-        Ruleset { family: self.family, tables }
+        Ruleset { family, tables }
     }
 }
 
 /// One family's output buffers, as kube-proxy keeps them.
+#[derive(Default)]
 struct Buffers {
     filter_chains: Vec<ChainDecl>,
     filter_rules: Vec<Rule>,
     nat_chains: Vec<ChainDecl>,
     nat_rules: Vec<Rule>,
 }
+
+/// Service ports one parallel task writes.
+const PORTS_PER_TASK: usize = 256;
 
 /// How kube-proxy tells local (pod) traffic apart: the `IfLocal` / `IfNotLocal` arguments.
 #[derive(Debug, Clone)]
@@ -200,7 +216,7 @@ impl LocalDetector {
         match self {
             LocalDetector::None => r,
             LocalDetector::Cidr(n) => r.arg(Arg::Source { neg: negate, addr: canonical(n) }),
-            LocalDetector::Iface(i) => r.arg(Arg::InInterface { neg: negate, name: i.clone() }),
+            LocalDetector::Iface(i) => r.arg(Arg::InInterface { neg: negate, name: i.into_name() }),
         }
     }
 }
@@ -212,8 +228,8 @@ fn canonical(n: &IpNetwork) -> Addr {
 }
 
 /// A rule in `chain` starting `-m comment --comment TEXT` (quoted when spaced).
-fn commented(chain: &str, text: &str) -> Rule {
-    Rule::new(chain).comment(text)
+fn commented(chain: impl IntoName, text: &str) -> Rule {
+    Rule::with_capacity(chain, 8).comment(text)
 }
 
 fn proto_match(r: Rule, p: Protocol) -> Rule {
@@ -289,8 +305,28 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
         large,
         masquerade_all: cfg.masquerade_all,
     };
-    for sp in &ports {
-        write_service_port(&mut b, sp, &ctx);
+    // Service ports are written in parallel, a chunk at a time, and joined in order: the same
+    // rules in the same order as one sequential pass.
+    let parts: Vec<Buffers> = ports
+        .par_chunks(PORTS_PER_TASK)
+        .map(|chunk| {
+            let mut part = Buffers::default();
+            let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
+            part.nat_rules.reserve(chunk.len() * 3 + eps * 3);
+            part.nat_chains.reserve(chunk.len() + eps);
+            for sp in chunk {
+                write_service_port(&mut part, sp, &ctx);
+            }
+            part
+        })
+        .collect();
+    b.nat_rules.reserve(parts.iter().map(|p| p.nat_rules.len()).sum::<usize>() + 8);
+    b.nat_chains.reserve(parts.iter().map(|p| p.nat_chains.len()).sum());
+    for part in parts {
+        b.filter_chains.extend(part.filter_chains);
+        b.filter_rules.extend(part.filter_rules);
+        b.nat_chains.extend(part.nat_chains);
+        b.nat_rules.extend(part.nat_rules);
     }
 
     // The NodePorts tail jump: the last rule of nat KUBE-SERVICES.
@@ -337,9 +373,11 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
     );
 
     let mut filter = Table::new("filter");
+    filter.statements.reserve(b.filter_chains.len() + b.filter_rules.len());
     b.filter_chains.into_iter().for_each(|c| filter.push(Statement::Chain(c)));
     b.filter_rules.into_iter().for_each(|r| filter.push(Statement::Rule(r)));
     let mut nat = Table::new("nat");
+    nat.statements.reserve(b.nat_chains.len() + b.nat_rules.len());
     b.nat_chains.into_iter().for_each(|c| nat.push(Statement::Chain(c)));
     b.nat_rules.into_iter().for_each(|r| nat.push(Statement::Rule(r)));
     let fam = if is_v6 { Family::V6 } else { Family::V4 };
@@ -408,8 +446,8 @@ fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
 }
 
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
-fn maybe_comment(chain: &str, text: &str, large: bool) -> Rule {
-    if large { Rule::new(chain) } else { commented(chain, text) }
+fn maybe_comment(chain: impl IntoName, text: &str, large: bool) -> Rule {
+    if large { Rule::with_capacity(chain, 4) } else { commented(chain, text) }
 }
 
 /// The per-node facts every service port's rules depend on.
@@ -431,10 +469,14 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     let p = sp.proto;
     let port = sp.port.port.to_string();
     let cat = categorize(sp);
-    let svc_chain = service_chain(spn, p);
-    let svl_chain = service_local_chain(spn, p);
-    let ext_chain = external_chain(spn, p);
-    let fw_chain = firewall_chain(spn, p);
+    let PortChains { svc: svc_chain, svl: svl_chain, ext: ext_chain, fw: fw_chain } =
+        port_chains(spn, p);
+    // Each endpoint's chain name, hashed once and shared by every rule that names it.
+    let seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
+    let sep_of = |ep: &EndpointInfo| match sp.endpoints.binary_search_by(|e| e.key.cmp(&ep.key)) {
+        Ok(i) => seps[i].clone(),
+        Err(_) => endpoint_chain(spn, p, &ep.key),
+    };
 
     let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
@@ -618,22 +660,22 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     if uses_cluster_chain {
         b.nat_chains.push(ChainDecl::user(&svc_chain));
-        write_endpoint_rules(b, sp, &svc_chain, &cat.cluster, large);
+        write_endpoint_rules(b, sp, &svc_chain, &cat.cluster, large, &sep_of);
     }
     if uses_local_chain {
         b.nat_chains.push(ChainDecl::user(&svl_chain));
-        write_endpoint_rules(b, sp, &svl_chain, &cat.local, large);
+        write_endpoint_rules(b, sp, &svl_chain, &cat.local, large, &sep_of);
     }
     for ep in &cat.all_reachable {
-        let sep = endpoint_chain(spn, p, &ep.key);
+        let sep = sep_of(ep);
         b.nat_chains.push(ChainDecl::user(&sep));
         b.nat_rules
             .push(maybe_comment(&sep, spn, large).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
         let mut r = maybe_comment(&sep, spn, large);
         if sp.affinity.is_some() {
-            r = r.module("recent").opt("name", &[&sep]).opt("set", &[]);
+            r = r.module("recent").opt1("name", &sep).opt("set", &[]);
         }
-        b.nat_rules.push(proto_match(r, p).jump("DNAT").opt("to-destination", &[&ep.key]));
+        b.nat_rules.push(proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key));
     }
 }
 
@@ -641,18 +683,19 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
 fn write_endpoint_rules(
     b: &mut Buffers,
     sp: &SvcPort<'_>,
-    chain: &str,
+    chain: &Name,
     eps: &[EndpointInfo],
     large: bool,
+    sep_of: &dyn Fn(&EndpointInfo) -> Name,
 ) {
     if let Some(timeout) = sp.affinity {
         let t = timeout.to_string();
         for ep in eps {
-            let sep = endpoint_chain(&sp.spn, sp.proto, &ep.key);
+            let sep = sep_of(ep);
             b.nat_rules.push(
                 maybe_comment(chain, &ep_comment(sp, ep), large)
                     .module("recent")
-                    .opt("name", &[&sep])
+                    .opt1("name", &sep)
                     .opt("rcheck", &[])
                     .opt("seconds", &[&t])
                     .opt("reap", &[])
@@ -662,13 +705,17 @@ fn write_endpoint_rules(
     }
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
-        let sep = endpoint_chain(&sp.spn, sp.proto, &ep.key);
-        let mut r = maybe_comment(chain, &ep_comment(sp, ep), large);
+        let sep = sep_of(ep);
+        let mut r = if large {
+            Rule::with_capacity(chain, 4)
+        } else {
+            commented(chain, &ep_comment(sp, ep))
+        };
         if i + 1 < n {
             r = r
                 .module("statistic")
                 .opt("mode", &["random"])
-                .opt("probability", &[&probability_text(n - i)]);
+                .opt1("probability", probability_text(n - i));
         }
         b.nat_rules.push(r.jump(&sep));
     }

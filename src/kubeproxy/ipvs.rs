@@ -376,7 +376,7 @@ impl Detector {
         match self {
             Detector::None => r,
             Detector::Cidr(n) => r.arg(Arg::Source { neg: true, addr: Addr::net(*n) }),
-            Detector::Iface(i) => r.arg(Arg::InInterface { neg: true, name: i.clone() }),
+            Detector::Iface(i) => r.arg(Arg::InInterface { neg: true, name: i.as_str().into() }),
         }
     }
 }

@@ -13,10 +13,12 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
 use crate::model::Protocol;
+use crate::model::rules::Name;
 
 /// nat and filter: the service dispatch chain.
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
@@ -54,53 +56,125 @@ pub const NFACCT_INVALID_DROPPED: &str = "ct_state_invalid_dropped_pkts";
 /// The nfacct counter on localhost NodePort accepts.
 pub const NFACCT_LOCALHOST_NODEPORTS: &str = "localhost_nps_accepted_pkts";
 
-fn hash16(input: &str) -> String {
-    let digest = Sha256::digest(input.as_bytes());
-    let mut encoded = data_encoding::BASE32.encode(&digest);
-    encoded.truncate(16);
-    encoded
+/// The first 16 characters of `base32(sha256(input))`: base32 turns each 5 bytes into 8
+/// characters, so they come from the first 10 bytes of the digest.
+fn hash16(input: &[u8]) -> [u8; 16] {
+    let digest = Sha256::digest(input);
+    let mut out = [b'A'; 16];
+    data_encoding::BASE32.encode_mut(&digest[..10], &mut out);
+    out
+}
+
+/// `prefix` followed by a 16-character hash.
+fn chain_name(prefix: &str, hash: &[u8; 16]) -> Name {
+    let mut buf = [0u8; 32];
+    let n = prefix.len().min(16);
+    buf[..n].copy_from_slice(&prefix.as_bytes()[..n]);
+    buf[n..n + 16].copy_from_slice(hash);
+    // Both parts are ASCII.
+    Name::new(std::str::from_utf8(&buf[..n + 16]).unwrap_or_default())
+}
+
+fn port_hash(spn: &str, proto: Protocol) -> [u8; 16] {
+    let mut s = Vec::with_capacity(spn.len() + 4);
+    s.extend_from_slice(spn.as_bytes());
+    s.extend_from_slice(proto.as_str().as_bytes());
+    hash16(&s)
 }
 
 /// The 16-character suffix shared by a service port's SVC, SVL, EXT and FW chains.
 pub fn service_port_hash(spn: &str, proto: Protocol) -> String {
-    let mut s = String::with_capacity(spn.len() + 4);
-    s.push_str(spn);
-    s.push_str(proto.as_str());
-    hash16(&s)
+    String::from_utf8_lossy(&port_hash(spn, proto)).into_owned()
 }
 
 /// `KUBE-SVC-…`: the cluster-policy chain of a service port.
-pub fn service_chain(spn: &str, proto: Protocol) -> String {
-    format!("{SVC_PREFIX}{}", service_port_hash(spn, proto))
+pub fn service_chain(spn: &str, proto: Protocol) -> Name {
+    chain_name(SVC_PREFIX, &port_hash(spn, proto))
 }
 
 /// `KUBE-SVL-…`: the local-policy chain of a service port.
-pub fn service_local_chain(spn: &str, proto: Protocol) -> String {
-    format!("{SVL_PREFIX}{}", service_port_hash(spn, proto))
+pub fn service_local_chain(spn: &str, proto: Protocol) -> Name {
+    chain_name(SVL_PREFIX, &port_hash(spn, proto))
 }
 
 /// `KUBE-EXT-…`: the external-traffic chain of a service port.
-pub fn external_chain(spn: &str, proto: Protocol) -> String {
-    format!("{EXT_PREFIX}{}", service_port_hash(spn, proto))
+pub fn external_chain(spn: &str, proto: Protocol) -> Name {
+    chain_name(EXT_PREFIX, &port_hash(spn, proto))
 }
 
 /// `KUBE-FW-…`: the load-balancer firewall chain of a service port.
-pub fn firewall_chain(spn: &str, proto: Protocol) -> String {
-    format!("{FW_PREFIX}{}", service_port_hash(spn, proto))
+pub fn firewall_chain(spn: &str, proto: Protocol) -> Name {
+    chain_name(FW_PREFIX, &port_hash(spn, proto))
+}
+
+/// The four chains of one service port (SVC, SVL, EXT, FW), hashing its name once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortChains {
+    /// `KUBE-SVC-…` ([`service_chain`]).
+    pub svc: Name,
+    /// `KUBE-SVL-…` ([`service_local_chain`]).
+    pub svl: Name,
+    /// `KUBE-EXT-…` ([`external_chain`]).
+    pub ext: Name,
+    /// `KUBE-FW-…` ([`firewall_chain`]).
+    pub fw: Name,
+}
+
+/// [`service_chain`], [`service_local_chain`], [`external_chain`] and [`firewall_chain`] at once.
+pub fn port_chains(spn: &str, proto: Protocol) -> PortChains {
+    let h = port_hash(spn, proto);
+    PortChains {
+        svc: chain_name(SVC_PREFIX, &h),
+        svl: chain_name(SVL_PREFIX, &h),
+        ext: chain_name(EXT_PREFIX, &h),
+        fw: chain_name(FW_PREFIX, &h),
+    }
+}
+
+/// Writes `v` in decimal at `buf[at..]`, returning the end (the caller sizes `buf`).
+fn push_decimal(buf: &mut [u8], at: usize, mut v: u32) -> usize {
+    let mut digits = [0u8; 10];
+    let mut k = digits.len();
+    loop {
+        k -= 1;
+        digits[k] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let d = &digits[k..];
+    let end = (at + d.len()).min(buf.len());
+    buf[at..end].copy_from_slice(&d[..end - at]);
+    end
 }
 
 /// `ip:port` as Go's `net.JoinHostPort` writes it (`[v6]:port` for IPv6).
-pub fn endpoint_string(ip: IpAddr, port: u16) -> String {
-    SocketAddr::new(ip, port).to_string()
+pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
+    match ip {
+        IpAddr::V4(a) => {
+            // At most 21 bytes: stored inline.
+            let mut buf = [0u8; 21];
+            let mut n = 0;
+            for (i, o) in a.octets().into_iter().enumerate() {
+                n = push_decimal(&mut buf, n, u32::from(o));
+                buf[n] = if i < 3 { b'.' } else { b':' };
+                n += 1;
+            }
+            n = push_decimal(&mut buf, n, u32::from(port));
+            Name::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+        }
+        IpAddr::V6(_) => Name::new(SocketAddr::new(ip, port).to_string()),
+    }
 }
 
 /// `KUBE-SEP-…`: the chain of one endpoint of a service port.
-pub fn endpoint_chain(spn: &str, proto: Protocol, endpoint: &str) -> String {
-    let mut s = String::with_capacity(spn.len() + 4 + endpoint.len());
-    s.push_str(spn);
-    s.push_str(proto.as_str());
-    s.push_str(endpoint);
-    format!("{SEP_PREFIX}{}", hash16(&s))
+pub fn endpoint_chain(spn: &str, proto: Protocol, endpoint: &str) -> Name {
+    let mut s = Vec::with_capacity(spn.len() + 4 + endpoint.len());
+    s.extend_from_slice(spn.as_bytes());
+    s.extend_from_slice(proto.as_str().as_bytes());
+    s.extend_from_slice(endpoint.as_bytes());
+    chain_name(SEP_PREFIX, &hash16(&s))
 }
 
 /// Whether a chain name is one of kube-proxy's per-service chains.
@@ -109,8 +183,18 @@ pub fn is_service_chain(name: &str) -> bool {
 }
 
 /// kube-proxy's `computeProbability(n)`: `1/n` with ten decimals (`%0.10f`).
-pub fn probability_text(n: usize) -> String {
-    format!("{:.10}", 1.0 / n as f64)
+pub fn probability_text(n: usize) -> Name {
+    /// Cascades up to this length (every real Service) reuse texts formatted once.
+    const CACHED: usize = 1024;
+    static TEXTS: OnceLock<Vec<Name>> = OnceLock::new();
+    let format = |n: usize| Name::new(format!("{:.10}", 1.0 / n as f64));
+    if n < CACHED {
+        let texts = TEXTS.get_or_init(|| (0..CACHED).map(format).collect());
+        if let Some(t) = texts.get(n) {
+            return t.clone();
+        }
+    }
+    format(n)
 }
 
 #[cfg(test)]
@@ -134,6 +218,21 @@ mod tests {
     #[test]
     fn ipv6_endpoints_are_bracketed() {
         assert_eq!(endpoint_string("fd00::1".parse().unwrap(), 80), "[fd00::1]:80");
+        assert_eq!(endpoint_string("10.180.0.1".parse().unwrap(), 80), "10.180.0.1:80");
+        assert_eq!(endpoint_string("255.0.10.9".parse().unwrap(), 65535), "255.0.10.9:65535");
+        assert_eq!(endpoint_string("0.0.0.0".parse().unwrap(), 0), "0.0.0.0:0");
+    }
+
+    #[test]
+    fn port_chains_agree_with_the_single_name_functions() {
+        let c = port_chains("ns1/svc1:p80", Protocol::Udp);
+        assert_eq!(c.svc, service_chain("ns1/svc1:p80", Protocol::Udp));
+        assert_eq!(c.svl, service_local_chain("ns1/svc1:p80", Protocol::Udp));
+        assert_eq!(c.ext, external_chain("ns1/svc1:p80", Protocol::Udp));
+        assert_eq!(c.fw, firewall_chain("ns1/svc1:p80", Protocol::Udp));
+        assert_eq!(&c.fw[..8], "KUBE-FW-");
+        assert_eq!(c.fw.len(), 24);
+        assert_eq!(service_port_hash("ns1/svc1:p80", Protocol::Tcp), "XPGD46QRK7WJZT7O");
     }
 
     #[test]
@@ -142,5 +241,7 @@ mod tests {
         assert_eq!(probability_text(3), "0.3333333333");
         assert_eq!(probability_text(6), "0.1666666667");
         assert_eq!(probability_text(7), "0.1428571429");
+        assert_eq!(probability_text(1), "1.0000000000");
+        assert_eq!(probability_text(4096), "0.0002441406");
     }
 }

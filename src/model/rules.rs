@@ -26,9 +26,54 @@
 //! ```
 
 use std::fmt;
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
+
+/// A name or short word of a rule: a chain, module, option, target, protocol or interface.
+///
+/// Built-in vocabulary (`comment`, `KUBE-MARK-MASQ`, …) is stored without allocation (inline up to
+/// 23 bytes, or a `&'static str`), and a longer name such as `KUBE-SEP-…` is reference-counted, so
+/// the hundreds of thousands of rules that name one chain share its text.
+pub type Name = smol_str::SmolStr;
+
+/// What a builder takes for a name: a `&str` or `String` (copied, inline when short) or a
+/// [`Name`] or `&Name` (shared).
+pub trait IntoName {
+    /// The name.
+    fn into_name(self) -> Name;
+}
+
+impl IntoName for &str {
+    fn into_name(self) -> Name {
+        Name::new(self)
+    }
+}
+
+impl IntoName for String {
+    fn into_name(self) -> Name {
+        Name::from(self)
+    }
+}
+
+impl IntoName for &String {
+    fn into_name(self) -> Name {
+        Name::new(self)
+    }
+}
+
+impl IntoName for Name {
+    fn into_name(self) -> Name {
+        self
+    }
+}
+
+impl IntoName for &Name {
+    fn into_name(self) -> Name {
+        self.clone()
+    }
+}
 
 /// An IP family of a rule set (`iptables` or `ip6tables`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
@@ -43,11 +88,11 @@ pub enum Family {
 /// One word of a rule as written, quotes and escapes included.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Word(String);
+pub struct Word(Name);
 
 impl Word {
     /// A word exactly as it appears in the text (quotes kept).
-    pub fn raw(text: impl Into<String>) -> Word {
+    pub fn raw(text: impl Into<Name>) -> Word {
         Word(text.into())
     }
 
@@ -57,7 +102,7 @@ impl Word {
         if value.is_empty() || value.contains([' ', '\t', '"', '\\', '\'']) {
             Word(quote(value))
         } else {
-            Word(value.to_owned())
+            Word(Name::new(value))
         }
     }
 
@@ -66,7 +111,7 @@ impl Word {
     pub fn save_string(value: &str) -> Word {
         let bare = !value.is_empty()
             && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if bare { Word(value.to_owned()) } else { Word(quote(value)) }
+        if bare { Word(Name::new(value)) } else { Word(quote(value)) }
     }
 
     /// The text as written.
@@ -80,8 +125,8 @@ impl Word {
     }
 }
 
-fn quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
+fn quote(value: &str) -> Name {
+    let mut out = smol_str::SmolStrBuilder::new();
     out.push('"');
     for c in value.chars() {
         if matches!(c, '"' | '\\' | '\'') {
@@ -90,7 +135,7 @@ fn quote(value: &str) -> String {
         out.push(c);
     }
     out.push('"');
-    out
+    out.finish()
 }
 
 fn unquote(raw: &str) -> String {
@@ -120,6 +165,105 @@ impl fmt::Display for Word {
     }
 }
 
+/// The values of an option: most options have exactly one, which is kept without a separate
+/// allocation. Reads as a slice of [`Word`]s.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Values(ValuesRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum ValuesRepr {
+    One(Word),
+    /// Zero, two or more values (an empty box does not allocate).
+    Many(Box<[Word]>),
+}
+
+impl Values {
+    /// No values (`--random-fully`).
+    pub fn none() -> Values {
+        Values(ValuesRepr::Many(Box::default()))
+    }
+
+    /// One value.
+    pub fn one(word: Word) -> Values {
+        Values(ValuesRepr::One(word))
+    }
+
+    /// The values as a slice.
+    pub fn as_slice(&self) -> &[Word] {
+        match &self.0 {
+            ValuesRepr::One(w) => std::slice::from_ref(w),
+            ValuesRepr::Many(ws) => ws,
+        }
+    }
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values::none()
+    }
+}
+
+impl std::ops::Deref for Values {
+    type Target = [Word];
+
+    fn deref(&self) -> &[Word] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<Word>> for Values {
+    fn from(mut words: Vec<Word>) -> Values {
+        if words.len() == 1
+            && let Some(w) = words.pop()
+        {
+            return Values::one(w);
+        }
+        Values(ValuesRepr::Many(words.into_boxed_slice()))
+    }
+}
+
+impl FromIterator<Word> for Values {
+    fn from_iter<I: IntoIterator<Item = Word>>(iter: I) -> Values {
+        let mut iter = iter.into_iter();
+        let Some(first) = iter.next() else { return Values::none() };
+        match iter.next() {
+            None => Values::one(first),
+            Some(second) => {
+                let mut all = vec![first, second];
+                all.extend(iter);
+                Values(ValuesRepr::Many(all.into_boxed_slice()))
+            }
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Values {
+    type Item = &'a Word;
+    type IntoIter = std::slice::Iter<'a, Word>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.as_slice().iter()
+    }
+}
+
+impl PartialEq<Vec<Word>> for Values {
+    fn eq(&self, other: &Vec<Word>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(s)
+    }
+}
+
 /// An address or network argument (`-s`, `-d`), remembering whether a prefix was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Addr {
@@ -131,7 +275,7 @@ pub struct Addr {
 
 impl Addr {
     /// A host address written without a prefix (kube-proxy's style).
-    pub fn host(ip: std::net::IpAddr) -> Addr {
+    pub fn host(ip: IpAddr) -> Addr {
         Addr { net: IpNetwork::from(ip), explicit_prefix: false }
     }
 
@@ -139,15 +283,65 @@ impl Addr {
     pub fn net(net: IpNetwork) -> Addr {
         Addr { net, explicit_prefix: true }
     }
+
+    fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
+        write_ip(w, self.net.ip())?;
+        if self.explicit_prefix {
+            w.write_char('/')?;
+            write_u64(w, u64::from(self.net.prefix()))?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Addr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.explicit_prefix {
-            write!(f, "{}/{}", self.net.ip(), self.net.prefix())
-        } else {
-            write!(f, "{}", self.net.ip())
+        self.write_to(f)
+    }
+}
+
+/// Writes a decimal number without going through `core::fmt`'s machinery.
+fn write_u64<W: fmt::Write>(w: &mut W, mut n: u64) -> fmt::Result {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
         }
+    }
+    // Only ASCII digits were written.
+    w.write_str(std::str::from_utf8(&buf[i..]).unwrap_or_default())
+}
+
+/// Writes an address as `Display` does, IPv4 without `core::fmt`.
+fn write_ip<W: fmt::Write>(w: &mut W, ip: IpAddr) -> fmt::Result {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            let mut buf = [0u8; 15];
+            let mut n = 0;
+            for (k, &x) in o.iter().enumerate() {
+                if k > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if x >= 100 {
+                    buf[n] = b'0' + x / 100;
+                    n += 1;
+                }
+                if x >= 10 {
+                    buf[n] = b'0' + (x / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + x % 10;
+                n += 1;
+            }
+            w.write_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+        }
+        IpAddr::V6(a) => write!(w, "{a}"),
     }
 }
 
@@ -160,7 +354,7 @@ pub enum Arg {
         /// Negated with `!`.
         neg: bool,
         /// The protocol as written (`tcp`, `udp`, `sctp`, `6`, `all`, …).
-        proto: String,
+        proto: Name,
     },
     /// `[!] -s ADDR`.
     Source {
@@ -181,14 +375,14 @@ pub enum Arg {
         /// Negated with `!`.
         neg: bool,
         /// The interface (may end in `+`).
-        name: String,
+        name: Name,
     },
     /// `[!] -o IFACE`.
     OutInterface {
         /// Negated with `!`.
         neg: bool,
         /// The interface (may end in `+`).
-        name: String,
+        name: Name,
     },
     /// `[!] -f` (IPv4 fragments).
     Fragment {
@@ -196,43 +390,88 @@ pub enum Arg {
         neg: bool,
     },
     /// `-m MODULE`: loads a match module; the options after it belong to it.
-    Match(String),
+    Match(Name),
     /// `[!] --option [VALUE…]`: an option of the last module or of the target.
     Opt {
         /// Negated with `!` written before the option.
         neg: bool,
         /// The option name without dashes (`dport`, `comment`, `to-destination`).
-        name: String,
+        name: Name,
         /// Its values as written.
-        values: Vec<Word>,
+        values: Values,
     },
     /// `-j TARGET`.
-    Jump(String),
+    Jump(Name),
     /// `-g CHAIN`.
-    Goto(String),
+    Goto(Name),
+}
+
+impl Arg {
+    /// Writes the argument as `Display` does, straight into `w`.
+    ///
+    /// # Errors
+    /// Only those of `w` (none for a `String`).
+    pub fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
+        let bang = |w: &mut W, neg: bool| if neg { w.write_str("! ") } else { Ok(()) };
+        match self {
+            Arg::Protocol { neg, proto } => {
+                bang(w, *neg)?;
+                w.write_str("-p ")?;
+                w.write_str(proto)
+            }
+            Arg::Source { neg, addr } => {
+                bang(w, *neg)?;
+                w.write_str("-s ")?;
+                addr.write_to(w)
+            }
+            Arg::Destination { neg, addr } => {
+                bang(w, *neg)?;
+                w.write_str("-d ")?;
+                addr.write_to(w)
+            }
+            Arg::InInterface { neg, name } => {
+                bang(w, *neg)?;
+                w.write_str("-i ")?;
+                w.write_str(name)
+            }
+            Arg::OutInterface { neg, name } => {
+                bang(w, *neg)?;
+                w.write_str("-o ")?;
+                w.write_str(name)
+            }
+            Arg::Fragment { neg } => {
+                bang(w, *neg)?;
+                w.write_str("-f")
+            }
+            Arg::Match(m) => {
+                w.write_str("-m ")?;
+                w.write_str(m)
+            }
+            Arg::Opt { neg, name, values } => {
+                bang(w, *neg)?;
+                w.write_str("--")?;
+                w.write_str(name)?;
+                for v in values {
+                    w.write_char(' ')?;
+                    w.write_str(v.as_raw())?;
+                }
+                Ok(())
+            }
+            Arg::Jump(t) => {
+                w.write_str("-j ")?;
+                w.write_str(t)
+            }
+            Arg::Goto(c) => {
+                w.write_str("-g ")?;
+                w.write_str(c)
+            }
+        }
+    }
 }
 
 impl fmt::Display for Arg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bang = |neg: bool| if neg { "! " } else { "" };
-        match self {
-            Arg::Protocol { neg, proto } => write!(f, "{}-p {proto}", bang(*neg)),
-            Arg::Source { neg, addr } => write!(f, "{}-s {addr}", bang(*neg)),
-            Arg::Destination { neg, addr } => write!(f, "{}-d {addr}", bang(*neg)),
-            Arg::InInterface { neg, name } => write!(f, "{}-i {name}", bang(*neg)),
-            Arg::OutInterface { neg, name } => write!(f, "{}-o {name}", bang(*neg)),
-            Arg::Fragment { neg } => write!(f, "{}-f", bang(*neg)),
-            Arg::Match(m) => write!(f, "-m {m}"),
-            Arg::Opt { neg, name, values } => {
-                write!(f, "{}--{name}", bang(*neg))?;
-                for v in values {
-                    write!(f, " {v}")?;
-                }
-                Ok(())
-            }
-            Arg::Jump(t) => write!(f, "-j {t}"),
-            Arg::Goto(c) => write!(f, "-g {c}"),
-        }
+        self.write_to(f)
     }
 }
 
@@ -255,15 +494,25 @@ pub struct Rule {
     /// Append or insert.
     pub op: RuleOp,
     /// The chain the rule belongs to.
-    pub chain: String,
+    pub chain: Name,
     /// Its arguments.
     pub args: Vec<Arg>,
 }
 
 impl Rule {
     /// An empty rule appended to `chain`.
-    pub fn new(chain: impl Into<String>) -> Rule {
-        Rule { counters: None, op: RuleOp::Append, chain: chain.into(), args: Vec::new() }
+    pub fn new(chain: impl IntoName) -> Rule {
+        Rule { counters: None, op: RuleOp::Append, chain: chain.into_name(), args: Vec::new() }
+    }
+
+    /// An empty rule appended to `chain`, with room for `args` arguments.
+    pub fn with_capacity(chain: impl IntoName, args: usize) -> Rule {
+        Rule {
+            counters: None,
+            op: RuleOp::Append,
+            chain: chain.into_name(),
+            args: Vec::with_capacity(args),
+        }
     }
 
     /// Adds any argument.
@@ -274,15 +523,24 @@ impl Rule {
 
     /// `-m MODULE`.
     pub fn module(self, name: &str) -> Rule {
-        self.arg(Arg::Match(name.to_owned()))
+        self.arg(Arg::Match(Name::new(name)))
     }
 
     /// `--name v1 v2…` (values written bare).
     pub fn opt(self, name: &str, values: &[&str]) -> Rule {
         self.arg(Arg::Opt {
             neg: false,
-            name: name.to_owned(),
+            name: Name::new(name),
             values: values.iter().map(|v| Word::raw(*v)).collect(),
+        })
+    }
+
+    /// `--name VALUE` with one value, shared when it is a [`Name`] already.
+    pub fn opt1(self, name: &str, value: impl IntoName) -> Rule {
+        self.arg(Arg::Opt {
+            neg: false,
+            name: Name::new(name),
+            values: Values::one(Word(value.into_name())),
         })
     }
 
@@ -290,7 +548,7 @@ impl Rule {
     pub fn not_opt(self, name: &str, values: &[&str]) -> Rule {
         self.arg(Arg::Opt {
             neg: true,
-            name: name.to_owned(),
+            name: Name::new(name),
             values: values.iter().map(|v| Word::raw(*v)).collect(),
         })
     }
@@ -299,14 +557,14 @@ impl Rule {
     pub fn comment(self, text: &str) -> Rule {
         self.module("comment").arg(Arg::Opt {
             neg: false,
-            name: "comment".to_owned(),
-            values: vec![Word::quote_if_spaced(text)],
+            name: Name::new_static("comment"),
+            values: Values::one(Word::quote_if_spaced(text)),
         })
     }
 
     /// `-p PROTO`.
     pub fn proto(self, proto: &str) -> Rule {
-        self.arg(Arg::Protocol { neg: false, proto: proto.to_owned() })
+        self.arg(Arg::Protocol { neg: false, proto: Name::new(proto) })
     }
 
     /// `-s ADDR`.
@@ -330,13 +588,13 @@ impl Rule {
     }
 
     /// `-j TARGET`.
-    pub fn jump(self, target: &str) -> Rule {
-        self.arg(Arg::Jump(target.to_owned()))
+    pub fn jump(self, target: impl IntoName) -> Rule {
+        self.arg(Arg::Jump(target.into_name()))
     }
 
     /// `-g CHAIN`.
-    pub fn goto(self, chain: &str) -> Rule {
-        self.arg(Arg::Goto(chain.to_owned()))
+    pub fn goto(self, chain: impl IntoName) -> Rule {
+        self.arg(Arg::Goto(chain.into_name()))
     }
 
     /// The `-j`/`-g` target name, if any.
@@ -354,22 +612,39 @@ impl Rule {
             _ => None,
         })
     }
+
+    /// Writes the rule line as `Display` does (no newline), straight into `w`.
+    ///
+    /// # Errors
+    /// Only those of `w` (none for a `String`).
+    pub fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
+        if let Some((p, b)) = self.counters {
+            w.write_char('[')?;
+            write_u64(w, p)?;
+            w.write_char(':')?;
+            write_u64(w, b)?;
+            w.write_str("] ")?;
+        }
+        match self.op {
+            RuleOp::Append => w.write_str("-A ")?,
+            RuleOp::Insert(_) => w.write_str("-I ")?,
+        }
+        w.write_str(&self.chain)?;
+        if let RuleOp::Insert(Some(n)) = self.op {
+            w.write_char(' ')?;
+            write_u64(w, u64::from(n))?;
+        }
+        for a in &self.args {
+            w.write_char(' ')?;
+            a.write_to(w)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some((p, b)) = self.counters {
-            write!(f, "[{p}:{b}] ")?;
-        }
-        match self.op {
-            RuleOp::Append => write!(f, "-A {}", self.chain)?,
-            RuleOp::Insert(None) => write!(f, "-I {}", self.chain)?,
-            RuleOp::Insert(Some(n)) => write!(f, "-I {} {n}", self.chain)?,
-        }
-        for a in &self.args {
-            write!(f, " {a}")?;
-        }
-        Ok(())
+        self.write_to(f)
     }
 }
 
@@ -377,32 +652,51 @@ impl fmt::Display for Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ChainDecl {
     /// The chain name.
-    pub name: String,
+    pub name: Name,
     /// The policy of a built-in chain (`ACCEPT`/`DROP`); `None` for a user chain (`-`).
-    pub policy: Option<String>,
+    pub policy: Option<Name>,
     /// The counters as written; `None` when the line has none.
     pub counters: Option<(u64, u64)>,
 }
 
 impl ChainDecl {
     /// A user chain declared `:NAME - [0:0]`, as kube-proxy writes it.
-    pub fn user(name: impl Into<String>) -> ChainDecl {
-        ChainDecl { name: name.into(), policy: None, counters: Some((0, 0)) }
+    pub fn user(name: impl IntoName) -> ChainDecl {
+        ChainDecl { name: name.into_name(), policy: None, counters: Some((0, 0)) }
     }
 
     /// A built-in chain with a policy, `:NAME ACCEPT [0:0]`.
-    pub fn builtin(name: impl Into<String>, policy: &str) -> ChainDecl {
-        ChainDecl { name: name.into(), policy: Some(policy.to_owned()), counters: Some((0, 0)) }
+    pub fn builtin(name: impl IntoName, policy: &str) -> ChainDecl {
+        ChainDecl {
+            name: name.into_name(),
+            policy: Some(Name::new(policy)),
+            counters: Some((0, 0)),
+        }
+    }
+
+    /// Writes the declaration line as `Display` does, straight into `w`.
+    ///
+    /// # Errors
+    /// Only those of `w` (none for a `String`).
+    pub fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
+        w.write_char(':')?;
+        w.write_str(&self.name)?;
+        w.write_char(' ')?;
+        w.write_str(self.policy.as_deref().unwrap_or("-"))?;
+        if let Some((p, b)) = self.counters {
+            w.write_str(" [")?;
+            write_u64(w, p)?;
+            w.write_char(':')?;
+            write_u64(w, b)?;
+            w.write_char(']')?;
+        }
+        Ok(())
     }
 }
 
 impl fmt::Display for ChainDecl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, ":{} {}", self.name, self.policy.as_deref().unwrap_or("-"))?;
-        if let Some((p, b)) = self.counters {
-            write!(f, " [{p}:{b}]")?;
-        }
-        Ok(())
+        self.write_to(f)
     }
 }
 
@@ -415,24 +709,40 @@ pub enum Statement {
     /// `-A …` / `-I …`.
     Rule(Rule),
     /// `-N CHAIN`.
-    NewChain(String),
+    NewChain(Name),
     /// `-X [CHAIN]` (all user chains when absent).
-    DeleteChain(Option<String>),
+    DeleteChain(Option<Name>),
     /// `-F [CHAIN]` (every chain when absent).
-    FlushChain(Option<String>),
+    FlushChain(Option<Name>),
+}
+
+impl Statement {
+    /// Writes the line as `Display` does (no newline), straight into `w`.
+    ///
+    /// # Errors
+    /// Only those of `w` (none for a `String`).
+    pub fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
+        let with = |w: &mut W, cmd: &str, c: Option<&Name>| {
+            w.write_str(cmd)?;
+            if let Some(c) = c {
+                w.write_char(' ')?;
+                w.write_str(c)?;
+            }
+            Ok(())
+        };
+        match self {
+            Statement::Chain(c) => c.write_to(w),
+            Statement::Rule(r) => r.write_to(w),
+            Statement::NewChain(c) => with(w, "-N", Some(c)),
+            Statement::DeleteChain(c) => with(w, "-X", c.as_ref()),
+            Statement::FlushChain(c) => with(w, "-F", c.as_ref()),
+        }
+    }
 }
 
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Statement::Chain(c) => c.fmt(f),
-            Statement::Rule(r) => r.fmt(f),
-            Statement::NewChain(c) => write!(f, "-N {c}"),
-            Statement::DeleteChain(Some(c)) => write!(f, "-X {c}"),
-            Statement::DeleteChain(None) => f.write_str("-X"),
-            Statement::FlushChain(Some(c)) => write!(f, "-F {c}"),
-            Statement::FlushChain(None) => f.write_str("-F"),
-        }
+        self.write_to(f)
     }
 }
 
@@ -530,5 +840,47 @@ mod tests {
         r = r.jump("RETURN");
         r.op = RuleOp::Insert(Some(2));
         assert_eq!(r.to_string(), "-I KUBE-POSTROUTING 2 -m mark ! --mark 0x4000/0x4000 -j RETURN");
+    }
+
+    #[test]
+    fn write_to_matches_display_for_every_argument_kind() {
+        let mut r = Rule::new("C")
+            .proto("tcp")
+            .src(Addr::net("10.0.0.0/8".parse().unwrap()))
+            .not_dst(Addr::host("fd00::1".parse().unwrap()))
+            .arg(Arg::InInterface { neg: true, name: Name::new("eth0") })
+            .arg(Arg::OutInterface { neg: false, name: Name::new("veth+") })
+            .arg(Arg::Fragment { neg: true })
+            .opt("random-fully", &[])
+            .opt("match-set", &["S", "dst,src"])
+            .goto("D");
+        r.counters = Some((12, 3400));
+        let mut out = String::new();
+        r.write_to(&mut out).unwrap();
+        assert_eq!(
+            out,
+            "[12:3400] -A C -p tcp -s 10.0.0.0/8 ! -d fd00::1 ! -i eth0 -o veth+ ! -f --random-fully --match-set S dst,src -g D"
+        );
+        assert_eq!(r.to_string(), out);
+    }
+
+    #[test]
+    fn ipv4_addresses_print_like_std() {
+        for ip in ["0.0.0.0", "255.255.255.255", "10.96.0.10", "1.20.100.9"] {
+            let a = Addr::host(ip.parse().unwrap());
+            assert_eq!(a.to_string(), ip);
+        }
+    }
+
+    #[test]
+    fn values_hold_one_word_inline_and_read_as_a_slice() {
+        let one: Values = vec![Word::raw("80")].into();
+        assert_eq!(one.as_slice(), [Word::raw("80")]);
+        let none: Values = Vec::new().into();
+        assert!(none.is_empty());
+        let two: Values = [Word::raw("a"), Word::raw("b")].into_iter().collect();
+        assert_eq!(two.len(), 2);
+        assert_eq!(two, vec![Word::raw("a"), Word::raw("b")]);
+        assert!(std::mem::size_of::<Values>() <= 24);
     }
 }

@@ -256,13 +256,13 @@ fn owned_chains(payload: &Ruleset, ports: &[(String, crate::model::Protocol)]) -
             external_chain(spn, *p),
             firewall_chain(spn, *p),
         ] {
-            owned.insert(c);
+            owned.insert(c.to_string());
         }
     }
     if let Some(nat) = payload.table("nat") {
         let heads: Vec<String> = owned.iter().cloned().collect();
         for r in nat.rules() {
-            if heads.contains(&r.chain)
+            if heads.iter().any(|h| *h == r.chain)
                 && let Some(t) = r.target()
                 && t.starts_with("KUBE-SEP-")
             {

@@ -183,7 +183,7 @@ fn recent_lists(dp: &Dataplane) -> BTreeMap<String, (Option<u32>, Option<String>
             }
         }
         for c in &t.chains {
-            if let Some(entry) = out.get_mut(&c.name) {
+            if let Some(entry) = out.get_mut(c.name.as_str()) {
                 entry.1 = c.rules.iter().find_map(|r| match r.target {
                     Target::Dnat { ip, port } => Some(match port {
                         Some(p) => SocketAddr::new(ip, p).to_string(),

@@ -252,7 +252,7 @@ impl Setting {
                     && r.target().is_some_and(|t| t.starts_with(EXT_PREFIX))
                     && let Some(net) = rule_src(r, false)
                 {
-                    ranges.entry(r.chain.clone()).or_default().push(net);
+                    ranges.entry(r.chain.to_string()).or_default().push(net);
                 }
                 if table.name == "nat"
                     && r.target() == Some(KUBE_MARK_MASQ)

@@ -10,13 +10,18 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::model::rules::{Arg, Family, Rule, Ruleset, Statement, Word};
+use crate::model::rules::{Arg, Family, Name, Rule, Ruleset, Statement, Word};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
+///
+/// Stored as bytes (18 bytes, no alignment) rather than `u128` words, so the millions of rule
+/// headers of a large dump stay small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Net {
-    addr: u128,
-    mask: u128,
+    /// The masked address, big-endian.
+    addr: [u8; 16],
+    /// The prefix length (at most 32 for IPv4).
+    len: u8,
     v6: bool,
 }
 
@@ -24,21 +29,29 @@ impl Net {
     /// The prefix `ip/len`.
     pub fn new(ip: IpAddr, len: u8) -> Net {
         let (addr, bits, v6) = match ip {
-            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32, false),
-            IpAddr::V6(a) => (u128::from(a), 128u32, true),
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u8, false),
+            IpAddr::V6(a) => (u128::from(a), 128u8, true),
         };
-        let len = u32::from(len).min(bits);
-        let mask = if len == 0 { 0 } else { (u128::MAX << (128 - len)) >> (128 - bits) };
-        Net { addr: addr & mask, mask, v6 }
+        let len = len.min(bits);
+        let net = Net { addr: [0; 16], len, v6 };
+        Net { addr: (addr & net.mask()).to_be_bytes(), ..net }
+    }
+
+    #[inline]
+    fn mask(&self) -> u128 {
+        let bits: u32 = if self.v6 { 128 } else { 32 };
+        let len = u32::from(self.len);
+        if len == 0 { 0 } else { (u128::MAX << (128 - len)) >> (128 - bits) }
     }
 
     /// Whether `ip` lies inside the prefix.
     #[inline]
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(a) => !self.v6 && (u128::from(u32::from(a)) & self.mask) == self.addr,
-            IpAddr::V6(a) => self.v6 && (u128::from(a) & self.mask) == self.addr,
-        }
+        let (a, v6) = match ip {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), false),
+            IpAddr::V6(a) => (u128::from(a), true),
+        };
+        v6 == self.v6 && (a & self.mask()) == u128::from_be_bytes(self.addr)
     }
 }
 
@@ -266,9 +279,9 @@ pub struct Header {
     /// `-d`.
     pub dst: Option<(bool, Net)>,
     /// `-i` (negation, name, prefix match when written with `+`).
-    pub in_iface: Option<(bool, String, bool)>,
+    pub in_iface: Option<Box<(bool, String, bool)>>,
     /// `-o`.
-    pub out_iface: Option<(bool, String, bool)>,
+    pub out_iface: Option<Box<(bool, String, bool)>>,
     /// `-f`: matches fragments only (svcpath's packets are never fragments).
     pub fragment: Option<bool>,
 }
@@ -292,7 +305,7 @@ pub struct CompiledRule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chain {
     /// The name.
-    pub name: String,
+    pub name: Name,
     /// The policy of a built-in chain: `true` = ACCEPT, `false` = DROP.
     pub policy: Option<bool>,
     /// The rules in order.
@@ -309,7 +322,7 @@ pub struct CompiledTable {
     /// All chains.
     pub chains: Vec<Chain>,
     /// Chain index by name.
-    pub by_name: HashMap<String, usize>,
+    pub by_name: HashMap<Name, usize>,
 }
 
 impl CompiledTable {
@@ -385,22 +398,23 @@ fn err(line: usize, kind: CompileErrorKind) -> CompileError {
     CompileError { line, kind }
 }
 
-/// A chain being built: name, policy, and its rules with their line and statement index.
-type ChainBuild = (String, Option<bool>, Vec<(usize, usize, Rule)>);
+/// A chain being built: name, policy, and its rules (borrowed from the rule set) with their line
+/// and statement index.
+type ChainBuild<'r> = (Name, Option<bool>, Vec<(usize, usize, &'r Rule)>);
 
-struct Builder {
-    chains: Vec<ChainBuild>,
-    by_name: HashMap<String, usize>,
+struct Builder<'r> {
+    chains: Vec<ChainBuild<'r>>,
+    by_name: HashMap<Name, usize>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn chain_mut(&mut self, name: &str, table: &str, line: usize) -> Result<usize, CompileError> {
         self.by_name.get(name).copied().ok_or_else(|| {
             err(line, CompileErrorKind::NoSuchChain(name.to_owned(), table.to_owned()))
         })
     }
 
-    fn declare(&mut self, name: &str, policy: Option<bool>) {
+    fn declare(&mut self, name: &Name, policy: Option<bool>) {
         match self.by_name.get(name) {
             Some(&i) => {
                 if policy.is_some() {
@@ -408,8 +422,8 @@ impl Builder {
                 }
             }
             None => {
-                self.by_name.insert(name.to_owned(), self.chains.len());
-                self.chains.push((name.to_owned(), policy, Vec::new()));
+                self.by_name.insert(name.clone(), self.chains.len());
+                self.chains.push((name.clone(), policy, Vec::new()));
             }
         }
     }
@@ -425,7 +439,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
     for (ti, table) in ruleset.tables.iter().enumerate() {
         let mut b = Builder { chains: Vec::new(), by_name: HashMap::new() };
         for name in builtin_chains(&table.name) {
-            b.declare(name, Some(true));
+            b.declare(&Name::new_static(name), Some(true));
         }
         for (si, st) in table.statements.iter().enumerate() {
             let line = st.line;
@@ -445,7 +459,10 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
                     if b.chains[i].1.is_some() {
                         return Err(err(
                             line,
-                            CompileErrorKind::CannotDelete(name.clone(), "it is a built-in chain"),
+                            CompileErrorKind::CannotDelete(
+                                name.to_string(),
+                                "it is a built-in chain",
+                            ),
                         ));
                     }
                     b.chains.remove(i);
@@ -461,7 +478,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
                     let i = b.chain_mut(&rule.chain, &table.name, line)?;
                     let rules = &mut b.chains[i].2;
                     match rule.op {
-                        crate::model::rules::RuleOp::Append => rules.push((line, si, rule.clone())),
+                        crate::model::rules::RuleOp::Append => rules.push((line, si, rule)),
                         crate::model::rules::RuleOp::Insert(pos) => {
                             let at = pos.unwrap_or(1).saturating_sub(1) as usize;
                             if at > rules.len() {
@@ -474,18 +491,18 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
                                     },
                                 ));
                             }
-                            rules.insert(at, (line, si, rule.clone()));
+                            rules.insert(at, (line, si, rule));
                         }
                     }
                 }
             }
         }
-        let by_name = b.by_name.clone();
+        let by_name = std::mem::take(&mut b.by_name);
         let mut chains = Vec::with_capacity(b.chains.len());
         for (name, policy, rules) in b.chains {
             let mut compiled = Vec::with_capacity(rules.len());
             for (line, stmt, rule) in rules {
-                let mut c = compile_rule(&rule, ruleset.family, &by_name, &table.name)
+                let mut c = compile_rule(rule, ruleset.family, &by_name, &table.name)
                     .map_err(|kind| err(line, kind))?;
                 c.line = line;
                 c.stmt = stmt;
@@ -951,7 +968,7 @@ fn build_target(
     name: &str,
     opts: &[(bool, &str, &[Word])],
     family: Family,
-    chains: &HashMap<String, usize>,
+    chains: &HashMap<Name, usize>,
     table: &str,
     goto: bool,
 ) -> Result<Target, CompileErrorKind> {
@@ -1062,7 +1079,7 @@ fn net_of(addr: &crate::model::rules::Addr, family: Family) -> Result<Net, Compi
 pub fn compile_rule(
     rule: &Rule,
     family: Family,
-    chains: &HashMap<String, usize>,
+    chains: &HashMap<Name, usize>,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
     let mut header = Header::default();
@@ -1085,11 +1102,11 @@ pub fn compile_rule(
             Arg::Destination { neg, addr } => header.dst = Some((*neg, net_of(addr, family)?)),
             Arg::InInterface { neg, name } => {
                 let (n, p) = iface(name);
-                header.in_iface = Some((*neg, n, p));
+                header.in_iface = Some(Box::new((*neg, n, p)));
             }
             Arg::OutInterface { neg, name } => {
                 let (n, p) = iface(name);
-                header.out_iface = Some((*neg, n, p));
+                header.out_iface = Some(Box::new((*neg, n, p)));
             }
             Arg::Fragment { neg } => header.fragment = Some(!*neg),
             Arg::Match(m) => modules.push(ModuleArgs { name: m.as_str(), opts: Vec::new() }),
@@ -1126,7 +1143,7 @@ pub fn compile_rule(
                                     opts: vec![(*neg, name.as_str(), values.as_slice())],
                                 });
                             }
-                            _ => return Err(CompileErrorKind::UnknownOption(name.clone())),
+                            _ => return Err(CompileErrorKind::UnknownOption(name.to_string())),
                         }
                     }
                 }

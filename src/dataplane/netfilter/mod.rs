@@ -97,7 +97,7 @@ impl Netfilter {
                         out.push(Unmodelled {
                             line: r.line,
                             table: t.name.clone(),
-                            chain: c.name.clone(),
+                            chain: c.name.to_string(),
                             what,
                         });
                     }
