@@ -161,10 +161,11 @@ fn many_random_branches_fail_fast_within_memory() {
 // name, and `render_list` leaves it out, so the round trip loses it (fuzz target `ipvsadm`;
 // src/formats/ipvsadm.rs, `parse_list` / `render_list`). ipvsadm prints `pe` only inside its
 // persistence block, so either the parser refuses it there or the renderer prints it.
+// Fixed as ipvsadm 1.31 prints it (`print_service_entry`: ` pe %s` after ` persistent %u` and
+// ` mask …`, inside `if (se->flags & IP_VS_SVC_F_PERSISTENT)`): the listing parser refuses it.
 #[test]
-#[ignore = "issue #8 finding 8: decide in src/formats/ipvsadm.rs what pe without persistent is"]
 fn ipvsadm_list_pe_without_persistence_round_trips() {
-    use svcpath::formats::ipvsadm::{parse_list, render_list};
+    use svcpath::formats::ipvsadm::{ParseErrorKind, parse_list, render_list};
     let text = "IP Virtual Server version 1.2.1 (size=4096)\n\
                 Prot LocalAddress:Port Scheduler Flags\n  \
                 -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
@@ -172,6 +173,11 @@ fn ipvsadm_list_pe_without_persistence_round_trips() {
     if let Ok(table) = parse_list(text) {
         assert_eq!(parse_list(&render_list(&table)).unwrap(), table.sorted());
     }
+    let err = parse_list(text).unwrap_err();
+    assert_eq!((err.line, err.kind), (4, ParseErrorKind::OutsidePersistence("pe".into())));
+    let with = text.replace("rr pe sip", "rr persistent 60 pe sip");
+    let table = parse_list(&with).unwrap();
+    assert_eq!(parse_list(&render_list(&table)).unwrap(), table.sorted());
 }
 
 // issue #8: a quoted word is kept unquoted (`add S 10.0.0.1 "a b"` as an extra word `a b`,

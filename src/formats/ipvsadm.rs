@@ -35,7 +35,9 @@
 //! ```
 //!
 //! The service is `printf("%-4s %s")` of the protocol and address (so `TCP  …` but `SCTP …`),
-//! then the scheduler, ` (FLAGS)`, ` persistent T`, ` mask M`, ` pe NAME`, ` ops`; the
+//! then the scheduler, ` (FLAGS)`, ` persistent T`, ` mask M`, ` pe NAME`, ` ops`, where `mask`
+//! and `pe` are printed only inside the persistence block (ipvsadm's `print_service_entry`;
+//! the parser refuses them elsewhere, with [`ParseErrorKind::OutsidePersistence`]); the
 //! destination columns are `printf("  -> %-28s %-7s %-6d %-10u %-10u\n")`, trailing spaces
 //! included. The parser also reads the `--stats`, `--rate`, `--thresholds` and
 //! `--persistent-conn` column sets: counters and rates are skipped, thresholds and connection
@@ -45,8 +47,10 @@
 //! Invariants: `parse_save(&render_save(t)) == t.sorted()` for every table whose destinations
 //! are not `Local`, have no thresholds and no connection counts, and whose services have no
 //! `ops` (the save format has none of these), and
-//! `parse_list(&render_list(t)) == t.sorted()` for every table. Parsing never panics; every
-//! error names the line, the column and the token, with a hint.
+//! `parse_list(&render_list(t)) == t.sorted()` for every table whose services have a `pe` only
+//! with persistence (a `pe` without it, which only the save format gives, is not listed, as
+//! ipvsadm does not list it). Parsing never panics; every error names the line, the column and
+//! the token, with a hint.
 //!
 //! ```
 //! use svcpath::formats::ipvsadm::{parse_save, render_save};
@@ -114,6 +118,10 @@ pub enum ParseErrorKind {
     /// A service or destination defined twice.
     #[error("'{0}' is defined twice")]
     Duplicate(String),
+    /// A listing's `mask` or `pe` without `persistent` before it: ipvsadm prints both only
+    /// inside its persistence block.
+    #[error("'{0}' without 'persistent' before it")]
+    OutsidePersistence(String),
 }
 
 impl ParseErrorKind {
@@ -132,6 +140,9 @@ impl ParseErrorKind {
             K::MissingRealServer => "name the destination with -r ADDRESS:PORT".into(),
             K::UnknownService(_) => "add the service with -A before its real servers".into(),
             K::Duplicate(_) => "define each service and real server once".into(),
+            K::OutsidePersistence(_) => {
+                "ipvsadm -Ln prints 'persistent T [mask M] [pe NAME]' together; a persistence engine without persistence is not listed".into()
+            }
         }
     }
 }
@@ -651,13 +662,20 @@ pub fn parse_list(text: &str) -> Result<IpvsTable, ParseError> {
                     let v = value(k)?;
                     let p = mask_prefix(v.text, vs.key.is_v6())
                         .ok_or_else(|| ctx.err(v.col, ParseErrorKind::BadAddress(v.text.into())))?;
-                    if let Some(ps) = &mut vs.persistence {
-                        ps.prefix_len = p;
-                    }
+                    let Some(ps) = &mut vs.persistence else {
+                        return Err(
+                            ctx.err(t.col, ParseErrorKind::OutsidePersistence("mask".into()))
+                        );
+                    };
+                    ps.prefix_len = p;
                     k += 2;
                 }
                 "pe" => {
-                    vs.pe = Some(value(k)?.text.to_owned());
+                    let v = value(k)?;
+                    if vs.persistence.is_none() {
+                        return Err(ctx.err(t.col, ParseErrorKind::OutsidePersistence("pe".into())));
+                    }
+                    vs.pe = Some(v.text.to_owned());
                     k += 2;
                 }
                 "ops" => {
@@ -760,6 +778,29 @@ mod tests {
             )
         );
         assert_eq!(parse_list(&out).unwrap(), t.sorted());
+    }
+
+    #[test]
+    fn list_refuses_pe_and_mask_outside_persistence_like_ipvsadm_prints_them() {
+        for (line, word, col) in [
+            ("TCP  10.96.0.10:80 rr pe sip", "pe", 23),
+            ("TCP  10.96.0.10:80 rr mask 255.255.255.0", "mask", 23),
+            ("TCP  10.96.0.10:80 rr pe sip persistent 60", "pe", 23),
+        ] {
+            let e = parse_list(line).unwrap_err();
+            assert_eq!(e.kind, ParseErrorKind::OutsidePersistence(word.into()), "{line}");
+            assert_eq!((e.line, e.column), (1, col), "{line}");
+            assert!(e.to_string().contains("persistent T [mask M] [pe NAME]"), "{e}");
+        }
+        let t =
+            parse_list("TCP  10.96.0.10:80 rr persistent 60 mask 255.255.255.0 pe sip\n").unwrap();
+        assert_eq!(t.services[0].pe.as_deref(), Some("sip"));
+        assert_eq!(parse_list(&render_list(&t)).unwrap(), t);
+        // The save format prints --pe whether or not the service is persistent (`-A %s -s %s`,
+        // then ` --pe %s` outside the `-p` block); the listing then leaves it out, as ipvsadm.
+        let saved = parse_save("-A -t 10.96.0.10:80 -s rr --pe sip\n").unwrap();
+        assert_eq!(render_save(&saved), "-A -t 10.96.0.10:80 -s rr --pe sip\n");
+        assert!(render_list(&saved).ends_with("TCP  10.96.0.10:80 rr\n"));
     }
 
     #[test]
