@@ -201,9 +201,9 @@ fn ipset_empty_quoted_extra_word_round_trips() {
 // issue #8: a `ipvsadm -Ln --thresholds` listing gives destinations their thresholds, which the
 // plain listing `render_list` prints does not carry, against the documented
 // `parse_list(render_list(t)) == t.sorted()` for every table (fuzz target `ipvsadm`, minimised
-// to three lines; src/formats/ipvsadm.rs, `render_list`).
+// to three lines; src/formats/ipvsadm.rs, `render_list`). Fixed by rendering the `--thresholds`
+// listing, as ipvsadm prints it, for a table that only it shows whole.
 #[test]
-#[ignore = "issue #8 finding 10: fix in src/formats/ipvsadm.rs (render_list and thresholds)"]
 fn ipvsadm_threshold_listing_round_trips() {
     use svcpath::formats::ipvsadm::{parse_list, render_list};
     let text = "Prot Uthreshold\nTCP 0.9.0.1:8\n-> 0.1.0.1:0 0 8 8 0";
