@@ -253,8 +253,8 @@ fn is_threshold_listing(table: &IpvsTable) -> bool {
 }
 
 /// Prints an `ipvsadm -Ln` listing (version line, headers, services and destinations sorted):
-/// the plain one, or the `--thresholds` one for a table that only it shows whole (see
-/// [`is_threshold_listing`]).
+/// the plain one, or the `--thresholds` one for a table that only it shows whole (a destination
+/// has a threshold, and all have weight 1 and `Masq`).
 pub fn render_list(table: &IpvsTable) -> String {
     let thresholds = is_threshold_listing(table);
     let mut out = String::new();
