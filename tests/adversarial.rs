@@ -324,9 +324,9 @@ fn endpoint_slice_with_missing_port_name_leaves_the_port_without_endpoints() {
         .stderr(predicate::str::contains("panicked").not());
 }
 
-/// What issue #8 asks for on top: the mismatch is a warning naming the slice and the port name.
+/// What issue #8 asks for on top: the mismatch is a warning naming the slice and the port name,
+/// at the file and line of the slice's port.
 #[test]
-#[ignore = "issue #8 gap: no warning yet for an EndpointSlice port name no Service port has"]
 fn endpoint_slice_with_missing_port_name_warns() {
     let dir = temp_with(&[("c.yaml", SLICE_WITH_WRONG_PORT)]);
     svcpath()
@@ -334,7 +334,11 @@ fn endpoint_slice_with_missing_port_name_warns() {
         .args(["trace", "10.96.0.20:80", "--cluster", "c.yaml"])
         .assert()
         .success()
-        .stderr(predicate::str::contains("warning").and(predicate::str::contains("https")));
+        .stderr(predicate::str::contains("warning").and(predicate::str::contains("https")))
+        .stderr(predicate::str::contains(
+            "svcpath: warning: c.yaml:15: EndpointSlice default/web-abc: ports[0]: port 'https'/tcp \
+             matches no port of Service default/web ('http'/tcp)",
+        ));
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use svcpath::formats::ipvsadm::{parse_list, parse_save, render_list, render_save};
+use svcpath::model::ipvs::Forward;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else { return };
@@ -19,20 +20,20 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(render_save(&again), rendered, "render_save is not a fixed point");
     } else {
         let Ok(table) = parse_list(text) else { return };
-        // Finding 8 of issue #8 (tests/regression.rs): `pe NAME` without `persistent` is read
-        // but not rendered. Such tables skip the round trip until the format decides.
-        // Finding 10: thresholds read from an `ipvsadm -Ln --thresholds` listing are not in the
-        // plain listing `render_list` prints.
-        let thresholds = |s: &svcpath::model::ipvs::VirtualServer| {
-            s.real_servers.iter().any(|r| r.u_threshold != 0 || r.l_threshold != 0)
-        };
-        if table
-            .services
-            .iter()
-            .any(|s| (s.pe.is_some() && s.persistence.is_none()) || thresholds(s))
+        // The documented precondition (finding 10 of issue #8): no one ipvsadm listing shows
+        // thresholds together with weights other than 1 or forwarding other than Masq, which
+        // only a text switching column sets midway gives.
+        let dests = || table.services.iter().flat_map(|s| &s.real_servers);
+        if dests().any(|r| r.u_threshold != 0 || r.l_threshold != 0)
+            && dests().any(|r| r.weight != 1 || r.forward != Forward::Masq)
         {
             return;
         }
+        // Finding 8: the listing carries `pe` only with persistence, as ipvsadm prints it.
+        assert!(
+            table.services.iter().all(|s| s.pe.is_none() || s.persistence.is_some()),
+            "a listing gave a persistence engine without persistence"
+        );
         let rendered = render_list(&table);
         match parse_list(&rendered) {
             Ok(again) => {

@@ -16,10 +16,11 @@ use svcpath::model::rules::{Addr, ChainDecl, Family, Rule, Ruleset, Statement, T
 use crate::roundtrip::builtin_chains;
 
 /// The most random (`statistic`) matches one generated rule set holds. Each can fork every walk
-/// that reaches it, so the exact outcome count grows as 2^(evaluations). Finding 7 of issue #8
-/// (tests/regression.rs): past about 2^19 outcomes the exact walk needs gigabytes before its
-/// outcome bound stops it, so the generator keeps forks few: at most 8 random matches, jumps
-/// and gotos only to user chains, each user chain the target of at most one rule.
+/// that reaches it, so the exact outcome count grows as 2^(evaluations). Since finding 7 of
+/// issue #8 (tests/regression.rs) the exact walk stops with `EvalError::TooManyBranches` once
+/// its branches would hold `MAX_EXACT_BYTES`; the target asserts that every accepted rule set
+/// evaluates, so the generator keeps forks few: at most 8 random matches, jumps and gotos only
+/// to user chains, each user chain the target of at most one rule.
 pub const MAX_RANDOM: usize = 8;
 
 const V4_POOL: [&str; 10] = [

@@ -333,7 +333,11 @@ impl TraceArgs {
         {
             bail!("--scheduler, --count, --state and --ipvsadm go with --mode ipvs");
         }
-        let mut t = trace(&final_dp, &req, &env)?;
+        // A walk's error names a rule line: of the dump, or of the rules rendered from a cluster.
+        let mut t = trace(&final_dp, &req, &env).with_context(|| match final_dp.cluster {
+            Some(_) => format!("{} (rendered)", final_dp.origin),
+            None => final_dp.origin.clone(),
+        })?;
         t.history = history;
         if !want_ipvs {
             let text = if self.json { render::json(&t) + "\n" } else { render::text(&t) };

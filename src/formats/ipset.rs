@@ -17,8 +17,10 @@
 //! - `add NAME MEMBER EXTRA…`: the member is parsed by the set's type ([`Member::parse`]);
 //!   `comment "TEXT"` is read into [`IpSetEntry::comment`]; every other word is kept in
 //!   [`IpSetEntry::extra`]. A set must be created before members are added to it.
-//! - Words are separated by spaces; a double-quoted word may hold spaces (ipset forbids quotes
-//!   inside comments, so there are no escapes).
+//! - Words are separated by whitespace; a double-quoted word may hold it (ipset forbids quotes
+//!   inside comments, so there are no escapes). [`render`] quotes a set name, option value or
+//!   extra word that is empty or holds whitespace (`ipset save` prints names bare, and its
+//!   restore splits them there), and every comment.
 //!
 //! kube-proxy creates its sets without the `comment` extension (`ipset create NAME TYPE family
 //! inet hashsize 1024 maxelem 65536`, or `range 0-65535` for bitmap:port) and adds members
@@ -134,7 +136,8 @@ impl ParseErrorKind {
 pub fn render(sets: &[IpSet]) -> String {
     let mut out = String::new();
     for s in sets {
-        let _ = write!(out, "create {} {}", s.name, s.set_type);
+        let name = word(&s.name);
+        let _ = write!(out, "create {name} {}", s.set_type);
         if let Some(f) = s.family {
             let _ = write!(out, " family {}", f.name());
         }
@@ -150,7 +153,7 @@ pub fn render(sets: &[IpSet]) -> String {
         }
         out.push('\n');
         for e in &s.entries {
-            let _ = write!(out, "add {} {}", s.name, e.member);
+            let _ = write!(out, "add {name} {}", e.member);
             for x in &e.extra {
                 let _ = write!(out, " {}", word(x));
             }
@@ -163,7 +166,8 @@ pub fn render(sets: &[IpSet]) -> String {
     out
 }
 
-/// A value as one word: quoted when it is empty or holds whitespace (the tokenizer splits there).
+/// A name or value as one word: quoted when it is empty or holds whitespace (the tokenizer
+/// splits there).
 fn word(v: &str) -> std::borrow::Cow<'_, str> {
     if v.is_empty() || v.contains(char::is_whitespace) {
         std::borrow::Cow::Owned(format!("\"{v}\""))
@@ -344,6 +348,23 @@ add X 1.2.3.4,tcp:80,10.0.0.0/8 comment \"office network\"\n";
         assert_eq!(e.kind, ParseErrorKind::UnbalancedQuote);
         let e = parse("create S hash:ip frobnicate\n").unwrap_err();
         assert_eq!(e.kind, ParseErrorKind::UnknownOption("frobnicate".into()));
+    }
+
+    /// Issue #8 (a lead of the `ipset` fuzz target): a quoted set name holding whitespace, or
+    /// an empty one, is read as one word but was printed bare, so the rendered `create` line
+    /// split it into a name and a type.
+    #[test]
+    fn set_names_with_whitespace_or_empty_round_trip() {
+        for text in [
+            "create \"a b\" hash:ip\nadd \"a b\" 10.0.0.1\n",
+            "create \"\" hash:ip\nadd \"\" 10.0.0.1\n",
+            "create \"tab\there\" bitmap:port range 0-10\n",
+        ] {
+            let sets = parse(text).unwrap();
+            assert_eq!(render(&sets), text);
+            assert_eq!(parse(&render(&sets)).unwrap(), sets, "{text:?}");
+        }
+        assert_eq!(parse("create \"a b\" hash:ip\n").unwrap()[0].name, "a b");
     }
 
     fn arb_sets() -> impl Strategy<Value = Vec<IpSet>> {

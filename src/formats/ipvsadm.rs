@@ -35,18 +35,27 @@
 //! ```
 //!
 //! The service is `printf("%-4s %s")` of the protocol and address (so `TCP  …` but `SCTP …`),
-//! then the scheduler, ` (FLAGS)`, ` persistent T`, ` mask M`, ` pe NAME`, ` ops`; the
+//! then the scheduler, ` (FLAGS)`, ` persistent T`, ` mask M`, ` pe NAME`, ` ops`, where `mask`
+//! and `pe` are printed only inside the persistence block (ipvsadm's `print_service_entry`;
+//! the parser refuses them elsewhere, with [`ParseErrorKind::OutsidePersistence`]); the
 //! destination columns are `printf("  -> %-28s %-7s %-6d %-10u %-10u\n")`, trailing spaces
 //! included. The parser also reads the `--stats`, `--rate`, `--thresholds` and
 //! `--persistent-conn` column sets: counters and rates are skipped, thresholds and connection
-//! counts kept; those listings have no scheduler column, so the scheduler reads as empty and the
-//! weight as 1 unless a column gives it.
+//! counts kept. The `--stats` and `--rate` service lines have no scheduler, so it reads as
+//! empty; the `--thresholds` and `--persistent-conn` ones are the plain service line. Their
+//! destinations have no forwarding column (read as `Masq`) and, for thresholds, no weight (1).
+//! [`render_list`] prints the plain listing, or the `--thresholds` one (`printf("%-33s %-10s
+//! %-10s %-10s %-10s\n")` titles, `"  -> %-28s %-10u %-10u %-10u %-10u\n"` destinations) for a
+//! table with thresholds whose destinations all have weight 1 and `Masq`.
 //!
 //! Invariants: `parse_save(&render_save(t)) == t.sorted()` for every table whose destinations
 //! are not `Local`, have no thresholds and no connection counts, and whose services have no
 //! `ops` (the save format has none of these), and
-//! `parse_list(&render_list(t)) == t.sorted()` for every table. Parsing never panics; every
-//! error names the line, the column and the token, with a hint.
+//! `parse_list(&render_list(t)) == t.sorted()` for every table whose services have a `pe` only
+//! with persistence (a `pe` without it, which only the save format gives, is not listed, as
+//! ipvsadm does not list it) and that does not mix thresholds with a destination of another
+//! weight than 1 or another forwarding method than `Masq` (no one ipvsadm listing shows both). Parsing never panics; every error names the line, the column and
+//! the token, with a hint.
 //!
 //! ```
 //! use svcpath::formats::ipvsadm::{parse_save, render_save};
@@ -114,6 +123,10 @@ pub enum ParseErrorKind {
     /// A service or destination defined twice.
     #[error("'{0}' is defined twice")]
     Duplicate(String),
+    /// A listing's `mask` or `pe` without `persistent` before it: ipvsadm prints both only
+    /// inside its persistence block.
+    #[error("'{0}' without 'persistent' before it")]
+    OutsidePersistence(String),
 }
 
 impl ParseErrorKind {
@@ -132,6 +145,9 @@ impl ParseErrorKind {
             K::MissingRealServer => "name the destination with -r ADDRESS:PORT".into(),
             K::UnknownService(_) => "add the service with -A before its real servers".into(),
             K::Duplicate(_) => "define each service and real server once".into(),
+            K::OutsidePersistence(_) => {
+                "ipvsadm -Ln prints 'persistent T [mask M] [pe NAME]' together; a persistence engine without persistence is not listed".into()
+            }
         }
     }
 }
@@ -227,13 +243,34 @@ pub fn render_save(table: &IpvsTable) -> String {
     out
 }
 
-/// Prints an `ipvsadm -Ln` listing (version line, headers, services and destinations sorted).
+/// Whether `table` is what an `ipvsadm -Ln --thresholds` listing shows: a destination has a
+/// threshold, and every destination has what that listing reads back for the columns it lacks
+/// (weight 1, `Masq`).
+fn is_threshold_listing(table: &IpvsTable) -> bool {
+    let dests = || table.services.iter().flat_map(|s| &s.real_servers);
+    dests().any(|r| r.u_threshold != 0 || r.l_threshold != 0)
+        && dests().all(|r| r.weight == 1 && r.forward == Forward::Masq)
+}
+
+/// Prints an `ipvsadm -Ln` listing (version line, headers, services and destinations sorted):
+/// the plain one, or the `--thresholds` one for a table that only it shows whole (a destination
+/// has a threshold, and all have weight 1 and `Masq`).
 pub fn render_list(table: &IpvsTable) -> String {
+    let thresholds = is_threshold_listing(table);
     let mut out = String::new();
     out.push_str(VERSION_LINE);
     out.push('\n');
-    out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    if thresholds {
+        let _ = writeln!(
+            out,
+            "{:<33} {:<10} {:<10} {:<10} {:<10}",
+            "Prot LocalAddress:Port", "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        );
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else {
+        out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
+        out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    }
     for vs in &table.sorted().services {
         let _ = write!(out, "{} {}", svc_list_name(&vs.key), vs.scheduler);
         if !vs.sched_flags.is_empty() {
@@ -249,14 +286,22 @@ pub fn render_list(table: &IpvsTable) -> String {
             if rs.addr.is_ipv4() {
                 d.truncate(28);
             }
-            let _ = writeln!(
-                out,
-                "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}",
-                rs.forward.name(),
-                rs.weight,
-                rs.active,
-                rs.inactive
-            );
+            let _ = if thresholds {
+                writeln!(
+                    out,
+                    "  -> {d:<28} {:<10} {:<10} {:<10} {:<10}",
+                    rs.u_threshold, rs.l_threshold, rs.active, rs.inactive
+                )
+            } else {
+                writeln!(
+                    out,
+                    "  -> {d:<28} {:<7} {:<6} {:<10} {:<10}",
+                    rs.forward.name(),
+                    rs.weight,
+                    rs.active,
+                    rs.inactive
+                )
+            };
         }
     }
     out
@@ -616,15 +661,12 @@ pub fn parse_list(text: &str) -> Result<IpvsTable, ParseError> {
             return Err(ctx.err(first.col, ParseErrorKind::Duplicate(svc_list_name(&key))));
         }
         let mut vs = VirtualServer::new(key, "");
-        if cols == Columns::Plain || cols == Columns::Thresholds || cols == Columns::PersistConn {
-            if let Some(s) = toks.get(k).filter(|t| {
-                cols == Columns::Plain || !t.text.starts_with(|c: char| c.is_ascii_digit())
-            }) {
-                vs.scheduler = s.text.to_owned();
-                k += 1;
-            }
-        } else {
+        // Only the counter listings print no scheduler (ipvsadm's FMT_STATS and FMT_RATE).
+        if cols == Columns::Counters {
             k = toks.len();
+        } else if let Some(s) = toks.get(k) {
+            vs.scheduler = s.text.to_owned();
+            k += 1;
         }
         while k < toks.len() {
             let t = &toks[k];
@@ -651,13 +693,20 @@ pub fn parse_list(text: &str) -> Result<IpvsTable, ParseError> {
                     let v = value(k)?;
                     let p = mask_prefix(v.text, vs.key.is_v6())
                         .ok_or_else(|| ctx.err(v.col, ParseErrorKind::BadAddress(v.text.into())))?;
-                    if let Some(ps) = &mut vs.persistence {
-                        ps.prefix_len = p;
-                    }
+                    let Some(ps) = &mut vs.persistence else {
+                        return Err(
+                            ctx.err(t.col, ParseErrorKind::OutsidePersistence("mask".into()))
+                        );
+                    };
+                    ps.prefix_len = p;
                     k += 2;
                 }
                 "pe" => {
-                    vs.pe = Some(value(k)?.text.to_owned());
+                    let v = value(k)?;
+                    if vs.persistence.is_none() {
+                        return Err(ctx.err(t.col, ParseErrorKind::OutsidePersistence("pe".into())));
+                    }
+                    vs.pe = Some(v.text.to_owned());
                     k += 2;
                 }
                 "ops" => {
@@ -763,6 +812,58 @@ mod tests {
     }
 
     #[test]
+    fn list_refuses_pe_and_mask_outside_persistence_like_ipvsadm_prints_them() {
+        for (line, word, col) in [
+            ("TCP  10.96.0.10:80 rr pe sip", "pe", 23),
+            ("TCP  10.96.0.10:80 rr mask 255.255.255.0", "mask", 23),
+            ("TCP  10.96.0.10:80 rr pe sip persistent 60", "pe", 23),
+        ] {
+            let e = parse_list(line).unwrap_err();
+            assert_eq!(e.kind, ParseErrorKind::OutsidePersistence(word.into()), "{line}");
+            assert_eq!((e.line, e.column), (1, col), "{line}");
+            assert!(e.to_string().contains("persistent T [mask M] [pe NAME]"), "{e}");
+        }
+        let t =
+            parse_list("TCP  10.96.0.10:80 rr persistent 60 mask 255.255.255.0 pe sip\n").unwrap();
+        assert_eq!(t.services[0].pe.as_deref(), Some("sip"));
+        assert_eq!(parse_list(&render_list(&t)).unwrap(), t);
+        // The save format prints --pe whether or not the service is persistent (`-A %s -s %s`,
+        // then ` --pe %s` outside the `-p` block); the listing then leaves it out, as ipvsadm.
+        let saved = parse_save("-A -t 10.96.0.10:80 -s rr --pe sip\n").unwrap();
+        assert_eq!(render_save(&saved), "-A -t 10.96.0.10:80 -s rr --pe sip\n");
+        assert!(render_list(&saved).ends_with("TCP  10.96.0.10:80 rr\n"));
+    }
+
+    #[test]
+    fn list_with_thresholds_renders_the_thresholds_listing() {
+        let text = concat!(
+            "IP Virtual Server version 1.2.1 (size=4096)\n",
+            "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn \n",
+            "  -> RemoteAddress:Port\n",
+            "TCP  10.96.0.10:80 wlc persistent 60\n",
+            "  -> 10.1.0.1:8080                100        50         3          4         \n",
+            "  -> 10.1.0.2:8080                0          0          0          0         \n",
+        );
+        let t = parse_list(text).unwrap();
+        let vs = &t.services[0];
+        assert_eq!(vs.scheduler, "wlc");
+        let rs = vs.real_servers[0];
+        assert_eq!((rs.u_threshold, rs.l_threshold, rs.active, rs.inactive), (100, 50, 3, 4));
+        assert_eq!((rs.weight, rs.forward), (1, Forward::Masq));
+        assert_eq!(render_list(&t), text);
+        assert_eq!(parse_list(&render_list(&t)).unwrap(), t);
+        // Weights that the thresholds listing cannot show: the plain listing, thresholds lost.
+        let mut w = t.clone();
+        w.services[0].real_servers[1].weight = 3;
+        assert!(render_list(&w).contains("Forward Weight"));
+        // No thresholds: the plain listing.
+        let mut plain = t;
+        plain.services[0].real_servers[0].u_threshold = 0;
+        plain.services[0].real_servers[0].l_threshold = 0;
+        assert!(render_list(&plain).contains("Forward Weight"));
+    }
+
+    #[test]
     fn list_tolerates_stats_and_rate_columns() {
         let stats = concat!(
             "IP Virtual Server version 1.2.1 (size=4096)\n",
@@ -788,7 +889,8 @@ mod tests {
     }
 
     fn arb_table() -> impl Strategy<Value = IpvsTable> {
-        // Thresholds are in neither listing nor save format; connection counts only in -L.
+        // Thresholds are only in the --thresholds listing (see below); connection counts only in
+        // the listings.
         let rs = (any::<[u8; 4]>(), any::<u16>(), 0u32..100, 0usize..4, 0u32..5, 0u32..5).prop_map(
             |(ip, port, weight, f, active, inactive)| RealServer {
                 addr: SocketAddr::new(IpAddr::from(ip), port),
@@ -863,6 +965,21 @@ mod tests {
 
         #[test]
         fn parse_list_of_render_list_keeps_weights(t in arb_table()) {
+            prop_assert_eq!(parse_list(&render_list(&t)).unwrap(), t.sorted());
+        }
+
+        #[test]
+        fn parse_list_of_render_list_keeps_thresholds(
+            t in arb_table(),
+            limits in prop::collection::vec((0u32..100, 0u32..100), 1..16),
+        ) {
+            // What an `ipvsadm -Ln --thresholds` listing shows: weights 1, Masq, thresholds.
+            let mut t = t;
+            let mut next = limits.iter().cycle();
+            for r in t.services.iter_mut().flat_map(|s| &mut s.real_servers) {
+                let (u, l) = next.next().copied().unwrap_or((1, 0));
+                (r.weight, r.forward, r.u_threshold, r.l_threshold) = (1, Forward::Masq, u, l);
+            }
             prop_assert_eq!(parse_list(&render_list(&t)).unwrap(), t.sorted());
         }
 

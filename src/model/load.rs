@@ -23,6 +23,12 @@
 //! - Values kube-proxy itself ignores (unparsable `externalIPs` or `loadBalancerSourceRanges`, a
 //!   slice without the `kubernetes.io/service-name` label) become warnings, not errors. Values the
 //!   API server would reject are errors.
+//! - An EndpointSlice port whose name and protocol no port of its Service has is kept as it is
+//!   (kube-proxy ignores it, so a Service port left without endpoints rejects) and warned about
+//!   at the port's file and line, e.g. `c.yaml:15: EndpointSlice default/web-abc: ports[0]: port
+//!   'https'/tcp matches no port of Service default/web ('http'/tcp); kube-proxy ignores it`;
+//!   past 16 such ports one more warning counts the rest. To find the line, the texts holding
+//!   EndpointSlices are kept until the end of the load and the slice's document is read again.
 //! - Unknown fields are ignored everywhere. No input panics: malformed YAML, wrong types, alias
 //!   bombs and deep nesting all end in a [`LoadError`].
 //! - Work and memory are bounded by the input size: before anything is built, a file that holds
@@ -51,6 +57,7 @@
 //! ```
 
 mod convert;
+mod locate;
 mod raw;
 
 use std::cell::Cell;
@@ -62,8 +69,9 @@ use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::model::{Cluster, EndpointSlice, Node, ProxyConfig, Service};
+use crate::model::{Cluster, EndpointSlice, Node, Protocol, ProxyConfig, Service};
 use convert::LegacyEndpoints;
+use locate::ObjectAt;
 use raw::{Header, ItemHeader, Meta};
 
 /// Nodes (scalars, sequences, mappings, after alias expansion) allowed per byte of input.
@@ -86,6 +94,10 @@ const LIST_KIND: &str = "List";
 
 /// Text a ConfigMap data value must contain to be read as an embedded kube-proxy configuration.
 const PROXY_CONFIG_KIND: &str = "KubeProxyConfiguration";
+
+/// How many EndpointSlice ports that match no Service port are warned about one by one (each
+/// located by reading its document again); the rest are counted in one more warning.
+const MAX_PORT_WARNINGS: usize = 16;
 
 /// A loaded cluster plus the non-fatal problems found (one line each).
 #[derive(Debug, Clone)]
@@ -154,6 +166,7 @@ impl fmt::Display for LoadError {
 pub fn load_str(text: &str, origin: &str) -> Result<Loaded, LoadError> {
     let mut builder = Builder::default();
     builder.add_input(text, origin)?;
+    builder.warn_unmatched_slice_ports();
     Ok(builder.finish())
 }
 
@@ -188,6 +201,7 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Loaded, LoadError> {
             builder.add_input(&text, &origin)?;
         }
     }
+    builder.warn_unmatched_slice_ports();
     Ok(builder.finish())
 }
 
@@ -564,6 +578,22 @@ struct Builder {
     service_index: HashMap<(String, String), usize>,
     slice_index: HashMap<(String, String), usize>,
     node_index: HashMap<String, usize>,
+    /// The texts EndpointSlices were read from, kept to locate them in warnings.
+    sources: Vec<Source>,
+    /// Where each of `cluster.endpoint_slices` was read: an index into `sources`, and the
+    /// object's place in that text.
+    slice_at: Vec<(usize, ObjectAt)>,
+    /// Lines before the text being read (a JSON stream is read value by value).
+    lines_before: usize,
+    /// Whether an EndpointSlice was read from the text being read.
+    slices_in_text: bool,
+}
+
+/// A text EndpointSlices were read from.
+struct Source {
+    origin: String,
+    text: String,
+    lines_before: usize,
 }
 
 /// Turns a serde_yaml_ng error into a [`LoadError`]: the location goes to `line`/`column`, the
@@ -664,7 +694,10 @@ impl Builder {
         for (start, end) in parts {
             let lines_before = text.get(..start).map_or(0, |t| t.matches('\n').count());
             let part = text.get(start..end).unwrap_or("");
-            self.add_text(part, origin).map_err(|mut e| {
+            self.lines_before = lines_before;
+            let added = self.add_text(part, origin);
+            self.lines_before = 0;
+            added.map_err(|mut e| {
                 if let Some(line) = e.line.as_mut() {
                     *line += lines_before;
                 }
@@ -693,7 +726,9 @@ impl Builder {
             }
         }
         // Pass 2: typed objects.
-        for (doc, header) in serde_yaml_ng::Deserializer::from_str(text).zip(&headers) {
+        self.slices_in_text = false;
+        let docs = serde_yaml_ng::Deserializer::from_str(text).zip(&headers).enumerate();
+        for (doc_index, (doc, header)) in docs {
             let Some(h) = header else { continue };
             if is_list(h) {
                 let items: &[Option<ItemHeader>] = h.items.as_deref().unwrap_or(&[]);
@@ -720,7 +755,7 @@ impl Builder {
                 })?;
                 for (i, p) in parsed.into_iter().enumerate() {
                     let object = label(i).unwrap_or_default();
-                    self.accept(p, origin, &object)?;
+                    self.accept(p, origin, &object, ObjectAt { doc: doc_index, item: Some(i) })?;
                 }
             } else {
                 let d = dispatch(h.api_version.as_deref(), h.kind.as_deref());
@@ -733,8 +768,16 @@ impl Builder {
                 let parsed = ObjSeed(&d)
                     .deserialize(doc)
                     .map_err(|e| yaml_error(&e, origin, object.clone(), None, kind))?;
-                self.accept(parsed, origin, &object.unwrap_or_default())?;
+                let at = ObjectAt { doc: doc_index, item: None };
+                self.accept(parsed, origin, &object.unwrap_or_default(), at)?;
             }
+        }
+        if self.slices_in_text {
+            self.sources.push(Source {
+                origin: origin.to_owned(),
+                text: text.to_owned(),
+                lines_before: self.lines_before,
+            });
         }
         Ok(())
     }
@@ -745,7 +788,14 @@ impl Builder {
         }
     }
 
-    fn accept(&mut self, parsed: Parsed, origin: &str, object: &str) -> Result<(), LoadError> {
+    /// Adds one object read from the text being read, found there at `at`.
+    fn accept(
+        &mut self,
+        parsed: Parsed,
+        origin: &str,
+        object: &str,
+        at: ObjectAt,
+    ) -> Result<(), LoadError> {
         match parsed {
             Parsed::Service(svc, warns) => {
                 self.warn(origin, object, warns);
@@ -762,14 +812,19 @@ impl Builder {
             Parsed::Slice(slice, warns) => {
                 self.warn(origin, object, warns);
                 if let Some(slice) = slice {
+                    // This text is kept (as source number `sources.len()`) once it is read.
+                    self.slices_in_text = true;
+                    let from = (self.sources.len(), at);
                     let key = (slice.namespace.clone(), slice.name.clone());
                     if let Some(&i) = self.slice_index.get(&key) {
                         self.warnings
                             .push(format!("{origin}: {object}: appears again; the later one wins"));
                         self.cluster.endpoint_slices[i] = slice;
+                        self.slice_at[i] = from;
                     } else {
                         self.slice_index.insert(key, self.cluster.endpoint_slices.len());
                         self.cluster.endpoint_slices.push(slice);
+                        self.slice_at.push(from);
                     }
                 }
             }
@@ -807,6 +862,64 @@ impl Builder {
             Parsed::Nothing => {}
         }
         Ok(())
+    }
+
+    /// Warns about each EndpointSlice port that no port of its Service has (same name and
+    /// protocol), naming the file and line of the port: kube-proxy gives it to no Service port,
+    /// so a Service whose slices all miss its port names has no endpoints. Slices of a Service
+    /// the input does not have are left alone, as are legacy Endpoints.
+    fn warn_unmatched_slice_ports(&mut self) {
+        let services: HashMap<(&str, &str), &Service> = self
+            .cluster
+            .services
+            .iter()
+            .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+            .collect();
+        let describe = |name: &str, proto: Protocol| match name {
+            "" => format!("unnamed/{}", proto.as_str()),
+            n => format!("'{n}'/{}", proto.as_str()),
+        };
+        let mut warnings = Vec::new();
+        let mut more = 0;
+        for (slice, (source, at)) in self.cluster.endpoint_slices.iter().zip(&self.slice_at) {
+            let key = (slice.namespace.as_str(), slice.service_name.as_str());
+            let Some(svc) = services.get(&key) else { continue };
+            for (j, port) in slice.ports.iter().enumerate() {
+                if svc.ports.iter().any(|p| p.name == port.name && p.protocol == port.protocol) {
+                    continue;
+                }
+                if warnings.len() == MAX_PORT_WARNINGS {
+                    more += 1;
+                    continue;
+                }
+                let place =
+                    self.sources.get(*source).map_or(String::new(), |src| match locate::port_line(
+                        &src.text, *at, j,
+                    ) {
+                        Some(line) => format!("{}:{}: ", src.origin, line + src.lines_before),
+                        None => format!("{}: ", src.origin),
+                    });
+                let theirs: Vec<String> =
+                    svc.ports.iter().map(|p| describe(&p.name, p.protocol)).collect();
+                warnings.push(format!(
+                    "{place}EndpointSlice {}/{}: ports[{j}]: port {} matches no port of Service \
+                     {}/{} ({}); kube-proxy ignores it",
+                    slice.namespace,
+                    slice.name,
+                    describe(&port.name, port.protocol),
+                    svc.namespace,
+                    svc.name,
+                    theirs.join(", "),
+                ));
+            }
+        }
+        if more > 0 {
+            warnings.push(format!(
+                "{more} more EndpointSlice port{} match no port of their Service",
+                if more == 1 { "" } else { "s" }
+            ));
+        }
+        self.warnings.extend(warnings);
     }
 
     fn set_config(&mut self, cfg: ProxyConfig, from: String) {
@@ -1382,5 +1495,109 @@ mod tests {
         let l = load_str("", "t").unwrap();
         assert_eq!(l.cluster, Cluster::default());
         assert!(l.warnings.is_empty());
+    }
+
+    const WEB_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+        spec:\n  clusterIP: 10.96.0.5\n  ports:\n  - {name: http, port: 80}\n  \
+        - {name: dns, port: 53, protocol: UDP}\n";
+
+    fn web_slice(name: &str, ports: &str) -> String {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+             labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports:\n{ports}\
+             endpoints:\n- addresses: [10.1.0.1]\n"
+        )
+    }
+
+    #[test]
+    fn slice_port_matching_no_service_port_warns_at_its_line() {
+        // Line 10 is the first line of the slice's document: its ports are on lines 17 to 19.
+        let text = format!(
+            "{WEB_SERVICE}---\n{}",
+            web_slice(
+                "web-a",
+                "- {name: http, port: 8080}\n- {name: dns, port: 53}\n- {port: 9090}\n"
+            )
+        );
+        let l = load_str(&text, "t.yaml").unwrap();
+        assert_eq!(
+            l.warnings,
+            [
+                "t.yaml:18: EndpointSlice default/web-a: ports[1]: port 'dns'/tcp matches no port \
+                 of Service default/web ('http'/tcp, 'dns'/udp); kube-proxy ignores it",
+                "t.yaml:19: EndpointSlice default/web-a: ports[2]: port unnamed/tcp matches no \
+                 port of Service default/web ('http'/tcp, 'dns'/udp); kube-proxy ignores it",
+            ]
+        );
+        // The slice is kept as it is: the renderer finds no endpoint for those ports.
+        assert_eq!(l.cluster.endpoint_slices[0].ports.len(), 3);
+    }
+
+    #[test]
+    fn slice_port_warning_locates_list_items_json_values_and_the_later_duplicate() {
+        let item = |s: &str| {
+            s.lines()
+                .enumerate()
+                .map(|(i, l)| if i == 0 { format!("- {l}\n") } else { format!("  {l}\n") })
+                .collect::<String>()
+        };
+        let list = format!(
+            "apiVersion: v1\nkind: List\nitems:\n{}{}",
+            item(&web_slice("web-a", "- {name: https, port: 443}\n")),
+            item(WEB_SERVICE)
+        );
+        let l = load_str(&list, "list.yaml").unwrap();
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        assert!(
+            l.warnings[0].starts_with(
+                "list.yaml:11: EndpointSlice default/web-a: ports[0]: port 'https'/tcp"
+            ),
+            "{:?}",
+            l.warnings
+        );
+
+        let json = |ports: &str| {
+            format!(
+                "{{\"apiVersion\": \"discovery.k8s.io/v1\", \"kind\": \"EndpointSlice\",\n \
+                 \"metadata\": {{\"name\": \"web-a\", \"labels\": \
+                 {{\"kubernetes.io/service-name\": \"web\"}}}},\n \"addressType\": \"IPv4\",\n \
+                 \"ports\": [\n{ports}]}}\n"
+            )
+        };
+        let svc_json = "{\"apiVersion\": \"v1\", \"kind\": \"Service\", \"metadata\": {\"name\": \
+                        \"web\"}, \"spec\": {\"clusterIP\": \"10.96.0.5\", \"ports\": [{\"name\": \
+                        \"http\", \"port\": 80}]}}\n";
+        // A JSON stream: the slices start on lines 2 and 9; the later one replaces the earlier
+        // one of the same name, and the warning names its own port, on line 13.
+        let stream = format!(
+            "{svc_json}{}{}",
+            json("  {\"name\": \"http\", \"port\": 80},\n  {\"name\": \"x\", \"port\": 1}\n"),
+            json("  {\"name\": \"y\", \"port\": 1}\n")
+        );
+        let l = load_str(&stream, "s.json").unwrap();
+        let port_warnings: Vec<&String> =
+            l.warnings.iter().filter(|w| w.contains("matches no port")).collect();
+        assert_eq!(port_warnings.len(), 1, "{:?}", l.warnings);
+        assert!(
+            port_warnings[0]
+                .starts_with("s.json:13: EndpointSlice default/web-a: ports[0]: port 'y'/tcp"),
+            "{:?}",
+            l.warnings
+        );
+    }
+
+    #[test]
+    fn slice_port_warnings_are_bounded_and_skip_slices_of_unknown_services() {
+        let ports: String =
+            (0..20).map(|i| format!("- {{name: p{i}, port: {}}}\n", 1000 + i)).collect();
+        let text = format!("{WEB_SERVICE}---\n{}", web_slice("web-a", &ports));
+        let l = load_str(&text, "t.yaml").unwrap();
+        assert_eq!(l.warnings.len(), MAX_PORT_WARNINGS + 1);
+        assert_eq!(
+            l.warnings[MAX_PORT_WARNINGS],
+            "4 more EndpointSlice ports match no port of their Service"
+        );
+        // Without the Service, nothing is compared.
+        assert!(load_str(&web_slice("web-a", &ports), "t.yaml").unwrap().warnings.is_empty());
     }
 }

@@ -446,6 +446,43 @@ pub fn render_reasons(outputs: &[ReplayOutput]) -> String {
 mod tests {
     use super::*;
 
+    /// Issue #8, the `ipvs_sched` lead (rr, persistence /128, a deleted destination): the
+    /// replay decides as the model and as the kernel. The template of the deleted A is
+    /// invalidated but keeps its timer (t = 100), so A, re-added with the same upper threshold,
+    /// stays overloaded (and passed over) until then.
+    #[test]
+    fn rr_persistence_128_with_a_deleted_destination() {
+        let json = r#"{"scheduler": "rr", "vip": "[fd00::10]:80",
+            "persistence": {"timeout": 100, "prefix_len": 128},
+            "dests": [{"dest": "[fd00:1::1]:80", "u_threshold": 5}, {"dest": "[fd00:1::2]:80"}],
+            "events": [
+              {"op": "connect", "id": "c0", "client": "[2001:db8::1]:1000"},
+              {"op": "close", "id": "c0"},
+              {"op": "overload", "dest": "[fd00:1::1]:80"},
+              {"op": "delete", "dest": "[fd00:1::1]:80"},
+              {"op": "tick", "seconds": 10},
+              {"op": "connect", "id": "c1", "client": "[2001:db8::1]:1001"},
+              {"op": "tick", "seconds": 10},
+              {"op": "add", "dest": "[fd00:1::1]:80", "u_threshold": 5},
+              {"op": "connect", "id": "c2", "client": "[2001:db8::2]:1"},
+              {"op": "tick", "seconds": 80},
+              {"op": "connect", "id": "c3", "client": "[2001:db8::3]:1"},
+              {"op": "connect", "id": "c4", "client": "[2001:db8::1]:1002"}]}"#;
+        let out = replay(json).unwrap();
+        let got: Vec<String> =
+            out.iter().map(|o| o.dest().map_or("-".into(), |d| d.to_string())).collect();
+        assert_eq!(
+            got,
+            [
+                "[fd00:1::1]:80",
+                "[fd00:1::2]:80",
+                "[fd00:1::2]:80",
+                "[fd00:1::1]:80",
+                "[fd00:1::2]:80"
+            ]
+        );
+    }
+
     macro_rules! fixture {
         ($name:literal) => {
             (

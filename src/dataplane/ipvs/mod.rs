@@ -515,8 +515,9 @@ impl IpvsService {
         Some((id, decision))
     }
 
-    /// The valid, hashed template for `key`; an invalid one is unhashed (and reaped once it
-    /// controls nothing), as `ip_vs_check_template` does.
+    /// The valid, hashed template for `key`. An invalid one is unhashed, as
+    /// `ip_vs_check_template` does ("don't restart its timer"): it stays bound to its
+    /// destination until its own timer fires while it controls nothing.
     fn find_template(&mut self, key: IpAddr) -> Option<TemplateId> {
         let (tid, t) = self.templates.iter().find(|(_, t)| t.hashed && t.client == key)?;
         let (tid, dest) = (*tid, t.dest);
@@ -528,14 +529,13 @@ impl IpvsService {
         }
         if let Some(t) = self.templates.get_mut(&tid) {
             t.hashed = false;
-            t.expires = self.now;
         }
-        self.reap_templates();
         None
     }
 
     /// Removes templates whose timer has fired and that control no connection; a fired
-    /// template still controlling connections is re-armed for another timeout.
+    /// template still controlling connections is re-armed for another timeout, hashed or not
+    /// (`ip_vs_conn_expire` checks `n_control` first).
     fn reap_templates(&mut self) {
         let now = self.now;
         let timeout = self.persistence.map_or(0, |p| p.timeout);
@@ -545,10 +545,9 @@ impl IpvsService {
                 continue;
             }
             if t.controlled > 0 {
-                if t.hashed && timeout > 0 {
-                    // expire_later: the timer is re-armed by one timeout until it fires idle.
-                    let behind = (now - t.expires) / timeout + 1;
-                    t.expires = t.expires.saturating_add(behind.saturating_mul(timeout));
+                // expire_later: the timer is re-armed by one timeout until it fires idle.
+                if let Some(behind) = (now - t.expires).checked_div(timeout) {
+                    t.expires = t.expires.saturating_add((behind + 1).saturating_mul(timeout));
                 }
                 continue;
             }
@@ -1339,6 +1338,53 @@ mod tests {
         assert!(svc.del_dest(sa(A)).is_ok());
         assert_eq!(go(&mut svc, "192.0.2.1:1001"), "B");
         assert_eq!(svc.templates().filter(|(_, t)| t.hashed).count(), 1);
+    }
+
+    /// `ip_vs_check_template` on a deleted destination (issue #8, a lead of the `ipvs_sched`
+    /// fuzz target: rr, persistence /128, a deleted destination): the template is invalidated
+    /// but its timer is not restarted ("Simply decrease the refcnt of the template, don't
+    /// restart its timer"), so it stays bound to the trashed destination, and its unbind, which
+    /// may clear the overload flag, comes when that timer fires, not at once.
+    #[test]
+    fn invalidated_template_unbinds_when_its_own_timer_fires() {
+        let (a, b) = ("[fd00:1::1]:80", "[fd00:1::2]:80");
+        let mut svc =
+            IpvsService::with_vip(sa("[fd00::10]:80"), SchedulerKind::Rr, ServiceFlags::NONE);
+        let limited = |addr: &str| DestSpec { u_threshold: 5, ..DestSpec::new(sa(addr), 1) };
+        for spec in [DestSpec::new(sa(b), 1), limited(a)] {
+            assert!(svc.add_dest(spec).is_ok());
+        }
+        svc.set_persistence(Some(Persistence { timeout: 100, prefix_len: 128 }));
+        let x = "[2001:db8::1]:1000";
+        let (c0, d0) = svc.connect(sa(x), ConnState::Active).unwrap();
+        assert_eq!(d0.addr, sa(a));
+        assert!(svc.close(c0).is_ok());
+        // A is overloaded (its threshold crossed), then deleted; the template (t = 100) stays.
+        assert!(svc.set_overload(sa(a), true).is_ok());
+        assert!(svc.del_dest(sa(a)).is_ok());
+        svc.advance(10);
+        assert_eq!(svc.connect(sa(x), ConnState::Active).map(|c| c.1.addr), Some(sa(b)));
+        let old = |svc: &IpvsService| svc.templates().filter(|(_, t)| !t.hashed).count();
+        assert_eq!(old(&svc), 1, "the invalidated template waits for its timer");
+        // Re-added with the same upper threshold: the overload flag is kept (ip_vs_add_dest).
+        svc.advance(10);
+        assert!(svc.add_dest(limited(a)).is_ok());
+        let id = svc.lookup(sa(a)).unwrap();
+        assert_eq!(svc.dest(id).map(|d| (d.overloaded, d.persistent)), Some((true, 1)));
+        // So rr passes over A until the old template's timer fires at t = 100.
+        assert_eq!(
+            svc.connect(sa("[2001:db8::2]:1"), ConnState::Active).map(|c| c.1.addr),
+            Some(sa(b))
+        );
+        svc.advance(79);
+        assert_eq!(old(&svc), 1);
+        svc.advance(1);
+        assert_eq!(old(&svc), 0);
+        assert_eq!(svc.dest(id).map(|d| (d.overloaded, d.persistent)), Some((false, 0)));
+        assert_eq!(
+            svc.connect(sa("[2001:db8::3]:1"), ConnState::Active).map(|c| c.1.addr),
+            Some(sa(a))
+        );
     }
 
     /// `shares`: wrr 4,3,2 → 4/9, 3/9, 2/9; rr skips the overloaded; lc names its one pick.

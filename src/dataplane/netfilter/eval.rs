@@ -13,7 +13,9 @@
 //! per fork with a seeded random source instead, and can skip recording hops for speed.
 //!
 //! Invariants: the sum of outcome probabilities is 1 (up to float rounding); every walk terminates
-//! (loops are refused at compile time, and depth and outcome counts are bounded).
+//! (loops are refused at compile time, and depth and outcome counts are bounded); an exact walk
+//! holds at most [`MAX_EXACT_BYTES`] of branches, and stops with [`EvalError::TooManyBranches`]
+//! at the random match that would pass it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -386,6 +388,25 @@ pub enum EvalError {
     /// Jumps nested deeper than the limit.
     #[error("jump depth over {0} chains")]
     TooDeep(usize),
+    /// The exact walk's branches (finished outcomes with their hops, and forks still to walk)
+    /// would hold more than [`MAX_EXACT_BYTES`]: it stopped at the random match of rule `line`.
+    #[error(
+        "line {line}: exact evaluation stopped at this random match (table {table}, chain {chain}): {branches} random branches so far, {depth} of them on this path, would hold more than {limit_mib} MiB; use sampling instead"
+    )]
+    TooManyBranches {
+        /// The line of the rule whose random match would fork once more.
+        line: usize,
+        /// Its table.
+        table: String,
+        /// Its chain.
+        chain: String,
+        /// Forks made by the whole evaluation so far.
+        branches: usize,
+        /// Forks on the path that reached this rule.
+        depth: u32,
+        /// [`MAX_EXACT_BYTES`] in MiB.
+        limit_mib: usize,
+    },
 }
 
 /// How random matches are resolved.
@@ -415,6 +436,12 @@ impl<R: rand::Rng + ?Sized> Chooser for Sample<'_, R> {
 
 /// Limits that keep a walk bounded.
 pub const MAX_OUTCOMES: usize = 1 << 20;
+/// The most memory (estimated: walk states, hops, effects, warnings) the branches of one exact
+/// evaluation may hold at once, finished outcomes and forks still to walk together. Non-terminating
+/// random matches double the branches at each rule, so 20 of them in a row would need gigabytes.
+/// kube-proxy's cascades (terminating jumps) hold about N²/2 hops for N endpoints: a Service of
+/// 1000 endpoints fits, one of about 1450 does not (sample it instead).
+pub const MAX_EXACT_BYTES: usize = 64 << 20;
 /// The deepest jump stack a walk follows.
 pub const MAX_DEPTH: usize = 4096;
 
@@ -463,6 +490,8 @@ enum Phase {
 #[derive(Clone, Debug)]
 struct Walk {
     prob: f64,
+    /// Random forks on this path.
+    forks: u32,
     phase: Phase,
     /// Index into the phase's (table, chain) steps.
     step: usize,
@@ -491,6 +520,58 @@ struct Walk {
 enum RuleOutcome {
     NoMatch,
     Match,
+    /// Forking here would pass [`MAX_EXACT_BYTES`].
+    OverBudget,
+}
+
+/// The forks an exact walk has still to follow, and the memory its branches hold.
+struct Pending {
+    /// Each walk with the bytes it was counted for.
+    walks: Vec<(Walk, usize)>,
+    /// Estimated bytes held by `walks` and by the finished outcomes.
+    held: usize,
+    /// Forks made so far.
+    branches: usize,
+}
+
+impl Pending {
+    fn pop(&mut self) -> Option<Walk> {
+        let (w, cost) = self.walks.pop()?;
+        self.held -= cost;
+        Some(w)
+    }
+
+    /// Queues the other side of a fork of `w` (a copy, with one more hop), unless the branches
+    /// would then hold more than [`MAX_EXACT_BYTES`].
+    fn fork(&mut self, w: &Walk) -> Option<&mut Walk> {
+        let cost = held_bytes(w) + size_of::<Hop>();
+        if self.held + cost > MAX_EXACT_BYTES {
+            return None;
+        }
+        self.held += cost;
+        self.branches += 1;
+        self.walks.push((w.clone(), cost));
+        self.walks.last_mut().map(|(w, _)| w)
+    }
+}
+
+/// The bytes a walk (or the outcome it becomes) holds, estimated from its parts.
+fn held_bytes(w: &Walk) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| size_of::<String>() + s.len()).sum::<usize>();
+    let hop_text: usize = w
+        .hops
+        .iter()
+        .map(|h| match &h.event {
+            Event::Unmodelled { what } => what.len(),
+            _ => 0,
+        })
+        .sum();
+    size_of::<Walk>()
+        + w.stack.len() * size_of::<Frame>()
+        + w.hops.capacity() * size_of::<Hop>()
+        + hop_text
+        + w.effects.capacity() * size_of::<Effect>()
+        + strings(&w.warnings)
 }
 
 /// Walks `pkt` through the compiled tables.
@@ -508,6 +589,7 @@ pub fn evaluate<C: Chooser>(
     let local_origin = matches!(pkt.origin, Origin::Local);
     let first = Walk {
         prob: 1.0,
+        forks: 0,
         phase: if local_origin { Phase::Out } else { Phase::Pre },
         step: 0,
         stack: Vec::new(),
@@ -529,12 +611,15 @@ pub fn evaluate<C: Chooser>(
         effects: Vec::new(),
         warnings: Vec::new(),
     };
-    let mut pending = vec![first];
+    let mut pending = Pending { walks: vec![(first, 0)], held: 0, branches: 0 };
     let mut outcomes = Vec::new();
     while let Some(mut w) = pending.pop() {
         run(tables, hooks, env, pkt, chooser, record, &mut w, &mut pending)?;
+        // Kept until the end: give back what the growing hop list over-allocated.
+        w.hops.shrink_to_fit();
+        pending.held += held_bytes(&w);
         outcomes.push(finish(w));
-        if outcomes.len() + pending.len() > MAX_OUTCOMES {
+        if outcomes.len() + pending.walks.len() > MAX_OUTCOMES {
             return Err(EvalError::TooManyOutcomes(MAX_OUTCOMES));
         }
     }
@@ -617,7 +702,7 @@ fn run<C: Chooser>(
     chooser: &mut C,
     record: bool,
     w: &mut Walk,
-    pending: &mut Vec<Walk>,
+    pending: &mut Pending,
 ) -> Result<(), EvalError> {
     loop {
         if w.verdict.is_some() || w.phase == Phase::Done {
@@ -686,11 +771,26 @@ fn run<C: Chooser>(
                 w.evaluated += 1;
                 eval_rule(rule, env, pkt, w, chooser, pending, record, hook, ti, chain, pos)
             };
+            match outcome {
+                RuleOutcome::Match => {}
+                RuleOutcome::NoMatch => {
+                    let top = w.stack.len() - 1;
+                    w.stack[top].pos += 1;
+                    continue;
+                }
+                RuleOutcome::OverBudget => {
+                    return Err(EvalError::TooManyBranches {
+                        line: rule.line,
+                        table: table.name.clone(),
+                        chain: table.chains[chain].name.clone(),
+                        branches: pending.branches,
+                        depth: w.forks,
+                        limit_mib: MAX_EXACT_BYTES >> 20,
+                    });
+                }
+            }
             let top = w.stack.len() - 1;
             w.stack[top].pos += 1;
-            if let RuleOutcome::NoMatch = outcome {
-                continue;
-            }
             if record {
                 w.hops.push(Hop {
                     hook,
@@ -1072,7 +1172,7 @@ fn eval_rule<C: Chooser>(
     pkt: &Packet,
     w: &mut Walk,
     chooser: &mut C,
-    pending: &mut Vec<Walk>,
+    pending: &mut Pending,
     record: bool,
     hook: Hook,
     ti: usize,
@@ -1098,10 +1198,12 @@ fn eval_rule<C: Chooser>(
                 None if p_match <= 0.0 => false,
                 None if p_match >= 1.0 => true,
                 None => {
-                    let mut alt = w.clone();
+                    let Some(alt) = pending.fork(w) else { return RuleOutcome::OverBudget };
                     alt.prob *= 1.0 - p_match;
                     alt.resume_nomatch = true;
+                    alt.forks += 1;
                     w.prob *= p_match;
+                    w.forks += 1;
                     if record && !nth {
                         let h = |probability, taken| Hop {
                             hook,
@@ -1114,7 +1216,6 @@ fn eval_rule<C: Chooser>(
                         alt.hops.push(h(1.0 - p_match, false));
                         w.hops.push(h(p_match, true));
                     }
-                    pending.push(alt);
                     true
                 }
             },
@@ -1233,5 +1334,54 @@ mod set_tests {
             Some(true),
             "the more specific prefix decides"
         );
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use crate::dataplane::netfilter::{Env, EvalError, Netfilter, Packet};
+    use crate::formats::iptables_save::parse;
+    use crate::model::rules::Family;
+
+    /// `n` non-terminating random matches in a row: 2^n exact outcomes.
+    fn forks(n: usize) -> Netfilter {
+        let mut text = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "-A PREROUTING -m statistic --mode random --probability 0.5 -j MARK --or-mark {}\n",
+                1u32 << i
+            ));
+        }
+        text.push_str("COMMIT\n");
+        Netfilter::new(&parse(&text, Family::V4).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn exact_walk_under_the_budget_keeps_every_outcome() {
+        let pkt = Packet::tcp("10.1.0.1".parse().unwrap(), "10.0.0.1".parse().unwrap(), 80);
+        let outs = forks(10).evaluate(&Env::default(), &pkt).unwrap();
+        assert_eq!(outs.len(), 1024);
+        let mut marks: Vec<u32> = outs.iter().map(|o| o.mark).collect();
+        marks.sort_unstable();
+        assert_eq!(marks, (0..1024).collect::<Vec<_>>());
+        assert!(outs.iter().all(|o| o.probability == 1.0 / 1024.0));
+    }
+
+    #[test]
+    fn exact_walk_over_the_budget_names_the_rule_that_would_fork() {
+        let pkt = Packet::tcp("10.1.0.1".parse().unwrap(), "10.0.0.1".parse().unwrap(), 80);
+        let err = forks(24).evaluate(&Env::default(), &pkt).unwrap_err();
+        let EvalError::TooManyBranches { line, table, chain, branches, depth, .. } = &err else {
+            panic!("{err:?}")
+        };
+        // Rules are on lines 3..27; the budget runs out deep in the binary tree of forks.
+        assert!((3..27).contains(line), "{err}");
+        assert_eq!((table.as_str(), chain.as_str()), ("mangle", "PREROUTING"));
+        assert!(*branches > 1000 && *branches < 1 << 20, "{err}");
+        assert!(*depth > 10 && *depth < 24, "{err}");
+        assert!(err.to_string().starts_with(&format!("line {line}: exact evaluation stopped")));
+        // Sampling never forks, so it is not bounded by the budget.
+        let mut rng = <rand_pcg::Pcg64Mcg as rand::SeedableRng>::seed_from_u64(1);
+        assert!(forks(24).sample(&Env::default(), &pkt, &mut rng, true).is_ok());
     }
 }
