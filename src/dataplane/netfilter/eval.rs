@@ -782,7 +782,7 @@ fn run<C: Chooser>(
                     return Err(EvalError::TooManyBranches {
                         line: rule.line,
                         table: table.name.clone(),
-                        chain: table.chains[chain].name.clone(),
+                        chain: table.chains[chain].name.to_string(),
                         branches: pending.branches,
                         depth: w.forks,
                         limit_mib: MAX_EXACT_BYTES >> 20,
