@@ -223,3 +223,34 @@ fn ipset_vertical_tab_value_round_trips() {
         assert_eq!(parse(&render(&sets)).unwrap(), sets);
     }
 }
+
+// issue #8, fuzz campaign (target `ipvs_sched`, crash-ec97d237: rr, persistence /128, deleted
+// destinations): the target replayed every script and required the replay to accept it, also
+// scripts with a schedule-only event, which moves the rr cursor in the model and has no replay
+// op. From there the two runs differed; the model opened `c22`, the replay found no destination
+// for it and refused the later `close c22` as "unknown connection id … (connect it first)".
+// Fixed in the target (such scripts are checked on the model alone, as documented), and the
+// replay now says why such a `close` is refused (src/study/ipvs_replay.rs).
+#[test]
+fn replay_refuses_closing_a_connection_that_found_no_destination_and_says_why() {
+    use svcpath::dataplane::ipvs::{DestSpec, IpvsService, SchedulerKind, ServiceFlags};
+    use svcpath::study::ipvs_replay::{Location, ReplayErrorKind};
+    // Why a schedule-only event makes a script incomparable: it moves the rr cursor.
+    let mut svc = IpvsService::new(SchedulerKind::Rr, ServiceFlags::NONE);
+    for a in ["10.0.0.2:80", "10.0.0.1:80"] {
+        svc.add_dest(DestSpec::new(a.parse().unwrap(), 1)).unwrap();
+    }
+    let client = "192.0.2.1:1".parse().unwrap();
+    let first = svc.schedule(client).unwrap().addr;
+    assert_ne!(svc.schedule(client).unwrap().addr, first);
+    // The replay's error for a `close` of a connection that got no destination.
+    let json = r#"{"scheduler": "rr", "dests": [{"dest": "10.0.0.1:80", "weight": 0}],
+        "events": [{"op": "connect", "id": "c0", "client": "192.0.2.1:1"},
+                   {"op": "close", "id": "c0"}]}"#;
+    let err = replay(json).unwrap_err();
+    assert_eq!(err.location, Location::Event(1));
+    assert_eq!(err.kind, ReplayErrorKind::NoDestination { id: "c0".into(), event: 0 });
+    assert!(err.to_string().contains("found no destination at event 0"), "{err}");
+    let json = json.replace(r#""id": "c0"}]"#, r#""id": "c1"}]"#);
+    assert_eq!(replay(&json).unwrap_err().kind, ReplayErrorKind::UnknownId("c1".into()));
+}

@@ -156,6 +156,17 @@ pub enum ReplayErrorKind {
     /// A `fin` / `close` of an id that is not open.
     #[error("unknown connection id '{0}' (connect it first)")]
     UnknownId(String),
+    /// A `fin` / `close` of an id whose `connect` found no destination (its output is
+    /// `"dest":null`), so no connection was opened.
+    #[error(
+        "connection '{id}' found no destination at event {event}, so it is not open (its output is \"dest\":null)"
+    )]
+    NoDestination {
+        /// The connection id.
+        id: String,
+        /// The `connect` event that found no destination.
+        event: usize,
+    },
     /// The kernel would refuse the operation.
     #[error(transparent)]
     Ipvs(#[from] IpvsError),
@@ -338,6 +349,8 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
     }
 
     let mut open: BTreeMap<String, ConnId> = BTreeMap::new();
+    // Connections that found no destination, by id: the event that tried.
+    let mut refused: BTreeMap<String, usize> = BTreeMap::new();
     let mut out = Vec::new();
     for (i, ev) in array(&top, "events")?.iter().enumerate() {
         let at = Location::Event(i);
@@ -379,9 +392,13 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
                 let decision = match svc.connect(client, state) {
                     Some((conn, d)) => {
                         open.insert(id.to_string(), conn);
+                        refused.remove(id);
                         Some(d)
                     }
-                    None => None,
+                    None => {
+                        refused.insert(id.to_string(), i);
+                        None
+                    }
                 };
                 out.push(ReplayOutput { id: id.to_string(), decision });
             }
@@ -390,7 +407,15 @@ pub fn replay(json: &str) -> Result<Vec<ReplayOutput>, ReplayError> {
                 let id = o.str("id")?;
                 let conn = match open.get(id) {
                     Some(c) => *c,
-                    None => return Err(err(at, ReplayErrorKind::UnknownId(id.to_string()))),
+                    None => {
+                        let kind = match refused.get(id) {
+                            Some(&event) => {
+                                ReplayErrorKind::NoDestination { id: id.to_string(), event }
+                            }
+                            None => ReplayErrorKind::UnknownId(id.to_string()),
+                        };
+                        return Err(err(at, kind));
+                    }
                 };
                 if op == "fin" {
                     svc.fin(conn).map_err(|e| err(at, e))?;
