@@ -309,10 +309,6 @@ fn packet(dp: &Dataplane, req: &DistRequest, src: IpAddr, sport: u16) -> Packet 
     }
 }
 
-fn label(o: &Outcome) -> String {
-    Landing::of(o).label()
-}
-
 /// Flows sampled per parallel task. Each chunk draws from its own generator, seeded from the run's
 /// seed and the chunk's index, so the counts do not depend on the number of threads.
 const CHUNK: u64 = 1 << 16;
@@ -385,7 +381,7 @@ pub fn run_iptables(
             picker.cdf[i] - if i == 0 { 0.0 } else { picker.cdf[i - 1] }
         };
         for o in dp.netfilter.evaluate(&env, &packet(dp, req, req.clients[i], 40000))? {
-            *expected.entry(label(&o)).or_default() += w * o.probability;
+            *expected.entry(Landing::of(&o).label()).or_default() += w * o.probability;
         }
     }
     let compiled = CompiledNetfilter::new(&dp.netfilter, &dp.ruleset);

@@ -1,7 +1,11 @@
 //! The compiled evaluator: the same netfilter semantics as [`super::eval`], with the long, regular
 //! parts of kube-proxy's rule sets turned into indexed lookups.
 //!
-//! Two shapes are compiled; every other rule is evaluated one by one, as the faithful walk does:
+//! Every rule of every chain is one entry of a single array (chain after chain), so a walk is a
+//! position and a stack of (position, end of chain) frames. Rules that test only header
+//! addresses and protocol, conntrack state, mark and ports are checked as one side-effect-free
+//! conjunction; comment-only rules always match; a jump to an empty chain pushes nothing. Two
+//! longer shapes are compiled; every other rule is evaluated as the faithful walk does:
 //!
 //! - **Indexed runs.** A run of consecutive rules that test nothing but `-p PROTO`, an optional
 //!   `-d ADDR` and an optional single `--dport PORT` (kube-proxy's `KUBE-SERVICES`,
@@ -769,9 +773,7 @@ impl<'a> CompiledNetfilter<'a> {
                         ));
                     }
                     Target::Accept => {
-                        w.stack.clear();
-                        w.step += 1;
-                        return Ok(false);
+                        return Ok(next_step(w));
                     }
                     Target::Drop => {
                         w.verdict = Some(Verdict::Drop);
@@ -812,23 +814,17 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         w.dnat = true;
                         w.ct |= ctstate::DNAT;
-                        w.stack.clear();
-                        w.step += 1;
-                        return Ok(false);
+                        return Ok(next_step(w));
                     }
                     Target::Snat { ip } => {
                         w.snat = Some(*ip);
                         w.ct |= ctstate::SNAT;
-                        w.stack.clear();
-                        w.step += 1;
-                        return Ok(false);
+                        return Ok(next_step(w));
                     }
                     Target::Masquerade { .. } => {
                         w.masquerade = true;
                         w.ct |= ctstate::SNAT;
-                        w.stack.clear();
-                        w.step += 1;
-                        return Ok(false);
+                        return Ok(next_step(w));
                     }
                     Target::Mark { clear, xor } => w.mark = (w.mark & !clear) ^ xor,
                     Target::NoTrack => {
@@ -967,15 +963,22 @@ fn cascade<R: rand::Rng + ?Sized>(
     }
 }
 
+/// Leaves the current hook step for the next one (a verdict that ends this table's walk:
+/// ACCEPT, a NAT target). Always `false`: the walk goes on.
+fn next_step(w: &mut Walk) -> bool {
+    w.stack.clear();
+    w.step += 1;
+    false
+}
+
 /// Ends the walk of a hook step at its built-in chain's policy: `true` when that drops the packet.
 fn end_at_policy(w: &mut Walk, accept: bool) -> bool {
-    w.stack.clear();
     if !accept {
+        w.stack.clear();
         w.verdict = Some(Verdict::Drop);
         return true;
     }
-    w.step += 1;
-    false
+    next_step(w)
 }
 
 /// How random matches are resolved.
