@@ -53,6 +53,16 @@ impl Net {
         };
         v6 == self.v6 && (a & self.mask()) == u128::from_be_bytes(self.addr)
     }
+
+    /// An IPv4 prefix as (masked address, mask); `None` for IPv6.
+    #[inline]
+    pub fn v4(&self) -> Option<(u32, u32)> {
+        if self.v6 {
+            return None;
+        }
+        // An IPv4 address sits in the low 32 bits of the 128-bit value.
+        Some((u128::from_be_bytes(self.addr) as u32, self.mask() as u32))
+    }
 }
 
 /// A port range `lo:hi` (a single port has lo == hi).

@@ -28,6 +28,7 @@ use crate::model::ipvs::{IpSet, Member};
 use super::compile::{
     CompiledRule, CompiledTable, Header, Match, RecentCmd, Target, addrtype, ctstate,
 };
+use super::prefilter::{self, Prefilters};
 
 /// The five netfilter hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -582,6 +583,7 @@ fn held_bytes(w: &Walk) -> usize {
 pub fn evaluate<C: Chooser>(
     tables: &[CompiledTable],
     hooks: &HookMap,
+    pre: &Prefilters,
     env: &Env,
     pkt: &Packet,
     chooser: &mut C,
@@ -615,7 +617,7 @@ pub fn evaluate<C: Chooser>(
     let mut pending = Pending { walks: vec![(first, 0)], held: 0, branches: 0 };
     let mut outcomes = Vec::new();
     while let Some(mut w) = pending.pop() {
-        run(tables, hooks, env, pkt, chooser, record, &mut w, &mut pending)?;
+        run(tables, hooks, pre, env, pkt, chooser, record, &mut w, &mut pending)?;
         // Kept until the end: give back what the growing hop list over-allocated.
         w.hops.shrink_to_fit();
         pending.held += held_bytes(&w);
@@ -698,6 +700,7 @@ fn phase_hook(p: Phase) -> Hook {
 fn run<C: Chooser>(
     tables: &[CompiledTable],
     hooks: &HookMap,
+    prefilters: &Prefilters,
     env: &Env,
     pkt: &Packet,
     chooser: &mut C,
@@ -763,6 +766,20 @@ fn run<C: Chooser>(
                     });
                 }
                 continue;
+            }
+            // Rules whose header cannot match are passed over in one tight loop (counted, not
+            // recorded: a header miss never records a hop).
+            if !w.resume_nomatch
+                && let Some((src, dst)) = prefilter::v4_pair(w.src, w.dst)
+            {
+                let pre = prefilters.chain(ti, chain);
+                let next = Prefilters::skip(pre, pos, src, dst, pkt.proto);
+                if next != pos && pre.len() == rules.len() {
+                    w.evaluated += (next - pos) as u32;
+                    let top = w.stack.len() - 1;
+                    w.stack[top].pos = next;
+                    continue;
+                }
             }
             let rule = &rules[pos];
             let outcome = if w.resume_nomatch {

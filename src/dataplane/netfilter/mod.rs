@@ -31,6 +31,7 @@ pub mod compile;
 pub mod compiled;
 pub mod conntrack;
 pub mod eval;
+pub mod prefilter;
 
 use std::net::IpAddr;
 
@@ -50,6 +51,8 @@ pub struct Netfilter {
     /// The compiled tables, in the order of the rule set.
     pub tables: Vec<CompiledTable>,
     hooks: HookMap,
+    /// The faithful walk's header pre-tests.
+    pre: prefilter::Prefilters,
 }
 
 /// A rule using a match or target svcpath does not model.
@@ -73,7 +76,8 @@ impl Netfilter {
     pub fn new(ruleset: &Ruleset) -> Result<Netfilter, CompileError> {
         let tables = compile::compile(ruleset)?;
         let hooks = HookMap::new(&tables);
-        Ok(Netfilter { family: ruleset.family, tables, hooks })
+        let pre = prefilter::Prefilters::new(&tables);
+        Ok(Netfilter { family: ruleset.family, tables, hooks, pre })
     }
 
     /// Every rule that uses something svcpath does not model, in table and chain order.
@@ -112,7 +116,7 @@ impl Netfilter {
     /// # Errors
     /// [`EvalError`] when the walk exceeds its bounds.
     pub fn evaluate(&self, env: &Env, pkt: &Packet) -> Result<Vec<Outcome>, EvalError> {
-        eval::evaluate(&self.tables, &self.hooks, env, pkt, &mut Exact, true)
+        eval::evaluate(&self.tables, &self.hooks, &self.pre, env, pkt, &mut Exact, true)
     }
 
     /// One outcome, following random branches with `rng` (31 random bits per statistic match, as the
@@ -127,8 +131,15 @@ impl Netfilter {
         rng: &mut R,
         record: bool,
     ) -> Result<Outcome, EvalError> {
-        let mut outs =
-            eval::evaluate(&self.tables, &self.hooks, env, pkt, &mut Sample(rng), record)?;
+        let mut outs = eval::evaluate(
+            &self.tables,
+            &self.hooks,
+            &self.pre,
+            env,
+            pkt,
+            &mut Sample(rng),
+            record,
+        )?;
         // A sampling walk never forks, so there is exactly one outcome.
         Ok(outs.swap_remove(0))
     }
