@@ -56,8 +56,6 @@ pub const MIN_CASCADE_RUN: usize = 2;
 const THRESHOLD_SCALE: f64 = 2_147_483_648.0;
 /// `2^-53`: turns the top 53 bits of a 64-bit draw into a uniform value in [0, 1).
 const UNIT_53: f64 = 1.0 / 9_007_199_254_740_992.0;
-/// No run at this rule position.
-const NO_RUN: u32 = u32::MAX;
 
 /// A multiply-rotate hasher for the index keys (addresses and ports, never attacker-chosen here).
 #[derive(Default, Clone, Copy)]
@@ -117,13 +115,26 @@ mod shape {
 }
 
 /// One key of the capture index: a run, a destination (or any), a protocol, a port (or any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct IndexKey {
     dst: u128,
     run: u32,
     dport: u16,
     proto: u8,
     shape: u8,
+}
+
+impl std::hash::Hash for IndexKey {
+    /// Two words: the destination folded to 64 bits, and the rest packed into one.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64((self.dst as u64) ^ ((self.dst >> 64) as u64).rotate_left(17));
+        h.write_u64(
+            u64::from(self.run) << 32
+                | u64::from(self.dport) << 16
+                | u64::from(self.proto) << 8
+                | u64::from(self.shape),
+        );
+    }
 }
 
 /// The positions of the rules with one key, ascending.
@@ -162,31 +173,30 @@ struct PrefixRule {
     dport: Option<u16>,
 }
 
-/// A compiled run of consecutive rules in one chain.
+/// A run of consecutive capture rules in one chain, found by lookup.
 #[derive(Debug, Clone)]
-enum Run {
-    /// Capture rules found by lookup.
-    Indexed {
-        /// First rule.
-        start: u32,
-        /// One past the last rule.
-        end: u32,
-        /// The key shapes present (bit `shape` set for each `ANY_DST | ANY_PORT` combination).
-        shapes: u8,
-        /// Prefix-destination rules, in order.
-        prefixes: Vec<PrefixRule>,
-    },
-    /// A statistic cascade.
-    Cascade {
-        /// First rule.
-        start: u32,
-        /// One past the last rule.
-        end: u32,
-        /// The probability that each rule matches when reached (1 for an unconditional rule).
-        p_match: Vec<f64>,
-        /// Entered at `start`, the probability that the walk stops at or before each rule.
-        cumulative: Vec<f64>,
-    },
+struct IndexedRun {
+    /// First rule.
+    start: u32,
+    /// One past the last rule.
+    end: u32,
+    /// The key shapes present (bit `shape` set for each `ANY_DST | ANY_PORT` combination).
+    shapes: u8,
+    /// Prefix-destination rules, in order.
+    prefixes: Vec<PrefixRule>,
+}
+
+/// A statistic cascade: consecutive rules of one chain whose only test is a random draw.
+#[derive(Debug, Clone)]
+struct CascadeRun {
+    /// First rule.
+    start: u32,
+    /// One past the last rule.
+    end: u32,
+    /// The probability that each rule matches when reached (1 for an unconditional rule).
+    p_match: Vec<f64>,
+    /// Entered at `start`, the probability that the walk stops at or before each rule.
+    cumulative: Vec<f64>,
 }
 
 /// The faithful model compiled into lookups; borrows the [`Netfilter`] it was built from.
@@ -199,10 +209,13 @@ pub struct CompiledNetfilter<'a> {
     /// For each hook (by `Hook as usize`), its built-in chains in priority order.
     roots: [Vec<Root>; 5],
     ops: Vec<Op<'a>>,
-    runs: Vec<Run>,
+    indexed: Vec<IndexedRun>,
+    cascades: Vec<CascadeRun>,
     index: FastMap<IndexKey, Slots>,
     /// The pure tests of [`Quick::Pure`] rules.
     pure: Vec<PureTest>,
+    /// The tests of [`Quick::Pure4`] rules.
+    pure4: Vec<Pure4>,
 }
 
 /// A built-in chain walked at a hook.
@@ -219,22 +232,61 @@ struct Root {
 #[derive(Debug, Clone, Copy)]
 struct Op<'a> {
     rule: &'a CompiledRule,
-    /// The run this rule belongs to, or [`NO_RUN`].
-    run: u32,
-    quick: Quick,
+    /// How the walk tests the rule.
+    test: Quick,
+    /// What a match does, for the targets the walk takes without reading the rule.
+    act: Act,
     /// For `-j`/`-g CHAIN`: the target chain's first rule and one past its last.
     to: (u32, u32),
 }
 
-/// How the hot loop tests a rule that is not part of an indexed run or a cascade.
+/// How the walk tests a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Quick {
     /// No header test and only matches that never change the outcome (`comment`, `nfacct`).
     Always,
     /// A conjunction of side-effect-free tests, in [`CompiledNetfilter::pure`] at this index.
     Pure(u32),
+    /// A [`Pure4`] test, in [`CompiledNetfilter::pure4`] at this index.
+    Pure4(u32),
     /// Anything else: the general evaluator ([`eval_rule`]).
     General,
+    /// A rule of the indexed run [`CompiledNetfilter::indexed`]`[i]`: found by lookup.
+    Indexed(u32),
+    /// The first rule of the cascade `cascades[i]`: one draw picks the branch. (The cascade's other
+    /// rules, reached only after a `RETURN` into its middle, keep their own test.)
+    Cascade(u32),
+}
+
+/// A matched rule's target, pre-decoded for the common cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    /// No target, or one that lets the packet continue unchanged.
+    Continue,
+    Accept,
+    Drop,
+    Return,
+    Jump,
+    Goto,
+    /// `MARK`: clear these bits, then toggle these.
+    Mark(u32, u32),
+    /// Anything else: read the rule's [`Target`].
+    Other,
+}
+
+impl Act {
+    fn of(target: &Target) -> Act {
+        match target {
+            Target::None | Target::Continue(_) => Act::Continue,
+            Target::Accept => Act::Accept,
+            Target::Drop => Act::Drop,
+            Target::Return => Act::Return,
+            Target::Jump(_) => Act::Jump,
+            Target::Goto(_) => Act::Goto,
+            Target::Mark { clear, xor } => Act::Mark(*clear, *xor),
+            _ => Act::Other,
+        }
+    }
 }
 
 /// The tests of a rule made only of header addresses and protocol, `conntrack`/`state`, `mark`
@@ -253,6 +305,124 @@ struct PureTest {
 
 /// A port test: negated, range.
 type PortTest = (bool, PortRange);
+
+/// A [`PureTest`] whose addresses are IPv4 (or absent), as masks and flag bits: the form the
+/// walk tests (one flag test per absent part, no `Option` unpacking).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pure4 {
+    /// The tests present ([`pure4`] bits).
+    has: u8,
+    /// The tests negated (same bits).
+    neg: u8,
+    proto: u8,
+    ct: u8,
+    port_proto: u8,
+    src: u32,
+    src_mask: u32,
+    dst: u32,
+    dst_mask: u32,
+    mark_value: u32,
+    mark_mask: u32,
+    sport: PortRange,
+    dport: PortRange,
+}
+
+/// The bits of [`Pure4::has`] and [`Pure4::neg`].
+mod pure4 {
+    pub const PROTO: u8 = 1;
+    pub const SRC: u8 = 2;
+    pub const DST: u8 = 4;
+    pub const CT: u8 = 8;
+    pub const MARK: u8 = 16;
+    pub const PORTS: u8 = 32;
+    pub const SPORT: u8 = 64;
+    pub const DPORT: u8 = 128;
+}
+
+impl Pure4 {
+    /// The IPv4 form of `t`, unless it tests an IPv6 address.
+    fn of(t: &PureTest) -> Option<Pure4> {
+        use pure4::*;
+        let any = PortRange { lo: 0, hi: u16::MAX };
+        let mut p = Pure4 {
+            has: 0,
+            neg: 0,
+            proto: 0,
+            ct: 0,
+            port_proto: 0,
+            src: 0,
+            src_mask: 0,
+            dst: 0,
+            dst_mask: 0,
+            mark_value: 0,
+            mark_mask: 0,
+            sport: any,
+            dport: any,
+        };
+        let mut set = |bit: u8, neg: bool| {
+            p.has |= bit;
+            if neg {
+                p.neg |= bit;
+            }
+        };
+        if let Some((neg, proto)) = t.proto {
+            set(PROTO, neg);
+            p.proto = proto;
+        }
+        if let Some((neg, net)) = t.src {
+            set(SRC, neg);
+            (p.src, p.src_mask) = net.v4()?;
+        }
+        if let Some((neg, net)) = t.dst {
+            set(DST, neg);
+            (p.dst, p.dst_mask) = net.v4()?;
+        }
+        if let Some((neg, states)) = t.ct {
+            set(CT, neg);
+            p.ct = states;
+        }
+        if let Some((neg, value, mask)) = t.mark {
+            set(MARK, neg);
+            (p.mark_value, p.mark_mask) = (value, mask);
+        }
+        if let Some((proto, sport, dport)) = t.ports {
+            set(PORTS, false);
+            p.port_proto = proto;
+            if let Some((neg, r)) = sport {
+                set(SPORT, neg);
+                p.sport = r;
+            }
+            if let Some((neg, r)) = dport {
+                set(DPORT, neg);
+                p.dport = r;
+            }
+        }
+        Some(p)
+    }
+
+    /// Exactly [`PureTest::holds`] of the test it was made from.
+    #[inline]
+    fn holds(&self, pkt: &Packet, w: &Walk) -> bool {
+        use pure4::*;
+        let (has, neg) = (self.has, self.neg);
+        // A present test must give `true` unless negated.
+        let ok = |bit: u8, test: bool| has & bit == 0 || test != (neg & bit != 0);
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => Some(u32::from(a)),
+            IpAddr::V6(_) => None,
+        };
+        ok(PROTO, pkt.proto == self.proto)
+            && (has & (SRC | DST) == 0
+                || ok(SRC, v4(w.src).is_some_and(|a| (a ^ self.src) & self.src_mask == 0))
+                    && ok(DST, v4(w.dst).is_some_and(|a| (a ^ self.dst) & self.dst_mask == 0)))
+            && ok(CT, w.ct & self.ct != 0)
+            && ok(MARK, w.mark & self.mark_mask == self.mark_value)
+            && (has & PORTS == 0
+                || pkt.proto == self.port_proto
+                    && ok(SPORT, self.sport.contains(pkt.sport))
+                    && ok(DPORT, self.dport.contains(w.dport)))
+    }
+}
 
 impl PureTest {
     /// The pure form of `rule`, if it has one.
@@ -444,11 +614,16 @@ impl<'a> CompiledNetfilter<'a> {
         }
         let mut ops: Vec<Op<'a>> = Vec::with_capacity(total as usize);
         let mut pure = Vec::new();
+        let mut pure4 = Vec::new();
         for (ti, table) in nf.tables.iter().enumerate() {
             for chain in &table.chains {
                 for rule in &chain.rules {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
+                        Some(t) if let Some(p) = Pure4::of(&t) => {
+                            pure4.push(p);
+                            Quick::Pure4(pure4.len() as u32 - 1)
+                        }
                         Some(t) => {
                             pure.push(t);
                             Quick::Pure(pure.len() as u32 - 1)
@@ -462,11 +637,12 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         _ => (0, 0),
                     };
-                    ops.push(Op { rule, run: NO_RUN, quick, to });
+                    ops.push(Op { rule, test: quick, act: Act::of(&rule.target), to });
                 }
             }
         }
-        let mut runs = Vec::new();
+        let mut indexed = Vec::new();
+        let mut cascades = Vec::new();
         let mut index: FastMap<IndexKey, Slots> = FastMap::default();
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
@@ -485,7 +661,7 @@ impl<'a> CompiledNetfilter<'a> {
                         j += 1;
                     }
                     if j - i >= MIN_INDEXED_RUN {
-                        let id = runs.len() as u32;
+                        let id = indexed.len() as u32;
                         let mut shapes = 0u8;
                         let mut prefixes = Vec::new();
                         for (k, c) in caps.into_iter().enumerate() {
@@ -520,8 +696,10 @@ impl<'a> CompiledNetfilter<'a> {
                             shapes |= 1 << (key.shape & (shape::ANY_DST | shape::ANY_PORT));
                             index.entry(key).and_modify(|s| s.push(pos)).or_insert(Slots::One(pos));
                         }
-                        ops[(b as usize + i)..(b as usize + j)].iter_mut().for_each(|o| o.run = id);
-                        runs.push(Run::Indexed {
+                        ops[(b as usize + i)..(b as usize + j)]
+                            .iter_mut()
+                            .for_each(|o| o.test = Quick::Indexed(id));
+                        indexed.push(IndexedRun {
                             start: b + i as u32,
                             end: b + j as u32,
                             shapes,
@@ -548,7 +726,7 @@ impl<'a> CompiledNetfilter<'a> {
                         j += 1;
                     }
                     if j - i >= MIN_CASCADE_RUN && randoms > 0 {
-                        let id = runs.len() as u32;
+                        let id = cascades.len() as u32;
                         let mut cumulative = Vec::with_capacity(p_match.len());
                         let mut survive = 1.0f64;
                         for &q in &p_match {
@@ -556,8 +734,8 @@ impl<'a> CompiledNetfilter<'a> {
                             survive *= 1.0 - q;
                             cumulative.push(1.0 - survive);
                         }
-                        ops[(b as usize + i)..(b as usize + j)].iter_mut().for_each(|o| o.run = id);
-                        runs.push(Run::Cascade {
+                        ops[b as usize + i].test = Quick::Cascade(id);
+                        cascades.push(CascadeRun {
                             start: b + i as u32,
                             end: b + j as u32,
                             p_match,
@@ -586,23 +764,19 @@ impl<'a> CompiledNetfilter<'a> {
                 })
                 .collect()
         });
-        CompiledNetfilter { nf, roots, ops, runs, index, pure }
+        CompiledNetfilter { nf, roots, ops, indexed, cascades, index, pure, pure4 }
     }
 
     /// How much of the rule set is indexed.
     pub fn stats(&self) -> CompileStats {
         let mut s = CompileStats::default();
-        for r in &self.runs {
-            match r {
-                Run::Indexed { start, end, .. } => {
-                    s.indexed_runs += 1;
-                    s.indexed_rules += (end - start) as usize;
-                }
-                Run::Cascade { start, end, .. } => {
-                    s.cascades += 1;
-                    s.cascade_rules += (end - start) as usize;
-                }
-            }
+        for r in &self.indexed {
+            s.indexed_runs += 1;
+            s.indexed_rules += (r.end - r.start) as usize;
+        }
+        for r in &self.cascades {
+            s.cascades += 1;
+            s.cascade_rules += (r.end - r.start) as usize;
         }
         s.generic_rules = self.ops.len() - s.indexed_rules - s.cascade_rules;
         s
@@ -715,48 +889,55 @@ impl<'a> CompiledNetfilter<'a> {
                 }
                 let op = &self.ops[pos];
                 // Which rule matched (its position), or none at this position.
-                let hit: Option<usize> = match std::mem::replace(&mut w.resume, Resume::Fresh) {
-                    Resume::NoMatch => None,
-                    Resume::Match => Some(pos),
-                    Resume::Fresh => match self.runs.get(op.run as usize) {
-                        Some(Run::Indexed { end: run_end, shapes, prefixes, .. }) => {
-                            match self.lookup(op.run, *shapes, prefixes, pkt, w, pos as u32) {
+                let hit: Option<usize> = if w.resume != Resume::Fresh {
+                    let resumed = w.resume;
+                    w.resume = Resume::Fresh;
+                    (resumed == Resume::Match).then_some(pos)
+                } else {
+                    match op.test {
+                        Quick::Always => {
+                            w.evaluated += 1;
+                            Some(pos)
+                        }
+                        Quick::Pure4(i) => {
+                            w.evaluated += 1;
+                            self.pure4[i as usize].holds(pkt, w).then_some(pos)
+                        }
+                        Quick::Pure(i) => {
+                            w.evaluated += 1;
+                            self.pure[i as usize].holds(pkt, w).then_some(pos)
+                        }
+                        Quick::Indexed(run) => {
+                            let r = &self.indexed[run as usize];
+                            match self.lookup(run, r.shapes, &r.prefixes, pkt, w, pos as u32) {
                                 Some(q) => {
                                     w.evaluated += q - pos as u32 + 1;
                                     Some(q as usize)
                                 }
                                 None => {
-                                    w.evaluated += run_end - pos as u32;
-                                    pos = *run_end as usize;
+                                    w.evaluated += r.end - pos as u32;
+                                    pos = r.end as usize;
                                     continue;
                                 }
                             }
                         }
-                        Some(Run::Cascade { start, end: run_end, p_match, cumulative })
-                            if *start as usize == pos =>
-                        {
+                        Quick::Cascade(run) => {
+                            let c = &self.cascades[run as usize];
                             w.set_pos(pos as u32);
-                            match cascade(draw, w, pending, *start, *run_end, p_match, cumulative) {
+                            match cascade(draw, w, pending, c) {
                                 Some(q) => Some(q as usize),
                                 None => {
-                                    pos = *run_end as usize;
+                                    pos = c.end as usize;
                                     continue;
                                 }
                             }
                         }
-                        _ => {
+                        Quick::General => {
                             w.evaluated += 1;
-                            let hit = match op.quick {
-                                Quick::Always => true,
-                                Quick::Pure(i) => self.pure[i as usize].holds(pkt, w),
-                                Quick::General => {
-                                    w.set_pos(pos as u32);
-                                    eval_rule(op.rule, env, pkt, w, draw, pending)
-                                }
-                            };
-                            hit.then_some(pos)
+                            w.set_pos(pos as u32);
+                            eval_rule(op.rule, env, pkt, w, draw, pending).then_some(pos)
                         }
-                    },
+                    }
                 };
                 let Some(at) = hit else {
                     pos += 1;
@@ -764,26 +945,18 @@ impl<'a> CompiledNetfilter<'a> {
                 };
                 pos = at + 1;
                 let op = &self.ops[at];
-                match &op.rule.target {
-                    Target::None | Target::Continue(_) => {}
-                    Target::Unmodelled(what) => {
-                        w.warnings.push(format!(
-                            "line {}: {what} is not modelled; assumed to let the packet continue",
-                            op.rule.line
-                        ));
+                match op.act {
+                    Act::Continue => continue,
+                    Act::Mark(clear, xor) => {
+                        w.mark = (w.mark & !clear) ^ xor;
+                        continue;
                     }
-                    Target::Accept => {
-                        return Ok(next_step(w));
-                    }
-                    Target::Drop => {
+                    Act::Accept => return Ok(next_step(w)),
+                    Act::Drop => {
                         w.verdict = Some(Verdict::Drop);
                         return Ok(true);
                     }
-                    Target::Reject(with) => {
-                        w.verdict = Some(Verdict::Reject(with.clone()));
-                        return Ok(true);
-                    }
-                    Target::Return => {
+                    Act::Return => {
                         if w.stack.len() == 1 {
                             return Ok(end_at_policy(w, policy));
                         }
@@ -791,13 +964,13 @@ impl<'a> CompiledNetfilter<'a> {
                         continue 'frames;
                     }
                     // A jump to an empty chain returns at once: nothing to push.
-                    Target::Jump(_) if op.to.0 == op.to.1 && w.stack.len() < MAX_DEPTH => {}
-                    Target::Jump(_) => {
+                    Act::Jump if op.to.0 == op.to.1 && w.stack.len() < MAX_DEPTH => continue,
+                    Act::Jump => {
                         w.set_pos(pos as u32);
                         w.stack.push(Frame { pos: op.to.0, end: op.to.1 });
                         continue 'frames;
                     }
-                    Target::Goto(_) => {
+                    Act::Goto => {
                         if w.stack.len() == 1 {
                             // A goto from the built-in chain: returning ends at its policy.
                             w.set_pos(end as u32);
@@ -806,6 +979,27 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         w.stack.push(Frame { pos: op.to.0, end: op.to.1 });
                         continue 'frames;
+                    }
+                    Act::Other => {}
+                }
+                match &op.rule.target {
+                    Target::None
+                    | Target::Continue(_)
+                    | Target::Accept
+                    | Target::Drop
+                    | Target::Return
+                    | Target::Jump(_)
+                    | Target::Goto(_)
+                    | Target::Mark { .. } => {} // taken through `op.act` above
+                    Target::Unmodelled(what) => {
+                        w.warnings.push(format!(
+                            "line {}: {what} is not modelled; assumed to let the packet continue",
+                            op.rule.line
+                        ));
+                    }
+                    Target::Reject(with) => {
+                        w.verdict = Some(Verdict::Reject(with.clone()));
+                        return Ok(true);
                     }
                     Target::Dnat { ip, port } => {
                         w.dst = *ip;
@@ -826,7 +1020,6 @@ impl<'a> CompiledNetfilter<'a> {
                         w.ct |= ctstate::SNAT;
                         return Ok(next_step(w));
                     }
-                    Target::Mark { clear, xor } => w.mark = (w.mark & !clear) ^ xor,
                     Target::NoTrack => {
                         w.untracked = true;
                         w.ct = ctstate::UNTRACKED;
@@ -887,11 +1080,9 @@ fn cascade<R: rand::Rng + ?Sized>(
     draw: &mut Draw<'_, R>,
     w: &mut Walk,
     pending: &mut Vec<Walk>,
-    start: u32,
-    end: u32,
-    p_match: &[f64],
-    cumulative: &[f64],
+    run: &CascadeRun,
 ) -> Option<u32> {
+    let CascadeRun { start, end, ref p_match, ref cumulative } = *run;
     match draw {
         Draw::Sample(rng) => {
             let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
@@ -996,12 +1187,14 @@ struct Frame {
     end: u32,
 }
 
-/// The jump stack: the bottom frames inline (kube-proxy's rules stay within them), the rest
-/// spilled to the heap. `spill` is used only while `inline` is full.
+/// The jump stack: the bottom [`INLINE_FRAMES`] frames inline (kube-proxy's rules stay within
+/// them), deeper ones in `spill`.
 #[derive(Clone, Debug, Default)]
 struct Stack {
     inline: [Frame; INLINE_FRAMES],
+    /// Frames in all.
     len: usize,
+    /// Frames `INLINE_FRAMES..len`.
     spill: Vec<Frame>,
 }
 
@@ -1010,7 +1203,7 @@ const INLINE_FRAMES: usize = 8;
 impl Stack {
     #[inline]
     fn len(&self) -> usize {
-        self.len + self.spill.len()
+        self.len
     }
 
     #[inline]
@@ -1020,47 +1213,45 @@ impl Stack {
 
     #[inline]
     fn clear(&mut self) {
-        self.len = 0;
-        if !self.spill.is_empty() {
+        if self.len > INLINE_FRAMES {
             self.spill.clear();
         }
+        self.len = 0;
     }
 
     #[inline]
     fn push(&mut self, f: Frame) {
         if self.len < INLINE_FRAMES {
             self.inline[self.len] = f;
-            self.len += 1;
         } else {
             self.spill.push(f);
         }
+        self.len += 1;
     }
 
     #[inline]
     fn pop(&mut self) {
-        if self.len < INLINE_FRAMES || self.spill.pop().is_none() {
-            self.len = self.len.saturating_sub(1);
+        if self.len > INLINE_FRAMES {
+            self.spill.pop();
         }
+        self.len = self.len.saturating_sub(1);
     }
 
     #[inline]
     fn last(&self) -> Option<Frame> {
-        if self.len < INLINE_FRAMES || self.spill.is_empty() {
-            self.len.checked_sub(1).map(|i| self.inline[i])
-        } else {
-            self.spill.last().copied()
+        match self.len {
+            0 => None,
+            n if n <= INLINE_FRAMES => Some(self.inline[n - 1]),
+            _ => self.spill.last().copied(),
         }
     }
 
     #[inline]
     fn last_mut(&mut self) -> Option<&mut Frame> {
-        if self.len < INLINE_FRAMES || self.spill.is_empty() {
-            match self.len.checked_sub(1) {
-                Some(i) => Some(&mut self.inline[i]),
-                None => None,
-            }
-        } else {
-            self.spill.last_mut()
+        match self.len {
+            0 => None,
+            n if n <= INLINE_FRAMES => Some(&mut self.inline[n - 1]),
+            _ => self.spill.last_mut(),
         }
     }
 }
@@ -1121,6 +1312,7 @@ struct Walk {
 }
 
 impl Walk {
+    #[inline(always)]
     fn start(pkt: &Packet) -> Walk {
         let local_origin = matches!(pkt.origin, Origin::Local);
         Walk {
@@ -1147,6 +1339,7 @@ impl Walk {
         }
     }
 
+    #[inline(always)]
     fn set_pos(&mut self, pos: u32) {
         if let Some(f) = self.stack.last_mut() {
             f.pos = pos;
@@ -1180,6 +1373,7 @@ impl Walk {
         };
     }
 
+    #[inline(always)]
     fn finish(self) -> Outcome {
         let verdict = self.verdict.unwrap_or(Verdict::Accept);
         let delivery = match verdict {
@@ -1730,6 +1924,51 @@ mod tests {
             out += "COMMIT\n";
         }
         out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        /// The IPv4 form of a pure test holds exactly when the test does, for random tests and
+        /// walk states (protocols, negations, prefixes, conntrack, marks, port ranges).
+        #[test]
+        fn pure4_holds_exactly_when_the_pure_test_does(
+            proto in proptest::option::of((any::<bool>(), prop_oneof![Just(6u8), Just(17), Just(1)])),
+            src in proptest::option::of((any::<bool>(), 0u32..4, 0u8..=32)),
+            dst in proptest::option::of((any::<bool>(), 0u32..4, 0u8..=32)),
+            ct in proptest::option::of((any::<bool>(), any::<u8>())),
+            mark in proptest::option::of((any::<bool>(), 0u32..4, 0u32..4)),
+            ports in proptest::option::of((
+                prop_oneof![Just(6u8), Just(17)],
+                proptest::option::of((any::<bool>(), 0u16..4, 0u16..4)),
+                proptest::option::of((any::<bool>(), 0u16..4, 0u16..4)),
+            )),
+            pkt in (0u32..4, 0u32..4, prop_oneof![Just(6u8), Just(17), Just(1)], 0u16..4, 0u16..4),
+            state in (any::<u8>(), 0u32..4),
+        ) {
+            let addr = |k: u32| std::net::Ipv4Addr::from(k.wrapping_mul(0x4100_0101));
+            let net = |(neg, k, len): (bool, u32, u8)| (neg, Net::new(addr(k).into(), len));
+            let range = |(neg, a, b): (bool, u16, u16)| {
+                (neg, PortRange { lo: a.min(b), hi: a.max(b) })
+            };
+            let t = PureTest {
+                proto,
+                src: src.map(net),
+                dst: dst.map(net),
+                ct,
+                mark,
+                ports: ports.map(|(p, s, d)| (p, s.map(range), d.map(range))),
+            };
+            let Some(fast) = Pure4::of(&t) else {
+                return Err(TestCaseError::fail("IPv4 tests have an IPv4 form"));
+            };
+            let mut packet = Packet::tcp(addr(pkt.0).into(), addr(pkt.1).into(), pkt.4);
+            packet.proto = pkt.2;
+            packet.sport = pkt.3;
+            let mut w = Walk::start(&packet);
+            (w.ct, w.mark) = state;
+            prop_assert_eq!(fast.holds(&packet, &w), t.holds(&packet, &w), "{:?}", t);
+        }
     }
 
     proptest! {
