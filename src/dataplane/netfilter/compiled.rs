@@ -251,6 +251,10 @@ enum Quick {
     Pure4(u32),
     /// Anything else: the general evaluator ([`eval_rule`]).
     General,
+    /// This rule and the `n - 1` after it in its chain do nothing whether they match or not
+    /// (side-effect-free tests, and no target or a jump to an empty chain): the walk counts
+    /// them and moves past them without testing them.
+    Skip(u32),
     /// A rule of the indexed run [`CompiledNetfilter::indexed`]`[i]`: found by lookup.
     Indexed(u32),
     /// The first rule of the cascade `cascades[i]`: one draw picks the branch. (The cascade's other
@@ -641,6 +645,22 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        // Runs of rules that cannot change the walk, counted from the end of each chain.
+        for (ti, table) in nf.tables.iter().enumerate() {
+            for (ci, chain) in table.chains.iter().enumerate() {
+                let b = base[ti][ci] as usize;
+                let mut after = 0u32;
+                for op in ops[b..b + chain.rules.len()].iter_mut().rev() {
+                    let pure = matches!(op.test, Quick::Always | Quick::Pure(_) | Quick::Pure4(_));
+                    let no_op =
+                        op.act == Act::Continue || (op.act == Act::Jump && op.to.0 == op.to.1);
+                    after = if pure && no_op { after + 1 } else { 0 };
+                    if after > 0 {
+                        op.test = Quick::Skip(after);
+                    }
+                }
+            }
+        }
         let mut indexed = Vec::new();
         let mut cascades = Vec::new();
         let mut index: FastMap<IndexKey, Slots> = FastMap::default();
@@ -932,7 +952,13 @@ impl<'a> CompiledNetfilter<'a> {
                                 }
                             }
                         }
-                        Quick::General => {
+                        // (At the depth limit a matching jump must still fail the walk: test it.)
+                        Quick::Skip(n) if w.stack.len() < MAX_DEPTH => {
+                            w.evaluated += n;
+                            pos += n as usize;
+                            continue;
+                        }
+                        Quick::General | Quick::Skip(_) => {
                             w.evaluated += 1;
                             w.set_pos(pos as u32);
                             eval_rule(op.rule, env, pkt, w, draw, pending).then_some(pos)
