@@ -4,8 +4,10 @@
 //! Every rule of every chain is one entry of a single array (chain after chain), so a walk is a
 //! position and a stack of (position, end of chain) frames. Rules that test only header
 //! addresses and protocol, conntrack state, mark and ports are checked as one side-effect-free
-//! conjunction; comment-only rules always match; a jump to an empty chain pushes nothing. Two
-//! longer shapes are compiled; every other rule is evaluated as the faithful walk does:
+//! conjunction (IPv4 ones as masks and flag bits); comment-only rules always match; consecutive
+//! rules that cannot change the walk (side-effect-free tests; no target or a jump to an empty
+//! chain) are counted and passed over untested. Three longer shapes are compiled; every other
+//! rule is evaluated as the faithful walk does:
 //!
 //! - **Indexed runs.** A run of consecutive rules that test nothing but `-p PROTO`, an optional
 //!   `-d ADDR` and an optional single `--dport PORT` (kube-proxy's `KUBE-SERVICES`,
@@ -17,6 +19,11 @@
 //!   (or none: the unconditional last rule) is a branch table: cumulative thresholds let one draw
 //!   pick the rule with the same distribution as the cascade of independent draws, and the exact
 //!   mode forks into every branch at once.
+//! - **Summarised steps.** A hook step whose reachable rules test only the conntrack state and
+//!   the mark, and only return, accept, drop, mark, jump or masquerade (kube-proxy's
+//!   `filter FORWARD` and `nat POSTROUTING` in most clusters), is walked at compile time once per
+//!   combination of the bits tested (at most 2^10); the walk takes the stored end (verdict, mark,
+//!   masquerade, conntrack bits set, rules evaluated) in one table lookup.
 //!
 //! Invariants, checked by the property tests at the bottom against [`super::eval`]:
 //!
@@ -216,6 +223,8 @@ pub struct CompiledNetfilter<'a> {
     pure: Vec<PureTest>,
     /// The tests of [`Quick::Pure4`] rules.
     pure4: Vec<Pure4>,
+    /// Hook steps solved in advance.
+    summaries: Vec<Summary>,
 }
 
 /// A built-in chain walked at a hook.
@@ -226,6 +235,78 @@ struct Root {
     /// `true` = ACCEPT.
     policy: bool,
     is_nat: bool,
+    /// The step solved in advance ([`CompiledNetfilter::summaries`]), when it can be.
+    summary: Option<u32>,
+}
+
+/// A hook step whose walk depends only on the connection state and a few mark bits (kube-proxy's
+/// `filter FORWARD` and `nat POSTROUTING`), walked once per combination of them when compiled:
+/// the walk then takes one table entry instead of the step's rules.
+#[derive(Debug, Clone)]
+struct Summary {
+    /// The conntrack state bits any of the step's rules tests.
+    ct_bits: u8,
+    /// The mark bits any of them tests.
+    mark_bits: u32,
+    /// By [`Summary::key`].
+    ends: Vec<StepEnd>,
+}
+
+/// How a summarised step ends for one combination of the tested bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StepEnd {
+    /// The step drops the packet (a `DROP` rule or policy); otherwise the walk goes on.
+    drop: bool,
+    masquerade: bool,
+    /// Conntrack bits the step sets (`SNAT` by `MASQUERADE`).
+    ct_set: u8,
+    /// Rules evaluated.
+    evaluated: u32,
+    /// The untested mark bits: cleared, then toggled (what the step's `MARK` rules do to them).
+    clear: u32,
+    xor: u32,
+    /// The tested mark bits afterwards.
+    mark: u32,
+}
+
+/// The most tested bits a summary covers (a table of `2^MAX_SUMMARY_BITS` entries).
+const MAX_SUMMARY_BITS: u32 = 10;
+/// The most rules a summarised step may reach.
+const MAX_SUMMARY_RULES: usize = 256;
+
+/// The bits of `v` selected by `bits`, packed into the low bits (in order).
+fn pack(v: u32, bits: u32) -> usize {
+    let (mut out, mut i, mut b) = (0usize, 0, bits);
+    while b != 0 {
+        if v & b & b.wrapping_neg() != 0 {
+            out |= 1 << i;
+        }
+        i += 1;
+        b &= b - 1;
+    }
+    out
+}
+
+/// The inverse of [`pack`]: the low bits of `k` spread over `bits`.
+fn unpack(k: usize, bits: u32) -> u32 {
+    let (mut out, mut i, mut b) = (0u32, 0, bits);
+    while b != 0 {
+        let low = b & b.wrapping_neg();
+        if k & (1 << i) != 0 {
+            out |= low;
+        }
+        i += 1;
+        b &= b - 1;
+    }
+    out
+}
+
+impl Summary {
+    #[inline]
+    fn key(&self, ct: u8, mark: u32) -> usize {
+        (pack(u32::from(ct), u32::from(self.ct_bits)) << self.mark_bits.count_ones())
+            | pack(mark, self.mark_bits)
+    }
 }
 
 /// One rule, placed in the flat array.
@@ -780,11 +861,118 @@ impl<'a> CompiledNetfilter<'a> {
                         end: start + c.rules.len() as u32,
                         policy: c.policy.unwrap_or(true),
                         is_nat,
+                        summary: None,
                     }
                 })
                 .collect()
         });
-        CompiledNetfilter { nf, roots, ops, indexed, cascades, index, pure, pure4 }
+        let mut compiled = CompiledNetfilter {
+            nf,
+            roots,
+            ops,
+            indexed,
+            cascades,
+            index,
+            pure,
+            pure4,
+            summaries: Vec::new(),
+        };
+        for h in 0..compiled.roots.len() {
+            for i in 0..compiled.roots[h].len() {
+                if let Some(s) = compiled.summarize(compiled.roots[h][i]) {
+                    compiled.summaries.push(s);
+                    compiled.roots[h][i].summary = Some(compiled.summaries.len() as u32 - 1);
+                }
+            }
+        }
+        compiled
+    }
+
+    /// Solves a hook step in advance when every rule it can reach tests at most the conntrack
+    /// state and the mark and does nothing but return, accept, drop, mark, jump or masquerade.
+    fn summarize(&self, root: Root) -> Option<Summary> {
+        let (mut ct_bits, mut mark_bits) = (0u8, 0u32);
+        let mut chains = vec![(root.start, root.end)];
+        let mut seen = vec![(root.start, root.end)];
+        let mut rules = 0;
+        while let Some((start, end)) = chains.pop() {
+            for op in self.ops.get(start as usize..end as usize)? {
+                rules += 1;
+                match op.test {
+                    Quick::Always | Quick::Skip(_) => {}
+                    Quick::Pure4(i) => {
+                        let t = &self.pure4[i as usize];
+                        if t.has & !(pure4::CT | pure4::MARK) != 0 {
+                            return None;
+                        }
+                        if t.has & pure4::CT != 0 {
+                            ct_bits |= t.ct;
+                        }
+                        if t.has & pure4::MARK != 0 {
+                            mark_bits |= t.mark_mask;
+                        }
+                    }
+                    _ => return None,
+                }
+                match op.act {
+                    Act::Continue | Act::Accept | Act::Drop | Act::Return | Act::Mark(..) => {}
+                    Act::Jump | Act::Goto => {
+                        if !seen.contains(&op.to) {
+                            seen.push(op.to);
+                            chains.push(op.to);
+                        }
+                    }
+                    Act::Other if matches!(op.rule.target, Target::Masquerade { .. }) => {}
+                    Act::Other => return None,
+                }
+            }
+        }
+        let bits = u32::from(ct_bits).count_ones() + mark_bits.count_ones();
+        if bits > MAX_SUMMARY_BITS || rules > MAX_SUMMARY_RULES {
+            return None;
+        }
+        let probe = Packet::tcp(IpAddr::from([0, 0, 0, 0]), IpAddr::from([0, 0, 0, 0]), 0);
+        let env = Env::default();
+        let mut rng = rand_pcg::Pcg64Mcg::new(0);
+        let mut walk = |ct: u8, mark: u32| -> Option<Walk> {
+            let mut w = Walk::start(&probe);
+            (w.ct, w.mark) = (ct, mark);
+            w.stack.push(Frame { pos: root.start, end: root.end });
+            let mut pending = Vec::new();
+            let mut draw = Draw::Sample(&mut rng);
+            self.walk_step(&env, &probe, &mut draw, &mut w, &mut pending, root.policy).ok()?;
+            let clean = pending.is_empty() && w.warnings.is_empty() && w.effects.is_empty();
+            clean.then_some(w)
+        };
+        let mut ends = Vec::with_capacity(1 << bits);
+        let mark_width = mark_bits.count_ones();
+        for k in 0..1usize << bits {
+            let ct = unpack(k >> mark_width, u32::from(ct_bits)) as u8;
+            let mark = unpack(k & ((1 << mark_width) - 1), mark_bits);
+            // Untested mark bits all clear, then all set: together they give what the step's
+            // MARK rules do to each of them (keep, toggle, clear or set).
+            let a = walk(ct, mark)?;
+            let b = walk(ct, mark | !mark_bits)?;
+            let same = a.evaluated == b.evaluated
+                && a.verdict == b.verdict
+                && a.masquerade == b.masquerade
+                && a.ct == b.ct
+                && (a.mark ^ b.mark) & mark_bits == 0;
+            if !same || a.ct & ct != ct {
+                return None;
+            }
+            let xor = a.mark & !mark_bits;
+            ends.push(StepEnd {
+                drop: a.verdict.is_some(),
+                masquerade: a.masquerade,
+                ct_set: a.ct & !ct,
+                evaluated: a.evaluated,
+                clear: !(b.mark ^ xor) & !mark_bits,
+                xor,
+                mark: a.mark & mark_bits,
+            });
+        }
+        Some(Summary { ct_bits, mark_bits, ends })
     }
 
     /// How much of the rule set is indexed.
@@ -870,6 +1058,20 @@ impl<'a> CompiledNetfilter<'a> {
                 continue;
             }
             if w.stack.is_empty() {
+                if let Some(i) = root.summary {
+                    let s = &self.summaries[i as usize];
+                    let e = s.ends[s.key(w.ct, w.mark)];
+                    w.evaluated += e.evaluated;
+                    w.mark = (((w.mark & !e.clear) ^ e.xor) & !s.mark_bits) | e.mark;
+                    w.ct |= e.ct_set;
+                    w.masquerade |= e.masquerade;
+                    if e.drop {
+                        w.verdict = Some(Verdict::Drop);
+                        return Ok(());
+                    }
+                    w.step += 1;
+                    continue;
+                }
                 w.stack.push(Frame { pos: root.start, end: root.end });
             }
             if self.walk_step(env, pkt, draw, w, pending, root.policy)? {
@@ -1680,6 +1882,38 @@ mod tests {
         }
     }
 
+    /// Steps that test only conntrack state and marks are solved in advance; what they do to the
+    /// connection (MASQUERADE's SNAT state) and to untested mark bits must reach later steps.
+    #[test]
+    fn summarised_steps_pass_their_state_on() {
+        let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            :POSTROUTING ACCEPT [0:0]\n:KUBE-POSTROUTING - [0:0]\n\
+            -A POSTROUTING -j KUBE-POSTROUTING\n\
+            -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+            -A KUBE-POSTROUTING -j MARK --xor-mark 0x4100\n\
+            -A KUBE-POSTROUTING -j MASQUERADE\nCOMMIT\n\
+            *filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            -A OUTPUT -j MARK --or-mark 0x4000\n\
+            -A INPUT -m conntrack --ctstate SNAT -j DROP\nCOMMIT\n";
+        let ruleset = iptables_save::parse(text, Family::V4).unwrap();
+        let nf = Netfilter::new(&ruleset).unwrap();
+        let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
+        let r = Rules { ruleset, nf, env };
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        assert!(!compiled.summaries.is_empty(), "nat POSTROUTING is summarised");
+        let mut local = Packet::tcp(ip("192.168.0.10"), ip("192.168.0.10"), 80);
+        local.origin = Origin::Local;
+        let forwarded = Packet::tcp(ip("10.1.0.1"), ip("10.2.0.1"), 80);
+        for (pkt, verdict, mark) in
+            [(&local, Verdict::Drop, 0x100), (&forwarded, Verdict::Accept, 0)]
+        {
+            agree(&r, pkt, 1).unwrap();
+            let outs = compiled.exact(&r.env, pkt).unwrap();
+            assert_eq!(outs.len(), 1);
+            assert_eq!((outs[0].verdict.clone(), outs[0].mark), (verdict, mark), "{pkt:?}");
+        }
+    }
+
     #[test]
     fn one_cascade_draw_follows_the_cascade_distribution() {
         let c = synthetic::uniform(Shape { services: 3, endpoints: 4, node_ports: false }).unwrap();
@@ -1843,8 +2077,11 @@ mod tests {
             r += " -m comment --comment \"a b\"";
         }
         if pick(4) == 0 {
-            r +=
-                [" -m conntrack --ctstate NEW", " -m conntrack ! --ctstate DNAT"][pick(2) as usize];
+            r += [
+                " -m conntrack --ctstate NEW",
+                " -m conntrack ! --ctstate DNAT",
+                " -m conntrack --ctstate SNAT",
+            ][pick(3) as usize];
         }
         if pick(4) == 0 {
             r += [" -m mark --mark 0x4000/0x4000", " -m mark ! --mark 0x1/0x1"][pick(2) as usize];
@@ -1864,8 +2101,10 @@ mod tests {
             r += " -i eth0";
         }
         let later = if jumps.is_empty() { None } else { Some(rng.random_range(jumps)) };
-        let t = rng.random_range(0..12u32);
+        let t = rng.random_range(0..13u32);
         r += &match (t, later) {
+            // A mark bit no rule tests.
+            (12, _) => " -j MARK --or-mark 0x100".to_owned(),
             (0, _) => " -j ACCEPT".to_owned(),
             (1, _) => " -j DROP".to_owned(),
             (2, _) => " -j RETURN".to_owned(),
