@@ -512,7 +512,7 @@ impl ParseErrorKind {
 ///
 /// Returns the first problem found, located by line and column; see [`ParseErrorKind`].
 pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
-    if text.as_bytes().contains(&0) {
+    if memchr::memchr(0, text.as_bytes()).is_some() {
         return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
     }
     Parser::new(family).run(text)
@@ -653,44 +653,71 @@ fn locate_offset(bytes: &[u8], at: usize, kind: ParseErrorKind) -> ParseError {
 /// User chains declared in a table section, with the line of their declaration.
 type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>;
 
-/// A fast hasher for chain names (FNV-1a over 8-byte words); the set is never printed, so its
-/// order does not matter, and the input is the user's own dump, so hash flooding is no concern.
+/// A fast hasher for chain names: the first, middle and last eight bytes of a name of eight
+/// bytes or more (kube-proxy's `KUBE-SEP-…` names differ in their last sixteen), FNV-1a over the
+/// bytes of a shorter one. The sets are never printed, so their order does not matter, and the
+/// input is the user's own dump, so hash flooding is no concern: a collision only costs a compare.
 #[derive(Default)]
 struct NameHasher(u64);
 
 impl Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
         const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            h = (h ^ u64::from_le_bytes(word)).wrapping_mul(PRIME).rotate_left(29);
-        }
-        for &b in chunks.remainder() {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            if let Some(chunk) = bytes.get(at..at + 8) {
+                w.copy_from_slice(chunk);
+            }
+            u64::from_le_bytes(w)
+        };
+        let len = bytes.len();
+        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        if len >= 8 {
+            h ^= word(0).rotate_left(17) ^ word(len / 2 - 4).rotate_left(41) ^ word(len - 8);
+            h = (h ^ len as u64).wrapping_mul(PRIME);
+        } else {
+            for &b in bytes {
+                h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+            }
         }
         self.0 = h;
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        // `str`'s `Hash` ends every string with 0xff: fold it in without another round.
+        self.0 ^= u64::from(i);
     }
 
     fn finish(&self) -> u64 {
         // Spread the entropy into the top bits, which hashbrown uses for its control bytes.
         let h = self.0;
-        (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        (h ^ (h >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 }
 
 /// The whole-dump state machine.
+///
+/// It reads the dump in two passes. The first, in order, handles everything whose meaning
+/// depends on what came before (tables, chain declarations, `-N`, `-X`, `-F`) and leaves a
+/// placeholder, with the line's text in `pending`, for each other statement line (the rules).
+/// The second parses those lines in parallel chunks, each statement into its own slot, so the
+/// result is the same as one pass in order; the error reported is the one on the earliest line,
+/// as a pass in order would report it.
 struct Parser<'a> {
     family: Family,
     tables: Vec<Table>,
     /// The open table, if any.
     open: Option<Table>,
+    /// For each statement of `tables` then `open`, the text of a line left to the second pass
+    /// (empty for a statement already parsed).
+    pending: Vec<Vec<&'a str>>,
     /// User chains declared in the open table section, with their line.
     declared: ChainSet<'a>,
-    scratch: Scratch<'a>,
+    scratch: Scratch<'a, 'a>,
 }
+
+/// Statements one task of the second pass parses.
+const PARSE_CHUNK: usize = 4096;
 
 impl<'a> Parser<'a> {
     fn new(family: Family) -> Parser<'a> {
@@ -698,19 +725,55 @@ impl<'a> Parser<'a> {
             family,
             tables: Vec::new(),
             open: None,
+            pending: Vec::new(),
             declared: ChainSet::default(),
             scratch: Scratch::default(),
         }
     }
 
+    /// The second pass: parses the pending rule lines of every table (the open one too), and
+    /// gives the error on the earliest line, if any.
+    fn parse_pending(&mut self) -> Option<ParseError> {
+        let family = self.family;
+        let shared = &self.scratch.names.table;
+        let tables = self.tables.iter_mut().chain(self.open.as_mut());
+        let mut first: Option<ParseError> = None;
+        for (table, texts) in tables.zip(&self.pending) {
+            let chunks =
+                table.statements.par_chunks_mut(PARSE_CHUNK).zip(texts.par_chunks(PARSE_CHUNK));
+            let error = chunks
+                .filter_map(|(slots, texts)| {
+                    let mut scratch = Scratch::default();
+                    scratch.names.shared = Some(shared);
+                    for (slot, &text) in slots.iter_mut().zip(texts) {
+                        if text.is_empty() {
+                            continue;
+                        }
+                        match parse_statement(text, slot.line, family, &mut scratch) {
+                            Ok((stmt, _)) => slot.stmt = stmt,
+                            Err(e) => return Some(e),
+                        }
+                    }
+                    None
+                })
+                .min_by_key(|e| e.line);
+            if let Some(e) = error {
+                first = Some(first.map_or(e.clone(), |f| if f.line <= e.line { f } else { e }));
+            }
+        }
+        self.pending.clear();
+        first
+    }
+
     fn run(mut self, text: &'a str) -> Result<Ruleset, ParseError> {
         // One pass over the whole text spares a search per line in the usual dump without CRs.
-        let has_cr = text.as_bytes().contains(&b'\r');
+        let has_cr = memchr::memchr(b'\r', text.as_bytes()).is_some();
         // About one long chain name per three lines in kube-proxy's dumps.
-        self.scratch.names.0.reserve(text.len() / 256);
+        self.scratch.names.table.reserve(text.len() / 256);
         self.declared.reserve(text.len() / 512);
-        for (index, raw) in text.split('\n').enumerate() {
-            let lineno = index + 1;
+        let mut lineno = 0;
+        for raw in Lines::new(text) {
+            lineno += 1;
             if raw.is_empty() {
                 continue;
             }
@@ -723,7 +786,14 @@ impl<'a> Parser<'a> {
             } else {
                 raw
             };
-            self.line(line, lineno)?;
+            if let Err(e) = self.line(line, lineno) {
+                // A rule line before this one may hold an earlier error.
+                let earlier = self.parse_pending().filter(|p| p.line < e.line);
+                return Err(earlier.unwrap_or(e));
+            }
+        }
+        if let Some(e) = self.parse_pending() {
+            return Err(e);
         }
         if let Some(table) = self.open.take() {
             // As iptables-restore: "COMMIT expected at line N+1" after N lines.
@@ -747,6 +817,9 @@ impl<'a> Parser<'a> {
                 Some(mut table) => {
                     // Growth by doubling can leave half the vector unused on a big table.
                     table.statements.shrink_to_fit();
+                    if let Some(texts) = self.pending.last_mut() {
+                        texts.shrink_to_fit();
+                    }
                     self.tables.push(table);
                     self.declared.clear();
                     Ok(())
@@ -757,10 +830,27 @@ impl<'a> Parser<'a> {
                 let Some(table) = self.open.as_mut() else {
                     return Err(outside_table(line, lineno));
                 };
+                let Some(texts) = self.pending.last_mut() else {
+                    return Err(outside_table(line, lineno));
+                };
+                let first = WhitespaceWords::new(line, 0).next().map_or("", |(_, w)| w);
+                let in_order = matches!(
+                    command_of(first),
+                    Some(Command::NewChain | Command::DeleteChain | Command::Flush)
+                );
+                if !in_order {
+                    // A rule: parsed by the second pass. The placeholder is never returned.
+                    table
+                        .statements
+                        .push(Located { line: lineno, stmt: Statement::FlushChain(None) });
+                    texts.push(line);
+                    return Ok(());
+                }
                 let (stmt, chain_tok) =
                     parse_statement(line, lineno, self.family, &mut self.scratch)?;
                 track_chains(&stmt, chain_tok, line, lineno, &table.name, &mut self.declared)?;
                 table.statements.push(Located { line: lineno, stmt });
+                texts.push("");
                 Ok(())
             }
         }
@@ -788,6 +878,7 @@ impl<'a> Parser<'a> {
             return Err(error_at(lineno, line, at, kind));
         }
         self.open = Some(Table { name: name.to_owned(), line: lineno, statements: Vec::new() });
+        self.pending.push(Vec::new());
         self.declared.clear();
         Ok(())
     }
@@ -853,6 +944,9 @@ impl<'a> Parser<'a> {
         }
         let decl = ChainDecl { name: self.scratch.names.word(name), policy, counters };
         table.statements.push(Located { line: lineno, stmt: Statement::Chain(decl) });
+        if let Some(texts) = self.pending.last_mut() {
+            texts.push("");
+        }
         Ok(())
     }
 }
@@ -896,6 +990,40 @@ fn track_chains<'a>(
         _ => {}
     }
     Ok(())
+}
+
+/// The `\n`-separated pieces of a text, as `str::split('\n')` gives them (a final empty piece
+/// after a trailing `\n` included), found with the `memchr` crate's vectorised search: rule lines
+/// are too short for the standard library's search to reach its fast loop.
+struct Lines<'a> {
+    text: &'a str,
+    /// The start of the next piece; `None` once the last one was returned.
+    pos: Option<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Lines<'a> {
+        Lines { text, pos: Some(0) }
+    }
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let start = self.pos?;
+        let rest = self.text.get(start..).unwrap_or_default();
+        match memchr::memchr(b'\n', rest.as_bytes()) {
+            Some(n) => {
+                self.pos = Some(start + n + 1);
+                rest.get(..n)
+            }
+            None => {
+                self.pos = None;
+                Some(rest)
+            }
+        }
+    }
 }
 
 /// Splits on spaces and tabs, giving byte offsets into the full line (as `strtok` does for the
@@ -989,27 +1117,36 @@ impl<'a> Tok<'a> {
 
 /// Buffers reused from line to line.
 #[derive(Default)]
-struct Scratch<'a> {
+struct Scratch<'s, 'a> {
     toks: Vec<Tok<'a>>,
     args: Vec<Arg>,
-    names: Names<'a>,
+    names: Names<'s, 'a>,
 }
 
 /// Long names (`KUBE-SEP-…`, 25 bytes) seen so far: every rule naming a chain shares one copy.
 /// Short names are stored inline in [`Name`] and need no table.
 #[derive(Default)]
-struct Names<'a>(HashMap<&'a str, Name, BuildHasherDefault<NameHasher>>);
+struct Names<'s, 'a> {
+    table: NameTable<'a>,
+    /// The names of the first pass (the chains declared), read by every task of the second.
+    shared: Option<&'s NameTable<'a>>,
+    /// The last long name looked up: consecutive rules of a chain name it again.
+    last: Option<(&'a str, Name)>,
+}
+
+/// Long names by spelling.
+type NameTable<'a> = HashMap<&'a str, Name, BuildHasherDefault<NameHasher>>;
 
 /// The longest name [`Name`] keeps inline.
 const INLINE_NAME: usize = 23;
 
-impl<'a> Names<'a> {
+impl<'a> Names<'_, 'a> {
     /// The value of `tok`, shared with earlier tokens of the same unquoted spelling.
     fn name(&mut self, tok: &Tok<'a>) -> Name {
-        if tok.quoted || tok.raw.len() <= INLINE_NAME {
+        if tok.quoted {
             return tok.name();
         }
-        self.0.entry(tok.raw).or_insert_with(|| Name::new(tok.raw)).clone()
+        self.word(tok.raw)
     }
 
     /// A word of a `:CHAIN` line (never unquoted), shared like [`Names::name`].
@@ -1017,7 +1154,17 @@ impl<'a> Names<'a> {
         if word.len() <= INLINE_NAME {
             return Name::new(word);
         }
-        self.0.entry(word).or_insert_with(|| Name::new(word)).clone()
+        if let Some((last, name)) = &self.last
+            && *last == word
+        {
+            return name.clone();
+        }
+        let name = match self.shared.and_then(|shared| shared.get(word)) {
+            Some(name) => name.clone(),
+            None => self.table.entry(word).or_insert_with(|| Name::new(word)).clone(),
+        };
+        self.last = Some((word, name.clone()));
+        name
     }
 }
 
@@ -1127,7 +1274,7 @@ fn parse_statement<'a>(
     line: &'a str,
     lineno: usize,
     family: Family,
-    scratch: &mut Scratch<'a>,
+    scratch: &mut Scratch<'_, 'a>,
 ) -> Result<(Statement, Option<Tok<'a>>), ParseError> {
     let err = |at: usize, kind| error_at(lineno, line, at, kind);
     let mut start = 0;
@@ -1241,7 +1388,7 @@ fn parse_args<'a>(
     family: Family,
     toks: &[Tok<'a>],
     out: &mut Vec<Arg>,
-    names: &mut Names<'a>,
+    names: &mut Names<'_, 'a>,
 ) -> Result<Vec<Arg>, ParseError> {
     let err = |at: usize, kind| error_at(lineno, line, at, kind);
     out.clear();
@@ -1357,8 +1504,10 @@ fn parse_args<'a>(
                     .iter()
                     .take_while(|t| t.quoted || !(t.is_option() || t.is_bang()))
                     .count();
-                let values: Values =
-                    toks[i + 1..i + 1 + count].iter().map(|t| Word::raw(t.raw)).collect();
+                let values: Values = toks[i + 1..i + 1 + count]
+                    .iter()
+                    .map(|t| Word::raw(Name::new(t.raw)))
+                    .collect();
                 i += 1 + count;
                 Arg::Opt { neg: negated, name: Name::new(&long[2..]), values }
             }
@@ -2601,6 +2750,62 @@ mod tests {
         let ruleset = parse(&text, Family::V4).unwrap();
         assert_eq!(ruleset.rule_count(), 20 * 11);
         assert_eq!(render(&ruleset), text);
+    }
+
+    /// `text` with line `lineno` (1-based) replaced by `with`.
+    fn replace_line(text: &str, lineno: usize, with: &str) -> String {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines[lineno - 1] = with;
+        lines.iter().map(|l| format!("{l}\n")).collect()
+    }
+
+    #[test]
+    fn rules_parsed_in_chunks_equal_each_line_parsed_alone() {
+        let text = synthetic_dump(1000);
+        let ruleset = parse(&text, Family::V4).unwrap();
+        let rules =
+            ruleset.tables[0].statements.iter().filter(|s| matches!(s.stmt, Statement::Rule(_)));
+        assert!(rules.count() > 2 * PARSE_CHUNK, "the dump spans several chunks");
+        let lines: Vec<&str> = text.lines().collect();
+        for located in &ruleset.tables[0].statements {
+            let line = lines[located.line - 1];
+            match &located.stmt {
+                Statement::Rule(rule) => {
+                    assert_eq!(*rule, parse_rule_line(line, Family::V4).unwrap());
+                }
+                other => assert_eq!(other.to_string(), line),
+            }
+        }
+    }
+
+    #[test]
+    fn the_earliest_error_wins_between_a_rule_and_an_ordered_statement() {
+        let text = synthetic_dump(1000);
+        let total = text.lines().count();
+        // A bad rule far into the rules (a late chunk), and a duplicate chain after it.
+        let bad_rule = total - 100;
+        assert!(text.lines().nth(bad_rule - 1).unwrap().starts_with("-A "));
+        let broken = replace_line(&text, bad_rule, "-A KUBE-SERVICES -p tcp --dport ! 80 -j DROP");
+        let dup = replace_line(&broken, total - 10, "-N KUBE-SERVICES");
+        let e = err(&dup);
+        assert_eq!((e.line, e.column), (bad_rule, 25), "{e}");
+        assert!(matches!(e.kind, ParseErrorKind::OldStyleNegation { .. }), "{e}");
+        // The other way round: the duplicate first.
+        let early_dup = replace_line(&broken, bad_rule - 5000, "-N KUBE-SVC-0000000000000001");
+        let e = err(&early_dup);
+        assert_eq!(e.line, bad_rule - 5000, "{e}");
+        assert!(matches!(e.kind, ParseErrorKind::DuplicateChain { .. }), "{e}");
+        // A bad rule in a table that is never committed comes before the missing COMMIT.
+        let unterminated = broken.strip_suffix("COMMIT\n").unwrap();
+        let e = err(unterminated);
+        assert_eq!(e.line, bad_rule, "{e}");
+        // And before a table opened without a COMMIT.
+        let reopened = replace_line(&broken, total, "*filter");
+        let e = err(&reopened);
+        assert_eq!(e.line, bad_rule, "{e}");
+        let reopened_clean = replace_line(&text, total, "*filter");
+        let e = err(&reopened_clean);
+        assert!(matches!(e.kind, ParseErrorKind::TableNotCommitted { .. }), "{e}");
     }
 
     /// Nanoseconds this thread has spent on a CPU (the machine is shared, so wall time lies).
