@@ -19,7 +19,7 @@ use smol_str::ToSmolStr;
 use super::endpoints::{EndpointInfo, SvcPort, categorize_at, service_ports};
 use super::names::*;
 use crate::model::rules::{
-    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table,
+    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table, Word,
 };
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
@@ -494,8 +494,14 @@ fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
 }
 
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
-fn maybe_comment(chain: impl IntoName, text: &str, large: bool) -> Rule {
-    if large { Rule::with_capacity(chain, 4) } else { commented(chain, text) }
+/// `args` is the number of arguments the caller adds; `text` is only made when written.
+fn maybe_comment<S: AsRef<str>>(
+    chain: impl IntoName,
+    large: bool,
+    args: usize,
+    text: impl FnOnce() -> S,
+) -> Rule {
+    if large { Rule::with_capacity(chain, args) } else { commented(chain, text().as_ref()) }
 }
 
 /// The per-node facts every service port's rules depend on.
@@ -517,45 +523,47 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     let p = sp.proto;
     let port = sp.port.port.to_smolstr();
     let cat = categorize_at(sp);
-    let PortChains { svc: svc_chain, svl: svl_chain, ext: ext_chain, fw: fw_chain } =
-        port_chains(spn, p);
+    let chains = LazyPortChains::new(spn, p);
+    let svc_chain = chains.svc();
     // Each endpoint's chain name, hashed once and shared by every rule that names it.
     let seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
 
     let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
-    let internal_chain = if sp.internal_local { &svl_chain } else { &svc_chain };
-    let external_policy_chain = if sp.external_local { &svl_chain } else { &svc_chain };
+    let internal_chain = if sp.internal_local { chains.svl() } else { svc_chain };
+    let external_policy_chain = || if sp.external_local { chains.svl() } else { svc_chain };
     let has_endpoints = cat.has_any;
     let has_internal = has_endpoints && !(sp.internal_local && cat.local.is_empty());
     let has_external = has_endpoints && !(sp.external_local && cat.local.is_empty());
     let uses_ext_chain = has_endpoints && sp.externally_accessible();
     let uses_fw = has_endpoints && !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
-    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+    let lb_chain = || if uses_fw { chains.fw() } else { chains.ext() };
 
-    let no_endpoints = format!("{spn} has no endpoints");
-    let no_local = format!("{spn} has no local endpoints");
-    let (internal_filter, internal_comment) = if !has_endpoints {
-        ("REJECT", no_endpoints.as_str())
-    } else if !has_internal {
-        ("DROP", no_local.as_str())
-    } else {
-        ("", "")
+    let filter_comment = |has: bool| {
+        if !has_endpoints {
+            ("REJECT", format!("{spn} has no endpoints"))
+        } else if !has {
+            ("DROP", format!("{spn} has no local endpoints"))
+        } else {
+            ("", String::new())
+        }
     };
-    let (external_filter, external_comment) = if !has_endpoints {
-        ("REJECT", no_endpoints.as_str())
-    } else if !has_external {
-        ("DROP", no_local.as_str())
-    } else {
-        ("", "")
-    };
+    let (internal_filter, internal_comment) = filter_comment(has_internal);
+    let (external_filter, external_comment) = filter_comment(has_external);
+    let (internal_comment, external_comment) =
+        (internal_comment.as_str(), external_comment.as_str());
+    // Written on the cluster IP capture and its masquerade rule.
+    let cluster_ip_comment = Word::quote_if_spaced(&format!("{spn} cluster IP"));
     let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt1("dport", &port);
 
     // Capture of the cluster IP.
     if has_internal {
         b.nat(
-            dest(commented(KUBE_SERVICES, &format!("{spn} cluster IP")), sp.cluster_ip)
-                .jump(internal_chain),
+            dest(
+                Rule::with_capacity(KUBE_SERVICES, 7).comment_word(&cluster_ip_comment),
+                sp.cluster_ip,
+            )
+            .jump(internal_chain),
         );
     } else {
         b.filter(
@@ -566,7 +574,8 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     for &ip in &sp.external_ips {
         if has_endpoints {
             b.nat(
-                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip).jump(&ext_chain),
+                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip)
+                    .jump(chains.ext()),
             );
         }
         if !has_external {
@@ -580,11 +589,11 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         if has_endpoints {
             b.nat(
                 dest(commented(KUBE_SERVICES, &format!("{spn} loadbalancer IP")), ip)
-                    .jump(lb_chain),
+                    .jump(lb_chain()),
             );
         }
         if uses_fw {
-            let c = format!("{spn} traffic not accepted by {fw_chain}");
+            let c = format!("{spn} traffic not accepted by {}", chains.fw());
             b.filter(dest(commented(KUBE_PROXY_FIREWALL, &c), ip).jump("DROP"));
         }
     }
@@ -597,22 +606,22 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     // NodePort.
     if let Some(np) = sp.node_port {
-        let np = np.to_string();
+        let np = np.to_smolstr();
         if has_endpoints {
             if localhost_node_ports && !is_v6 && env.nfacct {
                 b.nat(
                     proto_match(commented(KUBE_NODEPORTS, spn), p)
                         .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
-                        .opt("dport", &[&np])
+                        .opt1("dport", &np)
                         .module("nfacct")
                         .opt("nfacct-name", &[NFACCT_LOCALHOST_NODEPORTS])
-                        .jump(&ext_chain),
+                        .jump(chains.ext()),
                 );
             }
             b.nat(
                 proto_match(commented(KUBE_NODEPORTS, spn), p)
-                    .opt("dport", &[&np])
-                    .jump(&ext_chain),
+                    .opt1("dport", &np)
+                    .jump(chains.ext()),
             );
         }
         if !has_external {
@@ -623,7 +632,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
                         .opt("dst-type", &["LOCAL"]),
                     p,
                 )
-                .opt("dport", &[&np])
+                .opt1("dport", &np)
                 .jump(external_filter),
             );
         }
@@ -635,7 +644,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
                 commented(KUBE_NODEPORTS, &format!("{spn} health check node port")),
                 Protocol::Tcp,
             )
-            .opt("dport", &[&hc.to_string()])
+            .opt1("dport", hc.to_smolstr())
             .jump("ACCEPT"),
         );
     }
@@ -644,7 +653,10 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     // Masquerade of off-cluster traffic to the cluster IP.
     if has_internal {
-        let r = dest(commented(internal_chain, &format!("{spn} cluster IP")), sp.cluster_ip);
+        let r = dest(
+            Rule::with_capacity(internal_chain, 8).comment_word(&cluster_ip_comment),
+            sp.cluster_ip,
+        );
         if *masquerade_all {
             b.nat(r.jump(KUBE_MARK_MASQ));
         } else if detector.implemented() {
@@ -653,66 +665,70 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     // The external traffic chain.
     if uses_ext_chain {
-        b.nat_chain(&ext_chain);
+        let ext_chain = chains.ext();
+        b.nat_chain(ext_chain);
         if !sp.external_local {
             let c = format!("masquerade traffic for {spn} external destinations");
-            b.nat(commented(&ext_chain, &c).jump(KUBE_MARK_MASQ));
+            b.nat(commented(ext_chain, &c).jump(KUBE_MARK_MASQ));
         } else {
             if detector.implemented() {
                 let c = format!("pod traffic for {spn} external destinations");
-                b.nat(detector.add(commented(&ext_chain, &c), false).jump(&svc_chain));
+                b.nat(detector.add(commented(ext_chain, &c), false).jump(svc_chain));
             }
             let c = format!("masquerade LOCAL traffic for {spn} external destinations");
             b.nat(
-                commented(&ext_chain, &c)
+                commented(ext_chain, &c)
                     .module("addrtype")
                     .opt("src-type", &["LOCAL"])
                     .jump(KUBE_MARK_MASQ),
             );
             let c = format!("route LOCAL traffic for {spn} external destinations");
             b.nat(
-                commented(&ext_chain, &c)
+                commented(ext_chain, &c)
                     .module("addrtype")
                     .opt("src-type", &["LOCAL"])
-                    .jump(&svc_chain),
+                    .jump(svc_chain),
             );
         }
         if has_external {
-            b.nat(Rule::new(&ext_chain).jump(external_policy_chain));
+            b.nat(Rule::with_capacity(ext_chain, 1).jump(external_policy_chain()));
         }
     }
     // The load-balancer firewall chain.
     if uses_fw {
-        b.nat_chain(&fw_chain);
+        let (fw_chain, ext_chain) = (chains.fw(), chains.ext());
+        b.nat_chain(fw_chain);
         let lb_comment = format!("{spn} loadbalancer IP");
         let mut allow_from_node = false;
         for cidr in &sp.source_ranges {
-            b.nat(commented(&fw_chain, &lb_comment).src(canonical(cidr)).jump(&ext_chain));
+            b.nat(commented(fw_chain, &lb_comment).src(canonical(cidr)).jump(ext_chain));
             if primary_ip.is_some_and(|ip| cidr.contains(ip)) {
                 allow_from_node = true;
             }
         }
         if allow_from_node {
             for &ip in &sp.lb_vips {
-                b.nat(commented(&fw_chain, &lb_comment).src(Addr::host(ip)).jump(&ext_chain));
+                b.nat(commented(fw_chain, &lb_comment).src(Addr::host(ip)).jump(ext_chain));
             }
         }
         let c = format!("other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL");
-        b.nat(commented(&fw_chain, &c));
+        b.nat(commented(fw_chain, &c));
     }
     if uses_cluster_chain {
-        b.nat_chain(&svc_chain);
-        write_endpoint_rules(b, sp, &svc_chain, &cat.cluster, large, &seps);
+        b.nat_chain(svc_chain);
+        write_endpoint_rules(b, sp, svc_chain, &cat.cluster, large, &seps);
     }
     if uses_local_chain {
-        b.nat_chain(&svl_chain);
-        write_endpoint_rules(b, sp, &svl_chain, &cat.local, large, &seps);
+        let svl_chain = chains.svl();
+        b.nat_chain(svl_chain);
+        write_endpoint_rules(b, sp, svl_chain, &cat.local, large, &seps);
     }
     for &i in cat.all_reachable() {
         let (ep, sep) = (&sp.endpoints[i], &seps[i]);
         b.nat_chain(sep);
-        b.nat(maybe_comment(sep, spn, large).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
-        let mut r = maybe_comment(sep, spn, large);
+        b.nat(maybe_comment(sep, large, 2, || spn).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
+        let affinity = if sp.affinity.is_some() { 3 } else { 0 };
+        let mut r = maybe_comment(sep, large, 4 + affinity, || spn);
         if sp.affinity.is_some() {
             r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
@@ -735,7 +751,7 @@ fn write_endpoint_rules(
         for &i in eps {
             let sep = &seps[i];
             b.nat(
-                maybe_comment(chain, &ep_comment(sp, &sp.endpoints[i]), large)
+                maybe_comment(chain, large, 6, || ep_comment(sp, &sp.endpoints[i]))
                     .module("recent")
                     .opt1("name", sep)
                     .opt("rcheck", &[])
@@ -747,11 +763,8 @@ fn write_endpoint_rules(
     }
     let n = eps.len();
     for (k, &i) in eps.iter().enumerate() {
-        let mut r = if large {
-            Rule::with_capacity(chain, 4)
-        } else {
-            commented(chain, &ep_comment(sp, &sp.endpoints[i]))
-        };
+        let args = if k + 1 < n { 4 } else { 1 };
+        let mut r = maybe_comment(chain, large, args, || ep_comment(sp, &sp.endpoints[i]));
         if k + 1 < n {
             r = r
                 .module("statistic")
@@ -819,5 +832,54 @@ mod tests {
             .filter_map(|(_, r)| r.target())
             .collect();
         assert_eq!(fwd, [KUBE_PROXY_FIREWALL, KUBE_FORWARD, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES]);
+    }
+
+    #[test]
+    fn node_dump_moves_interleaved_chain_declarations_first_and_declares_jump_targets_once() {
+        let mut filter = Table::new("filter");
+        filter.push(Statement::Rule(Rule::new("X").jump("ACCEPT")));
+        filter.push(Statement::Chain(ChainDecl::user("X")));
+        filter.push(Statement::Rule(Rule::new(KUBE_SERVICES).jump("DROP")));
+        filter.push(Statement::Chain(ChainDecl::user(KUBE_SERVICES)));
+        let sync = IptablesSync {
+            family: Family::V4,
+            payload: Ruleset { family: Family::V4, tables: vec![filter, Table::new("nat")] },
+            jumps: jumps(),
+        };
+        let dump = sync.clone().into_node_dump();
+        assert_eq!(dump, sync.node_dump());
+        let lines: Vec<String> =
+            dump.tables[0].statements.iter().map(|s| s.stmt.to_string()).collect();
+        let chains: Vec<&str> =
+            lines.iter().filter(|l| l.starts_with(':')).map(|l| l.as_str()).collect();
+        assert_eq!(
+            chains,
+            [
+                ":INPUT ACCEPT [0:0]",
+                ":FORWARD ACCEPT [0:0]",
+                ":OUTPUT ACCEPT [0:0]",
+                ":X - [0:0]",
+                ":KUBE-SERVICES - [0:0]",
+                ":KUBE-FIREWALL - [0:0]",
+                ":KUBE-PROXY-FIREWALL - [0:0]",
+                ":KUBE-NODEPORTS - [0:0]",
+                ":KUBE-EXTERNAL-SERVICES - [0:0]",
+                ":KUBE-FORWARD - [0:0]",
+            ]
+        );
+        // Declarations, then the 11 filter jumps, then the payload's rules in order.
+        assert!(lines[..chains.len()].iter().all(|l| l.starts_with(':')));
+        assert_eq!(lines.len(), chains.len() + 11 + 2);
+        assert_eq!(lines[lines.len() - 2..], ["-A X -j ACCEPT", "-A KUBE-SERVICES -j DROP"]);
+        assert!(dump.tables.iter().flat_map(|t| &t.statements).all(|s| s.line == 0));
+        assert_eq!(dump.tables[1].statements.len(), 4 + 2 + 3);
+    }
+
+    #[test]
+    fn a_shared_comment_word_renders_like_a_comment() {
+        let w = Word::quote_if_spaced("ns/s:p cluster IP");
+        let shared = Rule::new("C").comment_word(&w).jump("D");
+        assert_eq!(shared, Rule::new("C").comment("ns/s:p cluster IP").jump("D"));
+        assert_eq!(shared.to_string(), r#"-A C -m comment --comment "ns/s:p cluster IP" -j D"#);
     }
 }
