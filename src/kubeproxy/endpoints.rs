@@ -11,10 +11,11 @@
 //! ready endpoint is a cluster endpoint. kube-proxy visits Services in Go map order (random per
 //! sync); svcpath sorts them by service port name and protocol.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
+use rayon::prelude::*;
 
 use super::names::endpoint_string;
 use crate::model::rules::Name;
@@ -105,24 +106,75 @@ pub struct Categorized {
     pub has_any: bool,
 }
 
+/// [`Categorized`] as positions in [`SvcPort::endpoints`]: the same choice without copying the
+/// endpoints, for renderers that look up per-endpoint data (chain names) by position.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CategorizedAt {
+    /// Endpoints for cluster-wide traffic.
+    pub cluster: Vec<usize>,
+    /// Endpoints for node-local traffic.
+    pub local: Vec<usize>,
+    /// Every endpoint some chain may reach, in `ip:port` order.
+    pub all_reachable: Reachable,
+    /// Whether any usable endpoint exists anywhere.
+    pub has_any: bool,
+}
+
+/// Which endpoints some chain may reach: usually exactly one of the two lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reachable {
+    /// The cluster endpoints.
+    #[default]
+    Cluster,
+    /// The local endpoints.
+    Local,
+    /// Both, merged (the local list fell back to serving-and-terminating endpoints).
+    Merged(Vec<usize>),
+}
+
+impl CategorizedAt {
+    /// The positions of every endpoint some chain may reach, in `ip:port` order.
+    pub fn all_reachable(&self) -> &[usize] {
+        match &self.all_reachable {
+            Reachable::Cluster => &self.cluster,
+            Reachable::Local => &self.local,
+            Reachable::Merged(v) => v,
+        }
+    }
+}
+
 /// Chooses the cluster and local endpoint lists, with the serving-and-terminating fallbacks.
 pub fn categorize(sp: &SvcPort<'_>) -> Categorized {
-    let mut out = Categorized::default();
+    let at = categorize_at(sp);
+    let pick = |v: &[usize]| v.iter().map(|&i| sp.endpoints[i].clone()).collect::<Vec<_>>();
+    Categorized {
+        cluster: pick(&at.cluster),
+        local: pick(&at.local),
+        all_reachable: pick(at.all_reachable()),
+        has_any: at.has_any,
+    }
+}
+
+/// [`categorize`] as positions in `sp.endpoints`.
+pub fn categorize_at(sp: &SvcPort<'_>) -> CategorizedAt {
+    let eps = &sp.endpoints;
+    let positions = |keep: &dyn Fn(&EndpointInfo) -> bool| -> Vec<usize> {
+        eps.iter().enumerate().filter(|(_, e)| keep(e)).map(|(i, _)| i).collect()
+    };
+    let mut out = CategorizedAt::default();
     if sp.uses_cluster_endpoints() {
-        out.cluster = sp.endpoints.iter().filter(|e| e.ready).cloned().collect();
+        out.cluster = positions(&|e| e.ready);
         if out.cluster.is_empty() {
-            out.cluster =
-                sp.endpoints.iter().filter(|e| e.serving && e.terminating).cloned().collect();
+            out.cluster = positions(&|e| e.serving && e.terminating);
         }
         out.has_any = !out.cluster.is_empty();
     }
     if !sp.uses_local_endpoints() {
-        out.all_reachable = out.cluster.clone();
         return out;
     }
     let mut local_ready = false;
     let mut local_terminating = false;
-    for e in &sp.endpoints {
+    for e in eps {
         if e.ready {
             out.has_any = true;
             local_ready |= e.local;
@@ -133,30 +185,31 @@ pub fn categorize(sp: &SvcPort<'_>) -> Categorized {
     }
     let mut uses_terminating = false;
     if local_ready {
-        out.local = sp.endpoints.iter().filter(|e| e.local && e.ready).cloned().collect();
+        out.local = positions(&|e| e.local && e.ready);
     } else if local_terminating {
         uses_terminating = true;
-        out.local = sp
-            .endpoints
-            .iter()
-            .filter(|e| e.local && e.serving && e.terminating)
-            .cloned()
-            .collect();
+        out.local = positions(&|e| e.local && e.serving && e.terminating);
     }
     if !sp.uses_cluster_endpoints() {
-        out.all_reachable = out.local.clone();
+        out.all_reachable = Reachable::Local;
         return out;
     }
     if !uses_terminating {
-        out.all_reachable = out.cluster.clone();
         return out;
     }
-    // kube-proxy merges through a Go map (random order); svcpath keeps `ip:port` order.
-    let mut merged: BTreeMap<Name, EndpointInfo> = BTreeMap::new();
-    for e in out.cluster.iter().chain(&out.local) {
-        merged.insert(e.key.clone(), e.clone());
+    // kube-proxy merges through a Go map (random order); svcpath keeps `ip:port` order, and a
+    // later entry with the same key replaces an earlier one.
+    let mut merged: Vec<(usize, usize)> =
+        out.cluster.iter().chain(&out.local).copied().enumerate().collect();
+    merged.sort_by(|a, b| eps[a.1].key.cmp(&eps[b.1].key).then(a.0.cmp(&b.0)));
+    let mut all: Vec<usize> = Vec::with_capacity(merged.len());
+    for (_, i) in merged {
+        match all.last_mut() {
+            Some(last) if eps[*last].key == eps[i].key => *last = i,
+            _ => all.push(i),
+        }
     }
-    out.all_reachable = merged.into_values().collect();
+    out.all_reachable = Reachable::Merged(all);
     out
 }
 
@@ -166,6 +219,8 @@ pub fn skip_service(svc: &Service) -> bool {
 }
 
 /// Builds every service port of one family, sorted by service port name and protocol.
+///
+/// Services are visited in parallel; the result does not depend on the thread count.
 pub fn service_ports<'a>(
     cluster: &'a Cluster,
     node: &NodeView,
@@ -176,68 +231,81 @@ pub fn service_ports<'a>(
     for s in &cluster.endpoint_slices {
         slices.entry((s.namespace.as_str(), s.service_name.as_str())).or_default().push(s);
     }
-    let mut out = Vec::new();
-    for svc in &cluster.services {
-        if skip_service(svc) {
-            continue;
-        }
-        let Some(cluster_ip) = svc.cluster_ip(family) else { continue };
-        let externally_typed =
-            matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
-        let external_ips: Vec<IpAddr> =
-            svc.external_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
-        let lb_vips: Vec<IpAddr> = svc
-            .load_balancer_ingress
-            .iter()
-            .filter(|i| i.ip_mode != Some(IpMode::Proxy) && family.contains(&i.ip))
-            .map(|i| i.ip)
-            .collect();
-        let source_ranges: Vec<IpNetwork> = svc
-            .load_balancer_source_ranges
-            .iter()
-            .copied()
-            .filter(|n| family.contains(&n.ip()))
-            .collect();
-        let external_local = svc.external_traffic_policy == TrafficPolicy::Local
-            && (externally_typed || !svc.external_ips.is_empty());
-        let health_check_node_port =
-            if svc.service_type == ServiceType::LoadBalancer && external_local {
-                svc.health_check_node_port
-            } else {
-                None
-            };
-        for port in &svc.ports {
-            let spn = svc.port_name(port);
-            out.push(SvcPort {
-                svc,
-                port,
-                spn,
-                proto: port.protocol,
-                cluster_ip,
-                external_ips: external_ips.clone(),
-                lb_vips: lb_vips.clone(),
-                source_ranges: source_ranges.clone(),
-                affinity: match svc.session_affinity {
-                    SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
-                    SessionAffinity::None => None,
-                },
-                external_local,
-                internal_local: svc.internal_traffic_policy == TrafficPolicy::Local,
-                health_check_node_port,
-                node_port: port.node_port.filter(|p| *p != 0),
-                endpoints: endpoints_for(
-                    slices
-                        .get(&(svc.namespace.as_str(), svc.name.as_str()))
-                        .map_or(&[][..], Vec::as_slice),
-                    port,
-                    node,
-                    family,
-                ),
-            });
-        }
-    }
+    let mut out: Vec<SvcPort<'a>> = cluster
+        .services
+        .par_iter()
+        .with_min_len(SERVICES_PER_TASK)
+        .flat_map_iter(|svc| {
+            let svc_slices = slices
+                .get(&(svc.namespace.as_str(), svc.name.as_str()))
+                .map_or(&[][..], Vec::as_slice);
+            service_ports_of(svc, svc_slices, node, family)
+        })
+        .collect();
     out.sort_by(|a, b| (a.spn.as_str(), a.proto).cmp(&(b.spn.as_str(), b.proto)));
     out
+}
+
+/// Services one parallel task of [`service_ports`] visits at least.
+const SERVICES_PER_TASK: usize = 256;
+
+/// The service ports of one Service (none when kube-proxy skips it or it lacks the family).
+fn service_ports_of<'a>(
+    svc: &'a Service,
+    slices: &[&EndpointSlice],
+    node: &NodeView,
+    family: IpFamily,
+) -> Vec<SvcPort<'a>> {
+    if skip_service(svc) {
+        return Vec::new();
+    }
+    let Some(cluster_ip) = svc.cluster_ip(family) else { return Vec::new() };
+    let externally_typed =
+        matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer);
+    let external_ips: Vec<IpAddr> =
+        svc.external_ips.iter().copied().filter(|ip| family.contains(ip)).collect();
+    let lb_vips: Vec<IpAddr> = svc
+        .load_balancer_ingress
+        .iter()
+        .filter(|i| i.ip_mode != Some(IpMode::Proxy) && family.contains(&i.ip))
+        .map(|i| i.ip)
+        .collect();
+    let source_ranges: Vec<IpNetwork> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .copied()
+        .filter(|n| family.contains(&n.ip()))
+        .collect();
+    let external_local = svc.external_traffic_policy == TrafficPolicy::Local
+        && (externally_typed || !svc.external_ips.is_empty());
+    let health_check_node_port = if svc.service_type == ServiceType::LoadBalancer && external_local
+    {
+        svc.health_check_node_port
+    } else {
+        None
+    };
+    svc.ports
+        .iter()
+        .map(|port| SvcPort {
+            svc,
+            port,
+            spn: svc.port_name(port),
+            proto: port.protocol,
+            cluster_ip,
+            external_ips: external_ips.clone(),
+            lb_vips: lb_vips.clone(),
+            source_ranges: source_ranges.clone(),
+            affinity: match svc.session_affinity {
+                SessionAffinity::ClientIp { timeout_seconds } => Some(timeout_seconds),
+                SessionAffinity::None => None,
+            },
+            external_local,
+            internal_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+            health_check_node_port,
+            node_port: port.node_port.filter(|p| *p != 0),
+            endpoints: endpoints_for(slices, port, node, family),
+        })
+        .collect()
 }
 
 fn endpoints_for(
@@ -246,7 +314,7 @@ fn endpoints_for(
     node: &NodeView,
     family: IpFamily,
 ) -> Vec<EndpointInfo> {
-    let mut by_key: BTreeMap<Name, EndpointInfo> = BTreeMap::new();
+    let mut all: Vec<EndpointInfo> = Vec::new();
     for slice in slices {
         let slice_family = match slice.address_type {
             AddressType::IPv4 => IpFamily::V4,
@@ -261,31 +329,35 @@ fn endpoints_for(
                 continue;
             }
             let Some(p) = sp.port.filter(|p| *p != 0) else { continue };
+            all.reserve(slice.endpoints.len());
             for ep in &slice.endpoints {
                 let Some(&ip) = ep.addresses.first() else { continue };
                 if !family.contains(&ip) {
                     continue;
                 }
-                let local = ep.node_name.as_deref() == Some(node.name.as_str());
-                let info = EndpointInfo {
+                all.push(EndpointInfo {
                     ip,
                     port: p,
                     key: endpoint_string(ip, p),
                     ready: ep.ready,
                     serving: ep.serving,
                     terminating: ep.terminating,
-                    local,
-                };
-                match by_key.get(&info.key) {
-                    Some(existing) if existing.local || !local => {}
-                    _ => {
-                        by_key.insert(info.key.clone(), info);
-                    }
-                }
+                    local: ep.node_name.as_deref() == Some(node.name.as_str()),
+                });
             }
         }
     }
-    by_key.into_values().collect()
+    // Stable: duplicates of one `ip:port` stay in slice order, and the first local one wins
+    // (else the first one).
+    all.sort_by(|a, b| a.key.cmp(&b.key));
+    all.dedup_by(|later, kept| {
+        let same = later.key == kept.key;
+        if same && !kept.local && later.local {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    all
 }
 
 #[cfg(test)]
@@ -310,6 +382,22 @@ mod tests {
         internal_local: bool,
         external_local: bool,
     ) -> Categorized {
+        categorize(&svc_port(endpoints, internal_local, external_local))
+    }
+
+    fn at_with(
+        endpoints: Vec<EndpointInfo>,
+        internal_local: bool,
+        external_local: bool,
+    ) -> CategorizedAt {
+        categorize_at(&svc_port(endpoints, internal_local, external_local))
+    }
+
+    fn svc_port(
+        endpoints: Vec<EndpointInfo>,
+        internal_local: bool,
+        external_local: bool,
+    ) -> SvcPort<'static> {
         let svc = Box::leak(Box::new(Service {
             namespace: "ns".into(),
             name: "s".into(),
@@ -332,7 +420,7 @@ mod tests {
             target_port: crate::model::TargetPort::Number(80),
             node_port: Some(30000),
         }));
-        let sp = SvcPort {
+        SvcPort {
             svc,
             port,
             spn: "ns/s:p".into(),
@@ -347,8 +435,7 @@ mod tests {
             health_check_node_port: None,
             node_port: Some(30000),
             endpoints,
-        };
-        categorize(&sp)
+        }
     }
 
     #[test]
@@ -393,5 +480,99 @@ mod tests {
         let c = port_with(vec![ep("10.0.0.1", false, false, false, true)], false, true);
         assert!(!c.has_any);
         assert!(c.cluster.is_empty() && c.local.is_empty());
+    }
+    #[test]
+    fn duplicate_endpoints_merge_with_a_local_copy_winning_in_key_order() {
+        use crate::model::{Endpoint, EndpointPort};
+        let endpoint = |ip: &str, node: &str, ready: bool| Endpoint {
+            addresses: vec![ip.parse().unwrap()],
+            ready,
+            serving: true,
+            terminating: false,
+            node_name: Some(node.into()),
+            zone: None,
+        };
+        let slice = |name: &str, endpoints: Vec<Endpoint>| EndpointSlice {
+            namespace: "ns".into(),
+            name: name.into(),
+            service_name: "s".into(),
+            address_type: AddressType::IPv4,
+            endpoints,
+            ports: vec![EndpointPort { name: "p".into(), port: Some(80), protocol: Protocol::Tcp }],
+        };
+        let a = slice(
+            "a",
+            vec![
+                endpoint("10.0.0.10", "other", true),
+                endpoint("10.0.0.2", "other", false),
+                endpoint("10.0.0.3", "here", true),
+            ],
+        );
+        let b = slice(
+            "b",
+            vec![
+                endpoint("10.0.0.2", "here", true),
+                endpoint("10.0.0.2", "other", true),
+                endpoint("10.0.0.3", "other", false),
+            ],
+        );
+        let port = ServicePort {
+            name: "p".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: crate::model::TargetPort::Number(80),
+            node_port: None,
+        };
+        let node = NodeView { name: "here".into(), addresses: vec![], pod_cidrs: vec![] };
+        let eps = endpoints_for(&[&a, &b], &port, &node, IpFamily::V4);
+        let got: Vec<(&str, bool, bool)> =
+            eps.iter().map(|e| (e.key.as_str(), e.local, e.ready)).collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.10:80", false, true),
+                ("10.0.0.2:80", true, true),
+                ("10.0.0.3:80", true, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn positions_name_the_same_endpoints_as_the_copies() {
+        let eps = vec![
+            ep("10.0.0.1", false, true, true, true),
+            ep("10.0.0.2", true, true, false, false),
+            ep("10.0.0.3", false, true, true, false),
+            ep("10.0.0.4", true, true, false, true),
+        ];
+        for (internal_local, external_local) in
+            [(false, false), (false, true), (true, false), (true, true)]
+        {
+            for skip in 0..eps.len() {
+                let mut some = eps.clone();
+                some.remove(skip);
+                let c = port_with(some.clone(), internal_local, external_local);
+                let at = at_with(some.clone(), internal_local, external_local);
+                let keys = |v: &[usize]| v.iter().map(|&i| some[i].key.clone()).collect::<Vec<_>>();
+                let copies =
+                    |v: &[EndpointInfo]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+                assert_eq!(keys(&at.cluster), copies(&c.cluster));
+                assert_eq!(keys(&at.local), copies(&c.local));
+                assert_eq!(keys(at.all_reachable()), copies(&c.all_reachable));
+                assert_eq!(at.has_any, c.has_any);
+            }
+        }
+        // The serving-and-terminating local fallback reaches both lists, merged in key order.
+        let at = at_with(
+            vec![
+                ep("10.0.0.1", true, true, false, false),
+                ep("10.0.0.2", false, true, true, true),
+                ep("10.0.0.3", true, true, false, false),
+            ],
+            false,
+            true,
+        );
+        assert_eq!(at.all_reachable(), [0, 1, 2]);
+        assert!(matches!(at.all_reachable, Reachable::Merged(_)));
     }
 }

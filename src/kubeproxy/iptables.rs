@@ -14,11 +14,12 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rayon::prelude::*;
+use smol_str::ToSmolStr;
 
-use super::endpoints::{EndpointInfo, SvcPort, categorize, service_ports};
+use super::endpoints::{EndpointInfo, SvcPort, categorize_at, service_ports};
 use super::names::*;
 use crate::model::rules::{
-    Addr, ChainDecl, Family, IntoName, Name, Rule, Ruleset, Statement, Table,
+    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table, Word,
 };
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
@@ -115,60 +116,117 @@ impl IptablesSync {
     }
 
     /// [`IptablesSync::node_dump`], moving the payload's statements instead of copying them.
+    ///
+    /// The payload's tables are reused in place: the built-in chains go in front, and the extra
+    /// chain declarations and the jumps between the chain declarations and the rules (one
+    /// `memmove` each, within the room [`sync`] reserves).
     pub fn into_node_dump(self) -> Ruleset {
         let IptablesSync { family, payload, jumps } = self;
         let mut payload_tables = payload.tables;
-        let mut tables = Vec::new();
+        let mut tables = Vec::with_capacity(BUILTINS.len());
         for (tname, builtins) in BUILTINS {
-            let statements = payload_tables
+            let mut statements = payload_tables
                 .iter_mut()
                 .find(|t| t.name == *tname)
                 .map(|t| std::mem::take(&mut t.statements))
                 .unwrap_or_default();
-            let mut t = Table::new(*tname);
-            t.statements.reserve(builtins.len() + jumps.len() * 2 + statements.len());
-            for b in *builtins {
-                t.push(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")));
+            let is_chain = |s: &Located| matches!(s.stmt, Statement::Chain(_));
+            let mut split =
+                statements.iter().position(|s| !is_chain(s)).unwrap_or(statements.len());
+            if statements[split..].iter().any(is_chain) {
+                // Not written by `sync`: move the chain declarations to the front, keeping order.
+                let (chains, rest): (Vec<Located>, Vec<Located>) =
+                    statements.into_iter().partition(is_chain);
+                split = chains.len();
+                statements = chains;
+                statements.extend(rest);
             }
-            let mut chains = Vec::new();
-            let mut rest = Vec::with_capacity(statements.len());
-            for s in statements {
-                match s.stmt {
-                    Statement::Chain(c) => chains.push(c),
-                    other => rest.push(other),
-                }
-            }
-            let mut extra: Vec<&str> = Vec::new();
+            // Jump targets this table must declare, found in one pass over its declarations.
+            let mut extra: Vec<(&str, bool)> = Vec::new();
             for (jt, r) in &jumps {
                 if jt == tname
                     && let Some(target) = r.target()
-                    && !chains.iter().any(|c| c.name == target)
-                    && !extra.contains(&target)
+                    && !extra.iter().any(|(t, _)| *t == target)
                 {
-                    extra.push(target);
+                    extra.push((target, false));
                 }
             }
-            chains.into_iter().for_each(|c| t.push(Statement::Chain(c)));
-            extra.into_iter().for_each(|c| t.push(Statement::Chain(ChainDecl::user(c))));
-            for (jt, r) in &jumps {
-                if jt == tname {
-                    t.push(Statement::Rule(r.clone()));
+            for s in &statements[..split] {
+                if let Statement::Chain(c) = &s.stmt
+                    && let Some(e) = extra.iter_mut().find(|(t, _)| *t == c.name)
+                {
+                    e.1 = true;
                 }
             }
-            rest.into_iter().for_each(|st| t.push(st));
+            let middle = extra
+                .iter()
+                .filter(|(_, declared)| !declared)
+                .map(|(t, _)| Statement::Chain(ChainDecl::user(*t)))
+                .chain(
+                    jumps
+                        .iter()
+                        .filter(|(jt, _)| jt == tname)
+                        .map(|(_, r)| Statement::Rule(r.clone())),
+                )
+                .map(|stmt| Located { line: 0, stmt });
+            statements.splice(split..split, middle);
+            let head = builtins.iter().map(|b| Located {
+                line: 0,
+                stmt: Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")),
+            });
+            statements.splice(0..0, head);
+            let mut t = Table::new(*tname);
+            t.statements = statements;
             tables.push(t);
         }
         Ruleset { family, tables }
     }
 }
 
-/// One family's output buffers, as kube-proxy keeps them.
+/// Statements [`IptablesSync::into_node_dump`] adds to a table at most: the built-in chains, the
+/// jumps and a declaration for each jump target.
+const NODE_DUMP_ROOM: usize = 4 + 2 * JUMPS.len();
+
+/// One family's output buffers, as kube-proxy keeps them, holding finished statements.
 #[derive(Default)]
 struct Buffers {
-    filter_chains: Vec<ChainDecl>,
-    filter_rules: Vec<Rule>,
-    nat_chains: Vec<ChainDecl>,
-    nat_rules: Vec<Rule>,
+    filter_chains: Vec<Located>,
+    filter_rules: Vec<Located>,
+    nat_chains: Vec<Located>,
+    nat_rules: Vec<Located>,
+}
+
+impl Buffers {
+    fn filter_chain(&mut self, name: impl IntoName) {
+        self.filter_chains.push(located(Statement::Chain(ChainDecl::user(name))));
+    }
+
+    fn filter(&mut self, rule: Rule) {
+        self.filter_rules.push(located(Statement::Rule(rule)));
+    }
+
+    fn nat_chain(&mut self, name: impl IntoName) {
+        self.nat_chains.push(located(Statement::Chain(ChainDecl::user(name))));
+    }
+
+    fn nat(&mut self, rule: Rule) {
+        self.nat_rules.push(located(Statement::Rule(rule)));
+    }
+}
+
+/// A generated statement.
+fn located(stmt: Statement) -> Located {
+    Located { line: 0, stmt }
+}
+
+/// One table: `chains` parts then `rules` parts, moved into one vector with room for the node
+/// dump's additions.
+fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Vec<Located>>) -> Table {
+    let len = chains.iter().chain(&rules).map(Vec::len).sum::<usize>();
+    let mut t = Table::new(name);
+    t.statements.reserve_exact(len + NODE_DUMP_ROOM);
+    chains.into_iter().chain(rules).for_each(|mut part| t.statements.append(&mut part));
+    t
 }
 
 /// Service ports one parallel task writes.
@@ -247,43 +305,32 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
     let npa = NodePortAddresses::new(&cfg.node_port_addresses, node, family);
     let localhost_node_ports = cfg.localhost_node_ports && npa.contains_ipv4_loopback();
 
-    let mut b = Buffers {
-        filter_chains: [
-            KUBE_SERVICES,
-            KUBE_EXTERNAL_SERVICES,
-            KUBE_FORWARD,
-            KUBE_NODEPORTS,
-            KUBE_PROXY_FIREWALL,
-        ]
-        .iter()
-        .map(|c| ChainDecl::user(*c))
-        .collect(),
-        filter_rules: Vec::new(),
-        nat_chains: [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ]
-            .iter()
-            .map(|c| ChainDecl::user(*c))
-            .collect(),
-        nat_rules: Vec::new(),
-    };
+    let mut b = Buffers::default();
+    for c in
+        [KUBE_SERVICES, KUBE_EXTERNAL_SERVICES, KUBE_FORWARD, KUBE_NODEPORTS, KUBE_PROXY_FIREWALL]
+    {
+        b.filter_chain(c);
+    }
+    for c in [KUBE_SERVICES, KUBE_NODEPORTS, KUBE_POSTROUTING, KUBE_MARK_MASQ] {
+        b.nat_chain(c);
+    }
 
     // Fixed nat rules.
     let mark_mask = format!("{mark}/{mark}");
-    b.nat_rules.push(
-        Rule::new(KUBE_POSTROUTING).module("mark").not_opt("mark", &[&mark_mask]).jump("RETURN"),
-    );
-    b.nat_rules.push(Rule::new(KUBE_POSTROUTING).jump("MARK").opt("xor-mark", &[&mark]));
+    b.nat(Rule::new(KUBE_POSTROUTING).module("mark").not_opt("mark", &[&mark_mask]).jump("RETURN"));
+    b.nat(Rule::new(KUBE_POSTROUTING).jump("MARK").opt("xor-mark", &[&mark]));
     let mut masq =
         commented(KUBE_POSTROUTING, "kubernetes service traffic requiring SNAT").jump("MASQUERADE");
     if env.random_fully {
         masq = masq.opt("random-fully", &[]);
     }
-    b.nat_rules.push(masq);
-    b.nat_rules.push(Rule::new(KUBE_MARK_MASQ).jump("MARK").opt("or-mark", &[&mark]));
+    b.nat(masq);
+    b.nat(Rule::new(KUBE_MARK_MASQ).jump("MARK").opt("or-mark", &[&mark]));
 
     // The localnet guard, shared with kubelet.
     if !is_v6 && localhost_node_ports {
-        b.filter_chains.push(ChainDecl::user(KUBE_FIREWALL));
-        b.filter_rules.push(
+        b.filter_chain(KUBE_FIREWALL);
+        b.filter(
             commented(KUBE_FIREWALL, "block incoming localnet connections")
                 .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
                 .not_src(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
@@ -320,14 +367,8 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
             part
         })
         .collect();
-    b.nat_rules.reserve(parts.iter().map(|p| p.nat_rules.len()).sum::<usize>() + 8);
-    b.nat_chains.reserve(parts.iter().map(|p| p.nat_chains.len()).sum());
-    for part in parts {
-        b.filter_chains.extend(part.filter_chains);
-        b.filter_rules.extend(part.filter_rules);
-        b.nat_chains.extend(part.nat_chains);
-        b.nat_rules.extend(part.nat_rules);
-    }
+    let head = b;
+    let mut b = Buffers::default();
 
     // The NodePorts tail jump: the last rule of nat KUBE-SERVICES.
     let np_comment = "kubernetes service nodeports; NOTE: this must be the last rule in this chain";
@@ -339,15 +380,13 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
         } else if !localhost_node_ports {
             r = r.not_dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")));
         }
-        b.nat_rules.push(r.jump(KUBE_NODEPORTS));
+        b.nat(r.jump(KUBE_NODEPORTS));
     } else {
         for ip in npa.node_ips() {
             if ip.is_loopback() && (is_v6 || !localhost_node_ports) {
                 continue;
             }
-            b.nat_rules.push(
-                commented(KUBE_SERVICES, np_comment).dst(Addr::host(ip)).jump(KUBE_NODEPORTS),
-            );
+            b.nat(commented(KUBE_SERVICES, np_comment).dst(Addr::host(ip)).jump(KUBE_NODEPORTS));
         }
     }
 
@@ -357,33 +396,42 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
         if env.nfacct {
             r = r.module("nfacct").opt("nfacct-name", &[NFACCT_INVALID_DROPPED]);
         }
-        b.filter_rules.push(r.jump("DROP"));
+        b.filter(r.jump("DROP"));
     }
-    b.filter_rules.push(
+    b.filter(
         commented(KUBE_FORWARD, "kubernetes forwarding rules")
             .module("mark")
             .opt("mark", &[&mark_mask])
             .jump("ACCEPT"),
     );
-    b.filter_rules.push(
+    b.filter(
         commented(KUBE_FORWARD, "kubernetes forwarding conntrack rule")
             .module("conntrack")
             .opt("ctstate", &["RELATED,ESTABLISHED"])
             .jump("ACCEPT"),
     );
 
-    let mut filter = Table::new("filter");
-    filter.statements.reserve(b.filter_chains.len() + b.filter_rules.len());
-    b.filter_chains.into_iter().for_each(|c| filter.push(Statement::Chain(c)));
-    b.filter_rules.into_iter().for_each(|r| filter.push(Statement::Rule(r)));
-    let mut nat = Table::new("nat");
-    nat.statements.reserve(b.nat_chains.len() + b.nat_rules.len());
-    b.nat_chains.into_iter().for_each(|c| nat.push(Statement::Chain(c)));
-    b.nat_rules.into_iter().for_each(|r| nat.push(Statement::Rule(r)));
+    let tail = b;
+    let mut filter_chains = vec![head.filter_chains];
+    let mut filter_rules = vec![head.filter_rules];
+    let mut nat_chains = vec![head.nat_chains];
+    let mut nat_rules = vec![head.nat_rules];
+    for part in parts.into_iter().chain([tail]) {
+        filter_chains.push(part.filter_chains);
+        filter_rules.push(part.filter_rules);
+        nat_chains.push(part.nat_chains);
+        nat_rules.push(part.nat_rules);
+    }
     let fam = if is_v6 { Family::V6 } else { Family::V4 };
     IptablesSync {
         family: fam,
-        payload: Ruleset { family: fam, tables: vec![filter, nat] },
+        payload: Ruleset {
+            family: fam,
+            tables: vec![
+                table("filter", filter_chains, filter_rules),
+                table("nat", nat_chains, nat_rules),
+            ],
+        },
         jumps: jumps(),
     }
 }
@@ -446,8 +494,14 @@ fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
 }
 
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
-fn maybe_comment(chain: impl IntoName, text: &str, large: bool) -> Rule {
-    if large { Rule::with_capacity(chain, 4) } else { commented(chain, text) }
+/// `args` is the number of arguments the caller adds; `text` is only made when written.
+fn maybe_comment<S: AsRef<str>>(
+    chain: impl IntoName,
+    large: bool,
+    args: usize,
+    text: impl FnOnce() -> S,
+) -> Rule {
+    if large { Rule::with_capacity(chain, args) } else { commented(chain, text().as_ref()) }
 }
 
 /// The per-node facts every service port's rules depend on.
@@ -467,66 +521,65 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         (*primary_ip, *localhost_node_ports, *is_v6, *large);
     let spn = sp.spn.as_str();
     let p = sp.proto;
-    let port = sp.port.port.to_string();
-    let cat = categorize(sp);
-    let PortChains { svc: svc_chain, svl: svl_chain, ext: ext_chain, fw: fw_chain } =
-        port_chains(spn, p);
+    let port = sp.port.port.to_smolstr();
+    let cat = categorize_at(sp);
+    let chains = LazyPortChains::new(spn, p);
+    let svc_chain = chains.svc();
     // Each endpoint's chain name, hashed once and shared by every rule that names it.
     let seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
-    let sep_of = |ep: &EndpointInfo| match sp.endpoints.binary_search_by(|e| e.key.cmp(&ep.key)) {
-        Ok(i) => seps[i].clone(),
-        Err(_) => endpoint_chain(spn, p, &ep.key),
-    };
 
     let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
-    let internal_chain = if sp.internal_local { &svl_chain } else { &svc_chain };
-    let external_policy_chain = if sp.external_local { &svl_chain } else { &svc_chain };
+    let internal_chain = if sp.internal_local { chains.svl() } else { svc_chain };
+    let external_policy_chain = || if sp.external_local { chains.svl() } else { svc_chain };
     let has_endpoints = cat.has_any;
     let has_internal = has_endpoints && !(sp.internal_local && cat.local.is_empty());
     let has_external = has_endpoints && !(sp.external_local && cat.local.is_empty());
     let uses_ext_chain = has_endpoints && sp.externally_accessible();
     let uses_fw = has_endpoints && !sp.lb_vips.is_empty() && !sp.source_ranges.is_empty();
-    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+    let lb_chain = || if uses_fw { chains.fw() } else { chains.ext() };
 
-    let no_endpoints = format!("{spn} has no endpoints");
-    let no_local = format!("{spn} has no local endpoints");
-    let (internal_filter, internal_comment) = if !has_endpoints {
-        ("REJECT", no_endpoints.as_str())
-    } else if !has_internal {
-        ("DROP", no_local.as_str())
-    } else {
-        ("", "")
+    let filter_comment = |has: bool| {
+        if !has_endpoints {
+            ("REJECT", format!("{spn} has no endpoints"))
+        } else if !has {
+            ("DROP", format!("{spn} has no local endpoints"))
+        } else {
+            ("", String::new())
+        }
     };
-    let (external_filter, external_comment) = if !has_endpoints {
-        ("REJECT", no_endpoints.as_str())
-    } else if !has_external {
-        ("DROP", no_local.as_str())
-    } else {
-        ("", "")
-    };
-    let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt("dport", &[&port]);
+    let (internal_filter, internal_comment) = filter_comment(has_internal);
+    let (external_filter, external_comment) = filter_comment(has_external);
+    let (internal_comment, external_comment) =
+        (internal_comment.as_str(), external_comment.as_str());
+    // Written on the cluster IP capture and its masquerade rule.
+    let cluster_ip_comment = Word::quote_if_spaced(&format!("{spn} cluster IP"));
+    let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt1("dport", &port);
 
     // Capture of the cluster IP.
     if has_internal {
-        b.nat_rules.push(
-            dest(commented(KUBE_SERVICES, &format!("{spn} cluster IP")), sp.cluster_ip)
-                .jump(internal_chain),
+        b.nat(
+            dest(
+                Rule::with_capacity(KUBE_SERVICES, 7).comment_word(&cluster_ip_comment),
+                sp.cluster_ip,
+            )
+            .jump(internal_chain),
         );
     } else {
-        b.filter_rules.push(
+        b.filter(
             dest(commented(KUBE_SERVICES, internal_comment), sp.cluster_ip).jump(internal_filter),
         );
     }
     // External IPs.
     for &ip in &sp.external_ips {
         if has_endpoints {
-            b.nat_rules.push(
-                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip).jump(&ext_chain),
+            b.nat(
+                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip)
+                    .jump(chains.ext()),
             );
         }
         if !has_external {
-            b.filter_rules.push(
+            b.filter(
                 dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
             );
         }
@@ -534,64 +587,64 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     // Load-balancer IPs.
     for &ip in &sp.lb_vips {
         if has_endpoints {
-            b.nat_rules.push(
+            b.nat(
                 dest(commented(KUBE_SERVICES, &format!("{spn} loadbalancer IP")), ip)
-                    .jump(lb_chain),
+                    .jump(lb_chain()),
             );
         }
         if uses_fw {
-            let c = format!("{spn} traffic not accepted by {fw_chain}");
-            b.filter_rules.push(dest(commented(KUBE_PROXY_FIREWALL, &c), ip).jump("DROP"));
+            let c = format!("{spn} traffic not accepted by {}", chains.fw());
+            b.filter(dest(commented(KUBE_PROXY_FIREWALL, &c), ip).jump("DROP"));
         }
     }
     if !has_external {
         for &ip in &sp.lb_vips {
-            b.filter_rules.push(
+            b.filter(
                 dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
             );
         }
     }
     // NodePort.
     if let Some(np) = sp.node_port {
-        let np = np.to_string();
+        let np = np.to_smolstr();
         if has_endpoints {
             if localhost_node_ports && !is_v6 && env.nfacct {
-                b.nat_rules.push(
+                b.nat(
                     proto_match(commented(KUBE_NODEPORTS, spn), p)
                         .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
-                        .opt("dport", &[&np])
+                        .opt1("dport", &np)
                         .module("nfacct")
                         .opt("nfacct-name", &[NFACCT_LOCALHOST_NODEPORTS])
-                        .jump(&ext_chain),
+                        .jump(chains.ext()),
                 );
             }
-            b.nat_rules.push(
+            b.nat(
                 proto_match(commented(KUBE_NODEPORTS, spn), p)
-                    .opt("dport", &[&np])
-                    .jump(&ext_chain),
+                    .opt1("dport", &np)
+                    .jump(chains.ext()),
             );
         }
         if !has_external {
-            b.filter_rules.push(
+            b.filter(
                 proto_match(
                     commented(KUBE_EXTERNAL_SERVICES, external_comment)
                         .module("addrtype")
                         .opt("dst-type", &["LOCAL"]),
                     p,
                 )
-                .opt("dport", &[&np])
+                .opt1("dport", &np)
                 .jump(external_filter),
             );
         }
     }
     // Health-check node port.
     if let Some(hc) = sp.health_check_node_port {
-        b.filter_rules.push(
+        b.filter(
             proto_match(
                 commented(KUBE_NODEPORTS, &format!("{spn} health check node port")),
                 Protocol::Tcp,
             )
-            .opt("dport", &[&hc.to_string()])
+            .opt1("dport", hc.to_smolstr())
             .jump("ACCEPT"),
         );
     }
@@ -600,124 +653,125 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     // Masquerade of off-cluster traffic to the cluster IP.
     if has_internal {
-        let r = dest(commented(internal_chain, &format!("{spn} cluster IP")), sp.cluster_ip);
+        let r = dest(
+            Rule::with_capacity(internal_chain, 8).comment_word(&cluster_ip_comment),
+            sp.cluster_ip,
+        );
         if *masquerade_all {
-            b.nat_rules.push(r.jump(KUBE_MARK_MASQ));
+            b.nat(r.jump(KUBE_MARK_MASQ));
         } else if detector.implemented() {
-            b.nat_rules.push(detector.add(r, true).jump(KUBE_MARK_MASQ));
+            b.nat(detector.add(r, true).jump(KUBE_MARK_MASQ));
         }
     }
     // The external traffic chain.
     if uses_ext_chain {
-        b.nat_chains.push(ChainDecl::user(&ext_chain));
+        let ext_chain = chains.ext();
+        b.nat_chain(ext_chain);
         if !sp.external_local {
             let c = format!("masquerade traffic for {spn} external destinations");
-            b.nat_rules.push(commented(&ext_chain, &c).jump(KUBE_MARK_MASQ));
+            b.nat(commented(ext_chain, &c).jump(KUBE_MARK_MASQ));
         } else {
             if detector.implemented() {
                 let c = format!("pod traffic for {spn} external destinations");
-                b.nat_rules.push(detector.add(commented(&ext_chain, &c), false).jump(&svc_chain));
+                b.nat(detector.add(commented(ext_chain, &c), false).jump(svc_chain));
             }
             let c = format!("masquerade LOCAL traffic for {spn} external destinations");
-            b.nat_rules.push(
-                commented(&ext_chain, &c)
+            b.nat(
+                commented(ext_chain, &c)
                     .module("addrtype")
                     .opt("src-type", &["LOCAL"])
                     .jump(KUBE_MARK_MASQ),
             );
             let c = format!("route LOCAL traffic for {spn} external destinations");
-            b.nat_rules.push(
-                commented(&ext_chain, &c)
+            b.nat(
+                commented(ext_chain, &c)
                     .module("addrtype")
                     .opt("src-type", &["LOCAL"])
-                    .jump(&svc_chain),
+                    .jump(svc_chain),
             );
         }
         if has_external {
-            b.nat_rules.push(Rule::new(&ext_chain).jump(external_policy_chain));
+            b.nat(Rule::with_capacity(ext_chain, 1).jump(external_policy_chain()));
         }
     }
     // The load-balancer firewall chain.
     if uses_fw {
-        b.nat_chains.push(ChainDecl::user(&fw_chain));
+        let (fw_chain, ext_chain) = (chains.fw(), chains.ext());
+        b.nat_chain(fw_chain);
         let lb_comment = format!("{spn} loadbalancer IP");
         let mut allow_from_node = false;
         for cidr in &sp.source_ranges {
-            b.nat_rules
-                .push(commented(&fw_chain, &lb_comment).src(canonical(cidr)).jump(&ext_chain));
+            b.nat(commented(fw_chain, &lb_comment).src(canonical(cidr)).jump(ext_chain));
             if primary_ip.is_some_and(|ip| cidr.contains(ip)) {
                 allow_from_node = true;
             }
         }
         if allow_from_node {
             for &ip in &sp.lb_vips {
-                b.nat_rules
-                    .push(commented(&fw_chain, &lb_comment).src(Addr::host(ip)).jump(&ext_chain));
+                b.nat(commented(fw_chain, &lb_comment).src(Addr::host(ip)).jump(ext_chain));
             }
         }
         let c = format!("other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL");
-        b.nat_rules.push(commented(&fw_chain, &c));
+        b.nat(commented(fw_chain, &c));
     }
     if uses_cluster_chain {
-        b.nat_chains.push(ChainDecl::user(&svc_chain));
-        write_endpoint_rules(b, sp, &svc_chain, &cat.cluster, large, &sep_of);
+        b.nat_chain(svc_chain);
+        write_endpoint_rules(b, sp, svc_chain, &cat.cluster, large, &seps);
     }
     if uses_local_chain {
-        b.nat_chains.push(ChainDecl::user(&svl_chain));
-        write_endpoint_rules(b, sp, &svl_chain, &cat.local, large, &sep_of);
+        let svl_chain = chains.svl();
+        b.nat_chain(svl_chain);
+        write_endpoint_rules(b, sp, svl_chain, &cat.local, large, &seps);
     }
-    for ep in &cat.all_reachable {
-        let sep = sep_of(ep);
-        b.nat_chains.push(ChainDecl::user(&sep));
-        b.nat_rules
-            .push(maybe_comment(&sep, spn, large).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
-        let mut r = maybe_comment(&sep, spn, large);
+    for &i in cat.all_reachable() {
+        let (ep, sep) = (&sp.endpoints[i], &seps[i]);
+        b.nat_chain(sep);
+        b.nat(maybe_comment(sep, large, 2, || spn).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
+        let affinity = if sp.affinity.is_some() { 3 } else { 0 };
+        let mut r = maybe_comment(sep, large, 4 + affinity, || spn);
         if sp.affinity.is_some() {
-            r = r.module("recent").opt1("name", &sep).opt("set", &[]);
+            r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
-        b.nat_rules.push(proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key));
+        b.nat(proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key));
     }
 }
 
 /// kube-proxy's `writeServiceToEndpointRules`: affinity checks, then the statistic cascade.
+/// `eps` are positions in `sp.endpoints`, and `seps` their chain names by position.
 fn write_endpoint_rules(
     b: &mut Buffers,
     sp: &SvcPort<'_>,
     chain: &Name,
-    eps: &[EndpointInfo],
+    eps: &[usize],
     large: bool,
-    sep_of: &dyn Fn(&EndpointInfo) -> Name,
+    seps: &[Name],
 ) {
     if let Some(timeout) = sp.affinity {
-        let t = timeout.to_string();
-        for ep in eps {
-            let sep = sep_of(ep);
-            b.nat_rules.push(
-                maybe_comment(chain, &ep_comment(sp, ep), large)
+        let t = timeout.to_smolstr();
+        for &i in eps {
+            let sep = &seps[i];
+            b.nat(
+                maybe_comment(chain, large, 6, || ep_comment(sp, &sp.endpoints[i]))
                     .module("recent")
-                    .opt1("name", &sep)
+                    .opt1("name", sep)
                     .opt("rcheck", &[])
-                    .opt("seconds", &[&t])
+                    .opt1("seconds", &t)
                     .opt("reap", &[])
-                    .jump(&sep),
+                    .jump(sep),
             );
         }
     }
     let n = eps.len();
-    for (i, ep) in eps.iter().enumerate() {
-        let sep = sep_of(ep);
-        let mut r = if large {
-            Rule::with_capacity(chain, 4)
-        } else {
-            commented(chain, &ep_comment(sp, ep))
-        };
-        if i + 1 < n {
+    for (k, &i) in eps.iter().enumerate() {
+        let args = if k + 1 < n { 4 } else { 1 };
+        let mut r = maybe_comment(chain, large, args, || ep_comment(sp, &sp.endpoints[i]));
+        if k + 1 < n {
             r = r
                 .module("statistic")
                 .opt("mode", &["random"])
-                .opt1("probability", probability_text(n - i));
+                .opt1("probability", probability_text(n - k));
         }
-        b.nat_rules.push(r.jump(&sep));
+        b.nat(r.jump(&seps[i]));
     }
 }
 
@@ -778,5 +832,54 @@ mod tests {
             .filter_map(|(_, r)| r.target())
             .collect();
         assert_eq!(fwd, [KUBE_PROXY_FIREWALL, KUBE_FORWARD, KUBE_SERVICES, KUBE_EXTERNAL_SERVICES]);
+    }
+
+    #[test]
+    fn node_dump_moves_interleaved_chain_declarations_first_and_declares_jump_targets_once() {
+        let mut filter = Table::new("filter");
+        filter.push(Statement::Rule(Rule::new("X").jump("ACCEPT")));
+        filter.push(Statement::Chain(ChainDecl::user("X")));
+        filter.push(Statement::Rule(Rule::new(KUBE_SERVICES).jump("DROP")));
+        filter.push(Statement::Chain(ChainDecl::user(KUBE_SERVICES)));
+        let sync = IptablesSync {
+            family: Family::V4,
+            payload: Ruleset { family: Family::V4, tables: vec![filter, Table::new("nat")] },
+            jumps: jumps(),
+        };
+        let dump = sync.clone().into_node_dump();
+        assert_eq!(dump, sync.node_dump());
+        let lines: Vec<String> =
+            dump.tables[0].statements.iter().map(|s| s.stmt.to_string()).collect();
+        let chains: Vec<&str> =
+            lines.iter().filter(|l| l.starts_with(':')).map(|l| l.as_str()).collect();
+        assert_eq!(
+            chains,
+            [
+                ":INPUT ACCEPT [0:0]",
+                ":FORWARD ACCEPT [0:0]",
+                ":OUTPUT ACCEPT [0:0]",
+                ":X - [0:0]",
+                ":KUBE-SERVICES - [0:0]",
+                ":KUBE-FIREWALL - [0:0]",
+                ":KUBE-PROXY-FIREWALL - [0:0]",
+                ":KUBE-NODEPORTS - [0:0]",
+                ":KUBE-EXTERNAL-SERVICES - [0:0]",
+                ":KUBE-FORWARD - [0:0]",
+            ]
+        );
+        // Declarations, then the 11 filter jumps, then the payload's rules in order.
+        assert!(lines[..chains.len()].iter().all(|l| l.starts_with(':')));
+        assert_eq!(lines.len(), chains.len() + 11 + 2);
+        assert_eq!(lines[lines.len() - 2..], ["-A X -j ACCEPT", "-A KUBE-SERVICES -j DROP"]);
+        assert!(dump.tables.iter().flat_map(|t| &t.statements).all(|s| s.line == 0));
+        assert_eq!(dump.tables[1].statements.len(), 4 + 2 + 3);
+    }
+
+    #[test]
+    fn a_shared_comment_word_renders_like_a_comment() {
+        let w = Word::quote_if_spaced("ns/s:p cluster IP");
+        let shared = Rule::new("C").comment_word(&w).jump("D");
+        assert_eq!(shared, Rule::new("C").comment("ns/s:p cluster IP").jump("D"));
+        assert_eq!(shared.to_string(), r#"-A C -m comment --comment "ns/s:p cluster IP" -j D"#);
     }
 }

@@ -12,6 +12,7 @@
 //! assert_eq!(service_chain("default/kubernetes:https", Protocol::Tcp), "KUBE-SVC-NPX46M4PTMTKRN6Y");
 //! ```
 
+use std::cell::OnceCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
@@ -56,10 +57,14 @@ pub const NFACCT_INVALID_DROPPED: &str = "ct_state_invalid_dropped_pkts";
 /// The nfacct counter on localhost NodePort accepts.
 pub const NFACCT_LOCALHOST_NODEPORTS: &str = "localhost_nps_accepted_pkts";
 
-/// The first 16 characters of `base32(sha256(input))`: base32 turns each 5 bytes into 8
-/// characters, so they come from the first 10 bytes of the digest.
-fn hash16(input: &[u8]) -> [u8; 16] {
-    let digest = Sha256::digest(input);
+/// The first 16 characters of `base32(sha256(parts concatenated))`: base32 turns each 5 bytes
+/// into 8 characters, so they come from the first 10 bytes of the digest.
+fn hash16(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    let digest = h.finalize();
     let mut out = [b'A'; 16];
     data_encoding::BASE32.encode_mut(&digest[..10], &mut out);
     out
@@ -76,10 +81,7 @@ fn chain_name(prefix: &str, hash: &[u8; 16]) -> Name {
 }
 
 fn port_hash(spn: &str, proto: Protocol) -> [u8; 16] {
-    let mut s = Vec::with_capacity(spn.len() + 4);
-    s.extend_from_slice(spn.as_bytes());
-    s.extend_from_slice(proto.as_str().as_bytes());
-    hash16(&s)
+    hash16(&[spn.as_bytes(), proto.as_str().as_bytes()])
 }
 
 /// The 16-character suffix shared by a service port's SVC, SVL, EXT and FW chains.
@@ -131,6 +133,50 @@ pub fn port_chains(spn: &str, proto: Protocol) -> PortChains {
     }
 }
 
+/// The chains of one service port, each named on first use from one hash of the port's name
+/// (most service ports never use their SVL, EXT or FW chain).
+#[derive(Debug)]
+pub struct LazyPortChains {
+    hash: [u8; 16],
+    svc: OnceCell<Name>,
+    svl: OnceCell<Name>,
+    ext: OnceCell<Name>,
+    fw: OnceCell<Name>,
+}
+
+impl LazyPortChains {
+    /// Hashes the service port name once.
+    pub fn new(spn: &str, proto: Protocol) -> LazyPortChains {
+        LazyPortChains {
+            hash: port_hash(spn, proto),
+            svc: OnceCell::new(),
+            svl: OnceCell::new(),
+            ext: OnceCell::new(),
+            fw: OnceCell::new(),
+        }
+    }
+
+    /// [`service_chain`].
+    pub fn svc(&self) -> &Name {
+        self.svc.get_or_init(|| chain_name(SVC_PREFIX, &self.hash))
+    }
+
+    /// [`service_local_chain`].
+    pub fn svl(&self) -> &Name {
+        self.svl.get_or_init(|| chain_name(SVL_PREFIX, &self.hash))
+    }
+
+    /// [`external_chain`].
+    pub fn ext(&self) -> &Name {
+        self.ext.get_or_init(|| chain_name(EXT_PREFIX, &self.hash))
+    }
+
+    /// [`firewall_chain`].
+    pub fn fw(&self) -> &Name {
+        self.fw.get_or_init(|| chain_name(FW_PREFIX, &self.hash))
+    }
+}
+
 /// Writes `v` in decimal at `buf[at..]`, returning the end (the caller sizes `buf`).
 fn push_decimal(buf: &mut [u8], at: usize, mut v: u32) -> usize {
     let mut digits = [0u8; 10];
@@ -170,11 +216,10 @@ pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
 
 /// `KUBE-SEP-…`: the chain of one endpoint of a service port.
 pub fn endpoint_chain(spn: &str, proto: Protocol, endpoint: &str) -> Name {
-    let mut s = Vec::with_capacity(spn.len() + 4 + endpoint.len());
-    s.extend_from_slice(spn.as_bytes());
-    s.extend_from_slice(proto.as_str().as_bytes());
-    s.extend_from_slice(endpoint.as_bytes());
-    chain_name(SEP_PREFIX, &hash16(&s))
+    chain_name(
+        SEP_PREFIX,
+        &hash16(&[spn.as_bytes(), proto.as_str().as_bytes(), endpoint.as_bytes()]),
+    )
 }
 
 /// Whether a chain name is one of kube-proxy's per-service chains.
@@ -233,6 +278,9 @@ mod tests {
         assert_eq!(&c.fw[..8], "KUBE-FW-");
         assert_eq!(c.fw.len(), 24);
         assert_eq!(service_port_hash("ns1/svc1:p80", Protocol::Tcp), "XPGD46QRK7WJZT7O");
+        let lazy = LazyPortChains::new("ns1/svc1:p80", Protocol::Udp);
+        assert_eq!((lazy.fw(), lazy.ext()), (&c.fw, &c.ext));
+        assert_eq!((lazy.svl(), lazy.svc()), (&c.svl, &c.svc));
     }
 
     #[test]

@@ -807,6 +807,18 @@ impl Ruleset {
     }
 }
 
+impl Rule {
+    /// [`Rule::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and shared by
+    /// several rules.
+    pub fn comment_word(self, word: &Word) -> Rule {
+        self.module("comment").arg(Arg::Opt {
+            neg: false,
+            name: Name::new_static("comment"),
+            values: Values::one(word.clone()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

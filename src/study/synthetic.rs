@@ -16,8 +16,6 @@ use ipnetwork::IpNetwork;
 use rand::{RngExt, SeedableRng};
 
 use crate::kubeproxy::iptables::{self as kp, IptablesSync, NodeEnv};
-use crate::kubeproxy::names::LARGE_CLUSTER_ENDPOINTS;
-use crate::model::rules::{Rule, Ruleset, Statement, Table};
 use crate::model::{
     AddressType, Cluster, Endpoint, EndpointPort, EndpointSlice, IpFamily, LoadBalancerIngress,
     Node, NodeAddress, NodeView, Protocol, ProxyConfig, Service, ServicePort, ServiceType,
@@ -202,45 +200,9 @@ pub fn uniform(shape: Shape) -> Result<Cluster, ShapeError> {
     Ok(Cluster { services, endpoint_slices: slices, nodes: nodes(), config: config() })
 }
 
-/// Services per rendering chunk in [`uniform_rules`].
-pub const RENDER_CHUNK: usize = 1000;
-
-/// Chains whose rules kube-proxy writes once per sync before the per-Service rules.
-const HEAD_CHAINS: &[&str] = &["KUBE-FIREWALL", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
-/// Chains whose rules kube-proxy writes once per sync after the per-Service rules.
-const TAIL_CHAINS: &[&str] = &["KUBE-FORWARD"];
-/// The comment of the `KUBE-SERVICES` rule kube-proxy writes last.
-const LAST_RULE_COMMENT: &str = "must be the last rule";
-
-/// Where a payload rule goes when chunks are joined.
-#[derive(PartialEq, Eq)]
-enum Part {
-    Head,
-    PerService,
-    Tail,
-}
-
-fn part(rule: &Rule) -> Part {
-    if HEAD_CHAINS.contains(&rule.chain.as_str()) {
-        Part::Head
-    } else if TAIL_CHAINS.contains(&rule.chain.as_str())
-        || rule.comment_text().is_some_and(|c| c.contains(LAST_RULE_COMMENT))
-    {
-        Part::Tail
-    } else {
-        Part::PerService
-    }
-}
-
-/// kube-proxy's iptables sync of the uniform cluster `shape`, rendered [`RENDER_CHUNK`]
-/// Services at a time and joined: the same rules, in the same order, as one
-/// [`crate::kubeproxy::iptables::sync`] of the whole cluster (a test checks it), without the
-/// quadratic cost of its per-Service EndpointSlice search on 100k-Service clusters.
-///
-/// kube-proxy writes a few fixed rules, then one contiguous block of rules per Service in
-/// Service order, then a few fixed rules again; every chunk is rendered in the whole cluster's
-/// comment mode (chunks are large enough to cross the 1000-endpoint threshold when the whole
-/// cluster does).
+/// kube-proxy's iptables sync of the uniform cluster `shape`: [`uniform`] then one
+/// [`crate::kubeproxy::iptables::sync`] (linear in the cluster since EndpointSlices are indexed
+/// per Service, and parallel over Service ports).
 ///
 /// # Errors
 /// [`ShapeError`] when the shape does not fit.
@@ -250,72 +212,7 @@ pub fn uniform_rules(
     family: IpFamily,
     env: NodeEnv,
 ) -> Result<IptablesSync, ShapeError> {
-    let whole = uniform(shape)?;
-    let total = shape.services.saturating_mul(shape.endpoints);
-    let per_chunk = if total > LARGE_CLUSTER_ENDPOINTS {
-        RENDER_CHUNK.max(LARGE_CLUSTER_ENDPOINTS / shape.endpoints.max(1) + 1)
-    } else {
-        usize::MAX
-    };
-    let mut starts: Vec<usize> =
-        (0..shape.services).step_by(per_chunk.min(shape.services.max(1))).collect();
-    // The last chunk takes the remainder, so no chunk is smaller than `per_chunk`.
-    if starts.len() > 1 && shape.services - starts[starts.len() - 1] < per_chunk {
-        starts.pop();
-    }
-    let mut syncs = Vec::with_capacity(starts.len());
-    for (k, &from) in starts.iter().enumerate() {
-        let to = starts.get(k + 1).copied().unwrap_or(shape.services);
-        let names: std::collections::HashSet<&str> =
-            whole.services[from..to].iter().map(|s| s.name.as_str()).collect();
-        let chunk = Cluster {
-            services: whole.services[from..to].to_vec(),
-            endpoint_slices: whole
-                .endpoint_slices
-                .iter()
-                .filter(|s| names.contains(s.service_name.as_str()))
-                .cloned()
-                .collect(),
-            nodes: whole.nodes.clone(),
-            config: whole.config.clone(),
-        };
-        syncs.push(kp::sync(&chunk, node, family, env));
-    }
-    let Some(first) = syncs.first() else {
-        return Ok(kp::sync(&whole, node, family, env));
-    };
-    let mut tables = Vec::new();
-    for (ti, t0) in first.payload.tables.iter().enumerate() {
-        let mut t = Table::new(t0.name.clone());
-        let mut declared = std::collections::HashSet::new();
-        for s in syncs.iter().filter_map(|s| s.payload.tables.get(ti)) {
-            for st in &s.statements {
-                if let Statement::Chain(c) = &st.stmt
-                    && declared.insert(c.name.clone())
-                {
-                    t.push(st.stmt.clone());
-                }
-            }
-        }
-        let rules = |t: &Table, want: Part| -> Vec<Statement> {
-            t.statements
-                .iter()
-                .filter(|st| matches!(&st.stmt, Statement::Rule(r) if part(r) == want))
-                .map(|st| st.stmt.clone())
-                .collect()
-        };
-        rules(t0, Part::Head).into_iter().for_each(|st| t.push(st));
-        for s in syncs.iter().filter_map(|s| s.payload.tables.get(ti)) {
-            rules(s, Part::PerService).into_iter().for_each(|st| t.push(st));
-        }
-        rules(t0, Part::Tail).into_iter().for_each(|st| t.push(st));
-        tables.push(t);
-    }
-    Ok(IptablesSync {
-        family: first.family,
-        payload: Ruleset { family: first.payload.family, tables },
-        jumps: first.jumps.clone(),
-    })
+    Ok(kp::sync(&uniform(shape)?, node, family, env))
 }
 
 /// `cluster` with one more ready endpoint in its first EndpointSlice (on the simulated node, at
@@ -655,6 +552,15 @@ mod tests {
             assert!(chunked.payload == direct.payload, "{services} x {endpoints}");
             assert_eq!(chunked.node_dump(), direct.node_dump());
         }
+        let node = uniform(Shape { services: 1, endpoints: 1, node_ports: false })
+            .unwrap()
+            .node_view(None, &[])
+            .unwrap();
+        let too_many = Shape { services: MAX_SERVICES + 1, endpoints: 1, node_ports: false };
+        assert_eq!(
+            uniform_rules(too_many, &node, IpFamily::V4, NodeEnv::default()).err(),
+            Some(ShapeError::TooManyServices(MAX_SERVICES + 1))
+        );
     }
 
     #[test]
