@@ -32,13 +32,6 @@ fn render(c: &mut Criterion) {
                 black_box(iptables_save::render(&dump).len())
             })
         });
-        let shape = synthetic::Shape { services, endpoints: 10, node_ports: false };
-        g.bench_with_input(BenchmarkId::new("chunked_x10", services), &services, |b, _| {
-            b.iter(|| {
-                let sync = synthetic::uniform_rules(shape, &node, IpFamily::V4, NodeEnv::default());
-                black_box(sync.map(|s| iptables_save::render(&s.into_node_dump()).len()))
-            })
-        });
         let dump =
             iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).into_node_dump();
         g.bench_with_input(BenchmarkId::new("text_only_x10", services), &services, |b, _| {

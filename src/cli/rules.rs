@@ -95,7 +95,7 @@ impl RulesArgs {
             bail!("--format, --ipset, --iptables and --scheduler go with --mode ipvs");
         }
         let sync = iptables::sync(&lc.cluster, &lc.node, family, NodeEnv::default());
-        let ruleset = if self.payload { sync.payload } else { sync.node_dump() };
+        let ruleset = if self.payload { sync.payload } else { sync.into_node_dump() };
         super::print(&iptables_save::render(&ruleset))?;
         Ok(ExitCode::SUCCESS)
     }

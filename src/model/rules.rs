@@ -128,12 +128,15 @@ impl Word {
 fn quote(value: &str) -> Name {
     let mut out = smol_str::SmolStrBuilder::new();
     out.push('"');
-    for c in value.chars() {
-        if matches!(c, '"' | '\\' | '\'') {
-            out.push('\\');
-        }
-        out.push(c);
+    // Whole runs between the characters that need a backslash.
+    let mut rest = value;
+    while let Some(i) = rest.find(['"', '\\', '\'']) {
+        out.push_str(&rest[..i]);
+        out.push('\\');
+        out.push_str(&rest[i..=i]);
+        rest = &rest[i + 1..];
     }
+    out.push_str(rest);
     out.push('"');
     out.finish()
 }
@@ -835,6 +838,9 @@ mod tests {
         assert_eq!(Word::save_string("ns1/svc1:p80").as_raw(), "\"ns1/svc1:p80\"");
         assert_eq!(Word::save_string("say \"hi\"").as_raw(), r#""say \"hi\"""#);
         assert_eq!(Word::save_string("say \"hi\"").value(), "say \"hi\"");
+        let odd = "é\\x'y\"\"z";
+        assert_eq!(Word::save_string(odd).as_raw(), r#""é\\x\'y\"\"z""#);
+        assert_eq!(Word::save_string(odd).value(), odd);
     }
 
     #[test]

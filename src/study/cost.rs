@@ -511,8 +511,8 @@ fn endpoints_per_service(cluster: &Cluster) -> f64 {
 
 /// The iptables row for `cluster` on `node`. `changes` are the changed clusters (one endpoint
 /// added to the first Service, one Service added) for the sync costs, when known; `shape`, when
-/// the cluster is [`synthetic::uniform`] of that shape, renders it in chunks
-/// ([`synthetic::uniform_rules`], the same rules, faster for 100k Services).
+/// the cluster is [`synthetic::uniform`] of that shape, renders it through
+/// [`synthetic::uniform_rules`] (the same rules).
 ///
 /// # Errors
 /// svcpath's dump not parsing or compiling (a bug), or a walk out of bounds.

@@ -103,7 +103,7 @@ impl Dataplane {
         env: NodeEnv,
     ) -> Result<Dataplane, DataplaneError> {
         let sync = kp::sync(cluster, node, family, env);
-        let text = iptables_save::render(&sync.node_dump());
+        let text = iptables_save::render(&sync.into_node_dump());
         let local = node.addresses.clone();
         let mut dp = Dataplane::from_text(
             text,
