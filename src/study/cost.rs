@@ -529,9 +529,14 @@ pub fn iptables_row(
         Some(s) => synthetic::uniform_rules(s, node, family, env_kp)?,
         None => kp::sync(cluster, node, family, env_kp),
     };
-    let dump = sync.node_dump();
-    let text = iptables_save::render(&dump);
-    let render_ms = ms(t0);
+    let sync_ms = ms(t0);
+    // What the sync costs need from the payload, taken before the payload becomes the node dump
+    // (outside the render time).
+    let full = whole(&sync.payload);
+    let unchanged = changes.map(|_| partial_restore(&sync.payload, &sync.payload, &[]));
+    let t_dump = Instant::now();
+    let text = iptables_save::render(&sync.into_node_dump());
+    let render_ms = sync_ms + ms(t_dump);
     let fam = if family == IpFamily::V6 { Family::V6 } else { Family::V4 };
     let t1 = Instant::now();
     let ruleset = iptables_save::parse(&text, fam).map_err(Box::new)?;
@@ -545,11 +550,9 @@ pub fn iptables_row(
     let (first, last, est) =
         walk_costs(&Priced { ruleset: &ruleset, netfilter: &nf, env: &env }, &packets)?;
     let walk_ms = ms(t3);
-    let full = whole(&sync.payload);
     let mut costs = SyncCosts { full, ..SyncCosts::default() };
-    if let Some((one_more_ep, one_more_svc)) = changes {
+    if let (Some((one_more_ep, one_more_svc)), Some(unchanged)) = (changes, unchanged) {
         let large = endpoint_count(cluster) > LARGE_CLUSTER_ENDPOINTS;
-        let unchanged = partial_restore(&sync.payload, &sync.payload, &[]);
         costs.endpoint_added =
             change_cost(unchanged, (cluster, Some(0)), (one_more_ep, Some(0)), node, family, large);
         let new = one_more_svc.services.len().checked_sub(1);
@@ -567,8 +570,9 @@ pub fn iptables_row(
         hash_lookups: 0,
         sched_steps: 0,
         first_packet_ns: first.mean * PER_RULE_NS,
-        rules: dump.rule_count(),
-        chains: dump
+        // The dump read back: the same statements as the node dump that was printed.
+        rules: ruleset.rule_count(),
+        chains: ruleset
             .tables
             .iter()
             .flat_map(|t| &t.statements)
