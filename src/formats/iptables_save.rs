@@ -2715,8 +2715,6 @@ mod tests {
         }
     }
 
-    // ---- throughput (run with `cargo test --release -- --ignored parse_throughput`) ----
-
     /// A kube-proxy-like nat dump with `services` services of 3 endpoints each.
     fn synthetic_dump(services: usize) -> String {
         let mut out = String::from("*nat\n");
@@ -2806,44 +2804,5 @@ mod tests {
         let reopened_clean = replace_line(&text, total, "*filter");
         let e = err(&reopened_clean);
         assert!(matches!(e.kind, ParseErrorKind::TableNotCommitted { .. }), "{e}");
-    }
-
-    /// Nanoseconds this thread has spent on a CPU (the machine is shared, so wall time lies).
-    fn thread_cpu_ns() -> Option<u64> {
-        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        stat.split_whitespace().next()?.parse().ok()
-    }
-
-    #[test]
-    #[ignore = "throughput measurement; run in release"]
-    fn parse_throughput() {
-        let target: usize = std::env::var("SVCPATH_BENCH_LINES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1_000_000);
-        let text = synthetic_dump(target / 11);
-        let lines = text.lines().count();
-        let mut ruleset = Ruleset::default();
-        // The first run also pays for the kernel handing the process fresh pages.
-        for run in ["cold", "warm"] {
-            drop(ruleset);
-            let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
-            ruleset = parse(&text, Family::V4).unwrap();
-            let (wall, cpu) = (wall.elapsed(), thread_cpu_ns().zip(cpu).map(|(b, a)| b - a));
-            let secs = cpu.map_or(wall.as_secs_f64(), |ns| ns as f64 / 1e9);
-            eprintln!(
-                "parse ({run}): {lines} lines, {} MB, wall {wall:?}, cpu {secs:.3}s: {:.2} M lines/s of CPU",
-                text.len() / 1_000_000,
-                lines as f64 / secs / 1e6
-            );
-        }
-        let (wall, cpu) = (std::time::Instant::now(), thread_cpu_ns());
-        let rendered = render(&ruleset);
-        let cpu = thread_cpu_ns().zip(cpu).map(|(b, a)| b - a);
-        eprintln!("render: wall {:?}, cpu {:?} ns", wall.elapsed(), cpu);
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let peak = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or_default();
-        eprintln!("peak memory (dump text + ruleset + rendered text): {peak}");
-        assert_eq!(rendered.len(), text.len());
     }
 }
