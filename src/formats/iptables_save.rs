@@ -758,7 +758,10 @@ impl<'a> Parser<'a> {
                 })
                 .min_by_key(|e| e.line);
             if let Some(e) = error {
-                first = Some(first.map_or(e.clone(), |f| if f.line <= e.line { f } else { e }));
+                first = Some(match first {
+                    Some(f) if f.line <= e.line => f,
+                    _ => e,
+                });
             }
         }
         self.pending.clear();

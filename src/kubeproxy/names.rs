@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::model::Protocol;
-use crate::model::rules::Name;
+use crate::model::rules::{Name, write_ip};
 
 /// nat and filter: the service dispatch chain.
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
@@ -177,38 +177,17 @@ impl LazyPortChains {
     }
 }
 
-/// Writes `v` in decimal at `buf[at..]`, returning the end (the caller sizes `buf`).
-fn push_decimal(buf: &mut [u8], at: usize, mut v: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let mut k = digits.len();
-    loop {
-        k -= 1;
-        digits[k] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    let d = &digits[k..];
-    let end = (at + d.len()).min(buf.len());
-    buf[at..end].copy_from_slice(&d[..end - at]);
-    end
-}
-
 /// `ip:port` as Go's `net.JoinHostPort` writes it (`[v6]:port` for IPv6).
 pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
     match ip {
-        IpAddr::V4(a) => {
+        IpAddr::V4(_) => {
             // At most 21 bytes: stored inline.
-            let mut buf = [0u8; 21];
-            let mut n = 0;
-            for (i, o) in a.octets().into_iter().enumerate() {
-                n = push_decimal(&mut buf, n, u32::from(o));
-                buf[n] = if i < 3 { b'.' } else { b':' };
-                n += 1;
-            }
-            n = push_decimal(&mut buf, n, u32::from(port));
-            Name::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            let mut out = smol_str::SmolStrBuilder::new();
+            // Writing into a string builder cannot fail.
+            let _ = write_ip(&mut out, ip);
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(port));
+            out.finish()
         }
         IpAddr::V6(_) => Name::new(SocketAddr::new(ip, port).to_string()),
     }

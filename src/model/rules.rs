@@ -304,45 +304,23 @@ impl fmt::Display for Addr {
 }
 
 /// Writes a decimal number without going through `core::fmt`'s machinery.
-fn write_u64<W: fmt::Write>(w: &mut W, mut n: u64) -> fmt::Result {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    w.write_str(std::str::from_utf8(&buf[i..]).unwrap_or_default())
+fn write_u64<W: fmt::Write>(w: &mut W, n: u64) -> fmt::Result {
+    w.write_str(itoa::Buffer::new().format(n))
 }
 
-/// Writes an address as `Display` does, IPv4 without `core::fmt`.
-fn write_ip<W: fmt::Write>(w: &mut W, ip: IpAddr) -> fmt::Result {
+/// Writes an address as `Display` does, IPv4 without `core::fmt` (the renderer writes
+/// hundreds of thousands of them).
+pub(crate) fn write_ip<W: fmt::Write>(w: &mut W, ip: IpAddr) -> fmt::Result {
     match ip {
         IpAddr::V4(a) => {
-            let o = a.octets();
-            let mut buf = [0u8; 15];
-            let mut n = 0;
-            for (k, &x) in o.iter().enumerate() {
+            let mut digits = itoa::Buffer::new();
+            for (k, x) in a.octets().into_iter().enumerate() {
                 if k > 0 {
-                    buf[n] = b'.';
-                    n += 1;
+                    w.write_char('.')?;
                 }
-                if x >= 100 {
-                    buf[n] = b'0' + x / 100;
-                    n += 1;
-                }
-                if x >= 10 {
-                    buf[n] = b'0' + (x / 10) % 10;
-                    n += 1;
-                }
-                buf[n] = b'0' + x % 10;
-                n += 1;
+                w.write_str(digits.format(x))?;
             }
-            w.write_str(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            Ok(())
         }
         IpAddr::V6(a) => write!(w, "{a}"),
     }

@@ -533,7 +533,7 @@ pub fn iptables_row(
     // What the sync costs need from the payload, taken before the payload becomes the node dump
     // (outside the render time).
     let full = whole(&sync.payload);
-    let unchanged = changes.map(|_| partial_restore(&sync.payload, &sync.payload, &[]));
+    let changes = changes.map(|c| (c, partial_restore(&sync.payload, &sync.payload, &[])));
     let t_dump = Instant::now();
     let text = iptables_save::render(&sync.into_node_dump());
     let render_ms = sync_ms + ms(t_dump);
@@ -551,7 +551,7 @@ pub fn iptables_row(
         walk_costs(&Priced { ruleset: &ruleset, netfilter: &nf, env: &env }, &packets)?;
     let walk_ms = ms(t3);
     let mut costs = SyncCosts { full, ..SyncCosts::default() };
-    if let (Some((one_more_ep, one_more_svc)), Some(unchanged)) = (changes, unchanged) {
+    if let Some(((one_more_ep, one_more_svc), unchanged)) = changes {
         let large = endpoint_count(cluster) > LARGE_CLUSTER_ENDPOINTS;
         costs.endpoint_added =
             change_cost(unchanged, (cluster, Some(0)), (one_more_ep, Some(0)), node, family, large);
