@@ -153,8 +153,7 @@ fn companion_chains_hold_kube_proxy_jumps() {
                 .filter(|r| r.chain == chain)
                 .map(|r| {
                     let set = r
-                        .args
-                        .iter()
+                        .args()
                         .find_map(|a| match a {
                             Arg::Opt { name, values, .. } if name == "match-set" => {
                                 values.first().map(|w| w.value())
@@ -162,7 +161,7 @@ fn companion_chains_hold_kube_proxy_jumps() {
                             _ => None,
                         })
                         .unwrap_or_default();
-                    (r.target().unwrap_or("").to_owned(), set)
+                    (r.target().unwrap_or_default().to_string(), set)
                 })
                 .collect();
             for p in pairs {

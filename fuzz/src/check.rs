@@ -32,13 +32,13 @@ pub fn renderable(rs: &Ruleset) -> bool {
         }
         Statement::Rule(r) => {
             is_bare_name(&r.chain)
-                && r.args.iter().all(|a| match a {
+                && r.args().all(|a| match a {
                     Arg::Protocol { proto: n, .. }
                     | Arg::InInterface { name: n, .. }
                     | Arg::OutInterface { name: n, .. }
                     | Arg::Match(n)
                     | Arg::Jump(n)
-                    | Arg::Goto(n) => is_bare_name(n),
+                    | Arg::Goto(n) => is_bare_name(&n),
                     Arg::Opt { name, .. } => {
                         !name.is_empty()
                             && !name.contains([' ', '\t', '"', '='])

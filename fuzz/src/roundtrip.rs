@@ -333,13 +333,8 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                         n => RuleOp::Insert(Some(n)),
                     },
                 };
-                let args = args.iter().take(12).filter_map(|a| a.build(family)).collect();
-                Statement::Rule(Rule {
-                    counters: *counters,
-                    op,
-                    chain: chain.build(MAX_CHAIN).into(),
-                    args,
-                })
+                let args: Vec<_> = args.iter().take(12).filter_map(|a| a.build(family)).collect();
+                Statement::Rule(Rule::from_args(chain.build(MAX_CHAIN), op, *counters, &args))
             }
         };
         statements.push(Located { line: 0, stmt });

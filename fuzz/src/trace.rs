@@ -294,18 +294,20 @@ fn build_table(t: &TableInput, family: Family, randoms: &mut usize) -> Table {
 /// Keeps a jump or goto only when it targets a user chain no earlier rule targets.
 fn once_per_user_chain(mut rule: Rule, users: &[String], targeted: &mut [bool]) -> Rule {
     use svcpath::model::rules::Arg;
-    let Some(pos) = rule.args.iter().position(|a| matches!(a, Arg::Jump(_) | Arg::Goto(_))) else {
+    let mut args: Vec<Arg> = rule.args().collect();
+    let Some(pos) = args.iter().position(|a| matches!(a, Arg::Jump(_) | Arg::Goto(_))) else {
         return rule;
     };
-    let keep = match rule.target().and_then(|t| users.iter().position(|u| u == t)) {
+    let keep = match rule.target().and_then(|t| users.iter().position(|u| *u == t)) {
         Some(i) => !std::mem::replace(&mut targeted[i], true),
         // Built-in targets (ACCEPT, DNAT, …) stay; jumps to built-in chains go.
         None => !rule.target().is_some_and(|t| {
-            ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].contains(&t)
+            ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"].contains(&t.as_str())
         }),
     };
     if !keep {
-        rule.args.truncate(pos);
+        args.truncate(pos);
+        rule.set_args(&args);
     }
     rule
 }

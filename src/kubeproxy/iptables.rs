@@ -142,7 +142,7 @@ impl IptablesSync {
                 statements.extend(rest);
             }
             // Jump targets this table must declare, found in one pass over its declarations.
-            let mut extra: Vec<(&str, bool)> = Vec::new();
+            let mut extra: Vec<(Name, bool)> = Vec::new();
             for (jt, r) in &jumps {
                 if jt == tname
                     && let Some(target) = r.target()
@@ -161,7 +161,7 @@ impl IptablesSync {
             let middle = extra
                 .iter()
                 .filter(|(_, declared)| !declared)
-                .map(|(t, _)| Statement::Chain(ChainDecl::user(*t)))
+                .map(|(t, _)| Statement::Chain(ChainDecl::user(t)))
                 .chain(
                     jumps
                         .iter()
@@ -817,7 +817,7 @@ mod tests {
     #[test]
     fn jumps_end_in_reverse_insert_order() {
         let j = jumps();
-        let input: Vec<&str> = j
+        let input: Vec<Name> = j
             .iter()
             .filter(|(t, r)| *t == "filter" && r.chain == "INPUT")
             .filter_map(|(_, r)| r.target())
@@ -826,7 +826,7 @@ mod tests {
             input,
             [KUBE_FIREWALL, KUBE_PROXY_FIREWALL, KUBE_NODEPORTS, KUBE_EXTERNAL_SERVICES]
         );
-        let fwd: Vec<&str> = j
+        let fwd: Vec<Name> = j
             .iter()
             .filter(|(t, r)| *t == "filter" && r.chain == "FORWARD")
             .filter_map(|(_, r)| r.target())

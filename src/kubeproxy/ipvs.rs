@@ -807,6 +807,7 @@ fn iptables_rules(
 mod tests {
     use super::*;
     use crate::model::default::default_cluster;
+    use crate::model::rules::Name;
 
     fn text(rs: &Ruleset) -> String {
         rs.tables
@@ -875,7 +876,7 @@ mod tests {
     #[test]
     fn jumps_are_prepended_so_input_ends_reversed() {
         let j = jumps();
-        let input: Vec<&str> = j
+        let input: Vec<Name> = j
             .iter()
             .filter(|(t, r)| *t == "filter" && r.chain == "INPUT")
             .filter_map(|(_, r)| r.target())

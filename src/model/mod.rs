@@ -11,5 +11,6 @@ pub mod default;
 pub mod ipvs;
 pub mod load;
 pub mod rules;
+pub(crate) mod words;
 
 pub use cluster::*;

@@ -1,7 +1,8 @@
 //! Typed iptables rules: the vocabulary shared by kube-proxy's renderer, the `iptables-save` text
 //! format and the netfilter evaluator.
 //!
-//! A [`Rule`] is its chain plus the ordered list of [`Arg`]s it was written with. The order is kept
+//! A [`Rule`] is its chain plus the ordered list of [`Arg`]s it was written with, kept as the text
+//! `iptables-save` prints for them (one string per rule) and read back on demand. The order is kept
 //! exactly, because kube-proxy (`-m comment … -m tcp -p tcp -d IP --dport P`) and the kernel's
 //! `iptables-save` (`-d IP/32 -p tcp -m comment … -m tcp --dport P`) order the same rule differently,
 //! and svcpath reproduces both to the byte. Values keep their spelling (`10.96.0.10` vs
@@ -30,6 +31,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
+
+use super::words::{BANG, Tok, Words};
 
 /// A name or short word of a rule: a chain, module, option, target, protocol or interface.
 ///
@@ -398,7 +401,7 @@ impl Arg {
             Arg::Protocol { neg, proto } => {
                 bang(w, *neg)?;
                 w.write_str("-p ")?;
-                w.write_str(proto)
+                write_token(w, proto)
             }
             Arg::Source { neg, addr } => {
                 bang(w, *neg)?;
@@ -413,12 +416,12 @@ impl Arg {
             Arg::InInterface { neg, name } => {
                 bang(w, *neg)?;
                 w.write_str("-i ")?;
-                w.write_str(name)
+                write_token(w, name)
             }
             Arg::OutInterface { neg, name } => {
                 bang(w, *neg)?;
                 w.write_str("-o ")?;
-                w.write_str(name)
+                write_token(w, name)
             }
             Arg::Fragment { neg } => {
                 bang(w, *neg)?;
@@ -426,7 +429,7 @@ impl Arg {
             }
             Arg::Match(m) => {
                 w.write_str("-m ")?;
-                w.write_str(m)
+                write_token(w, m)
             }
             Arg::Opt { neg, name, values } => {
                 bang(w, *neg)?;
@@ -440,11 +443,11 @@ impl Arg {
             }
             Arg::Jump(t) => {
                 w.write_str("-j ")?;
-                w.write_str(t)
+                write_token(w, t)
             }
             Arg::Goto(c) => {
                 w.write_str("-g ")?;
-                w.write_str(c)
+                write_token(w, c)
             }
         }
     }
@@ -453,6 +456,103 @@ impl Arg {
 impl fmt::Display for Arg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.write_to(f)
+    }
+}
+
+/// Writes a one-word value (a protocol, interface, module or target): as it is when it reads back
+/// as one value word, double-quoted with escapes otherwise (`-p "a b"`), as `iptables-restore`
+/// would read it.
+fn write_token<W: fmt::Write>(w: &mut W, name: &str) -> fmt::Result {
+    if is_plain(name) { w.write_str(name) } else { w.write_str(&quote(name)) }
+}
+
+/// Whether `name` reads back as one value word when written as it is.
+fn is_plain(name: &str) -> bool {
+    match name.as_bytes() {
+        [] | [b'-', ..] | [b'!'] => false,
+        bytes => bytes.iter().all(|&b| !matches!(b, b' ' | b'\t' | b'"')),
+    }
+}
+
+/// Writes `args` separated by single spaces.
+fn write_args<'a>(out: &mut String, args: impl IntoIterator<Item = &'a Arg>) {
+    for a in args {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        // Writing into a String cannot fail.
+        let _ = a.write_to(out);
+    }
+}
+
+/// The arguments of a [`Rule`], read back from its text in written order.
+pub struct ArgsOf<'r> {
+    words: Words<'r>,
+}
+
+impl<'r> ArgsOf<'r> {
+    fn new(text: &'r str) -> ArgsOf<'r> {
+        ArgsOf { words: Words::new(text, 0) }
+    }
+
+    fn word(&mut self) -> Option<Tok<'r>> {
+        self.words.next()?.ok()
+    }
+
+    fn name(&mut self) -> Option<Name> {
+        self.word().map(|t| t.name())
+    }
+
+    fn addr(&mut self) -> Option<Addr> {
+        let raw = self.word()?.raw;
+        let explicit_prefix = raw.contains('/');
+        let net = if explicit_prefix {
+            raw.parse::<IpNetwork>().ok()?
+        } else {
+            IpNetwork::from(raw.parse::<IpAddr>().ok()?)
+        };
+        Some(Addr { net, explicit_prefix })
+    }
+}
+
+impl Iterator for ArgsOf<'_> {
+    type Item = Arg;
+
+    /// The text was written by [`Arg::write_to`], so every word is where it put it; a text that
+    /// is not (which no constructor makes) ends the arguments.
+    fn next(&mut self) -> Option<Arg> {
+        let mut tok = self.word()?;
+        let neg = tok.raw == BANG && !tok.quoted;
+        if neg {
+            tok = self.word()?;
+        }
+        Some(match tok.raw {
+            "-p" => Arg::Protocol { neg, proto: self.name()? },
+            "-s" => Arg::Source { neg, addr: self.addr()? },
+            "-d" => Arg::Destination { neg, addr: self.addr()? },
+            "-i" => Arg::InInterface { neg, name: self.name()? },
+            "-o" => Arg::OutInterface { neg, name: self.name()? },
+            "-f" => Arg::Fragment { neg },
+            "-m" => Arg::Match(self.name()?),
+            "-j" => Arg::Jump(self.name()?),
+            "-g" => Arg::Goto(self.name()?),
+            long => {
+                let name = Name::new(long.strip_prefix("--")?);
+                let words = &mut self.words;
+                let values = std::iter::from_fn(|| {
+                    let mut rest = words.clone();
+                    match rest.next() {
+                        Some(Ok(v)) if v.is_value() => {
+                            *words = rest;
+                            Some(Word::raw(v.raw))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+                Arg::Opt { neg, name, values }
+            }
+        })
     }
 }
 
@@ -468,7 +568,14 @@ pub enum RuleOp {
 }
 
 /// One rule: its chain and its arguments in written order.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+///
+/// The arguments are kept as the text `iptables-save` prints after the chain name (one string per
+/// rule, not one allocation per argument), written by [`Arg::write_to`] as they are added and read
+/// back as [`Arg`]s by [`Rule::args`]. Printing a rule is then a copy, and a rule costs its text
+/// plus a few words. Every [`Arg`] reads back as it was added, with one exception that the text
+/// format itself has: an option value made with [`Word::raw`] that is not one word of a line (it
+/// holds an unquoted blank, starts with `-` or is `!`) reads back as the words it prints as.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Rule {
     /// `[packets:bytes]` written before `-A` (iptables-save -c), if any.
     pub counters: Option<(u64, u64)>,
@@ -476,76 +583,172 @@ pub struct Rule {
     pub op: RuleOp,
     /// The chain the rule belongs to.
     pub chain: Name,
-    /// Its arguments.
-    pub args: Vec<Arg>,
+    /// Its arguments as text, separated by single spaces.
+    #[serde(rename = "args", serialize_with = "serialize_args")]
+    text: String,
+}
+
+fn serialize_args<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ArgsOf::new(text))
+}
+
+impl fmt::Debug for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rule")
+            .field("counters", &self.counters)
+            .field("op", &self.op)
+            .field("chain", &self.chain)
+            .field("args", &self.args().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Rule {
     /// An empty rule appended to `chain`.
     pub fn new(chain: impl IntoName) -> Rule {
-        Rule { counters: None, op: RuleOp::Append, chain: chain.into_name(), args: Vec::new() }
+        Rule { counters: None, op: RuleOp::Append, chain: chain.into_name(), text: String::new() }
     }
 
-    /// An empty rule appended to `chain`, with room for `args` arguments.
+    /// An empty rule appended to `chain`, with room for about `args` arguments.
     pub fn with_capacity(chain: impl IntoName, args: usize) -> Rule {
         Rule {
             counters: None,
             op: RuleOp::Append,
             chain: chain.into_name(),
-            args: Vec::with_capacity(args),
+            text: String::with_capacity(16 * args),
         }
+    }
+
+    /// A rule of `chain` with these arguments, its text allocated at its exact size.
+    pub fn from_args<'a>(
+        chain: impl IntoName,
+        op: RuleOp,
+        counters: Option<(u64, u64)>,
+        args: impl IntoIterator<Item = &'a Arg>,
+    ) -> Rule {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        let text = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            write_args(scratch, args);
+            scratch.as_str().to_owned()
+        });
+        Rule { counters, op, chain: chain.into_name(), text }
+    }
+
+    /// A rule whose argument text is already as [`Arg::write_to`] writes the arguments, separated
+    /// by single spaces: the `iptables-save` parser checks that before it hands the words over.
+    pub(crate) fn from_written(
+        chain: Name,
+        op: RuleOp,
+        counters: Option<(u64, u64)>,
+        text: &str,
+    ) -> Rule {
+        let rule = Rule { counters, op, chain, text: text.to_owned() };
+        debug_assert_eq!(
+            Rule::from_args(Name::default(), op, counters, &rule.args().collect::<Vec<_>>()).text,
+            rule.text,
+            "not as written: {text}"
+        );
+        rule
     }
 
     /// Adds any argument.
     pub fn arg(mut self, arg: Arg) -> Rule {
-        self.args.push(arg);
+        self.push(&arg);
         self
     }
 
+    /// Adds any argument in place.
+    pub fn push(&mut self, arg: &Arg) {
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        // Writing into a String cannot fail.
+        let _ = arg.write_to(&mut self.text);
+    }
+
+    /// Replaces the arguments.
+    pub fn set_args<'a>(&mut self, args: impl IntoIterator<Item = &'a Arg>) {
+        self.text.clear();
+        write_args(&mut self.text, args);
+    }
+
+    /// The arguments in written order, read back from the rule's text.
+    pub fn args(&self) -> ArgsOf<'_> {
+        ArgsOf::new(&self.text)
+    }
+
+    /// The arguments as text, as `iptables-save` prints them after the chain name.
+    pub fn args_text(&self) -> &str {
+        &self.text
+    }
+
+    /// The bytes this rule holds beyond its own size (its argument text).
+    pub fn heap_bytes(&self) -> usize {
+        self.text.capacity()
+    }
+
     /// `-m MODULE`.
-    pub fn module(self, name: &str) -> Rule {
-        self.arg(Arg::Match(Name::new(name)))
+    pub fn module(mut self, name: &str) -> Rule {
+        self.push_word("-m ", name);
+        self
+    }
+
+    /// Writes a short option and its one-word value straight into the text.
+    fn push_word(&mut self, option: &str, value: &str) {
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        self.text.push_str(option);
+        // Writing into a String cannot fail.
+        let _ = write_token(&mut self.text, value);
     }
 
     /// `--name v1 v2…` (values written bare).
-    pub fn opt(self, name: &str, values: &[&str]) -> Rule {
-        self.arg(Arg::Opt {
-            neg: false,
-            name: Name::new(name),
-            values: values.iter().map(|v| Word::raw(*v)).collect(),
-        })
+    pub fn opt(mut self, name: &str, values: &[&str]) -> Rule {
+        self.push_opt(false, name, values);
+        self
     }
 
-    /// `--name VALUE` with one value, shared when it is a [`Name`] already.
-    pub fn opt1(self, name: &str, value: impl IntoName) -> Rule {
-        self.arg(Arg::Opt {
-            neg: false,
-            name: Name::new(name),
-            values: Values::one(Word(value.into_name())),
-        })
+    /// `--name VALUE` with one value.
+    pub fn opt1(mut self, name: &str, value: impl AsRef<str>) -> Rule {
+        self.push_opt(false, name, &[value.as_ref()]);
+        self
     }
 
     /// `! --name v1 v2…`.
-    pub fn not_opt(self, name: &str, values: &[&str]) -> Rule {
-        self.arg(Arg::Opt {
-            neg: true,
-            name: Name::new(name),
-            values: values.iter().map(|v| Word::raw(*v)).collect(),
-        })
+    pub fn not_opt(mut self, name: &str, values: &[&str]) -> Rule {
+        self.push_opt(true, name, values);
+        self
+    }
+
+    /// Writes an option with raw values straight into the text.
+    fn push_opt(&mut self, neg: bool, name: &str, values: &[&str]) {
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        if neg {
+            self.text.push_str("! ");
+        }
+        self.text.push_str("--");
+        self.text.push_str(name);
+        for v in values {
+            self.text.push(' ');
+            self.text.push_str(v);
+        }
     }
 
     /// `-m comment --comment TEXT`, quoted when the text has spaces (kube-proxy's style).
     pub fn comment(self, text: &str) -> Rule {
-        self.module("comment").arg(Arg::Opt {
-            neg: false,
-            name: Name::new_static("comment"),
-            values: Values::one(Word::quote_if_spaced(text)),
-        })
+        self.comment_word(&Word::quote_if_spaced(text))
     }
 
     /// `-p PROTO`.
-    pub fn proto(self, proto: &str) -> Rule {
-        self.arg(Arg::Protocol { neg: false, proto: Name::new(proto) })
+    pub fn proto(mut self, proto: &str) -> Rule {
+        self.push_word("-p ", proto);
+        self
     }
 
     /// `-s ADDR`.
@@ -569,26 +772,28 @@ impl Rule {
     }
 
     /// `-j TARGET`.
-    pub fn jump(self, target: impl IntoName) -> Rule {
-        self.arg(Arg::Jump(target.into_name()))
+    pub fn jump(mut self, target: impl AsRef<str>) -> Rule {
+        self.push_word("-j ", target.as_ref());
+        self
     }
 
     /// `-g CHAIN`.
-    pub fn goto(self, chain: impl IntoName) -> Rule {
-        self.arg(Arg::Goto(chain.into_name()))
+    pub fn goto(mut self, chain: impl AsRef<str>) -> Rule {
+        self.push_word("-g ", chain.as_ref());
+        self
     }
 
     /// The `-j`/`-g` target name, if any.
-    pub fn target(&self) -> Option<&str> {
-        self.args.iter().find_map(|a| match a {
-            Arg::Jump(t) | Arg::Goto(t) => Some(t.as_str()),
+    pub fn target(&self) -> Option<Name> {
+        self.args().find_map(|a| match a {
+            Arg::Jump(t) | Arg::Goto(t) => Some(t),
             _ => None,
         })
     }
 
     /// The first `--comment` value, if any.
     pub fn comment_text(&self) -> Option<String> {
-        self.args.iter().find_map(|a| match a {
+        self.args().find_map(|a| match a {
             Arg::Opt { name, values, .. } if name == "comment" => values.first().map(Word::value),
             _ => None,
         })
@@ -615,9 +820,9 @@ impl Rule {
             w.write_char(' ')?;
             write_u64(w, u64::from(n))?;
         }
-        for a in &self.args {
+        if !self.text.is_empty() {
             w.write_char(' ')?;
-            a.write_to(w)?;
+            w.write_str(&self.text)?;
         }
         Ok(())
     }
@@ -791,12 +996,13 @@ impl Ruleset {
 impl Rule {
     /// [`Rule::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and shared by
     /// several rules.
-    pub fn comment_word(self, word: &Word) -> Rule {
-        self.module("comment").arg(Arg::Opt {
-            neg: false,
-            name: Name::new_static("comment"),
-            values: Values::one(word.clone()),
-        })
+    pub fn comment_word(mut self, word: &Word) -> Rule {
+        if !self.text.is_empty() {
+            self.text.push(' ');
+        }
+        self.text.push_str("-m comment --comment ");
+        self.text.push_str(word.as_raw());
+        self
     }
 }
 

@@ -266,7 +266,7 @@ fn owned_chains(payload: &Ruleset, ports: &[(String, crate::model::Protocol)]) -
                 && let Some(t) = r.target()
                 && t.starts_with("KUBE-SEP-")
             {
-                owned.insert(t.to_owned());
+                owned.insert(t.to_string());
             }
         }
     }
@@ -821,18 +821,18 @@ pub fn price_dump(text: &str, family: Family, local: Vec<IpAddr>) -> Result<Cost
     if let Some(nat) = ruleset.table("nat") {
         for r in nat.rules().filter(|r| r.chain == crate::kubeproxy::names::KUBE_SERVICES) {
             use crate::model::rules::Arg;
-            let dst = r.args.iter().find_map(|a| match a {
+            let dst = r.args().find_map(|a| match a {
                 Arg::Destination { neg: false, addr } => Some(addr.net.ip()),
                 _ => None,
             });
-            let port = r.args.iter().find_map(|a| match a {
+            let port = r.args().find_map(|a| match a {
                 Arg::Opt { name, values, .. } if name == "dport" => {
                     values.first().and_then(|v| v.as_raw().parse::<u16>().ok())
                 }
                 _ => None,
             });
-            let proto = r.args.iter().find_map(|a| match a {
-                Arg::Protocol { neg: false, proto } => crate::model::Protocol::parse(proto),
+            let proto = r.args().find_map(|a| match a {
+                Arg::Protocol { neg: false, proto } => crate::model::Protocol::parse(&proto),
                 _ => None,
             });
             if let (Some(dst), Some(port)) = (dst, port) {

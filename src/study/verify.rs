@@ -255,7 +255,7 @@ impl Setting {
                     ranges.entry(r.chain.to_string()).or_default().push(net);
                 }
                 if table.name == "nat"
-                    && r.target() == Some(KUBE_MARK_MASQ)
+                    && r.target().as_deref() == Some(KUBE_MARK_MASQ)
                     && let Some(net) = rule_src(r, true)
                     && net.prefix() > 0
                     && !pod_cidrs.contains(&net)
@@ -284,7 +284,7 @@ impl Setting {
                     .unwrap_or("?")
                     .to_owned();
                 let source_ranges =
-                    r.target().and_then(|t| ranges.get(t)).cloned().unwrap_or_default();
+                    r.target().and_then(|t| ranges.get(t.as_str())).cloned().unwrap_or_default();
                 let dst = rule_dst(r).filter(|n| n.prefix() == max_prefix(n.ip()));
                 let (kind, ip) = match dst {
                     Some(net) => {
@@ -351,28 +351,28 @@ fn max_prefix(ip: IpAddr) -> u8 {
 }
 
 fn rule_src(r: &Rule, negated: bool) -> Option<IpNetwork> {
-    r.args.iter().find_map(|a| match a {
-        Arg::Source { neg, addr } if *neg == negated => Some(addr.net),
+    r.args().find_map(|a| match a {
+        Arg::Source { neg, addr } if neg == negated => Some(addr.net),
         _ => None,
     })
 }
 
 fn rule_dst(r: &Rule) -> Option<IpNetwork> {
-    r.args.iter().find_map(|a| match a {
+    r.args().find_map(|a| match a {
         Arg::Destination { neg: false, addr } => Some(addr.net),
         _ => None,
     })
 }
 
 fn rule_proto(r: &Rule) -> Option<Protocol> {
-    r.args.iter().find_map(|a| match a {
-        Arg::Protocol { neg: false, proto } => Protocol::parse(proto),
+    r.args().find_map(|a| match a {
+        Arg::Protocol { neg: false, proto } => Protocol::parse(&proto),
         _ => None,
     })
 }
 
 fn rule_dport(r: &Rule) -> Option<u16> {
-    r.args.iter().find_map(|a| match a {
+    r.args().find_map(|a| match a {
         Arg::Opt { neg: false, name, values } if name == "dport" => {
             values.first().and_then(|v| v.value().parse().ok())
         }

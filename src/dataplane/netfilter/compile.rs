@@ -1092,11 +1092,12 @@ pub fn compile_rule(
     chains: &HashMap<Name, usize>,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
+    let args: Vec<Arg> = rule.args().collect();
     let mut header = Header::default();
     let mut modules: Vec<ModuleArgs<'_>> = Vec::new();
     let mut target: Option<(&str, bool)> = None;
     let mut target_opts: Vec<(bool, &str, &[Word])> = Vec::new();
-    for a in &rule.args {
+    for a in &args {
         match a {
             Arg::Protocol { neg, proto } => {
                 let n = if proto.eq_ignore_ascii_case("all") {

@@ -597,13 +597,15 @@ enum Capture {
 fn source_host(ruleset: &Ruleset, table: &CompiledTable, rule: &CompiledRule) -> Option<IpAddr> {
     let stmt = ruleset.tables.get(table.source)?.statements.get(rule.stmt)?;
     let Statement::Rule(r) = &stmt.stmt else { return None };
-    r.args.iter().rev().find_map(|a| match a {
-        Arg::Destination { neg: false, addr } => {
-            let full = if addr.net.ip().is_ipv4() { 32 } else { 128 };
-            (addr.net.prefix() == full).then(|| addr.net.ip())
-        }
-        _ => None,
-    })
+    r.args()
+        .filter_map(|a| match a {
+            Arg::Destination { neg: false, addr } => {
+                let full = if addr.net.ip().is_ipv4() { 32 } else { 128 };
+                (addr.net.prefix() == full).then(|| addr.net.ip())
+            }
+            _ => None,
+        })
+        .last()
 }
 
 fn capture_of(
@@ -2020,11 +2022,11 @@ mod tests {
                 // Every -d of every rule, on the ports the rules name.
                 for t in &r.ruleset.tables {
                     for rule in t.rules() {
-                        let dst = rule.args.iter().find_map(|a| match a {
+                        let dst = rule.args().find_map(|a| match a {
                             Arg::Destination { addr, .. } => Some(addr.net.ip()),
                             _ => None,
                         });
-                        let port = rule.args.iter().find_map(|a| match a {
+                        let port = rule.args().find_map(|a| match a {
                             Arg::Opt { name, values, .. } if name == "dport" => {
                                 values.first().and_then(|v| v.as_raw().parse().ok())
                             }
