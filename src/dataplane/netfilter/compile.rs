@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use rayon::prelude::*;
+
 use crate::model::rules::{Arg, Family, Name, Rule, Ruleset, Statement, Word};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
@@ -508,8 +510,9 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
             }
         }
         let by_name = std::mem::take(&mut b.by_name);
-        let mut chains = Vec::with_capacity(b.chains.len());
-        for (name, policy, rules) in b.chains {
+        // Rules compile independently, so chains compile in parallel; the error reported is the
+        // one a walk in chain order meets first.
+        let compile_chain = |(name, policy, rules): ChainBuild<'_>| {
             let mut compiled = Vec::with_capacity(rules.len());
             for (line, stmt, rule) in rules {
                 let mut c = compile_rule(rule, ruleset.family, &by_name, &table.name)
@@ -518,8 +521,16 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
                 c.stmt = stmt;
                 compiled.push(c);
             }
-            chains.push(Chain { name, policy, rules: compiled });
-        }
+            Ok(Chain { name, policy, rules: compiled })
+        };
+        let chains = b
+            .chains
+            .into_par_iter()
+            .with_min_len(64)
+            .map(compile_chain)
+            .collect::<Vec<Result<Chain, CompileError>>>()
+            .into_iter()
+            .collect::<Result<Vec<Chain>, CompileError>>()?;
         let ct = CompiledTable { name: table.name.clone(), source: ti, chains, by_name };
         check_loops(&ct)?;
         out.push(ct);
@@ -1092,12 +1103,30 @@ pub fn compile_rule(
     chains: &HashMap<Name, usize>,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
-    let args: Vec<Arg> = rule.args().collect();
+    // The arguments read back from the rule's text, into a buffer each thread keeps.
+    thread_local! {
+        static ARGS: std::cell::Cell<Vec<Arg>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut args = ARGS.take();
+    args.extend(rule.args());
+    let compiled = compile_args(&args, family, chains, table);
+    args.clear();
+    ARGS.set(args);
+    compiled
+}
+
+/// [`compile_rule`] on the arguments read back.
+fn compile_args(
+    args: &[Arg],
+    family: Family,
+    chains: &HashMap<Name, usize>,
+    table: &str,
+) -> Result<CompiledRule, CompileErrorKind> {
     let mut header = Header::default();
     let mut modules: Vec<ModuleArgs<'_>> = Vec::new();
     let mut target: Option<(&str, bool)> = None;
     let mut target_opts: Vec<(bool, &str, &[Word])> = Vec::new();
-    for a in &args {
+    for a in args {
         match a {
             Arg::Protocol { neg, proto } => {
                 let n = if proto.eq_ignore_ascii_case("all") {
