@@ -102,7 +102,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -110,8 +110,8 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::model::rules::{
-    Addr, Arg, ChainDecl, Family, Located, Name, Rule, RuleOp, Ruleset, Statement, Table, Values,
-    Word,
+    Addr, Arg, ChainDecl, Family, Located, Name, NameHasher, Rule, RuleOp, Ruleset, Statement,
+    Table, Values, Word,
 };
 use crate::model::words::{BANG, Tok, tokenize};
 
@@ -651,48 +651,6 @@ fn locate_offset(bytes: &[u8], at: usize, kind: ParseErrorKind) -> ParseError {
 
 /// User chains declared in a table section, with the line of their declaration.
 type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>;
-
-/// A fast hasher for chain names: the first, middle and last eight bytes of a name of eight
-/// bytes or more (kube-proxy's `KUBE-SEP-…` names differ in their last sixteen), FNV-1a over the
-/// bytes of a shorter one. The sets are never printed, so their order does not matter, and the
-/// input is the user's own dump, so hash flooding is no concern: a collision only costs a compare.
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            if let Some(chunk) = bytes.get(at..at + 8) {
-                w.copy_from_slice(chunk);
-            }
-            u64::from_le_bytes(w)
-        };
-        let len = bytes.len();
-        let mut h = self.0 ^ 0xcbf2_9ce4_8422_2325;
-        if len >= 8 {
-            h ^= word(0).rotate_left(17) ^ word(len / 2 - 4).rotate_left(41) ^ word(len - 8);
-            h = (h ^ len as u64).wrapping_mul(PRIME);
-        } else {
-            for &b in bytes {
-                h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-            }
-        }
-        self.0 = h;
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        // `str`'s `Hash` ends every string with 0xff: fold it in without another round.
-        self.0 ^= u64::from(i);
-    }
-
-    fn finish(&self) -> u64 {
-        // Spread the entropy into the top bits, which hashbrown uses for its control bytes.
-        let h = self.0;
-        (h ^ (h >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-}
 
 /// The whole-dump state machine.
 ///

@@ -7,12 +7,11 @@
 //! and NAT targets are only valid in the nat table. A module or target svcpath does not model is kept
 //! as [`Match::Unmodelled`] / [`Target::Unmodelled`]: the evaluator reports it when a packet reaches it.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use rayon::prelude::*;
 
-use crate::model::rules::{Arg, Family, Name, Rule, Ruleset, Statement, Word};
+use crate::model::rules::{Arg, Family, Name, NameMap, Rule, Ruleset, Statement, Word};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
 ///
@@ -334,7 +333,7 @@ pub struct CompiledTable {
     /// All chains.
     pub chains: Vec<Chain>,
     /// Chain index by name.
-    pub by_name: HashMap<Name, usize>,
+    pub by_name: NameMap<usize>,
 }
 
 impl CompiledTable {
@@ -416,7 +415,7 @@ type ChainBuild<'r> = (Name, Option<bool>, Vec<(usize, usize, &'r Rule)>);
 
 struct Builder<'r> {
     chains: Vec<ChainBuild<'r>>,
-    by_name: HashMap<Name, usize>,
+    by_name: NameMap<usize>,
 }
 
 impl Builder<'_> {
@@ -449,7 +448,7 @@ impl Builder<'_> {
 pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
     let mut out: Vec<CompiledTable> = Vec::new();
     for (ti, table) in ruleset.tables.iter().enumerate() {
-        let mut b = Builder { chains: Vec::new(), by_name: HashMap::new() };
+        let mut b = Builder { chains: Vec::new(), by_name: NameMap::default() };
         for name in builtin_chains(&table.name) {
             b.declare(&Name::new_static(name), Some(true));
         }
@@ -989,7 +988,7 @@ fn build_target(
     name: &str,
     opts: &[(bool, &str, &[Word])],
     family: Family,
-    chains: &HashMap<Name, usize>,
+    chains: &NameMap<usize>,
     table: &str,
     goto: bool,
 ) -> Result<Target, CompileErrorKind> {
@@ -1100,7 +1099,7 @@ fn net_of(addr: &crate::model::rules::Addr, family: Family) -> Result<Net, Compi
 pub fn compile_rule(
     rule: &Rule,
     family: Family,
-    chains: &HashMap<Name, usize>,
+    chains: &NameMap<usize>,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
     // The arguments read back from the rule's text, into a buffer each thread keeps.
@@ -1119,7 +1118,7 @@ pub fn compile_rule(
 fn compile_args(
     args: &[Arg],
     family: Family,
-    chains: &HashMap<Name, usize>,
+    chains: &NameMap<usize>,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
     let mut header = Header::default();
@@ -1237,7 +1236,7 @@ mod tests {
             .dst(Addr::host("10.96.0.10".parse().unwrap()))
             .opt("dport", &["80"])
             .jump("ACCEPT");
-        let c = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap();
+        let c = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap();
         assert_eq!(c.matches[0], Match::Always);
         assert_eq!(
             c.matches[1],
@@ -1257,10 +1256,10 @@ mod tests {
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["0.5"]);
-        let c = compile_rule(&one, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&one, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!((c.matches.len(), c.matches.capacity()), (1, 1));
         let two = Rule::new("C").comment("x").module("tcp").proto("tcp").opt("dport", &["80"]);
-        let c = compile_rule(&two, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&two, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!((c.matches.len(), c.matches.capacity()), (2, 2));
     }
 
@@ -1270,14 +1269,14 @@ mod tests {
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["0.3333333333"]);
-        let c = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!(c.matches[0], Match::Random { neg: false, threshold: 715827883 });
         let r2 = Rule::new("C")
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["0.33333333349"]);
         assert_eq!(
-            compile_rule(&r2, Family::V4, &HashMap::new(), "nat").unwrap().matches,
+            compile_rule(&r2, Family::V4, &NameMap::default(), "nat").unwrap().matches,
             c.matches
         );
     }
@@ -1288,17 +1287,17 @@ mod tests {
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["1.5"]);
-        let e = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap_err();
+        let e = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap_err();
         assert!(e.to_string().contains("within [0, 1]"), "{e}");
     }
 
     #[test]
     fn mark_target_forms_reduce_to_clear_and_xor() {
         let or = Rule::new("C").jump("MARK").opt("or-mark", &["0x4000"]);
-        let c = compile_rule(&or, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&or, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!(c.target, Target::Mark { clear: 0x4000, xor: 0x4000 });
         let sx = Rule::new("C").jump("MARK").opt("set-xmark", &["0x4000/0x0"]);
-        let c = compile_rule(&sx, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&sx, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!(c.target, Target::Mark { clear: 0, xor: 0x4000 });
     }
 
@@ -1326,7 +1325,7 @@ mod tests {
     #[test]
     fn dnat_outside_nat_is_refused() {
         let r = Rule::new("INPUT").jump("DNAT").opt("to-destination", &["10.1.0.1:80"]);
-        let e = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap_err();
+        let e = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap_err();
         assert!(matches!(e, CompileErrorKind::WrongTable(..)));
     }
 
@@ -1347,7 +1346,7 @@ mod tests {
     #[test]
     fn unknown_module_is_kept_as_unmodelled() {
         let r = Rule::new("C").module("foo").opt("bar", &["1"]).jump("ACCEPT");
-        let c = compile_rule(&r, Family::V4, &HashMap::new(), "filter").unwrap();
+        let c = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap();
         assert_eq!(c.matches, vec![Match::Unmodelled("match module 'foo'".into())]);
     }
 
@@ -1358,7 +1357,7 @@ mod tests {
             .not_opt("match-set", &["KUBE-LOOP-BACK", "dst,dst,src"])
             .opt("return-nomatch", &[])
             .jump("MASQUERADE");
-        let c = compile_rule(&r, Family::V4, &HashMap::new(), "nat").unwrap();
+        let c = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!(
             c.matches,
             vec![Match::Set {
@@ -1369,6 +1368,6 @@ mod tests {
             }]
         );
         let bad = Rule::new("X").module("set").opt("match-set", &["S", "dst,up"]).jump("ACCEPT");
-        assert!(compile_rule(&bad, Family::V4, &HashMap::new(), "filter").is_err());
+        assert!(compile_rule(&bad, Family::V4, &NameMap::default(), "filter").is_err());
     }
 }
