@@ -41,8 +41,6 @@
 //! private form, so [`CompiledNetfilter::new`] also takes the [`Ruleset`] the model was compiled
 //! from; a rule whose source does not agree with its compiled header is simply not indexed.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use super::Netfilter;
@@ -64,53 +62,6 @@ const THRESHOLD_SCALE: f64 = 2_147_483_648.0;
 /// `2^-53`: turns the top 53 bits of a 64-bit draw into a uniform value in [0, 1).
 const UNIT_53: f64 = 1.0 / 9_007_199_254_740_992.0;
 
-/// A multiply-rotate hasher for the index keys (addresses and ports, never attacker-chosen here).
-#[derive(Default, Clone, Copy)]
-struct KeyHasher(u64);
-
-const HASH_K: u64 = 0x517c_c1b7_2722_0a95;
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        // Fold the high half down so the table's low-bit index sees every input bit.
-        let h = self.0;
-        (h ^ (h >> 29)).wrapping_mul(HASH_K) ^ (h >> 32)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(HASH_K);
-    }
-
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
-
 /// Which parts of an index key are wildcards.
 mod shape {
     /// The rule has no `-d`.
@@ -121,52 +72,126 @@ mod shape {
     pub const V6: u8 = 4;
 }
 
-/// One key of the capture index: a run, a destination (or any), a protocol, a port (or any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One key of the capture index: a destination (or any, as 0) and the rest packed into one word
+/// (run, port or 0, protocol, [`shape`] bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct IndexKey {
     dst: u128,
-    run: u32,
-    dport: u16,
-    proto: u8,
-    shape: u8,
+    rest: u64,
 }
 
-impl std::hash::Hash for IndexKey {
-    /// Two words: the destination folded to 64 bits, and the rest packed into one.
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64((self.dst as u64) ^ ((self.dst >> 64) as u64).rotate_left(17));
-        h.write_u64(
-            u64::from(self.run) << 32
-                | u64::from(self.dport) << 16
-                | u64::from(self.proto) << 8
-                | u64::from(self.shape),
-        );
+impl IndexKey {
+    #[inline(always)]
+    fn new(dst: u128, run: u32, dport: u16, proto: u8, shape: u8) -> IndexKey {
+        let rest = u64::from(run) << 32
+            | u64::from(dport) << 16
+            | u64::from(proto) << 8
+            | u64::from(shape);
+        IndexKey { dst, rest }
+    }
+
+    /// A multiplicative hash; the table takes its top bits.
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        let folded = (self.dst as u64) ^ ((self.dst >> 64) as u64).rotate_left(32);
+        (folded ^ self.rest.wrapping_mul(HASH_K1)).wrapping_mul(HASH_K2)
     }
 }
 
-/// The positions of the rules with one key, ascending.
-#[derive(Debug, Clone)]
-enum Slots {
-    One(u32),
-    Many(Vec<u32>),
+const HASH_K1: u64 = 0x517c_c1b7_2722_0a95;
+const HASH_K2: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One key's entry: its first rule, and where the positions of its later rules (if any) are in
+/// [`CaptureIndex::more`].
+#[derive(Debug, Clone, Copy)]
+struct IndexSlot {
+    key: IndexKey,
+    first: u32,
+    more_start: u32,
+    more_len: u32,
 }
 
-impl Slots {
-    fn push(&mut self, pos: u32) {
-        match self {
-            Slots::One(first) => *self = Slots::Many(vec![*first, pos]),
-            Slots::Many(v) => v.push(pos),
+/// The capture index: open addressing with linear probing over [`IndexKey`]s, at most half
+/// full, one slot per key (addresses and ports, never attacker-chosen here).
+#[derive(Debug, Clone, Default)]
+struct CaptureIndex {
+    /// A power of two in length (or empty); an empty slot has `first == u32::MAX`.
+    slots: Vec<IndexSlot>,
+    /// `64 - log2(slots.len())`: the hash's top bits pick the home slot.
+    shift: u32,
+    /// The positions after the first of keys with several rules, ascending per key.
+    more: Vec<u32>,
+}
+
+const EMPTY_SLOT: u32 = u32::MAX;
+
+impl CaptureIndex {
+    /// Indexes `(key, position)` pairs; positions of one key keep their order.
+    fn new(mut entries: Vec<(IndexKey, u32)>) -> CaptureIndex {
+        entries.sort_by_key(|&(k, _)| k);
+        let keys = entries.chunk_by(|a, b| a.0 == b.0).count();
+        if keys == 0 {
+            return CaptureIndex::default();
         }
+        let cap = (keys * 2).next_power_of_two().max(8);
+        let empty = IndexSlot {
+            key: IndexKey { dst: 0, rest: 0 },
+            first: EMPTY_SLOT,
+            more_start: 0,
+            more_len: 0,
+        };
+        let mut index = CaptureIndex {
+            slots: vec![empty; cap],
+            shift: 64 - cap.trailing_zeros(),
+            more: Vec::new(),
+        };
+        let mask = cap - 1;
+        for group in entries.chunk_by(|a, b| a.0 == b.0) {
+            let (key, first) = group[0];
+            let more_start = index.more.len() as u32;
+            index.more.extend(group[1..].iter().map(|&(_, p)| p));
+            let mut i = index.home(&key);
+            while index.slots[i].first != EMPTY_SLOT {
+                i = (i + 1) & mask;
+            }
+            index.slots[i] = IndexSlot { key, first, more_start, more_len: group.len() as u32 - 1 };
+        }
+        index
     }
 
-    /// The first position at or after `from`.
-    fn first_from(&self, from: u32) -> Option<u32> {
-        match self {
-            Slots::One(p) => (*p >= from).then_some(*p),
-            Slots::Many(v) => {
-                let i = v.partition_point(|&p| p < from);
-                v.get(i).copied()
+    /// The first of a key's later positions at or after `from`.
+    #[inline(never)]
+    fn later(&self, s: &IndexSlot, from: u32) -> Option<u32> {
+        let start = s.more_start as usize;
+        let more = self.more.get(start..start + s.more_len as usize)?;
+        more.get(more.partition_point(|&p| p < from)).copied()
+    }
+
+    #[inline(always)]
+    fn home(&self, key: &IndexKey) -> usize {
+        (key.hash() >> self.shift) as usize
+    }
+
+    /// The first position at or after `from` of a rule with `key`.
+    #[inline(always)]
+    fn first_from(&self, key: &IndexKey, from: u32) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(key);
+        loop {
+            let s = &self.slots[i];
+            if s.first == EMPTY_SLOT {
+                return None;
             }
+            if s.key == *key {
+                if s.first >= from {
+                    return Some(s.first);
+                }
+                return self.later(s, from);
+            }
+            i = (i + 1) & mask;
         }
     }
 }
@@ -218,7 +243,7 @@ pub struct CompiledNetfilter<'a> {
     ops: Vec<Op<'a>>,
     indexed: Vec<IndexedRun>,
     cascades: Vec<CascadeRun>,
-    index: FastMap<IndexKey, Slots>,
+    index: CaptureIndex,
     /// The pure tests of [`Quick::Pure`] rules.
     pure: Vec<PureTest>,
     /// The tests of [`Quick::Pure4`] rules.
@@ -244,12 +269,14 @@ struct Root {
 /// the walk then takes one table entry instead of the step's rules.
 #[derive(Debug, Clone)]
 struct Summary {
-    /// The conntrack state bits any of the step's rules tests.
-    ct_bits: u8,
-    /// The mark bits any of them tests.
+    /// The mark bits any of the step's rules tests (the conntrack bits they test are folded
+    /// into `key_parts`).
     mark_bits: u32,
     /// By [`Summary::key`].
     ends: Vec<StepEnd>,
+    /// [`Summary::key`]'s parts, by byte: the conntrack state's, then each mark byte's (low
+    /// first), OR-ed together.
+    key_parts: Box<[[u16; 256]; 5]>,
 }
 
 /// How a summarised step ends for one combination of the tested bits.
@@ -302,10 +329,32 @@ fn unpack(k: usize, bits: u32) -> u32 {
 }
 
 impl Summary {
+    fn new(ct_bits: u8, mark_bits: u32, ends: Vec<StepEnd>) -> Summary {
+        let mut key_parts = Box::new([[0u16; 256]; 5]);
+        let width = mark_bits.count_ones();
+        for v in 0..256usize {
+            // At most MAX_SUMMARY_BITS bits: every key fits in 16 bits.
+            key_parts[0][v] = (pack(v as u32, u32::from(ct_bits)) << width) as u16;
+            for byte in 0..4 {
+                key_parts[1 + byte][v] = pack((v as u32) << (8 * byte), mark_bits) as u16;
+            }
+        }
+        Summary { mark_bits, ends, key_parts }
+    }
+
+    /// The index into [`Summary::ends`]: the tested conntrack bits above the tested mark bits,
+    /// each packed in order.
     #[inline]
     fn key(&self, ct: u8, mark: u32) -> usize {
-        (pack(u32::from(ct), u32::from(self.ct_bits)) << self.mark_bits.count_ones())
-            | pack(mark, self.mark_bits)
+        let [c, m0, m1, m2, m3] = &*self.key_parts;
+        let [b0, b1, b2, b3] = mark.to_le_bytes();
+        usize::from(
+            c[usize::from(ct)]
+                | m0[usize::from(b0)]
+                | m1[usize::from(b1)]
+                | m2[usize::from(b2)]
+                | m3[usize::from(b3)],
+        )
     }
 }
 
@@ -746,7 +795,7 @@ impl<'a> CompiledNetfilter<'a> {
         }
         let mut indexed = Vec::new();
         let mut cascades = Vec::new();
-        let mut index: FastMap<IndexKey, Slots> = FastMap::default();
+        let mut index_entries: Vec<(IndexKey, u32)> = Vec::new();
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
                 let b = base[ti][ci];
@@ -769,35 +818,24 @@ impl<'a> CompiledNetfilter<'a> {
                         let mut prefixes = Vec::new();
                         for (k, c) in caps.into_iter().enumerate() {
                             let pos = b + (i + k) as u32;
-                            let key = match c {
+                            let (dst, dport, proto, s) = match c {
                                 Capture::Host { addr, v6, proto, dport } => {
                                     let s = if dport.is_none() { shape::ANY_PORT } else { 0 };
-                                    IndexKey {
-                                        dst: addr,
-                                        run: id,
-                                        dport: dport.unwrap_or(0),
-                                        proto,
-                                        shape: s | if v6 { shape::V6 } else { 0 },
-                                    }
+                                    (addr, dport, proto, s | if v6 { shape::V6 } else { 0 })
                                 }
                                 Capture::AnyDst { proto, dport } => {
                                     let s = shape::ANY_DST
                                         | if dport.is_none() { shape::ANY_PORT } else { 0 };
-                                    IndexKey {
-                                        dst: 0,
-                                        run: id,
-                                        dport: dport.unwrap_or(0),
-                                        proto,
-                                        shape: s,
-                                    }
+                                    (0, dport, proto, s)
                                 }
                                 Capture::Prefix(p) => {
                                     prefixes.push(p);
                                     continue;
                                 }
                             };
-                            shapes |= 1 << (key.shape & (shape::ANY_DST | shape::ANY_PORT));
-                            index.entry(key).and_modify(|s| s.push(pos)).or_insert(Slots::One(pos));
+                            shapes |= 1 << (s & (shape::ANY_DST | shape::ANY_PORT));
+                            let key = IndexKey::new(dst, id, dport.unwrap_or(0), proto, s);
+                            index_entries.push((key, pos));
                         }
                         ops[(b as usize + i)..(b as usize + j)]
                             .iter_mut()
@@ -851,6 +889,7 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        let index = CaptureIndex::new(index_entries);
         let hooks = HookMap::new(&nf.tables);
         let roots = std::array::from_fn(|h| {
             hooks.steps[h]
@@ -974,7 +1013,7 @@ impl<'a> CompiledNetfilter<'a> {
                 mark: a.mark & mark_bits,
             });
         }
-        Some(Summary { ct_bits, mark_bits, ends })
+        Some(Summary::new(ct_bits, mark_bits, ends))
     }
 
     /// How much of the rule set is indexed.
@@ -1042,44 +1081,45 @@ impl<'a> CompiledNetfilter<'a> {
         w: &mut Walk,
         pending: &mut Vec<Walk>,
     ) -> Result<(), EvalError> {
-        loop {
-            if w.verdict.is_some() || w.phase == Phase::Done {
-                return Ok(());
-            }
+        if w.verdict.is_some() {
+            return Ok(());
+        }
+        while w.phase != Phase::Done {
             let hook = phase_hook(w.phase);
-            let Some(&root) = self.roots[hook as usize].get(w.step) else {
-                w.next_phase(env);
-                continue;
-            };
-            let skip_nat = root.is_nat
-                && (w.untracked
-                    || w.ct & ctstate::NEW == 0
-                    || (hook == Hook::Input && w.local_origin));
-            if skip_nat {
-                w.step += 1;
-                continue;
-            }
-            if w.stack.is_empty() {
-                if let Some(i) = root.summary {
-                    let s = &self.summaries[i as usize];
-                    let e = s.ends[s.key(w.ct, w.mark)];
-                    w.evaluated += e.evaluated;
-                    w.mark = (((w.mark & !e.clear) ^ e.xor) & !s.mark_bits) | e.mark;
-                    w.ct |= e.ct_set;
-                    w.masquerade |= e.masquerade;
-                    if e.drop {
-                        w.verdict = Some(Verdict::Drop);
-                        return Ok(());
-                    }
+            let roots = &self.roots[hook as usize];
+            while let Some(&root) = roots.get(w.step) {
+                let skip_nat = root.is_nat
+                    && (w.untracked
+                        || w.ct & ctstate::NEW == 0
+                        || (hook == Hook::Input && w.local_origin));
+                if skip_nat {
                     w.step += 1;
                     continue;
                 }
-                w.stack.push(Frame { pos: root.start, end: root.end });
+                if w.stack.is_empty() {
+                    if let Some(i) = root.summary {
+                        let s = &self.summaries[i as usize];
+                        let e = s.ends[s.key(w.ct, w.mark)];
+                        w.evaluated += e.evaluated;
+                        w.mark = (((w.mark & !e.clear) ^ e.xor) & !s.mark_bits) | e.mark;
+                        w.ct |= e.ct_set;
+                        w.masquerade |= e.masquerade;
+                        if e.drop {
+                            w.verdict = Some(Verdict::Drop);
+                            return Ok(());
+                        }
+                        w.step += 1;
+                        continue;
+                    }
+                    w.stack.push(Frame { pos: root.start, end: root.end });
+                }
+                if self.walk_step(env, pkt, draw, w, pending, root.policy)? {
+                    return Ok(());
+                }
             }
-            if self.walk_step(env, pkt, draw, w, pending, root.policy)? {
-                return Ok(());
-            }
+            w.next_phase(env);
         }
+        Ok(())
     }
 
     /// Walks the current hook step; `Ok(true)` when the walk ended (a verdict). `policy` is the
@@ -1133,7 +1173,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         Quick::Indexed(run) => {
                             let r = &self.indexed[run as usize];
-                            match self.lookup(run, r.shapes, &r.prefixes, pkt, w, pos as u32) {
+                            match self.lookup(run, r, pkt, w, pos as u32) {
                                 Some(q) => {
                                     w.evaluated += q - pos as u32 + 1;
                                     Some(q as usize)
@@ -1260,37 +1300,46 @@ impl<'a> CompiledNetfilter<'a> {
     }
 
     /// The first rule of an indexed run at or after `from` that captures the packet.
-    fn lookup(
+    #[inline(always)]
+    fn lookup(&self, run: u32, r: &IndexedRun, pkt: &Packet, w: &Walk, from: u32) -> Option<u32> {
+        // kube-proxy's runs have host-and-port keys only: one probe.
+        if r.shapes == 1 && r.prefixes.is_empty() {
+            let (addr, v6) = addr_key(w.dst);
+            let v6 = if v6 { shape::V6 } else { 0 };
+            return self.index.first_from(&IndexKey::new(addr, run, w.dport, pkt.proto, v6), from);
+        }
+        self.lookup_any(run, r, pkt, w, from)
+    }
+
+    /// [`CompiledNetfilter::lookup`] for runs with several key shapes or prefix rules.
+    #[inline(never)]
+    fn lookup_any(
         &self,
         run: u32,
-        shapes: u8,
-        prefixes: &[PrefixRule],
+        r: &IndexedRun,
         pkt: &Packet,
         w: &Walk,
         from: u32,
     ) -> Option<u32> {
         let (addr, v6) = addr_key(w.dst);
         let mut best: Option<u32> = None;
-        for s in 0..4u8 {
-            if shapes & (1 << s) == 0 {
-                continue;
-            }
+        let mut left = r.shapes;
+        while left != 0 {
+            let s = left.trailing_zeros() as u8;
+            left &= left - 1;
             let any_dst = s & shape::ANY_DST != 0;
             let any_port = s & shape::ANY_PORT != 0;
-            let key = IndexKey {
-                dst: if any_dst { 0 } else { addr },
-                run,
-                dport: if any_port { 0 } else { w.dport },
-                proto: pkt.proto,
-                shape: s | if v6 && !any_dst { shape::V6 } else { 0 },
-            };
-            if let Some(q) = self.index.get(&key).and_then(|sl| sl.first_from(from))
+            let dst = if any_dst { 0 } else { addr };
+            let dport = if any_port { 0 } else { w.dport };
+            let v6 = if v6 && !any_dst { shape::V6 } else { 0 };
+            let key = IndexKey::new(dst, run, dport, pkt.proto, s | v6);
+            if let Some(q) = self.index.first_from(&key, from)
                 && best.is_none_or(|b| q < b)
             {
                 best = Some(q);
             }
         }
-        for p in prefixes {
+        for p in &r.prefixes {
             if p.pos < from || best.is_some_and(|b| p.pos > b) {
                 continue;
             }
@@ -1417,14 +1466,17 @@ struct Frame {
     end: u32,
 }
 
-/// The jump stack: the bottom [`INLINE_FRAMES`] frames inline (kube-proxy's rules stay within
-/// them), deeper ones in `spill`.
+/// The jump stack: the top frame in `top`, the [`INLINE_FRAMES`] frames below it inline
+/// (kube-proxy's rules stay within them), deeper ones in `spill`.
 #[derive(Clone, Debug, Default)]
 struct Stack {
+    /// The top frame, when `len > 0`.
+    top: Frame,
+    /// Frames `0..min(len - 1, INLINE_FRAMES)` below the top.
     inline: [Frame; INLINE_FRAMES],
-    /// Frames in all.
+    /// Frames in all, the top included.
     len: usize,
-    /// Frames `INLINE_FRAMES..len`.
+    /// Frames `INLINE_FRAMES..len - 1`.
     spill: Vec<Frame>,
 }
 
@@ -1451,42 +1503,48 @@ impl Stack {
 
     #[inline]
     fn push(&mut self, f: Frame) {
-        if self.len < INLINE_FRAMES {
-            self.inline[self.len] = f;
-        } else {
-            self.spill.push(f);
+        if self.len > 0 {
+            // The old top goes below, at depth `len - 1`.
+            let below = self.len - 1;
+            if below < INLINE_FRAMES {
+                self.inline[below] = self.top;
+            } else {
+                self.spill.push(self.top);
+            }
         }
+        self.top = f;
         self.len += 1;
     }
 
     #[inline]
     fn pop(&mut self) {
-        if self.len > INLINE_FRAMES {
-            self.spill.pop();
+        if self.len == 0 {
+            return;
         }
-        self.len = self.len.saturating_sub(1);
+        self.len -= 1;
+        if self.len > 0 {
+            let below = self.len - 1;
+            self.top = if below < INLINE_FRAMES {
+                self.inline[below]
+            } else {
+                self.spill.pop().unwrap_or_default()
+            };
+        }
     }
 
     #[inline]
     fn last(&self) -> Option<Frame> {
-        match self.len {
-            0 => None,
-            n if n <= INLINE_FRAMES => Some(self.inline[n - 1]),
-            _ => self.spill.last().copied(),
-        }
+        (self.len > 0).then_some(self.top)
     }
 
     #[inline]
     fn last_mut(&mut self) -> Option<&mut Frame> {
-        match self.len {
-            0 => None,
-            n if n <= INLINE_FRAMES => Some(&mut self.inline[n - 1]),
-            _ => self.spill.last_mut(),
-        }
+        (self.len > 0).then_some(&mut self.top)
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Phase {
     Pre,
     Out,
@@ -1496,14 +1554,19 @@ enum Phase {
     Done,
 }
 
+/// The hook of each [`Phase`] (by `Phase as usize`; `Done` keeps the last one).
+const PHASE_HOOK: [Hook; 6] = [
+    Hook::Prerouting,
+    Hook::Output,
+    Hook::Input,
+    Hook::Forward,
+    Hook::Postrouting,
+    Hook::Postrouting,
+];
+
+#[inline(always)]
 fn phase_hook(p: Phase) -> Hook {
-    match p {
-        Phase::Pre => Hook::Prerouting,
-        Phase::Out => Hook::Output,
-        Phase::In => Hook::Input,
-        Phase::Fwd => Hook::Forward,
-        Phase::Post | Phase::Done => Hook::Postrouting,
-    }
+    PHASE_HOOK[p as usize]
 }
 
 /// How the rule at the top frame's position is taken when the walk resumes there.
@@ -1916,6 +1979,52 @@ mod tests {
         }
     }
 
+    /// An indexed run with a key repeated, host, any-port, any-destination and prefix rules, and
+    /// chains that return into the run's middle: every later rule with the same key is found
+    /// from where the walk resumes, in rule order.
+    #[test]
+    fn indexed_run_resumes_after_a_return_with_repeated_keys() {
+        let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+            :POSTROUTING ACCEPT [0:0]\n:SVC - [0:0]\n:A - [0:0]\n:B - [0:0]\n\
+            -A PREROUTING -j SVC\n\
+            -A SVC -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j A\n\
+            -A SVC -d 10.96.0.2/32 -p tcp -m tcp --dport 80 -j A\n\
+            -A SVC -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j B\n\
+            -A SVC -d 10.96.0.0/30 -p tcp -j MARK --or-mark 0x100\n\
+            -A SVC -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j MARK --or-mark 0x2\n\
+            -A SVC -d 10.96.0.1/32 -p tcp -j MARK --or-mark 0x1\n\
+            -A SVC -p tcp -m tcp --dport 80 -j MARK --or-mark 0x4\n\
+            -A SVC -d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j MARK --or-mark 0x8\n\
+            -A SVC -p udp -j MARK --or-mark 0x200\n\
+            -A A -j MARK --or-mark 0x10\n\
+            -A B -j MARK --or-mark 0x20\nCOMMIT\n";
+        let ruleset = iptables_save::parse(text, Family::V4).unwrap();
+        let nf = Netfilter::new(&ruleset).unwrap();
+        let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
+        let r = Rules { ruleset, nf, env };
+        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        assert_eq!(compiled.stats().indexed_rules, 9, "{:?}", compiled.stats());
+        for (dst, port, proto, mark, rules) in [
+            ("10.96.0.1", 80, 6, 0x13f, 12),
+            ("10.96.0.1", 81, 6, 0x101, 10),
+            ("10.96.0.2", 80, 6, 0x114, 11),
+            ("10.96.0.3", 80, 6, 0x104, 10),
+            ("10.96.0.9", 80, 6, 0x4, 10),
+            ("10.96.0.1", 80, 17, 0x200, 10),
+        ] {
+            let mut pkt = Packet::tcp(ip("10.1.0.1"), ip(dst), port);
+            pkt.proto = proto;
+            agree(&r, &pkt, 1).unwrap();
+            let outs = compiled.exact(&r.env, &pkt).unwrap();
+            assert_eq!(outs.len(), 1);
+            assert_eq!(
+                (outs[0].mark, outs[0].rules_evaluated),
+                (mark, rules),
+                "{dst}:{port}/{proto}"
+            );
+        }
+    }
+
     #[test]
     fn one_cascade_draw_follows_the_cascade_distribution() {
         let c = synthetic::uniform(Shape { services: 3, endpoints: 4, node_ports: false }).unwrap();
@@ -2235,6 +2344,74 @@ mod tests {
             let mut w = Walk::start(&packet);
             (w.ct, w.mark) = state;
             prop_assert_eq!(fast.holds(&packet, &w), t.holds(&packet, &w), "{:?}", t);
+        }
+    }
+
+    proptest! {
+        /// The jump stack (top frame apart, inline frames, spill) behaves as a plain vector
+        /// under any sequence of pushes, pops, top rewrites and clears, deep ones included.
+        #[test]
+        fn stack_is_a_vector(ops in proptest::collection::vec((0u8..8, any::<u32>()), 0..200)) {
+            let mut st = Stack::default();
+            let mut model: Vec<Frame> = Vec::new();
+            for (op, v) in ops {
+                match op {
+                    0..=3 => {
+                        st.push(Frame { pos: v, end: !v });
+                        model.push(Frame { pos: v, end: !v });
+                    }
+                    4 | 5 => {
+                        st.pop();
+                        model.pop();
+                    }
+                    6 => {
+                        if let Some(f) = st.last_mut() {
+                            f.pos = v;
+                        }
+                        if let Some(f) = model.last_mut() {
+                            f.pos = v;
+                        }
+                    }
+                    _ if v % 8 == 0 => {
+                        st.clear();
+                        model.clear();
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(st.len(), model.len());
+                prop_assert_eq!(st.is_empty(), model.is_empty());
+                prop_assert_eq!(
+                    st.last().map(|f| (f.pos, f.end)),
+                    model.last().map(|f| (f.pos, f.end))
+                );
+            }
+            while let Some(f) = model.pop() {
+                prop_assert_eq!(st.last().map(|f| (f.pos, f.end)), Some((f.pos, f.end)));
+                st.pop();
+            }
+            prop_assert!(st.is_empty());
+        }
+
+        /// The summary key read from byte tables is the packed key: the tested conntrack bits
+        /// above the tested mark bits.
+        #[test]
+        fn summary_key_packs_the_tested_bits(
+            ct_bits in any::<u8>(),
+            mark_bits in any::<u32>(),
+            ct in any::<u8>(),
+            mark in any::<u32>(),
+        ) {
+            // Keep at most MAX_SUMMARY_BITS bits, as the compiler does.
+            let mut mark_bits = mark_bits;
+            while mark_bits.count_ones() + ct_bits.count_ones() > MAX_SUMMARY_BITS {
+                mark_bits &= mark_bits - 1;
+            }
+            let ct_bits = if ct_bits.count_ones() > MAX_SUMMARY_BITS { 0 } else { ct_bits };
+            let s = Summary::new(ct_bits, mark_bits, Vec::new());
+            let want = (pack(u32::from(ct), u32::from(ct_bits)) << mark_bits.count_ones())
+                | pack(mark, mark_bits);
+            prop_assert_eq!(s.key(ct, mark), want);
+            prop_assert_eq!(unpack(pack(mark, mark_bits), mark_bits), mark & mark_bits);
         }
     }
 
