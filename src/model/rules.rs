@@ -731,11 +731,6 @@ impl Rule {
         &self.text
     }
 
-    /// The bytes this rule holds beyond its own size (its argument text).
-    pub fn heap_bytes(&self) -> usize {
-        self.text.capacity()
-    }
-
     /// `-m MODULE`.
     pub fn module(mut self, name: &str) -> Rule {
         self.push_word("-m ", name);
