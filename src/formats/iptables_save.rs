@@ -1222,22 +1222,19 @@ fn parse_statement<'a>(
     let words = &toks[i..];
     let mut check = Check { canonical: true, addr: &mut scratch.addr };
     parse_args(line, lineno, family, words, Mode::Check(&mut check), &mut scratch.names)?;
-    let rule = match (check.canonical, words.first(), words.last()) {
+    let rule = if check.canonical {
         // Written as svcpath writes it (as kube-proxy and iptables-save do): the words are the
         // rule's text.
-        (true, Some(first), Some(last)) => {
-            let text = line.get(first.at..last.at + last.raw.len()).unwrap_or_default();
-            Rule::from_written(chain, op, counters, text)
-        }
-        (true, _, _) => Rule::from_written(chain, op, counters, ""),
-        (false, _, _) => {
-            let mut args = std::mem::take(&mut scratch.args);
-            args.clear();
-            parse_args(line, lineno, family, words, Mode::Build(&mut args), &mut scratch.names)?;
-            let rule = Rule::from_args(chain, op, counters, &args);
-            scratch.args = args;
-            rule
-        }
+        let text = match (words.first(), words.last()) {
+            (Some(first), Some(last)) => line.get(first.at..last.at + last.raw.len()),
+            _ => None,
+        };
+        Rule::from_written(chain, op, counters, text.unwrap_or_default())
+    } else {
+        scratch.args.clear();
+        let build = Mode::Build(&mut scratch.args);
+        parse_args(line, lineno, family, words, build, &mut scratch.names)?;
+        Rule::from_args(chain, op, counters, &scratch.args)
     };
     Ok((Statement::Rule(rule), chain_tok))
 }
@@ -1274,9 +1271,10 @@ impl Mode<'_, '_> {
 
 /// Whether `addr` prints as `raw`.
 fn spelled_as(c: &mut Check<'_>, addr: &Addr, raw: &str) -> bool {
+    use std::fmt::Write as _;
     c.addr.clear();
     // Writing into a String cannot fail.
-    let _ = std::fmt::Write::write_fmt(c.addr, format_args!("{addr}"));
+    let _ = write!(c.addr, "{addr}");
     c.addr == raw
 }
 

@@ -478,14 +478,7 @@ impl Arg {
                 write_token(w, m)
             }
             Arg::Opt { neg, name, values } => {
-                bang(w, *neg)?;
-                w.write_str("--")?;
-                w.write_str(name)?;
-                for v in values {
-                    w.write_char(' ')?;
-                    w.write_str(v.as_raw())?;
-                }
-                Ok(())
+                write_opt(w, *neg, name, values.iter().map(Word::as_raw))
             }
             Arg::Jump(t) => {
                 w.write_str("-j ")?;
@@ -520,14 +513,38 @@ fn is_plain(name: &str) -> bool {
     }
 }
 
+/// Writes `[!] --name v1 v2…`, the values as they are.
+fn write_opt<'v, W: fmt::Write>(
+    w: &mut W,
+    neg: bool,
+    name: &str,
+    values: impl IntoIterator<Item = &'v str>,
+) -> fmt::Result {
+    if neg {
+        w.write_str("! ")?;
+    }
+    w.write_str("--")?;
+    w.write_str(name)?;
+    for v in values {
+        w.write_char(' ')?;
+        w.write_str(v)?;
+    }
+    Ok(())
+}
+
+/// `out`, after the space that separates its next argument from the ones before.
+fn next_arg(out: &mut String) -> &mut String {
+    if !out.is_empty() {
+        out.push(' ');
+    }
+    out
+}
+
 /// Writes `args` separated by single spaces.
 fn write_args<'a>(out: &mut String, args: impl IntoIterator<Item = &'a Arg>) {
     for a in args {
-        if !out.is_empty() {
-            out.push(' ');
-        }
         // Writing into a String cannot fail.
-        let _ = a.write_to(out);
+        let _ = a.write_to(next_arg(out));
     }
 }
 
@@ -708,11 +725,8 @@ impl Rule {
 
     /// Adds any argument in place.
     pub fn push(&mut self, arg: &Arg) {
-        if !self.text.is_empty() {
-            self.text.push(' ');
-        }
         // Writing into a String cannot fail.
-        let _ = arg.write_to(&mut self.text);
+        let _ = arg.write_to(next_arg(&mut self.text));
     }
 
     /// Replaces the arguments.
@@ -726,11 +740,6 @@ impl Rule {
         ArgsOf::new(&self.text)
     }
 
-    /// The arguments as text, as `iptables-save` prints them after the chain name.
-    pub fn args_text(&self) -> &str {
-        &self.text
-    }
-
     /// `-m MODULE`.
     pub fn module(mut self, name: &str) -> Rule {
         self.push_word("-m ", name);
@@ -739,12 +748,10 @@ impl Rule {
 
     /// Writes a short option and its one-word value straight into the text.
     fn push_word(&mut self, option: &str, value: &str) {
-        if !self.text.is_empty() {
-            self.text.push(' ');
-        }
-        self.text.push_str(option);
+        let out = next_arg(&mut self.text);
+        out.push_str(option);
         // Writing into a String cannot fail.
-        let _ = write_token(&mut self.text, value);
+        let _ = write_token(out, value);
     }
 
     /// `--name v1 v2…` (values written bare).
@@ -767,18 +774,8 @@ impl Rule {
 
     /// Writes an option with raw values straight into the text.
     fn push_opt(&mut self, neg: bool, name: &str, values: &[&str]) {
-        if !self.text.is_empty() {
-            self.text.push(' ');
-        }
-        if neg {
-            self.text.push_str("! ");
-        }
-        self.text.push_str("--");
-        self.text.push_str(name);
-        for v in values {
-            self.text.push(' ');
-            self.text.push_str(v);
-        }
+        // Writing into a String cannot fail.
+        let _ = write_opt(next_arg(&mut self.text), neg, name, values.iter().copied());
     }
 
     /// `-m comment --comment TEXT`, quoted when the text has spaces (kube-proxy's style).
@@ -1038,11 +1035,9 @@ impl Rule {
     /// [`Rule::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and shared by
     /// several rules.
     pub fn comment_word(mut self, word: &Word) -> Rule {
-        if !self.text.is_empty() {
-            self.text.push(' ');
-        }
-        self.text.push_str("-m comment --comment ");
-        self.text.push_str(word.as_raw());
+        let out = next_arg(&mut self.text);
+        out.push_str("-m comment --comment ");
+        out.push_str(word.as_raw());
         self
     }
 }
