@@ -1310,6 +1310,29 @@ mod tests {
         assert!(e.to_string().contains("missing chain 'KUBE-NOPE'"), "{e}");
     }
 
+    /// Chains compile in parallel, but the error is still the first one in chain order: C499's,
+    /// not C500's, which is on a lower line and which the task given the second half may meet
+    /// first.
+    #[test]
+    fn the_first_error_in_chain_order_is_reported_from_parallel_chains() {
+        let names: Vec<String> = (0..1000).map(|i| format!("C{i}")).collect();
+        let chains: Vec<&str> = names.iter().map(String::as_str).collect();
+        let rules = (0..1000)
+            .map(|i| {
+                let target = if i == 499 || i == 500 { "KUBE-NOPE" } else { "ACCEPT" };
+                Rule::new(chains[i]).jump(target)
+            })
+            .collect();
+        let mut set = rs(rules, &chains);
+        for (i, s) in set.tables[0].statements.iter_mut().skip(chains.len()).enumerate() {
+            s.line = 5000 - i;
+        }
+        for _ in 0..5 {
+            let e = compile(&set).unwrap_err();
+            assert_eq!(e.line, 5000 - 499, "{e}");
+        }
+    }
+
     #[test]
     fn jump_loops_are_refused_with_the_cycle() {
         let set = rs(
