@@ -69,9 +69,12 @@ fn child(path: &str) {
         .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| fail(path, e));
+    // As `study::Dataplane` keeps it: one copy, which the parsed rules share.
+    let text = std::sync::Arc::<str>::from(text);
     let lines = text.lines().count();
     let _ = stage(t, "read", 0);
-    let ruleset = iptables_save::parse(&text, Family::V4).unwrap_or_else(|e| fail(path, e));
+    let ruleset = iptables_save::parse_shared(std::sync::Arc::clone(&text), Family::V4)
+        .unwrap_or_else(|e| fail(path, e));
     let rules = ruleset.rule_count();
     let _ = stage(t, "parsed", rules);
     let nf = Netfilter::new(&ruleset).unwrap_or_else(|e| fail(path, e));

@@ -104,14 +104,15 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::model::rules::{
-    Addr, Arg, ChainDecl, Family, Located, Name, NameHasher, Rule, RuleOp, Ruleset, Statement,
-    Table, Values, Word,
+    Addr, Arg, ChainDecl, Family, Located, Name, NameHasher, Piece, Rule, RuleOp, Ruleset,
+    Statement, Table, Values, Word,
 };
 use crate::model::words::{BANG, Tok, tokenize};
 
@@ -510,11 +511,23 @@ impl ParseErrorKind {
 /// # Errors
 ///
 /// Returns the first problem found, located by line and column; see [`ParseErrorKind`].
+///
+/// The rules keep their text in one copy of `text` they share; [`parse_shared`] spares that copy
+/// when the caller has the text in an `Arc` already.
 pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
+    parse_shared(Arc::from(text), family)
+}
+
+/// Parses a whole dump as [`parse`] does, and the rules keep their text in `text` itself.
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn parse_shared(text: Arc<str>, family: Family) -> Result<Ruleset, ParseError> {
     if memchr::memchr(0, text.as_bytes()).is_some() {
         return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
     }
-    Parser::new(family).run(text)
+    Parser::new(family, Some(Arc::clone(&text))).run(&text)
 }
 
 /// Parses a dump given as bytes: like [`parse`], and invalid UTF-8 is an error.
@@ -528,7 +541,10 @@ pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> 
         return Err(locate_byte(bytes, ParseErrorKind::NulByte, |b| b == 0));
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => Parser::new(family).run(text),
+        Ok(text) => {
+            let text = Arc::<str>::from(text);
+            Parser::new(family, Some(Arc::clone(&text))).run(&text)
+        }
         Err(e) => {
             let at = e.valid_up_to();
             Err(locate_offset(bytes, at, ParseErrorKind::InvalidUtf8))
@@ -662,6 +678,8 @@ type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>
 /// as a pass in order would report it.
 struct Parser<'a> {
     family: Family,
+    /// The whole text, kept by the rules parsed from it.
+    shared: Option<Arc<str>>,
     tables: Vec<Table>,
     /// The open table, if any.
     open: Option<Table>,
@@ -677,9 +695,10 @@ struct Parser<'a> {
 const PARSE_CHUNK: usize = 4096;
 
 impl<'a> Parser<'a> {
-    fn new(family: Family) -> Parser<'a> {
+    fn new(family: Family, shared: Option<Arc<str>>) -> Parser<'a> {
         Parser {
             family,
+            shared,
             tables: Vec::new(),
             open: None,
             pending: Vec::new(),
@@ -692,6 +711,7 @@ impl<'a> Parser<'a> {
     /// gives the error on the earliest line, if any.
     fn parse_pending(&mut self) -> Option<ParseError> {
         let family = self.family;
+        let shared = self.shared.as_ref();
         let tables = self.tables.iter_mut().chain(self.open.as_mut());
         let mut first: Option<ParseError> = None;
         for (table, texts) in tables.zip(&self.pending) {
@@ -699,7 +719,8 @@ impl<'a> Parser<'a> {
                 table.statements.par_chunks_mut(PARSE_CHUNK).zip(texts.par_chunks(PARSE_CHUNK));
             let error = chunks
                 .filter_map(|(slots, texts)| {
-                    let mut scratch = Scratch::default();
+                    let piece = shared.map(|text| Piece::new(Arc::clone(text)));
+                    let mut scratch = Scratch { piece, ..Scratch::default() };
                     for (slot, &text) in slots.iter_mut().zip(texts) {
                         if text.is_empty() {
                             continue;
@@ -1041,6 +1062,8 @@ fn parse_counters(inner: &str) -> Option<(u64, u64)> {
 /// Buffers reused from line to line.
 #[derive(Default)]
 struct Scratch<'a> {
+    /// The shared dump text rules keep their text in, when the line is part of it.
+    piece: Option<Arc<Piece>>,
     toks: Vec<Tok<'a>>,
     args: Vec<Arg>,
     names: Names<'a>,
@@ -1229,7 +1252,7 @@ fn parse_statement<'a>(
             (Some(first), Some(last)) => line.get(first.at..last.at + last.raw.len()),
             _ => None,
         };
-        Rule::from_written(chain, op, counters, text.unwrap_or_default())
+        Rule::from_written(chain, op, counters, text.unwrap_or_default(), scratch.piece.as_ref())
     } else {
         scratch.args.clear();
         let build = Mode::Build(&mut scratch.args);

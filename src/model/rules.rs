@@ -27,8 +27,9 @@
 //! ```
 
 use std::fmt;
-use std::hash::Hasher;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -648,11 +649,84 @@ pub struct Rule {
     pub chain: Name,
     /// Its arguments as text, separated by single spaces.
     #[serde(rename = "args", serialize_with = "serialize_args")]
-    text: String,
+    text: Text,
 }
 
-fn serialize_args<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(ArgsOf::new(text))
+fn serialize_args<S: serde::Serializer>(text: &Text, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ArgsOf::new(text.as_str()))
+}
+
+/// A rule's argument text: written by its builders, or a span of the dump it was parsed from.
+///
+/// A parsed dump keeps one copy of its text, shared by its rules: a rule costs a pointer and two
+/// offsets instead of an allocation of its own. Changing a parsed rule copies its text first.
+#[derive(Clone)]
+enum Text {
+    Own(String),
+    Span { piece: Arc<Piece>, start: u32, len: u32 },
+}
+
+impl Text {
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Own(s) => s,
+            Text::Span { piece, start, len } => {
+                let start = *start as usize;
+                piece.text.get(start..start + *len as usize).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The text as a string of its own, copied out of the dump if it was a span.
+    fn own(&mut self) -> &mut String {
+        if let Text::Span { .. } = self {
+            *self = Text::Own(self.as_str().to_owned());
+        }
+        let Text::Own(s) = self else { unreachable!("made its own just above") };
+        s
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl Hash for Text {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// A dump's text as the rules parsed from one part of it hold it.
+///
+/// The parser makes one per chunk of rules it parses on one thread, so taking a reference for each
+/// rule does not make two threads contend for one counter.
+pub(crate) struct Piece {
+    text: Arc<str>,
+}
+
+impl Piece {
+    pub(crate) fn new(text: Arc<str>) -> Arc<Piece> {
+        Arc::new(Piece { text })
+    }
+
+    /// `span` as a span of this text, if it is a part of it that offsets of 32 bits reach.
+    fn span(self: &Arc<Piece>, span: &str) -> Option<Text> {
+        let start = (span.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        let end = start.checked_add(span.len())?;
+        // A string that merely lies after the text in memory is not in it.
+        let inside = self.text.get(start..end)?;
+        debug_assert!(std::ptr::eq(inside.as_ptr(), span.as_ptr()));
+        Some(Text::Span {
+            piece: Arc::clone(self),
+            start: u32::try_from(start).ok()?,
+            len: u32::try_from(span.len()).ok()?,
+        })
+    }
 }
 
 impl fmt::Debug for Rule {
@@ -669,7 +743,12 @@ impl fmt::Debug for Rule {
 impl Rule {
     /// An empty rule appended to `chain`.
     pub fn new(chain: impl IntoName) -> Rule {
-        Rule { counters: None, op: RuleOp::Append, chain: chain.into_name(), text: String::new() }
+        Rule {
+            counters: None,
+            op: RuleOp::Append,
+            chain: chain.into_name(),
+            text: Text::Own(String::new()),
+        }
     }
 
     /// An empty rule appended to `chain`, with room for about `args` arguments.
@@ -678,7 +757,7 @@ impl Rule {
             counters: None,
             op: RuleOp::Append,
             chain: chain.into_name(),
-            text: String::with_capacity(16 * args),
+            text: Text::Own(String::with_capacity(16 * args)),
         }
     }
 
@@ -697,22 +776,27 @@ impl Rule {
             write_args(scratch, args);
             scratch.as_str().to_owned()
         });
-        Rule { counters, op, chain: chain.into_name(), text }
+        Rule { counters, op, chain: chain.into_name(), text: Text::Own(text) }
     }
 
     /// A rule whose argument text is already as [`Arg::write_to`] writes the arguments, separated
     /// by single spaces: the `iptables-save` parser checks that before it hands the words over.
+    /// The rule keeps `text` as a span of `piece` when it is part of it, a copy otherwise.
     pub(crate) fn from_written(
         chain: Name,
         op: RuleOp,
         counters: Option<(u64, u64)>,
         text: &str,
+        piece: Option<&Arc<Piece>>,
     ) -> Rule {
-        let rule = Rule { counters, op, chain, text: text.to_owned() };
+        let text = piece.and_then(|p| p.span(text)).unwrap_or_else(|| Text::Own(text.to_owned()));
+        let rule = Rule { counters, op, chain, text };
         debug_assert_eq!(
-            Rule::from_args(Name::default(), op, counters, &rule.args().collect::<Vec<_>>()).text,
-            rule.text,
-            "not as written: {text}"
+            Rule::from_args(Name::default(), op, counters, &rule.args().collect::<Vec<_>>())
+                .text
+                .as_str(),
+            rule.text.as_str(),
+            "not as written"
         );
         rule
     }
@@ -726,18 +810,19 @@ impl Rule {
     /// Adds any argument in place.
     pub fn push(&mut self, arg: &Arg) {
         // Writing into a String cannot fail.
-        let _ = arg.write_to(next_arg(&mut self.text));
+        let _ = arg.write_to(next_arg(self.text.own()));
     }
 
     /// Replaces the arguments.
     pub fn set_args<'a>(&mut self, args: impl IntoIterator<Item = &'a Arg>) {
-        self.text.clear();
-        write_args(&mut self.text, args);
+        let text = self.text.own();
+        text.clear();
+        write_args(text, args);
     }
 
     /// The arguments in written order, read back from the rule's text.
     pub fn args(&self) -> ArgsOf<'_> {
-        ArgsOf::new(&self.text)
+        ArgsOf::new(self.text.as_str())
     }
 
     /// `-m MODULE`.
@@ -748,7 +833,7 @@ impl Rule {
 
     /// Writes a short option and its one-word value straight into the text.
     fn push_word(&mut self, option: &str, value: &str) {
-        let out = next_arg(&mut self.text);
+        let out = next_arg(self.text.own());
         out.push_str(option);
         // Writing into a String cannot fail.
         let _ = write_token(out, value);
@@ -775,7 +860,7 @@ impl Rule {
     /// Writes an option with raw values straight into the text.
     fn push_opt(&mut self, neg: bool, name: &str, values: &[&str]) {
         // Writing into a String cannot fail.
-        let _ = write_opt(next_arg(&mut self.text), neg, name, values.iter().copied());
+        let _ = write_opt(next_arg(self.text.own()), neg, name, values.iter().copied());
     }
 
     /// `-m comment --comment TEXT`, quoted when the text has spaces (kube-proxy's style).
@@ -858,9 +943,10 @@ impl Rule {
             w.write_char(' ')?;
             write_u64(w, u64::from(n))?;
         }
-        if !self.text.is_empty() {
+        let text = self.text.as_str();
+        if !text.is_empty() {
             w.write_char(' ')?;
-            w.write_str(&self.text)?;
+            w.write_str(text)?;
         }
         Ok(())
     }
@@ -1035,7 +1121,7 @@ impl Rule {
     /// [`Rule::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and shared by
     /// several rules.
     pub fn comment_word(mut self, word: &Word) -> Rule {
-        let out = next_arg(&mut self.text);
+        let out = next_arg(self.text.own());
         out.push_str("-m comment --comment ");
         out.push_str(word.as_raw());
         self
@@ -1120,5 +1206,38 @@ mod tests {
         assert_eq!(two.len(), 2);
         assert_eq!(two, vec![Word::raw("a"), Word::raw("b")]);
         assert!(std::mem::size_of::<Values>() <= 24);
+    }
+
+    #[test]
+    fn a_piece_spans_only_its_own_text() {
+        let text: Arc<str> = Arc::from("-A X -p tcp -j ACCEPT\n-A X -j DROP\n");
+        let piece = Piece::new(Arc::clone(&text));
+        let inside = piece.span(&text[5..21]).map(|t| t.as_str().to_owned());
+        assert_eq!(inside.as_deref(), Some("-p tcp -j ACCEPT"));
+        // Equal text elsewhere in memory is not part of the piece.
+        let copy = String::from(&text[5..21]);
+        assert!(piece.span(&copy).is_none());
+    }
+
+    #[test]
+    fn a_rule_kept_as_a_span_copies_its_text_before_it_changes() {
+        let text: Arc<str> = Arc::from("-A X -p tcp -j ACCEPT");
+        let piece = Piece::new(Arc::clone(&text));
+        let rule =
+            Rule::from_written(Name::new("X"), RuleOp::Append, None, &text[5..], Some(&piece));
+        assert!(matches!(rule.text, Text::Span { .. }));
+        let built = Rule::new("X").proto("tcp").jump("ACCEPT");
+        assert_eq!(rule, built);
+        let mut hasher = std::hash::DefaultHasher::new();
+        rule.hash(&mut hasher);
+        let mut other = std::hash::DefaultHasher::new();
+        built.hash(&mut other);
+        assert_eq!(hasher.finish(), other.finish(), "equal rules hash alike, span or not");
+        let mut changed = rule.clone();
+        changed.push(&Arg::Jump(Name::new("DROP")));
+        assert!(matches!(changed.text, Text::Own(_)));
+        assert_eq!(changed.to_string(), "-A X -p tcp -j ACCEPT -j DROP");
+        assert_eq!(rule.to_string(), "-A X -p tcp -j ACCEPT", "the shared text is untouched");
+        assert_eq!(&*text, "-A X -p tcp -j ACCEPT");
     }
 }

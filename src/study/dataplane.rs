@@ -6,6 +6,7 @@
 //! the lines `svcpath rules` prints, and both inputs meet the same parser and evaluator.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::dataplane::netfilter::{CompileError, Netfilter};
 use crate::formats::iptables_save::{self, ParseError};
@@ -18,8 +19,9 @@ use crate::model::{Cluster, IpFamily, NodeView};
 pub struct Dataplane {
     /// Where the rules came from (a file name or a description).
     pub origin: String,
-    /// The rules as text (`iptables-restore` format); line numbers refer to it.
-    pub text: String,
+    /// The rules as text (`iptables-restore` format); line numbers refer to it. The parsed rules
+    /// keep their text in it.
+    pub text: Arc<str>,
     /// The parsed rules.
     pub ruleset: Ruleset,
     /// The compiled netfilter model.
@@ -73,7 +75,8 @@ impl Dataplane {
         family: Family,
         local: Vec<IpAddr>,
     ) -> Result<Dataplane, DataplaneError> {
-        let ruleset = iptables_save::parse(&text, family).map_err(|error| {
+        let text = Arc::<str>::from(text);
+        let ruleset = iptables_save::parse_shared(Arc::clone(&text), family).map_err(|error| {
             DataplaneError::Parse { origin: origin.to_owned(), error: Box::new(error) }
         })?;
         let netfilter = Netfilter::new(&ruleset).map_err(|error| DataplaneError::Compile {
