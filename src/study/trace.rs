@@ -170,14 +170,10 @@ fn recent_lists(dp: &Dataplane) -> BTreeMap<String, (Option<u32>, Option<String>
         for c in &t.chains {
             for r in &c.rules {
                 for m in &r.matches {
-                    if let Match::Recent {
-                        name,
-                        cmd: RecentCmd::Check | RecentCmd::Update,
-                        seconds,
-                        ..
-                    } = m
+                    if let Match::Recent(recent) = m
+                        && let RecentCmd::Check | RecentCmd::Update = recent.cmd
                     {
-                        out.entry(name.clone()).or_default().0 = *seconds;
+                        out.entry(recent.name.clone()).or_default().0 = recent.seconds;
                     }
                 }
             }
@@ -298,8 +294,8 @@ pub fn hop_view(dp: &Dataplane, h: &Hop) -> HopView {
     if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule)
         && let Some(rule) = t.chains.get(h.chain).and_then(|c| c.rules.get(r))
     {
-        v.line = Some(rule.line);
-        v.text = Some(dp.statement_text(t.source, rule.stmt));
+        v.line = Some(rule.line as usize);
+        v.text = Some(dp.statement_text(t.source, rule.stmt as usize));
     }
     match &h.event {
         Event::Enter => v.event = "enter".into(),

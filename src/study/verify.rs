@@ -402,7 +402,7 @@ fn has_recent_set(dp: &Dataplane) -> bool {
     dp.netfilter.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules).any(|r| {
         r.matches
             .iter()
-            .any(|m| matches!(m, Match::Recent { cmd: RecentCmd::Set | RecentCmd::Update, .. }))
+            .any(|m| matches!(m, Match::Recent(r) if matches!(r.cmd, RecentCmd::Set | RecentCmd::Update)))
     })
 }
 

@@ -155,7 +155,7 @@ pub enum Match {
         /// Which port: `Some(true)` source, `Some(false)` destination, `None` either.
         source: Option<bool>,
         /// The listed ports and ranges.
-        ports: Vec<PortRange>,
+        ports: Box<[PortRange]>,
     },
     /// `-m statistic --mode random --probability P`: the kernel's threshold out of 2^31.
     Random {
@@ -173,23 +173,8 @@ pub enum Match {
         /// P.
         packet: u32,
     },
-    /// `-m recent`.
-    Recent {
-        /// Negated (`! --rcheck`).
-        neg: bool,
-        /// The list name (`DEFAULT` when absent).
-        name: String,
-        /// What to do.
-        cmd: RecentCmd,
-        /// `--seconds`.
-        seconds: Option<u32>,
-        /// `--hitcount`.
-        hitcount: Option<u32>,
-        /// `--rdest` (otherwise the source address is used).
-        rdest: bool,
-        /// `--mask` applied to the address (IPv4 only in iptables; `None` = all ones).
-        mask: Option<IpAddr>,
-    },
+    /// `-m recent` (boxed: rarely used, and the largest match).
+    Recent(Box<RecentMatch>),
     /// `-m addrtype`.
     AddrType {
         /// `--src-type` (negation, type bits).
@@ -213,21 +198,45 @@ pub enum Match {
         /// The listed states as [`ctstate`] bits.
         states: u8,
     },
-    /// `-m set [!] --match-set NAME DIR[,DIR…] [--return-nomatch]`: membership in an ipset.
-    Set {
-        /// Negated (`! --match-set`).
-        neg: bool,
-        /// The set name.
-        name: String,
-        /// For each dimension, whether it takes the source (`src`) rather than the destination.
-        src_dims: Vec<bool>,
-        /// `--return-nomatch`: a `nomatch` entry makes the match succeed.
-        return_nomatch: bool,
-    },
+    /// `-m set [!] --match-set NAME DIR[,DIR…] [--return-nomatch]`: membership in an ipset
+    /// (boxed, as [`Match::Recent`]).
+    Set(Box<SetMatch>),
     /// A match that never changes the outcome (`comment`, `nfacct`).
     Always,
     /// A module or option svcpath does not model; the reason says which.
-    Unmodelled(String),
+    Unmodelled(Box<str>),
+}
+
+/// `-m recent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentMatch {
+    /// Negated (`! --rcheck`).
+    pub neg: bool,
+    /// The list name (`DEFAULT` when absent).
+    pub name: String,
+    /// What to do.
+    pub cmd: RecentCmd,
+    /// `--seconds`.
+    pub seconds: Option<u32>,
+    /// `--hitcount`.
+    pub hitcount: Option<u32>,
+    /// `--rdest` (otherwise the source address is used).
+    pub rdest: bool,
+    /// `--mask` applied to the address (IPv4 only in iptables; `None` = all ones).
+    pub mask: Option<IpAddr>,
+}
+
+/// `-m set [!] --match-set NAME DIR[,DIR…] [--return-nomatch]`: membership in an ipset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetMatch {
+    /// Negated (`! --match-set`).
+    pub neg: bool,
+    /// The set name.
+    pub name: String,
+    /// For each dimension, whether it takes the source (`src`) rather than the destination.
+    pub src_dims: Vec<bool>,
+    /// `--return-nomatch`: a `nomatch` entry makes the match succeed.
+    pub return_nomatch: bool,
 }
 
 /// The target of a rule, interpreted.
@@ -240,7 +249,7 @@ pub enum Target {
     /// `DROP`.
     Drop,
     /// `REJECT [--reject-with T]`.
-    Reject(String),
+    Reject(Box<str>),
     /// `RETURN`.
     Return,
     /// `-j CHAIN` (an index into the table's chains).
@@ -273,11 +282,11 @@ pub enum Target {
     },
     /// A target that does not change the verdict or the packet svcpath models (`LOG`, `NFLOG`,
     /// `CONNMARK` restore/save, `TRACE`…).
-    Continue(String),
+    Continue(Box<str>),
     /// `NOTRACK` / `CT --notrack`: the connection is untracked, NAT no longer applies.
     NoTrack,
     /// A target svcpath does not model.
-    Unmodelled(String),
+    Unmodelled(Box<str>),
 }
 
 /// The header part of a rule (checked by the kernel before any match).
@@ -303,13 +312,13 @@ pub struct CompiledRule {
     /// Header checks.
     pub header: Header,
     /// Matches in written order.
-    pub matches: Vec<Match>,
+    pub matches: Box<[Match]>,
     /// The target.
     pub target: Target,
     /// The source line (0 for generated rules).
-    pub line: usize,
+    pub line: u32,
     /// The index of the rule's statement in its table (to print the rule).
-    pub stmt: usize,
+    pub stmt: u32,
 }
 
 /// A chain: built-in (with a policy) or user-defined.
@@ -516,8 +525,8 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
             for (line, stmt, rule) in rules {
                 let mut c = compile_rule(rule, ruleset.family, &by_name, &table.name)
                     .map_err(|kind| err(line, kind))?;
-                c.line = line;
-                c.stmt = stmt;
+                c.line = u32::try_from(line).unwrap_or(u32::MAX);
+                c.stmt = u32::try_from(stmt).unwrap_or(u32::MAX);
                 compiled.push(c);
             }
             Ok(Chain { name, policy, rules: compiled })
@@ -571,7 +580,7 @@ fn check_loops(t: &CompiledTable) -> Result<(), CompileError> {
                     let mut names: Vec<&str> =
                         stack[pos..].iter().map(|&(s, _)| t.chains[s].name.as_str()).collect();
                     names.push(&t.chains[to].name);
-                    return Err(err(r.line, CompileErrorKind::Loop(names.join(" -> "))));
+                    return Err(err(r.line as usize, CompileErrorKind::Loop(names.join(" -> "))));
                 }
                 _ => {}
             }
@@ -783,7 +792,7 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
                         dport = Some((*neg, parse_range(name, &first(name, values)?)?))
                     }
                     other => {
-                        return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name)));
+                        return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name).into()));
                     }
                 }
             }
@@ -801,7 +810,7 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
             let list = first(name, values)?;
             let ports =
                 list.split(',').map(|p| parse_range(name, p)).collect::<Result<Vec<_>, _>>()?;
-            Match::Multiport { neg: *neg, source, ports }
+            Match::Multiport { neg: *neg, source, ports: ports.into_boxed_slice() }
         }
         "statistic" => {
             let mode = opt("mode").map(|o| first("mode", o.2)).transpose()?.unwrap_or_default();
@@ -870,13 +879,13 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
                                 .map_err(|_| bad(o, &v, "expected an address mask"))?,
                         );
                     }
-                    other => return Ok(Match::Unmodelled(format!("-m recent --{other}"))),
+                    other => return Ok(Match::Unmodelled(format!("-m recent --{other}").into())),
                 }
             }
             let cmd = cmd.ok_or_else(|| {
                 CompileErrorKind::MissingValue("set/--rcheck/--update/--remove".into())
             })?;
-            Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask }
+            Match::Recent(Box::new(RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask }))
         }
         "addrtype" => {
             let mut src = None;
@@ -901,7 +910,7 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
         "conntrack" | "state" => {
             let key = if m.name == "state" { "state" } else { "ctstate" };
             if let Some((_, other, _)) = m.opts.iter().find(|(_, n, _)| *n != key) {
-                return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name)));
+                return Ok(Match::Unmodelled(format!("-m {} --{other}", m.name).into()));
             }
             let (neg, _, v) = opt(key).ok_or_else(|| CompileErrorKind::MissingValue(key.into()))?;
             Match::CtState { neg: *neg, states: parse_ctstates(key, &first(key, v)?)? }
@@ -939,16 +948,16 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
                     "return-nomatch" => return_nomatch = true,
                     // Counters are updated, never compared, by these two.
                     "update-counters" | "update-subcounters" => {}
-                    other => return Ok(Match::Unmodelled(format!("-m set --{other}"))),
+                    other => return Ok(Match::Unmodelled(format!("-m set --{other}").into())),
                 }
             }
             let (neg, name, src_dims) =
                 out.ok_or_else(|| CompileErrorKind::MissingValue("match-set".into()))?;
-            Match::Set { neg, name, src_dims, return_nomatch }
+            Match::Set(Box::new(SetMatch { neg, name, src_dims, return_nomatch }))
         }
         other => {
             let _ = family;
-            Match::Unmodelled(format!("match module '{other}'"))
+            Match::Unmodelled(format!("match module '{other}'").into())
         }
     })
 }
@@ -1016,7 +1025,7 @@ fn build_target(
             } else {
                 "icmp6-port-unreachable"
             };
-            Target::Reject(with.unwrap_or_else(|| default.to_owned()))
+            Target::Reject(with.map_or_else(|| default.into(), String::into_boxed_str))
         }
         "DNAT" => {
             if table != "nat" {
@@ -1064,11 +1073,11 @@ fn build_target(
         "NOTRACK" => Target::NoTrack,
         "CT" if opt("notrack").is_some() => Target::NoTrack,
         "LOG" | "NFLOG" | "ULOG" | "TRACE" | "CONNMARK" | "CHECKSUM" | "AUDIT"
-        | "NFQUEUE-bypass" => Target::Continue(name.to_owned()),
+        | "NFQUEUE-bypass" => Target::Continue(name.into()),
         chain => match chains.get(chain) {
             Some(&i) => Target::Jump(i),
             None if UNMODELLED_TARGETS.contains(&chain) => {
-                Target::Unmodelled(format!("target '{chain}'"))
+                Target::Unmodelled(format!("target '{chain}'").into())
             }
             None => return Err(CompileErrorKind::MissingChain(chain.to_owned())),
         },
@@ -1199,7 +1208,7 @@ fn compile_args(
         None => Target::None,
         Some((name, goto)) => build_target(name, &target_opts, family, chains, table, goto)?,
     };
-    Ok(CompiledRule { header, matches, target, line: 0, stmt: 0 })
+    Ok(CompiledRule { header, matches: matches.into_boxed_slice(), target, line: 0, stmt: 0 })
 }
 
 #[cfg(test)]
@@ -1250,17 +1259,15 @@ mod tests {
     }
 
     #[test]
-    fn matches_are_stored_without_spare_capacity() {
-        // Millions of compiled rules keep their matches: no slots beyond the ones used.
-        let one = Rule::new("C")
-            .module("statistic")
-            .opt("mode", &["random"])
-            .opt("probability", &["0.5"]);
-        let c = compile_rule(&one, Family::V4, &NameMap::default(), "nat").unwrap();
-        assert_eq!((c.matches.len(), c.matches.capacity()), (1, 1));
+    fn compiled_rules_stay_small() {
+        // A 100k-Service node has over three million compiled rules: a match, a target and a rule
+        // each cost what their largest variant costs, so the rare large ones are boxed.
+        assert!(size_of::<Match>() <= 24, "Match is {} bytes", size_of::<Match>());
+        assert!(size_of::<Target>() <= 24, "Target is {} bytes", size_of::<Target>());
+        assert!(size_of::<CompiledRule>() <= 112, "{} bytes", size_of::<CompiledRule>());
         let two = Rule::new("C").comment("x").module("tcp").proto("tcp").opt("dport", &["80"]);
         let c = compile_rule(&two, Family::V4, &NameMap::default(), "nat").unwrap();
-        assert_eq!((c.matches.len(), c.matches.capacity()), (2, 2));
+        assert_eq!(c.matches.len(), 2);
     }
 
     #[test]
@@ -1370,7 +1377,7 @@ mod tests {
     fn unknown_module_is_kept_as_unmodelled() {
         let r = Rule::new("C").module("foo").opt("bar", &["1"]).jump("ACCEPT");
         let c = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap();
-        assert_eq!(c.matches, vec![Match::Unmodelled("match module 'foo'".into())]);
+        assert_eq!(*c.matches, [Match::Unmodelled("match module 'foo'".into())]);
     }
 
     #[test]
@@ -1382,13 +1389,13 @@ mod tests {
             .jump("MASQUERADE");
         let c = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap();
         assert_eq!(
-            c.matches,
-            vec![Match::Set {
+            *c.matches,
+            [Match::Set(Box::new(SetMatch {
                 neg: true,
                 name: "KUBE-LOOP-BACK".into(),
                 src_dims: vec![false, false, true],
                 return_nomatch: true
-            }]
+            }))]
         );
         let bad = Rule::new("X").module("set").opt("match-set", &["S", "dst,up"]).jump("ACCEPT");
         assert!(compile_rule(&bad, Family::V4, &NameMap::default(), "filter").is_err());

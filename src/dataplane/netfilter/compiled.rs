@@ -644,7 +644,7 @@ enum Capture {
 
 /// The destination written in the rule's source, when it is a host address.
 fn source_host(ruleset: &Ruleset, table: &CompiledTable, rule: &CompiledRule) -> Option<IpAddr> {
-    let stmt = ruleset.tables.get(table.source)?.statements.get(rule.stmt)?;
+    let stmt = ruleset.tables.get(table.source)?.statements.get(rule.stmt as usize)?;
     let Statement::Rule(r) = &stmt.stmt else { return None };
     r.args()
         .filter_map(|a| match a {
@@ -1268,7 +1268,7 @@ impl<'a> CompiledNetfilter<'a> {
                         ));
                     }
                     Target::Reject(with) => {
-                        w.verdict = Some(Verdict::Reject(with.clone()));
+                        w.verdict = Some(Verdict::Reject(with.to_string()));
                         return Ok(true);
                     }
                     Target::Dnat { ip, port } => {
@@ -1743,7 +1743,7 @@ fn eval_rule<R: rand::Rng + ?Sized>(
             ct: w.ct,
             effects: &mut w.effects,
         };
-        let ok = match test_match(m, rule.line, env, pkt, &mut c) {
+        let ok = match test_match(m, rule.line as usize, env, pkt, &mut c) {
             Test::Is(b) => b,
             Test::Random { neg, threshold, p_match, .. } => {
                 random_side(draw, w, pending, neg, threshold, p_match)

@@ -26,7 +26,8 @@ use crate::model::Protocol;
 use crate::model::ipvs::{IpSet, Member};
 
 use super::compile::{
-    CompiledRule, CompiledTable, Header, Match, RecentCmd, Target, addrtype, ctstate,
+    CompiledRule, CompiledTable, Header, Match, RecentCmd, RecentMatch, SetMatch, Target, addrtype,
+    ctstate,
 };
 use super::prefilter::{self, Prefilters};
 
@@ -798,7 +799,7 @@ fn run<C: Chooser>(
                 }
                 RuleOutcome::OverBudget => {
                     return Err(EvalError::TooManyBranches {
-                        line: rule.line,
+                        line: rule.line as usize,
                         table: table.name.clone(),
                         chain: table.chains[chain].name.to_string(),
                         branches: pending.branches,
@@ -848,7 +849,7 @@ fn run<C: Chooser>(
                     return Ok(());
                 }
                 Target::Reject(with) => {
-                    w.verdict = Some(Verdict::Reject(with.clone()));
+                    w.verdict = Some(Verdict::Reject(with.to_string()));
                     return Ok(());
                 }
                 Target::Return => {
@@ -1119,7 +1120,8 @@ pub(super) fn test_match(
         }
         Match::Mark { neg, value, mask } => ((c.mark & mask) == *value) != *neg,
         Match::CtState { neg, states } => (c.ct & states != 0) != *neg,
-        Match::Recent { neg, name, cmd, seconds, hitcount, rdest, mask } => {
+        Match::Recent(recent) => {
+            let RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask } = &**recent;
             let addr = mask_addr(if *rdest { c.dst } else { c.src }, *mask);
             let hit = match cmd {
                 RecentCmd::Set => {
@@ -1156,7 +1158,8 @@ pub(super) fn test_match(
             let p_match = if *neg { 1.0 - p } else { p };
             return Test::Random { neg: *neg, threshold, p_match, nth: true };
         }
-        Match::Set { neg, name, src_dims, return_nomatch } => {
+        Match::Set(set) => {
+            let SetMatch { neg, name, src_dims, return_nomatch } = &**set;
             match env.ipsets.test(
                 name,
                 src_dims,
@@ -1209,7 +1212,7 @@ fn eval_rule<C: Chooser>(
             ct: w.ct,
             effects: &mut w.effects,
         };
-        let ok = match test_match(m, rule.line, env, pkt, &mut c) {
+        let ok = match test_match(m, rule.line as usize, env, pkt, &mut c) {
             Test::Is(b) => b,
             Test::Random { neg, threshold, p_match, nth } => match chooser.choose(threshold) {
                 Some(drawn) => drawn != neg,

@@ -90,16 +90,16 @@ impl Netfilter {
                         .matches
                         .iter()
                         .find_map(|m| match m {
-                            Match::Unmodelled(w) => Some(w.clone()),
+                            Match::Unmodelled(w) => Some(w.to_string()),
                             _ => None,
                         })
                         .or(match &r.target {
-                            Target::Unmodelled(w) => Some(w.clone()),
+                            Target::Unmodelled(w) => Some(w.to_string()),
                             _ => None,
                         });
                     if let Some(what) = what {
                         out.push(Unmodelled {
-                            line: r.line,
+                            line: r.line as usize,
                             table: t.name.clone(),
                             chain: c.name.to_string(),
                             what,
