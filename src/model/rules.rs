@@ -2,7 +2,8 @@
 //! format and the netfilter evaluator.
 //!
 //! A [`Rule`] is its chain plus the ordered list of [`Arg`]s it was written with, kept as the text
-//! `iptables-save` prints for them (one string per rule) and read back on demand. The order is kept
+//! `iptables-save` prints for them and read back on demand: a string of its own when built, a span
+//! of the dump's one shared copy when parsed. The order is kept
 //! exactly, because kube-proxy (`-m comment … -m tcp -p tcp -d IP --dport P`) and the kernel's
 //! `iptables-save` (`-d IP/32 -p tcp -m comment … -m tcp --dport P`) order the same rule differently,
 //! and svcpath reproduces both to the byte. Values keep their spelling (`10.96.0.10` vs
