@@ -287,7 +287,40 @@ fn canonical(n: &IpNetwork) -> Addr {
 
 /// A rule in `chain` starting `-m comment --comment TEXT` (quoted when spaced).
 fn commented(chain: impl IntoName, text: &str) -> Rule {
-    Rule::with_capacity(chain, 8).comment(text)
+    sized_commented(chain, &Word::quote_if_spaced(text), OTHER_ROOM)
+}
+
+/// A rule in `chain` with room for `bytes` of argument text, so that writing its arguments
+/// allocates once (a rule's text otherwise grows by doubling, a `realloc` and a copy each time).
+fn sized(chain: impl IntoName, bytes: usize) -> Rule {
+    Rule::with_capacity(chain, bytes.div_ceil(16))
+}
+
+/// [`sized`], starting with the comment `word`; `bytes` is the room the arguments after it need.
+fn sized_commented(chain: impl IntoName, word: &Word, bytes: usize) -> Rule {
+    sized(chain, COMMENT_ROOM + word.as_raw().len() + 1 + bytes).comment_word(word)
+}
+
+// Upper bounds on the text of arguments, for [`sized`]: each counts its separating space.
+/// `-m comment --comment ` before the comment word.
+const COMMENT_ROOM: usize = "-m comment --comment ".len();
+/// `-m sctp -p sctp`, the longest protocol match.
+const PROTO_ROOM: usize = "-m sctp -p sctp ".len();
+/// ` --dport 65535`.
+const DPORT_ROOM: usize = " --dport 65535".len();
+/// `-d`/`-s` with a host or network address of either family (`! -s ffff:…:ffff/128`).
+const ADDR_ROOM: usize = " ! -s ".len() + "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".len();
+/// `-m statistic --mode random --probability 0.0000000000 `.
+const STATISTIC_ROOM: usize = "-m statistic --mode random --probability 0.0000000000 ".len();
+/// `-m recent --name KUBE-SEP-… --rcheck --seconds 4294967295 --reap `.
+const RECENT_ROOM: usize =
+    "-m recent --name KUBE-SEP-0123456789ABCDEF --rcheck --seconds 4294967295 --reap ".len();
+/// Rules off the per-endpoint paths: room for a few arguments.
+const OTHER_ROOM: usize = 80;
+
+/// ` -j TARGET`.
+fn jump_room(target: &str) -> usize {
+    " -j ".len() + target.len()
 }
 
 fn proto_match(r: Rule, p: Protocol) -> Rule {
@@ -494,14 +527,18 @@ fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
 }
 
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
-/// `args` is the number of arguments the caller adds; `text` is only made when written.
+/// `bytes` is the room the arguments the caller adds need; `text` is only made when written.
 fn maybe_comment<S: AsRef<str>>(
     chain: impl IntoName,
     large: bool,
-    args: usize,
+    bytes: usize,
     text: impl FnOnce() -> S,
 ) -> Rule {
-    if large { Rule::with_capacity(chain, args) } else { commented(chain, text().as_ref()) }
+    if large {
+        sized(chain, bytes)
+    } else {
+        sized_commented(chain, &Word::quote_if_spaced(text().as_ref()), bytes)
+    }
 }
 
 /// The per-node facts every service port's rules depend on.
@@ -521,7 +558,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         (*primary_ip, *localhost_node_ports, *is_v6, *large);
     let spn = sp.spn.as_str();
     let p = sp.proto;
-    let port = sp.port.port.to_smolstr();
+    let port = Name::new(itoa::Buffer::new().format(sp.port.port));
     let cat = categorize_at(sp);
     let chains = LazyPortChains::new(spn, p);
     let svc_chain = chains.svc();
@@ -555,12 +592,17 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     // Written on the cluster IP capture and its masquerade rule.
     let cluster_ip_comment = Word::quote_if_spaced(&format!("{spn} cluster IP"));
     let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt1("dport", &port);
+    let dest_room = PROTO_ROOM + ADDR_ROOM + DPORT_ROOM;
 
     // Capture of the cluster IP.
     if has_internal {
         b.nat(
             dest(
-                Rule::with_capacity(KUBE_SERVICES, 7).comment_word(&cluster_ip_comment),
+                sized_commented(
+                    KUBE_SERVICES,
+                    &cluster_ip_comment,
+                    dest_room + jump_room(internal_chain),
+                ),
                 sp.cluster_ip,
             )
             .jump(internal_chain),
@@ -653,10 +695,8 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     }
     // Masquerade of off-cluster traffic to the cluster IP.
     if has_internal {
-        let r = dest(
-            Rule::with_capacity(internal_chain, 8).comment_word(&cluster_ip_comment),
-            sp.cluster_ip,
-        );
+        let room = dest_room + ADDR_ROOM + jump_room(KUBE_MARK_MASQ);
+        let r = dest(sized_commented(internal_chain, &cluster_ip_comment, room), sp.cluster_ip);
         if *masquerade_all {
             b.nat(r.jump(KUBE_MARK_MASQ));
         } else if detector.implemented() {
@@ -691,7 +731,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
             );
         }
         if has_external {
-            b.nat(Rule::with_capacity(ext_chain, 1).jump(external_policy_chain()));
+            b.nat(sized(ext_chain, 32).jump(external_policy_chain()));
         }
     }
     // The load-balancer firewall chain.
@@ -726,9 +766,11 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     for &i in cat.all_reachable() {
         let (ep, sep) = (&sp.endpoints[i], &seps[i]);
         b.nat_chain(sep);
-        b.nat(maybe_comment(sep, large, 2, || spn).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
-        let affinity = if sp.affinity.is_some() { 3 } else { 0 };
-        let mut r = maybe_comment(sep, large, 4 + affinity, || spn);
+        let room = ADDR_ROOM + jump_room(KUBE_MARK_MASQ);
+        b.nat(maybe_comment(sep, large, room, || spn).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
+        let affinity = if sp.affinity.is_some() { RECENT_ROOM } else { 0 };
+        let room = affinity + PROTO_ROOM + " -j DNAT --to-destination ".len() + ep.key.len();
+        let mut r = maybe_comment(sep, large, room, || spn);
         if sp.affinity.is_some() {
             r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
@@ -751,20 +793,22 @@ fn write_endpoint_rules(
         for &i in eps {
             let sep = &seps[i];
             b.nat(
-                maybe_comment(chain, large, 6, || ep_comment(sp, &sp.endpoints[i]))
-                    .module("recent")
-                    .opt1("name", sep)
-                    .opt("rcheck", &[])
-                    .opt1("seconds", &t)
-                    .opt("reap", &[])
-                    .jump(sep),
+                maybe_comment(chain, large, RECENT_ROOM + jump_room(sep), || {
+                    ep_comment(sp, &sp.endpoints[i])
+                })
+                .module("recent")
+                .opt1("name", sep)
+                .opt("rcheck", &[])
+                .opt1("seconds", &t)
+                .opt("reap", &[])
+                .jump(sep),
             );
         }
     }
     let n = eps.len();
     for (k, &i) in eps.iter().enumerate() {
-        let args = if k + 1 < n { 4 } else { 1 };
-        let mut r = maybe_comment(chain, large, args, || ep_comment(sp, &sp.endpoints[i]));
+        let room = if k + 1 < n { STATISTIC_ROOM } else { 0 } + jump_room(&seps[i]);
+        let mut r = maybe_comment(chain, large, room, || ep_comment(sp, &sp.endpoints[i]));
         if k + 1 < n {
             r = r
                 .module("statistic")

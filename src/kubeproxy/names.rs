@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::model::Protocol;
-use crate::model::rules::{Name, write_ip};
+use crate::model::rules::Name;
 
 /// nat and filter: the service dispatch chain.
 pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
@@ -180,14 +180,26 @@ impl LazyPortChains {
 /// `ip:port` as Go's `net.JoinHostPort` writes it (`[v6]:port` for IPv6).
 pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
     match ip {
-        IpAddr::V4(_) => {
-            // At most 21 bytes: stored inline.
-            let mut out = smol_str::SmolStrBuilder::new();
-            // Writing into a string builder cannot fail.
-            let _ = write_ip(&mut out, ip);
-            out.push(':');
-            out.push_str(itoa::Buffer::new().format(port));
-            out.finish()
+        IpAddr::V4(v4) => {
+            // At most 21 bytes (`255.255.255.255:65535`): written by hand into a buffer and
+            // stored inline, without the formatting machinery (one per endpoint per sync).
+            let mut buf = [0u8; 21];
+            let mut n = 0;
+            let mut put = |text: &[u8]| {
+                buf[n..n + text.len()].copy_from_slice(text);
+                n += text.len();
+            };
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    put(b".");
+                }
+                put(digits.format(octet).as_bytes());
+            }
+            put(b":");
+            put(digits.format(port).as_bytes());
+            // Digits, dots and a colon: ASCII.
+            Name::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
         }
         IpAddr::V6(_) => Name::new(SocketAddr::new(ip, port).to_string()),
     }
