@@ -27,6 +27,16 @@ fn arg(n: usize, default: usize) -> Result<usize, String> {
         .map_or(Ok(default), |a| a.parse().map_err(|e| format!("argument {n} ({a}): {e}")))
 }
 
+/// Writes one line to stdout: `Ok(false)` when stdout is closed (piped into `head`), and the run
+/// then ends quietly.
+fn say(out: &mut impl Write, line: std::fmt::Arguments<'_>) -> Result<bool, String> {
+    match out.write_fmt(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(format!("stdout: {e}")),
+    }
+}
+
 fn main() -> Result<(), String> {
     let (services, rounds, count) = (arg(1, 1000)?, arg(2, 2000)?, arg(3, 64)?);
     let n = common::node(services, 10);
@@ -46,14 +56,14 @@ fn main() -> Result<(), String> {
         |t: Instant, rounds: usize| t.elapsed().as_nanos() as f64 / (rounds * flows.len()) as f64;
     let total = (rounds * flows.len()) as f64;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| format!("stdout: {e}");
-    writeln!(
-        out,
+    let line = format_args!(
         "compiled: {:.1} ns per new flow, {:.1} rules evaluated",
         per_flow(t, rounds),
         rules as f64 / total
-    )
-    .map_err(io)?;
+    );
+    if !say(&mut out, line)? {
+        return Ok(());
+    }
     let rounds = (rounds / 10).max(1);
     let t = Instant::now();
     for _ in 0..rounds {
@@ -61,6 +71,6 @@ fn main() -> Result<(), String> {
             n.nf.sample(&n.env, f, &mut rng, false).map_err(|e| e.to_string())?;
         }
     }
-    writeln!(out, "faithful: {:.1} ns per new flow", per_flow(t, rounds)).map_err(io)?;
+    say(&mut out, format_args!("faithful: {:.1} ns per new flow", per_flow(t, rounds)))?;
     Ok(())
 }

@@ -216,6 +216,8 @@ struct IndexedRun {
     shapes: u8,
     /// Prefix-destination rules, in order.
     prefixes: Vec<PrefixRule>,
+    /// For each rule, the plan of its jump ([`NO_PLAN`] for none); empty when no rule has one.
+    plans: Vec<u32>,
 }
 
 /// A statistic cascade: consecutive rules of one chain whose only test is a random draw.
@@ -250,6 +252,8 @@ pub struct CompiledNetfilter<'a> {
     pure4: Vec<Pure4>,
     /// Hook steps solved in advance.
     summaries: Vec<Summary>,
+    /// The walks after indexed capture rules, solved in advance (sample mode).
+    plans: Plans,
 }
 
 /// A built-in chain walked at a hook.
@@ -269,13 +273,10 @@ struct Root {
 /// the walk then takes one table entry instead of the step's rules.
 #[derive(Debug, Clone)]
 struct Summary {
-    /// The mark bits any of the step's rules tests (the conntrack bits they test are folded
-    /// into `key_parts`).
-    mark_bits: u32,
     /// By [`Summary::key`].
     ends: Vec<StepEnd>,
     /// [`Summary::key`]'s parts, by byte: the conntrack state's, then each mark byte's (low
-    /// first), OR-ed together.
+    /// first), OR-ed together (the tested conntrack bits above the tested mark bits).
     key_parts: Box<[[u16; 256]; 5]>,
 }
 
@@ -289,11 +290,11 @@ struct StepEnd {
     ct_set: u8,
     /// Rules evaluated.
     evaluated: u32,
-    /// The untested mark bits: cleared, then toggled (what the step's `MARK` rules do to them).
-    clear: u32,
-    xor: u32,
-    /// The tested mark bits afterwards.
-    mark: u32,
+    /// The mark afterwards is `mark & keep ^ set`: `keep` has the untested bits the step's
+    /// `MARK` rules keep or toggle, `set` the bits they set or toggle and the tested bits'
+    /// values (which the step does not change).
+    keep: u32,
+    set: u32,
 }
 
 /// The most tested bits a summary covers (a table of `2^MAX_SUMMARY_BITS` entries).
@@ -339,7 +340,7 @@ impl Summary {
                 key_parts[1 + byte][v] = pack((v as u32) << (8 * byte), mark_bits) as u16;
             }
         }
-        Summary { mark_bits, ends, key_parts }
+        Summary { ends, key_parts }
     }
 
     /// The index into [`Summary::ends`]: the tested conntrack bits above the tested mark bits,
@@ -355,6 +356,146 @@ impl Summary {
                 | m2[usize::from(b2)]
                 | m3[usize::from(b3)],
         )
+    }
+}
+
+/// What is known of a packet that matched a capture rule of a host address: its destination,
+/// protocol and (when the rule names one) destination port, until a NAT target changes them.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    /// The destination, when IPv4 (an IPv6 one fails every IPv4 address test).
+    dst4: Option<u32>,
+    proto: u8,
+    dport: Option<u16>,
+}
+
+/// The walk that follows a capture rule's jump, solved in advance as far as it does not depend on
+/// the packet's source, source port, mark or conntrack state (kube-proxy's `KUBE-SVC-*` chain:
+/// the masquerade test, the branch table, then each endpoint's `KUBE-SEP-*` chain).
+///
+/// A plan covers chains whose every path ends in a `DNAT` or a cascade of further plans: the
+/// walk counts [`PlanStep`]s, takes its end, and leaves the hook step as the `DNAT` does.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Its steps, in [`Plans::steps`].
+    steps: (u32, u32),
+    /// Rules counted after the last step, up to and including the end's rule (or the cascade's
+    /// rules before the branch, which the draw counts).
+    tail: u32,
+    /// The most frames the faithful walk would stack under the capture rule's chain on this path.
+    depth: u32,
+    end: PlanEnd,
+}
+
+/// How a [`Plan`] ends.
+#[derive(Debug, Clone, Copy)]
+enum PlanEnd {
+    /// A `DNAT` rule that always matches here.
+    Dnat { ip: IpAddr, port: Option<u16> },
+    /// A cascade ([`CompiledNetfilter::cascades`]) whose branches are each a jump to a chain with
+    /// a plan: the plans in [`Plans::branches`] from this index on, one per rule.
+    Cascade { run: u32, branches: u32 },
+    /// A jump that always happens here (kube-proxy's one-endpoint Service): this plan follows.
+    Then(u32),
+}
+
+/// A rule on a plan's path whose match can only count and mark: its own rule and any rules
+/// passed before it are counted, and when its test holds, the chain it jumps to (if any) is
+/// counted and its marks applied.
+#[derive(Debug, Clone, Copy)]
+struct PlanStep {
+    /// Rules counted whatever the packet (this rule and those passed before it).
+    count: u32,
+    test: StepTest,
+    /// Rules the match adds (the marking chain's).
+    extra: u32,
+    /// The mark bits cleared, then toggled, on a match.
+    clear: u32,
+    xor: u32,
+}
+
+/// A plan step's test, reduced to what depends on the packet.
+#[derive(Debug, Clone, Copy)]
+enum StepTest {
+    /// Always holds.
+    Always,
+    /// Only an IPv4 source test (`-s podIP`, `! -s clusterCIDR`): holds when `(src ^ addr) &
+    /// mask == 0` differs from `neg`.
+    Src4 { addr: u32, mask: u32, neg: bool },
+    /// Anything else: [`Plans::tests`] at this index.
+    Full(u32),
+}
+
+/// Every plan of a compiled rule set.
+#[derive(Debug, Clone, Default)]
+struct Plans {
+    plans: Vec<Plan>,
+    steps: Vec<PlanStep>,
+    tests: Vec<Pure4>,
+    /// Plan ids, one per cascade rule, for [`PlanEnd::Cascade`].
+    branches: Vec<u32>,
+}
+
+/// An indexed rule with no plan.
+const NO_PLAN: u32 = u32::MAX;
+/// The deepest chain nesting a plan follows (capture chain, endpoint chain, marking chain).
+const MAX_PLAN_LEVELS: u32 = 4;
+
+impl Pure4 {
+    /// This test once `facts` hold: `None` when it can never hold, else the rest that depends on
+    /// the packet (no bits in `has` when it always holds).
+    fn given(&self, f: &Facts) -> Option<Pure4> {
+        use pure4::*;
+        let (has, neg) = (self.has, self.neg);
+        let ok = |bit: u8, test: bool| has & bit == 0 || test != (neg & bit != 0);
+        let mut r = *self;
+        if !ok(PROTO, f.proto == self.proto) {
+            return None;
+        }
+        r.has &= !PROTO;
+        if !ok(DST, f.dst4.is_some_and(|a| (a ^ self.dst) & self.dst_mask == 0)) {
+            return None;
+        }
+        r.has &= !DST;
+        if has & PORTS != 0 {
+            if f.proto != self.port_proto {
+                return None;
+            }
+            if let Some(d) = f.dport {
+                if !ok(DPORT, self.dport.contains(d)) {
+                    return None;
+                }
+                r.has &= !DPORT;
+            }
+            if r.has & (SPORT | DPORT) == 0 {
+                r.has &= !PORTS;
+            }
+        }
+        Some(r)
+    }
+}
+
+impl Plans {
+    fn push(&mut self, steps: Vec<PlanStep>, tail: u32, depth: u32, end: PlanEnd) -> u32 {
+        let start = self.steps.len() as u32;
+        self.steps.extend(steps);
+        let len = self.steps.len() as u32 - start;
+        self.plans.push(Plan { steps: (start, len), tail, depth, end });
+        self.plans.len() as u32 - 1
+    }
+}
+
+impl StepTest {
+    /// The compact form of `t`, adding it to `tests` when it has none.
+    fn of(t: Pure4, tests: &mut Vec<Pure4>) -> StepTest {
+        if t.has == 0 {
+            StepTest::Always
+        } else if t.has == pure4::SRC {
+            StepTest::Src4 { addr: t.src, mask: t.src_mask, neg: t.neg & pure4::SRC != 0 }
+        } else {
+            tests.push(t);
+            StepTest::Full(tests.len() as u32 - 1)
+        }
     }
 }
 
@@ -796,6 +937,8 @@ impl<'a> CompiledNetfilter<'a> {
         let mut indexed = Vec::new();
         let mut cascades = Vec::new();
         let mut index_entries: Vec<(IndexKey, u32)> = Vec::new();
+        // Capture rules of a host address: (run, position, what a match tells).
+        let mut host_captures: Vec<(u32, u32, Facts)> = Vec::new();
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
                 let b = base[ti][ci];
@@ -820,6 +963,8 @@ impl<'a> CompiledNetfilter<'a> {
                             let pos = b + (i + k) as u32;
                             let (dst, dport, proto, s) = match c {
                                 Capture::Host { addr, v6, proto, dport } => {
+                                    let dst4 = (!v6).then_some(addr as u32);
+                                    host_captures.push((id, pos, Facts { dst4, proto, dport }));
                                     let s = if dport.is_none() { shape::ANY_PORT } else { 0 };
                                     (addr, dport, proto, s | if v6 { shape::V6 } else { 0 })
                                 }
@@ -845,6 +990,7 @@ impl<'a> CompiledNetfilter<'a> {
                             end: b + j as u32,
                             shapes,
                             prefixes,
+                            plans: Vec::new(),
                         });
                         i = j;
                         continue;
@@ -917,7 +1063,22 @@ impl<'a> CompiledNetfilter<'a> {
             pure,
             pure4,
             summaries: Vec::new(),
+            plans: Plans::default(),
         };
+        let mut plans = Plans::default();
+        for (run, pos, facts) in host_captures {
+            let op = &compiled.ops[pos as usize];
+            if op.act != Act::Jump || op.to.0 == op.to.1 {
+                continue;
+            }
+            let Some(id) = compiled.plan(op.to, &facts, 0, &mut plans) else { continue };
+            let r = &mut compiled.indexed[run as usize];
+            if r.plans.is_empty() {
+                r.plans = vec![NO_PLAN; (r.end - r.start) as usize];
+            }
+            r.plans[(pos - r.start) as usize] = id;
+        }
+        compiled.plans = plans;
         for h in 0..compiled.roots.len() {
             for i in 0..compiled.roots[h].len() {
                 if let Some(s) = compiled.summarize(compiled.roots[h][i]) {
@@ -1002,18 +1163,189 @@ impl<'a> CompiledNetfilter<'a> {
             if !same || a.ct & ct != ct {
                 return None;
             }
-            let xor = a.mark & !mark_bits;
+            // An untested bit that differs between the two walks was kept or toggled (as `a`
+            // shows); one that agrees was cleared or set.
             ends.push(StepEnd {
                 drop: a.verdict.is_some(),
                 masquerade: a.masquerade,
                 ct_set: a.ct & !ct,
                 evaluated: a.evaluated,
-                clear: !(b.mark ^ xor) & !mark_bits,
-                xor,
-                mark: a.mark & mark_bits,
+                keep: (a.mark ^ b.mark) & !mark_bits,
+                set: a.mark,
             });
         }
         Some(Summary::new(ct_bits, mark_bits, ends))
+    }
+
+    /// The plan of the walk through chain `to` (first rule, one past the last) entered with
+    /// `facts`, if every path through it ends in a `DNAT` or a cascade of such chains.
+    fn plan(&self, to: (u32, u32), facts: &Facts, level: u32, out: &mut Plans) -> Option<u32> {
+        if level >= MAX_PLAN_LEVELS {
+            return None;
+        }
+        let mut steps: Vec<PlanStep> = Vec::new();
+        let (mut count, mut depth) = (0u32, 1u32);
+        let mut pos = to.0;
+        while pos < to.1 {
+            let op = self.ops.get(pos as usize)?;
+            let test = match op.test {
+                Quick::Skip(n) => {
+                    count += n;
+                    pos += n;
+                    continue;
+                }
+                Quick::Cascade(run) => {
+                    let c = self.cascades.get(run as usize)?;
+                    // Every draw must pick a branch: the last rule always matches.
+                    if c.p_match.last().is_none_or(|&p| p < 1.0) {
+                        return None;
+                    }
+                    let mut branches = Vec::with_capacity((c.end - c.start) as usize);
+                    for b in c.start..c.end {
+                        let op = self.ops.get(b as usize)?;
+                        if op.act != Act::Jump || op.to.0 == op.to.1 {
+                            return None;
+                        }
+                        let id = self.plan(op.to, facts, level + 1, out)?;
+                        depth = depth.max(1 + out.plans[id as usize].depth);
+                        branches.push(id);
+                    }
+                    let first = out.branches.len() as u32;
+                    out.branches.extend(branches);
+                    let end = PlanEnd::Cascade { run, branches: first };
+                    return Some(out.push(steps, count, depth, end));
+                }
+                Quick::Always => Some(Pure4::of(&PureTest::default())?),
+                Quick::Pure4(i) => self.pure4.get(i as usize)?.given(facts),
+                _ => return None,
+            };
+            count += 1;
+            pos += 1;
+            // A rule that cannot match here is only counted.
+            let Some(test) = test else { continue };
+            let (extra, clear, xor) = match op.act {
+                Act::Continue => continue,
+                Act::Jump if op.to.0 == op.to.1 => continue,
+                Act::Mark(clear, xor) => (0, clear, xor),
+                Act::Jump => match self.marking_chain(op.to) {
+                    Some(effect) => {
+                        depth = depth.max(2);
+                        effect
+                    }
+                    None if test.has == 0 => {
+                        let id = self.plan(op.to, facts, level + 1, out)?;
+                        depth = depth.max(1 + out.plans[id as usize].depth);
+                        return Some(out.push(steps, count, depth, PlanEnd::Then(id)));
+                    }
+                    None => return None,
+                },
+                Act::Other if test.has == 0 => match op.rule.target {
+                    Target::Dnat { ip, port } => {
+                        return Some(out.push(steps, count, depth, PlanEnd::Dnat { ip, port }));
+                    }
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            let test = StepTest::of(test, &mut out.tests);
+            steps.push(PlanStep { count, test, extra, clear, xor });
+            count = 0;
+        }
+        None
+    }
+
+    /// What a chain that only marks does: the rules it counts and the mark bits it clears,
+    /// then toggles (`KUBE-MARK-MASQ`).
+    fn marking_chain(&self, to: (u32, u32)) -> Option<(u32, u32, u32)> {
+        let (mut count, mut clear, mut xor) = (0u32, 0u32, 0u32);
+        let mut pos = to.0;
+        while pos < to.1 {
+            let op = self.ops.get(pos as usize)?;
+            match op.test {
+                Quick::Skip(n) => {
+                    count += n;
+                    pos += n;
+                    continue;
+                }
+                Quick::Always => count += 1,
+                _ => return None,
+            }
+            pos += 1;
+            match op.act {
+                Act::Continue => {}
+                Act::Jump if op.to.0 == op.to.1 => {}
+                Act::Mark(c, x) => {
+                    // (m & !clear ^ xor) & !c ^ x
+                    xor = (xor & !c) ^ x;
+                    clear |= c;
+                }
+                Act::Return => break,
+                _ => return None,
+            }
+        }
+        Some((count, clear, xor))
+    }
+
+    /// Follows the plan `id` (sample mode): counts, marks, draws each cascade's branch, and takes
+    /// the final `DNAT`. The caller leaves the hook step.
+    #[inline]
+    fn run_plan<R: rand::Rng + ?Sized>(
+        &self,
+        mut id: u32,
+        rng: &mut R,
+        pkt: &Packet,
+        w: &mut Walk,
+    ) {
+        let p = &self.plans;
+        loop {
+            let Some(plan) = p.plans.get(id as usize) else { return };
+            let (s, n) = plan.steps;
+            for step in p.steps.get(s as usize..(s + n) as usize).unwrap_or_default() {
+                w.evaluated += step.count;
+                let holds = match step.test {
+                    StepTest::Always => true,
+                    StepTest::Src4 { addr, mask, neg } => match w.src {
+                        IpAddr::V4(a) => ((u32::from(a) ^ addr) & mask == 0) != neg,
+                        IpAddr::V6(_) => neg,
+                    },
+                    StepTest::Full(t) => p.tests.get(t as usize).is_some_and(|t| t.holds(pkt, w)),
+                };
+                if holds {
+                    w.evaluated += step.extra;
+                    w.mark = (w.mark & !step.clear) ^ step.xor;
+                }
+            }
+            w.evaluated += plan.tail;
+            match plan.end {
+                PlanEnd::Dnat { ip, port } => {
+                    w.dst = ip;
+                    if let Some(port) = port {
+                        w.dport = port;
+                    }
+                    w.dnat = true;
+                    w.ct |= ctstate::DNAT;
+                    return;
+                }
+                PlanEnd::Cascade { run, branches } => {
+                    let Some(c) = self.cascades.get(run as usize) else { return };
+                    let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
+                    // The last cumulative threshold is 1: some branch is always taken.
+                    let i = c.cumulative.partition_point(|&c| c <= u).min(c.cumulative.len() - 1);
+                    w.evaluated += i as u32 + 1;
+                    id = p.branches.get(branches as usize + i).copied().unwrap_or(NO_PLAN);
+                }
+                PlanEnd::Then(next) => id = next,
+            }
+        }
+    }
+
+    /// This without its plans: sampling walks every rule after a capture (for tests).
+    #[cfg(test)]
+    fn without_plans(&self) -> CompiledNetfilter<'a> {
+        let mut c = self.clone();
+        c.indexed.iter_mut().for_each(|r| r.plans.clear());
+        c.plans = Plans::default();
+        c
     }
 
     /// How much of the rule set is indexed.
@@ -1101,7 +1433,7 @@ impl<'a> CompiledNetfilter<'a> {
                         let s = &self.summaries[i as usize];
                         let e = s.ends[s.key(w.ct, w.mark)];
                         w.evaluated += e.evaluated;
-                        w.mark = (((w.mark & !e.clear) ^ e.xor) & !s.mark_bits) | e.mark;
+                        w.mark = (w.mark & e.keep) ^ e.set;
                         w.ct |= e.ct_set;
                         w.masquerade |= e.masquerade;
                         if e.drop {
@@ -1176,6 +1508,14 @@ impl<'a> CompiledNetfilter<'a> {
                             match self.lookup(run, r, pkt, w, pos as u32) {
                                 Some(q) => {
                                     w.evaluated += q - pos as u32 + 1;
+                                    if let Draw::Sample(rng) = draw
+                                        && let Some(&id) = r.plans.get((q - r.start) as usize)
+                                        && let Some(plan) = self.plans.plans.get(id as usize)
+                                        && w.stack.len() + (plan.depth as usize) < MAX_DEPTH
+                                    {
+                                        self.run_plan(id, &mut **rng, pkt, w);
+                                        return Ok(next_step(w));
+                                    }
                                     Some(q as usize)
                                 }
                                 None => {
@@ -1495,9 +1835,7 @@ impl Stack {
 
     #[inline]
     fn clear(&mut self) {
-        if self.len > INLINE_FRAMES {
-            self.spill.clear();
-        }
+        self.spill.clear();
         self.len = 0;
     }
 
@@ -1639,6 +1977,7 @@ impl Walk {
         }
     }
 
+    #[inline(always)]
     fn next_phase(&mut self, env: &Env) {
         self.step = 0;
         self.stack.clear();
@@ -1842,6 +2181,27 @@ mod tests {
                 return Err(format!("{pkt:?}: sampled {k} is not an exact outcome"));
             }
         }
+        plans_sample_as_the_walk(&compiled, r, pkt, seed)
+    }
+
+    /// Sampling through the plans takes the same draws as walking every rule, so with one seed
+    /// both give the same outcomes, rule counts included.
+    fn plans_sample_as_the_walk(
+        compiled: &CompiledNetfilter<'_>,
+        r: &Rules,
+        pkt: &Packet,
+        seed: u64,
+    ) -> Result<(), String> {
+        let plain = compiled.without_plans();
+        let mut a = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        let mut b = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        for _ in 0..16 {
+            let planned = compiled.sample(&r.env, pkt, &mut a);
+            let walked = plain.sample(&r.env, pkt, &mut b);
+            if planned != walked {
+                return Err(format!("{pkt:?}:\nplanned {planned:?}\nwalked {walked:?}"));
+            }
+        }
         Ok(())
     }
 
@@ -1937,6 +2297,53 @@ mod tests {
         assert_eq!(a[0].rules_evaluated, r.nf.evaluate(&r.env, &first).unwrap()[0].rules_evaluated);
         assert_eq!(b[0].rules_evaluated, r.nf.evaluate(&r.env, &last).unwrap()[0].rules_evaluated);
         assert_eq!(b[0].dst, synthetic::pod_ip(49, 0, 1));
+    }
+
+    /// kube-proxy's Service chains (masquerade test, branch table or single endpoint, each
+    /// endpoint's hairpin test and DNAT) are planned after every ClusterIP capture, and
+    /// sampling through the plans gives what walking gives, from pods (hairpin included) and
+    /// from outside the cluster.
+    #[test]
+    fn kube_proxy_service_chains_are_planned() {
+        for endpoints in [1, 4] {
+            let shape = Shape { services: 12, endpoints, node_ports: false };
+            let c = synthetic::uniform(shape).unwrap();
+            let node = c.node_view(None, &[]).unwrap();
+            let r = rules_of(&c, &node);
+            let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+            let planned: usize = compiled
+                .indexed
+                .iter()
+                .flat_map(|run| &run.plans)
+                .filter(|&&id| id != NO_PLAN)
+                .count();
+            assert!(planned >= 12, "{endpoints} endpoints: {planned} capture rules planned");
+            for i in 0..12 {
+                for src in [synthetic::pod_ip(i, 0, endpoints), ip("10.255.255.254")] {
+                    let pkt = Packet::tcp(src, synthetic::service_ip(i), 80);
+                    agree(&r, &pkt, i as u64).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The node's addresses and the loopback ranges are local, each family apart (an
+    /// IPv4-mapped IPv6 address is not its IPv4 address).
+    #[test]
+    fn env_is_local_by_family() {
+        let env = Env { local: vec![ip("10.0.0.1"), ip("fd00::1")], ..Env::default() };
+        for (a, local) in [
+            ("10.0.0.1", true),
+            ("127.3.4.5", true),
+            ("::1", true),
+            ("fd00::1", true),
+            ("10.0.0.2", false),
+            ("128.0.0.1", false),
+            ("::ffff:10.0.0.1", false),
+            ("fd00::2", false),
+        ] {
+            assert_eq!(env.is_local(ip(a)), local, "{a}");
+        }
     }
 
     #[test]
@@ -2302,6 +2709,153 @@ mod tests {
         out
     }
 
+    /// A random nat rule set shaped like kube-proxy's Service path, with variations that a plan
+    /// must either follow exactly or refuse: a capture run, Service chains of pure tests (source,
+    /// destination, ports, mark, conntrack) marking through chains that may return, accept or
+    /// test, then a branch table or a single jump to endpoint chains that end in a `DNAT` that
+    /// may not always match.
+    fn random_service_ruleset(seed: u64) -> String {
+        use rand::RngExt;
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        let mut out = String::from(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+             :POSTROUTING ACCEPT [0:0]\n:SVCS - [0:0]\n:MM - [0:0]\n:EMPTY - [0:0]\n",
+        );
+        let services = 3;
+        let endpoints = 3;
+        for i in 0..services {
+            out += &format!(":S{i} - [0:0]\n");
+            for j in 0..endpoints {
+                out += &format!(":E{i}x{j} - [0:0]\n");
+            }
+        }
+        // POSTROUTING reads the conntrack state the DNAT leaves.
+        out += "-A PREROUTING -j SVCS\n-A OUTPUT -j SVCS\n\
+                -A POSTROUTING -m conntrack --ctstate DNAT -j MARK --or-mark 0x40\n\
+                -A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n";
+        for i in 0..services {
+            let port =
+                [" -m tcp --dport 80", " -m tcp --dport 80", ""][rng.random_range(0..3usize)];
+            out += &format!("-A SVCS -d 10.96.0.{}/32 -p tcp{port} -j S{i}\n", i + 1);
+        }
+        out += "-A SVCS -d 10.96.0.1/32 -p tcp -m tcp --dport 81 -j S2\n";
+        out += "-A SVCS -m addrtype --dst-type LOCAL -j RETURN\n";
+        // The marking chain: kube-proxy's, or one a plan cannot summarise.
+        let mm = [
+            &["-j MARK --or-mark 0x4000"][..],
+            &["-j MARK --or-mark 0x4000", "-j MARK --xor-mark 0x1"],
+            &["-j MARK --or-mark 0x4000", "-j RETURN", "-j MARK --or-mark 0x2"],
+            &["-j MARK --or-mark 0x4000", "-j EMPTY", "-m comment --comment c"],
+            &["-m mark --mark 0x1/0x1 -j RETURN", "-j MARK --or-mark 0x4000"],
+            &["-j MARK --or-mark 0x4000", "-j ACCEPT"],
+        ][rng.random_range(0..6usize)];
+        for r in mm {
+            out += &format!("-A MM {r}\n");
+        }
+        let svc_rules = [
+            "! -s 10.1.0.0/16 -d {vip}/32 -p tcp -m tcp --dport 80 -j MM",
+            "-s 10.1.0.2/32 -j MM",
+            "-p udp -j MM",
+            "-d 10.96.0.9/32 -j MM",
+            "-d {vip}/32 -j MARK --or-mark 0x20",
+            "-m mark --mark 0x4000/0x4000 -j MARK --xor-mark 0x8",
+            "-m conntrack --ctstate NEW -j MARK --xor-mark 0x2",
+            "-p tcp -m tcp --sport 1000:2000 -j MARK --or-mark 0x8",
+            "-p tcp -m tcp ! --dport 80 -j MM",
+            "-m comment --comment x",
+            "-j EMPTY",
+            "-s 10.1.0.0/16 -j RETURN",
+            "-d 10.96.0.9/32 -j RETURN",
+            "-s 10.1.0.0/16 -j MASQUERADE",
+        ];
+        let ep_rules = [
+            "-s 10.1.{i}.{j}/32 -j MM",
+            "-m comment --comment y",
+            "-p tcp -j MARK --or-mark 0x10",
+            "! -d {vip}/32 -j RETURN",
+        ];
+        let dnats = [
+            "-p tcp -m tcp -j DNAT --to-destination 10.1.{i}.{j}:8080",
+            "-p tcp -m tcp -j DNAT --to-destination 10.1.{i}.{j}:8080",
+            "-j DNAT --to-destination 10.1.{i}.{j}",
+            "-p udp -j DNAT --to-destination 10.1.{i}.{j}:53",
+            "-s 10.1.0.0/16 -j DNAT --to-destination 10.1.{i}.{j}:8080",
+        ];
+        for i in 0..services {
+            let vip = format!("10.96.0.{}", i + 1);
+            let fill = |t: &str, j: usize| {
+                t.replace("{vip}", &vip)
+                    .replace("{i}", &i.to_string())
+                    .replace("{j}", &j.to_string())
+            };
+            for _ in 0..rng.random_range(0..4u32) {
+                let r = svc_rules[rng.random_range(0..svc_rules.len())];
+                out += &format!("-A S{i} {}\n", fill(r, 0));
+            }
+            let k = rng.random_range(1..=endpoints);
+            for j in 0..k {
+                if j + 1 < k {
+                    out += &format!(
+                        "-A S{i} -m statistic --mode random --probability {:.11} -j E{i}x{j}\n",
+                        1.0 / (k - j) as f64
+                    );
+                } else {
+                    out += &format!("-A S{i} -j E{i}x{j}\n");
+                }
+            }
+            for j in 0..k {
+                for _ in 0..rng.random_range(0..3u32) {
+                    let r = ep_rules[rng.random_range(0..ep_rules.len())];
+                    out += &format!("-A E{i}x{j} {}\n", fill(r, j));
+                }
+                let d = dnats[rng.random_range(0..dnats.len())];
+                out += &format!("-A E{i}x{j} {}\n", fill(d, j));
+            }
+        }
+        out += "COMMIT\n";
+        out
+    }
+
+    /// Packets for [`random_service_ruleset`]: to each Service address and port, from pods, an
+    /// endpoint (hairpin) and outside, with marks, source ports and origins that the plans'
+    /// remaining tests read.
+    fn service_probes() -> Vec<Packet> {
+        let mut out = Vec::new();
+        for dst in ["10.96.0.1", "10.96.0.2", "10.96.0.3", "10.96.0.9"] {
+            for (proto, dport) in [(6u8, 80u16), (6, 81), (17, 80)] {
+                for src in ["10.1.0.2", "10.1.1.0", "10.1.5.5", "10.200.0.1"] {
+                    for (mark, sport) in [(0u32, 40_000u16), (0x4001, 1500)] {
+                        for local in [false, true] {
+                            let mut p = Packet::tcp(ip(src), ip(dst), dport);
+                            (p.proto, p.mark, p.sport) = (proto, mark, sport);
+                            if local {
+                                p.origin = Origin::Local;
+                            }
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Some of [`random_service_ruleset`]'s rule sets are planned, some refused.
+    #[test]
+    fn random_service_rulesets_are_planned_or_refused() {
+        let (mut planned, mut refused) = (0, 0);
+        for seed in 0..64 {
+            let ruleset = iptables_save::parse(&random_service_ruleset(seed), Family::V4).unwrap();
+            let nf = Netfilter::new(&ruleset).unwrap();
+            let compiled = CompiledNetfilter::new(&nf, &ruleset);
+            let plans = compiled.indexed.iter().flat_map(|r| &r.plans).filter(|&&p| p != NO_PLAN);
+            let n = plans.count();
+            planned += n;
+            refused += 4 - n;
+        }
+        assert!(planned > 40 && refused > 40, "{planned} planned, {refused} refused");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
@@ -2424,6 +2978,22 @@ mod tests {
             let c = synthetic::varied(seed, services);
             if let Err(e) = check_cluster(&c, seed) {
                 prop_assert!(false, "seed {seed}, {services} services: {e}");
+            }
+        }
+
+        /// Random Service-shaped rule sets: the plans' samples are the rule-by-rule walk's (same
+        /// draws, same outcomes and counts) and the exact outcomes the faithful walk's.
+        #[test]
+        fn random_service_rulesets_sample_as_the_walk(seed in any::<u64>()) {
+            let text = random_service_ruleset(seed);
+            let ruleset = iptables_save::parse(&text, Family::V4).unwrap();
+            let nf = Netfilter::new(&ruleset).unwrap();
+            let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
+            let r = Rules { ruleset, nf, env };
+            for p in service_probes() {
+                if let Err(e) = agree(&r, &p, seed) {
+                    prop_assert!(false, "seed {seed}: {e}\n{text}");
+                }
             }
         }
 

@@ -198,8 +198,18 @@ impl IpSets {
 
 impl Env {
     /// Whether `ip` is an address of the node.
+    #[inline]
     pub fn is_local(&self, ip: IpAddr) -> bool {
-        ip.is_loopback() || self.local.contains(&ip)
+        // By family, so each comparison is one word (or two) instead of a whole `IpAddr`.
+        match ip {
+            IpAddr::V4(a) => {
+                a.octets()[0] == 127
+                    || self.local.iter().any(|l| matches!(l, IpAddr::V4(b) if *b == a))
+            }
+            IpAddr::V6(a) => {
+                a.is_loopback() || self.local.iter().any(|l| matches!(l, IpAddr::V6(b) if *b == a))
+            }
+        }
     }
 
     fn addr_type(&self, ip: IpAddr) -> u16 {
