@@ -290,18 +290,14 @@ fn commented(chain: impl IntoName, text: &str) -> Rule {
     sized_commented(chain, &Word::quote_if_spaced(text), OTHER_ROOM)
 }
 
-/// A rule in `chain` with room for `bytes` of argument text, so that writing its arguments
-/// allocates once (a rule's text otherwise grows by doubling, a `realloc` and a copy each time).
-fn sized(chain: impl IntoName, bytes: usize) -> Rule {
-    Rule::with_capacity(chain, bytes.div_ceil(16))
-}
-
-/// [`sized`], starting with the comment `word`; `bytes` is the room the arguments after it need.
+/// A rule in `chain` starting with the comment `word`, with room for `bytes` of arguments after
+/// it (so that writing them allocates once instead of growing the text by doubling).
 fn sized_commented(chain: impl IntoName, word: &Word, bytes: usize) -> Rule {
-    sized(chain, COMMENT_ROOM + word.as_raw().len() + 1 + bytes).comment_word(word)
+    Rule::with_capacity(chain, COMMENT_ROOM + word.as_raw().len() + 1 + bytes).comment_word(word)
 }
 
-// Upper bounds on the text of arguments, for [`sized`]: each counts its separating space.
+// Upper bounds on the text of arguments, for `Rule::with_capacity`: each counts its separating
+// space.
 /// `-m comment --comment ` before the comment word.
 const COMMENT_ROOM: usize = "-m comment --comment ".len();
 /// `-m sctp -p sctp`, the longest protocol match.
@@ -535,7 +531,7 @@ fn maybe_comment<S: AsRef<str>>(
     text: impl FnOnce() -> S,
 ) -> Rule {
     if large {
-        sized(chain, bytes)
+        Rule::with_capacity(chain, bytes)
     } else {
         sized_commented(chain, &Word::quote_if_spaced(text().as_ref()), bytes)
     }
@@ -731,7 +727,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
             );
         }
         if has_external {
-            b.nat(sized(ext_chain, 32).jump(external_policy_chain()));
+            b.nat(Rule::with_capacity(ext_chain, 32).jump(external_policy_chain()));
         }
     }
     // The load-balancer firewall chain.

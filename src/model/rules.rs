@@ -752,13 +752,14 @@ impl Rule {
         }
     }
 
-    /// An empty rule appended to `chain`, with room for about `args` arguments.
-    pub fn with_capacity(chain: impl IntoName, args: usize) -> Rule {
+    /// An empty rule appended to `chain`, with room for `bytes` of argument text (as printed,
+    /// separating spaces included), so that adding arguments that fit allocates once.
+    pub fn with_capacity(chain: impl IntoName, bytes: usize) -> Rule {
         Rule {
             counters: None,
             op: RuleOp::Append,
             chain: chain.into_name(),
-            text: Text::Own(String::with_capacity(16 * args)),
+            text: Text::Own(String::with_capacity(bytes)),
         }
     }
 

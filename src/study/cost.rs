@@ -821,20 +821,22 @@ pub fn price_dump(text: &str, family: Family, local: Vec<IpAddr>) -> Result<Cost
     if let Some(nat) = ruleset.table("nat") {
         for r in nat.rules().filter(|r| r.chain == crate::kubeproxy::names::KUBE_SERVICES) {
             use crate::model::rules::Arg;
-            let dst = r.args().find_map(|a| match a {
-                Arg::Destination { neg: false, addr } => Some(addr.net.ip()),
-                _ => None,
-            });
-            let port = r.args().find_map(|a| match a {
-                Arg::Opt { name, values, .. } if name == "dport" => {
-                    values.first().and_then(|v| v.as_raw().parse::<u16>().ok())
+            // The first of each, read in one pass over the rule's arguments.
+            let (mut dst, mut port, mut proto) = (None, None, None);
+            for a in r.args() {
+                match a {
+                    Arg::Destination { neg: false, addr } => {
+                        dst = dst.or(Some(addr.net.ip()));
+                    }
+                    Arg::Opt { name, values, .. } if name == "dport" && port.is_none() => {
+                        port = values.first().and_then(|v| v.as_raw().parse::<u16>().ok());
+                    }
+                    Arg::Protocol { neg: false, proto: p } if proto.is_none() => {
+                        proto = crate::model::Protocol::parse(&p);
+                    }
+                    _ => {}
                 }
-                _ => None,
-            });
-            let proto = r.args().find_map(|a| match a {
-                Arg::Protocol { neg: false, proto } => crate::model::Protocol::parse(&proto),
-                _ => None,
-            });
+            }
             if let (Some(dst), Some(port)) = (dst, port) {
                 let mut p = Packet::tcp(src, dst, port);
                 p.proto = proto.map_or(6, |x| x.number());

@@ -233,6 +233,17 @@ struct CascadeRun {
     cumulative: Vec<f64>,
 }
 
+impl CascadeRun {
+    /// One draw: the index of the rule the walk stops at, or the number of rules when it goes
+    /// on past them. The plans and the rule-by-rule walk draw alike, so one seed gives both the
+    /// same branch.
+    #[inline]
+    fn pick<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
+        self.cumulative.partition_point(|&c| c <= u)
+    }
+}
+
 /// The faithful model compiled into lookups; borrows the [`Netfilter`] it was built from.
 ///
 /// Every rule of every chain is one [`Op`] in a single array, chain after chain, so a walk is a
@@ -1328,9 +1339,8 @@ impl<'a> CompiledNetfilter<'a> {
                 }
                 PlanEnd::Cascade { run, branches } => {
                     let Some(c) = self.cascades.get(run as usize) else { return };
-                    let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
                     // The last cumulative threshold is 1: some branch is always taken.
-                    let i = c.cumulative.partition_point(|&c| c <= u).min(c.cumulative.len() - 1);
+                    let i = c.pick(rng).min(c.cumulative.len() - 1);
                     w.evaluated += i as u32 + 1;
                     id = p.branches.get(branches as usize + i).copied().unwrap_or(NO_PLAN);
                 }
@@ -1701,11 +1711,10 @@ fn cascade<R: rand::Rng + ?Sized>(
     pending: &mut Vec<Walk>,
     run: &CascadeRun,
 ) -> Option<u32> {
-    let CascadeRun { start, end, ref p_match, ref cumulative } = *run;
+    let CascadeRun { start, end, ref p_match, .. } = *run;
     match draw {
         Draw::Sample(rng) => {
-            let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
-            let i = cumulative.partition_point(|&c| c <= u);
+            let i = run.pick(&mut **rng);
             if i < p_match.len() {
                 w.evaluated += i as u32 + 1;
                 w.set_pos(start + i as u32);
