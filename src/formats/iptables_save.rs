@@ -527,7 +527,7 @@ pub fn parse_shared(text: Arc<str>, family: Family) -> Result<Ruleset, ParseErro
     if memchr::memchr(0, text.as_bytes()).is_some() {
         return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
     }
-    Parser::new(family, Some(Arc::clone(&text))).run(&text)
+    Parser::new(family, Arc::clone(&text)).run(&text)
 }
 
 /// Parses a dump given as bytes: like [`parse`], and invalid UTF-8 is an error.
@@ -543,7 +543,7 @@ pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> 
     match std::str::from_utf8(bytes) {
         Ok(text) => {
             let text = Arc::<str>::from(text);
-            Parser::new(family, Some(Arc::clone(&text))).run(&text)
+            Parser::new(family, Arc::clone(&text)).run(&text)
         }
         Err(e) => {
             let at = e.valid_up_to();
@@ -679,7 +679,7 @@ type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>
 struct Parser<'a> {
     family: Family,
     /// The whole text, kept by the rules parsed from it.
-    shared: Option<Arc<str>>,
+    shared: Arc<str>,
     tables: Vec<Table>,
     /// The open table, if any.
     open: Option<Table>,
@@ -695,7 +695,7 @@ struct Parser<'a> {
 const PARSE_CHUNK: usize = 4096;
 
 impl<'a> Parser<'a> {
-    fn new(family: Family, shared: Option<Arc<str>>) -> Parser<'a> {
+    fn new(family: Family, shared: Arc<str>) -> Parser<'a> {
         Parser {
             family,
             shared,
@@ -711,7 +711,7 @@ impl<'a> Parser<'a> {
     /// gives the error on the earliest line, if any.
     fn parse_pending(&mut self) -> Option<ParseError> {
         let family = self.family;
-        let shared = self.shared.as_ref();
+        let shared = &self.shared;
         let tables = self.tables.iter_mut().chain(self.open.as_mut());
         let mut first: Option<ParseError> = None;
         for (table, texts) in tables.zip(&self.pending) {
@@ -719,7 +719,7 @@ impl<'a> Parser<'a> {
                 table.statements.par_chunks_mut(PARSE_CHUNK).zip(texts.par_chunks(PARSE_CHUNK));
             let error = chunks
                 .filter_map(|(slots, texts)| {
-                    let piece = shared.map(|text| Piece::new(Arc::clone(text)));
+                    let piece = Some(Piece::new(Arc::clone(shared)));
                     let mut scratch = Scratch { piece, ..Scratch::default() };
                     for (slot, &text) in slots.iter_mut().zip(texts) {
                         if text.is_empty() {
