@@ -502,6 +502,37 @@ fn terminating_fallback_picks_the_serving_terminating_pods() {
 }
 
 #[test]
+fn topology_hints_keep_this_zones_or_nodes_endpoints() {
+    // web on node-a: only the two zone-a pods (zone-b and zone-c pods are hinted elsewhere).
+    let v = readme_json(&["rulesets/topology-aware/", "10.96.90.1:80", "--node node-a"]);
+    assert_eq!(endpoints(&v), ["10.1.0.11:8080", "10.1.0.12:8080"]);
+    assert!(outcomes(&v).iter().all(|o| close(prob(o), 0.5)));
+    // cache on node-b: node hints beat the zone hints (both name node-b's pods here).
+    let v = readme_json(&["rulesets/topology-aware/", "10.96.90.2:6379", "--node node-b"]);
+    assert_eq!(endpoints(&v), ["10.1.1.22:6379", "10.1.1.23:6379"]);
+    // cache on node-c: no pod hinted for node-c or zone-c, so every ready pod is used.
+    let v = readme_json(&["rulesets/topology-aware/", "10.96.90.2:6379", "--node node-c"]);
+    assert_eq!(endpoints(&v), ["10.1.0.21:6379", "10.1.1.22:6379", "10.1.1.23:6379"]);
+    // On node-a the cache's node hints pick its one local pod, which a zone would not single out
+    // on node-b: the rules differ per node.
+    let a = json(
+        &[
+            "svcpath",
+            "trace",
+            "10.96.90.2:6379",
+            "--cluster",
+            "rulesets/topology-aware/cluster.yaml",
+            "--node",
+            "node-a",
+            "--json",
+        ]
+        .map(str::to_owned),
+        0,
+    );
+    assert_eq!(endpoints(&a), ["10.1.0.21:6379"]);
+}
+
+#[test]
 fn no_endpoints_is_rejected() {
     let v = readme_json(&["rulesets/no-endpoints/"]);
     let o = only_outcome(&v);

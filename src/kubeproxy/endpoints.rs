@@ -7,9 +7,13 @@
 //! [`categorize`] chooses the endpoints each traffic policy uses (pkg/proxy/topology.go,
 //! `CategorizeEndpoints`), including the fallback to serving-and-terminating endpoints.
 //!
-//! Deliberate difference: topology hints (PreferSameZone/PreferSameNode) are not modelled; every
-//! ready endpoint is a cluster endpoint. kube-proxy visits Services in Go map order (random per
-//! sync); svcpath sorts them by service port name and protocol.
+//! Topology hints are read as kube-proxy reads them: an endpoint's zone hints against the node's
+//! `topology.kubernetes.io/zone` label, its node hints (with the `PreferSameTrafficDistribution`
+//! gate) against the node name, and [`TopologyMode::from_hints`] decides per service port.
+//!
+//! Deliberate differences: kube-proxy visits Services in Go map order (random per sync); svcpath
+//! sorts them by service port name and protocol. Where it merges the cluster and local lists (a
+//! Go map again), svcpath keeps `ip:port` order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,6 +45,83 @@ pub struct EndpointInfo {
     pub terminating: bool,
     /// On the node kube-proxy runs on.
     pub local: bool,
+    /// Its zone hints, as this node reads them.
+    pub zone_hint: Hint,
+    /// Its node hints, as this node reads them (absent when the feature gate is off).
+    pub node_hint: Hint,
+}
+
+/// An endpoint's topology hints of one kind (zones or nodes), from the point of view of the node
+/// kube-proxy runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hint {
+    /// The endpoint has no hint of this kind.
+    #[default]
+    Absent,
+    /// Its hints name other zones (nodes) only.
+    Elsewhere,
+    /// Its hints name this node's zone (this node).
+    Here,
+}
+
+impl Hint {
+    /// The hint state of an endpoint whose hints are `hints`, for a node at `here`.
+    fn of(hints: &[String], here: &str) -> Hint {
+        if hints.is_empty() {
+            Hint::Absent
+        } else if hints.iter().any(|h| h == here) {
+            Hint::Here
+        } else {
+            Hint::Elsewhere
+        }
+    }
+}
+
+/// kube-proxy's topology mode for one service port (`topologyModeFromHints`): which hint, if any,
+/// narrows the cluster endpoints on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologyMode {
+    /// Only endpoints hinted for this node (`PreferSameNode`).
+    PreferSameNode,
+    /// Only endpoints hinted for this node's zone (`PreferSameZone`, which `PreferClose` and
+    /// topology-aware routing's hints also give).
+    PreferSameZone,
+}
+
+impl TopologyMode {
+    /// kube-proxy's name for the mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopologyMode::PreferSameNode => "PreferSameNode",
+            TopologyMode::PreferSameZone => "PreferSameZone",
+        }
+    }
+
+    /// `topologyModeFromHints`: `PreferSameNode` when every ready endpoint has node hints and one
+    /// names this node; else `PreferSameZone` when every ready endpoint has zone hints and one
+    /// names this node's zone; else none (every ready endpoint is used).
+    pub fn from_hints(endpoints: &[EndpointInfo]) -> Option<TopologyMode> {
+        let ready = || endpoints.iter().filter(|e| e.ready);
+        ready().next()?;
+        let decide = |hint: fn(&EndpointInfo) -> Hint| {
+            ready().all(|e| hint(e) != Hint::Absent) && ready().any(|e| hint(e) == Hint::Here)
+        };
+        if decide(|e| e.node_hint) {
+            Some(TopologyMode::PreferSameNode)
+        } else if decide(|e| e.zone_hint) {
+            Some(TopologyMode::PreferSameZone)
+        } else {
+            None
+        }
+    }
+
+    /// `availableForTopology`: whether `e` may be used in this mode.
+    fn admits(self, e: &EndpointInfo) -> bool {
+        match self {
+            TopologyMode::PreferSameNode => e.node_hint == Hint::Here,
+            TopologyMode::PreferSameZone => e.zone_hint == Hint::Here,
+        }
+    }
 }
 
 /// One Service port as one family's proxier sees it.
@@ -104,6 +185,8 @@ pub struct Categorized {
     pub all_reachable: Vec<EndpointInfo>,
     /// Whether any usable endpoint exists anywhere.
     pub has_any: bool,
+    /// The topology mode that narrowed the cluster endpoints, if any.
+    pub topology: Option<TopologyMode>,
 }
 
 /// [`Categorized`] as positions in [`SvcPort::endpoints`]: the same choice without copying the
@@ -118,6 +201,8 @@ pub struct CategorizedAt {
     pub all_reachable: Reachable,
     /// Whether any usable endpoint exists anywhere.
     pub has_any: bool,
+    /// The topology mode that narrowed the cluster endpoints, if any.
+    pub topology: Option<TopologyMode>,
 }
 
 /// Which endpoints some chain may reach: usually exactly one of the two lists.
@@ -152,6 +237,7 @@ pub fn categorize(sp: &SvcPort<'_>) -> Categorized {
         local: pick(&at.local),
         all_reachable: pick(at.all_reachable()),
         has_any: at.has_any,
+        topology: at.topology,
     }
 }
 
@@ -163,7 +249,11 @@ pub fn categorize_at(sp: &SvcPort<'_>) -> CategorizedAt {
     };
     let mut out = CategorizedAt::default();
     if sp.uses_cluster_endpoints() {
-        out.cluster = positions(&|e| e.ready);
+        let mode = TopologyMode::from_hints(eps);
+        out.topology = mode;
+        out.cluster = positions(&|e| e.ready && mode.is_none_or(|m| m.admits(e)));
+        // No ready endpoint for the topology means no ready endpoint at all (a mode is only
+        // chosen when one is hinted here), so the fallback ignores topology.
         if out.cluster.is_empty() {
             out.cluster = positions(&|e| e.serving && e.terminating);
         }
@@ -194,11 +284,14 @@ pub fn categorize_at(sp: &SvcPort<'_>) -> CategorizedAt {
         out.all_reachable = Reachable::Local;
         return out;
     }
-    if !uses_terminating {
+    if out.topology.is_none() && !uses_terminating {
+        // The cluster list holds every ready endpoint, so every local one too.
         return out;
     }
-    // kube-proxy merges through a Go map (random order); svcpath keeps `ip:port` order, and a
-    // later entry with the same key replaces an earlier one.
+    // The cluster list may miss local endpoints (topology, or the local list fell back to
+    // terminating ones), so reachable is the union. kube-proxy merges through a Go map (random
+    // order); svcpath keeps `ip:port` order, and a later entry with the same key replaces an
+    // earlier one.
     let mut merged: Vec<(usize, usize)> =
         out.cluster.iter().chain(&out.local).copied().enumerate().collect();
     merged.sort_by(|a, b| eps[a.1].key.cmp(&eps[b.1].key).then(a.0.cmp(&b.0)));
@@ -226,6 +319,7 @@ pub fn service_ports<'a>(
     node: &NodeView,
     family: IpFamily,
 ) -> Vec<SvcPort<'a>> {
+    let node_hints = cluster.config.prefer_same_traffic_distribution;
     // The slices of each Service, found once (a scan per Service would be quadratic).
     let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in &cluster.endpoint_slices {
@@ -239,7 +333,7 @@ pub fn service_ports<'a>(
             let svc_slices = slices
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
                 .map_or(&[][..], Vec::as_slice);
-            service_ports_of(svc, svc_slices, node, family)
+            service_ports_of(svc, svc_slices, node, family, node_hints)
         })
         .collect();
     out.sort_by(|a, b| (a.spn.as_str(), a.proto).cmp(&(b.spn.as_str(), b.proto)));
@@ -255,6 +349,7 @@ fn service_ports_of<'a>(
     slices: &[&EndpointSlice],
     node: &NodeView,
     family: IpFamily,
+    node_hints: bool,
 ) -> Vec<SvcPort<'a>> {
     if skip_service(svc) {
         return Vec::new();
@@ -303,16 +398,18 @@ fn service_ports_of<'a>(
             internal_local: svc.internal_traffic_policy == TrafficPolicy::Local,
             health_check_node_port,
             node_port: port.node_port.filter(|p| *p != 0),
-            endpoints: endpoints_for(slices, port, node, family),
+            endpoints: endpoints_for(slices, port, node, family, node_hints),
         })
         .collect()
 }
 
+/// The endpoints of `port` in `slices`; `node_hints` is the `PreferSameTrafficDistribution` gate.
 fn endpoints_for(
     slices: &[&EndpointSlice],
     port: &ServicePort,
     node: &NodeView,
     family: IpFamily,
+    node_hints: bool,
 ) -> Vec<EndpointInfo> {
     let mut all: Vec<EndpointInfo> = Vec::new();
     for slice in slices {
@@ -343,6 +440,13 @@ fn endpoints_for(
                     serving: ep.serving,
                     terminating: ep.terminating,
                     local: ep.node_name.as_deref() == Some(node.name.as_str()),
+                    // A node without a zone label reads the zone as "" (kube-proxy's map lookup).
+                    zone_hint: Hint::of(&ep.zone_hints, node.zone.as_deref().unwrap_or("")),
+                    node_hint: if node_hints {
+                        Hint::of(&ep.node_hints, &node.name)
+                    } else {
+                        Hint::Absent
+                    },
                 });
             }
         }
@@ -374,6 +478,8 @@ mod tests {
             serving,
             terminating,
             local,
+            zone_hint: Hint::Absent,
+            node_hint: Hint::Absent,
         }
     }
 
@@ -491,6 +597,8 @@ mod tests {
             terminating: false,
             node_name: Some(node.into()),
             zone: None,
+            zone_hints: vec![],
+            node_hints: vec![],
         };
         let slice = |name: &str, endpoints: Vec<Endpoint>| EndpointSlice {
             namespace: "ns".into(),
@@ -523,8 +631,9 @@ mod tests {
             target_port: crate::model::TargetPort::Number(80),
             node_port: None,
         };
-        let node = NodeView { name: "here".into(), addresses: vec![], pod_cidrs: vec![] };
-        let eps = endpoints_for(&[&a, &b], &port, &node, IpFamily::V4);
+        let node =
+            NodeView { name: "here".into(), addresses: vec![], pod_cidrs: vec![], zone: None };
+        let eps = endpoints_for(&[&a, &b], &port, &node, IpFamily::V4, true);
         let got: Vec<(&str, bool, bool)> =
             eps.iter().map(|e| (e.key.as_str(), e.local, e.ready)).collect();
         assert_eq!(
@@ -574,5 +683,263 @@ mod tests {
         );
         assert_eq!(at.all_reachable(), [0, 1, 2]);
         assert!(matches!(at.all_reachable, Reachable::Merged(_)));
+    }
+
+    /// An endpoint `10.1.2.<last>:80` with zone hints `zones` (none when empty), as a node in
+    /// `node_zone` reads them.
+    fn zoned(last: u8, zones: &[&str], ready: bool, local: bool, node_zone: &str) -> EndpointInfo {
+        let mut e = ep(&format!("10.1.2.{last}"), ready, ready, false, local);
+        let zones: Vec<String> = zones.iter().map(|z| (*z).to_owned()).collect();
+        e.zone_hint = Hint::of(&zones, node_zone);
+        e
+    }
+
+    fn keys(c: &[EndpointInfo]) -> Vec<&str> {
+        c.iter().map(|e| e.key.as_str()).collect()
+    }
+
+    #[test]
+    fn zone_hints_narrow_cluster_endpoints_as_upstream_topology_test_says() {
+        // pkg/proxy/topology_test.go, TestCategorizeEndpoints: the cases with hints in use.
+        // (name, node zone, endpoints as (last octet, hints, ready, local), iTP Local, eTP Local,
+        //  cluster, local, all reachable)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Vec<(u8, Vec<&'a str>, bool, bool)>,
+            bool,
+            bool,
+            Vec<u8>,
+            Vec<u8>,
+            Vec<u8>,
+        );
+        let four = |d_ready: bool| {
+            vec![
+                (3, vec!["zone-a"], true, false),
+                (4, vec!["zone-b"], true, false),
+                (5, vec!["zone-c"], true, false),
+                (6, vec!["zone-a"], d_ready, false),
+            ]
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "normal endpoint filtering",
+                "zone-a",
+                four(true),
+                false,
+                false,
+                vec![3, 6],
+                vec![],
+                vec![3, 6],
+            ),
+            ("unready endpoint", "zone-a", four(false), false, false, vec![3], vec![], vec![3]),
+            (
+                "only unready endpoints in same zone (should not filter)",
+                "zone-a",
+                vec![
+                    (3, vec!["zone-a"], false, false),
+                    (4, vec!["zone-b"], true, false),
+                    (5, vec!["zone-c"], true, false),
+                    (6, vec!["zone-a"], false, false),
+                ],
+                false,
+                false,
+                vec![4, 5],
+                vec![],
+                vec![4, 5],
+            ),
+            (
+                "missing hints, no filtering applied",
+                "zone-a",
+                vec![
+                    (3, vec!["zone-a"], true, false),
+                    (4, vec!["zone-b"], true, false),
+                    (5, vec![], true, false),
+                    (6, vec!["zone-a"], true, false),
+                ],
+                false,
+                false,
+                vec![3, 4, 5, 6],
+                vec![],
+                vec![3, 4, 5, 6],
+            ),
+            (
+                "multiple hints per endpoint",
+                "zone-c",
+                vec![
+                    (3, vec!["zone-a", "zone-b", "zone-c"], true, false),
+                    (4, vec!["zone-b", "zone-c"], true, false),
+                    (5, vec!["zone-b", "zone-d"], true, false),
+                    (6, vec!["zone-c"], true, false),
+                ],
+                false,
+                false,
+                vec![3, 4, 6],
+                vec![],
+                vec![3, 4, 6],
+            ),
+            (
+                "empty node labels",
+                "",
+                vec![(3, vec!["zone-a"], true, false)],
+                false,
+                false,
+                vec![3],
+                vec![],
+                vec![3],
+            ),
+            (
+                "node in different zone, no endpoint filtering",
+                "zone-b",
+                vec![(3, vec!["zone-a"], true, false)],
+                false,
+                false,
+                vec![3],
+                vec![],
+                vec![3],
+            ),
+            (
+                "externalTrafficPolicy: Local, topology ignored for Local endpoints",
+                "zone-a",
+                vec![
+                    (3, vec!["zone-a"], true, true),
+                    (4, vec!["zone-b"], true, true),
+                    (5, vec!["zone-c"], true, false),
+                    (6, vec!["zone-a"], true, false),
+                ],
+                false,
+                true,
+                vec![3, 6],
+                vec![3, 4],
+                vec![3, 4, 6],
+            ),
+            (
+                "internalTrafficPolicy: Local, topology ignored for Local endpoints",
+                "zone-a",
+                vec![
+                    (3, vec!["zone-a"], true, true),
+                    (4, vec!["zone-b"], true, true),
+                    (5, vec!["zone-c"], true, false),
+                    (6, vec!["zone-a"], true, false),
+                ],
+                true,
+                false,
+                vec![3, 6],
+                vec![3, 4],
+                vec![3, 4, 6],
+            ),
+        ];
+        for (name, zone, eps, itp_local, etp_local, cluster, local, all) in cases {
+            let endpoints =
+                eps.iter().map(|(n, h, r, l)| zoned(*n, h, *r, *l, zone)).collect::<Vec<_>>();
+            let c = port_with(endpoints, itp_local, etp_local);
+            let want = |v: &[u8]| v.iter().map(|n| format!("10.1.2.{n}:80")).collect::<Vec<_>>();
+            assert_eq!(keys(&c.cluster), want(&cluster), "{name}: cluster");
+            assert_eq!(keys(&c.local), want(&local), "{name}: local");
+            assert_eq!(keys(&c.all_reachable), want(&all), "{name}: all reachable");
+            assert!(c.has_any, "{name}");
+            let filtered = cluster.len() < eps.iter().filter(|e| e.2).count();
+            assert_eq!(c.topology.is_some(), filtered, "{name}: topology mode");
+        }
+    }
+
+    #[test]
+    fn conflicting_topology_and_localness_merge_all_reachable_in_key_order() {
+        // Upstream: "conflicting topology and localness require merging allEndpoints".
+        let eps = vec![
+            zoned(10, &["zone-a"], true, true, "zone-a"),
+            zoned(11, &["zone-b"], true, true, "zone-a"),
+            zoned(12, &["zone-a"], true, false, "zone-a"),
+            zoned(13, &["zone-b"], true, false, "zone-a"),
+        ];
+        let at = at_with(eps, false, true);
+        assert_eq!(at.topology, Some(TopologyMode::PreferSameZone));
+        assert_eq!(at.cluster, [0, 2]);
+        assert_eq!(at.local, [0, 1]);
+        assert_eq!(at.all_reachable(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn node_hints_win_over_zone_hints_only_when_every_ready_endpoint_has_one() {
+        // Every endpoint hinted for its node and zone, as the EndpointSlice controller writes
+        // them for `trafficDistribution: PreferSameNode`.
+        let mk = |last: u8, node: &str, zone: &str, ready: bool| {
+            let mut e = ep(&format!("10.1.2.{last}"), ready, ready, false, node == "n1");
+            e.node_hint = Hint::of(&[node.to_owned()], "n1");
+            e.zone_hint = Hint::of(&[zone.to_owned()], "zone-a");
+            e
+        };
+        let eps = vec![
+            mk(1, "n1", "zone-a", true),
+            mk(2, "n2", "zone-a", true),
+            mk(3, "n3", "zone-b", true),
+        ];
+        let c = port_with(eps.clone(), false, false);
+        assert_eq!(c.topology, Some(TopologyMode::PreferSameNode));
+        assert_eq!(keys(&c.cluster), ["10.1.2.1:80"]);
+        // No endpoint for this node: the zone hints decide.
+        let mut elsewhere = eps.clone();
+        elsewhere[0].node_hint = Hint::Elsewhere;
+        let c = port_with(elsewhere, false, false);
+        assert_eq!(c.topology, Some(TopologyMode::PreferSameZone));
+        assert_eq!(keys(&c.cluster), ["10.1.2.1:80", "10.1.2.2:80"]);
+        // One ready endpoint without a node hint: node hints are ignored.
+        let mut partial = eps.clone();
+        partial[2].node_hint = Hint::Absent;
+        assert_eq!(
+            port_with(partial.clone(), false, false).topology,
+            Some(TopologyMode::PreferSameZone)
+        );
+        // ... unless it is not ready: only ready endpoints count.
+        partial[2].ready = false;
+        partial[2].serving = false;
+        let c = port_with(partial, false, false);
+        assert_eq!(c.topology, Some(TopologyMode::PreferSameNode));
+        assert_eq!(keys(&c.cluster), ["10.1.2.1:80"]);
+    }
+
+    #[test]
+    fn node_hints_are_read_only_with_the_feature_gate() {
+        use crate::model::{Endpoint, EndpointPort};
+        let endpoint = |ip: &str, node: &str| Endpoint {
+            addresses: vec![ip.parse().unwrap()],
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: Some(node.into()),
+            zone: Some("zone-a".into()),
+            zone_hints: vec!["zone-a".into()],
+            node_hints: vec![node.into()],
+        };
+        let slice = EndpointSlice {
+            namespace: "ns".into(),
+            name: "s-1".into(),
+            service_name: "s".into(),
+            address_type: AddressType::IPv4,
+            endpoints: vec![endpoint("10.0.0.1", "here"), endpoint("10.0.0.2", "there")],
+            ports: vec![EndpointPort { name: "p".into(), port: Some(80), protocol: Protocol::Tcp }],
+        };
+        let port = ServicePort {
+            name: "p".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: crate::model::TargetPort::Number(80),
+            node_port: None,
+        };
+        let node = NodeView {
+            name: "here".into(),
+            addresses: vec![],
+            pod_cidrs: vec![],
+            zone: Some("zone-a".into()),
+        };
+        let on = endpoints_for(&[&slice], &port, &node, IpFamily::V4, true);
+        assert_eq!(
+            on.iter().map(|e| e.node_hint).collect::<Vec<_>>(),
+            [Hint::Here, Hint::Elsewhere]
+        );
+        assert_eq!(TopologyMode::from_hints(&on), Some(TopologyMode::PreferSameNode));
+        let off = endpoints_for(&[&slice], &port, &node, IpFamily::V4, false);
+        assert!(off.iter().all(|e| e.node_hint == Hint::Absent && e.zone_hint == Hint::Here));
+        assert_eq!(TopologyMode::from_hints(&off), Some(TopologyMode::PreferSameZone));
     }
 }

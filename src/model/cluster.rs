@@ -254,6 +254,12 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     /// `zone`.
     pub zone: Option<String>,
+    /// `hints.forZones[].name`: the zones whose nodes should use this endpoint (topology-aware
+    /// routing, `trafficDistribution: PreferClose`/`PreferSameZone`).
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`: the nodes that should use this endpoint
+    /// (`trafficDistribution: PreferSameNode`).
+    pub node_hints: Vec<String>,
 }
 
 /// A discovery.k8s.io/v1 EndpointSlice (or a legacy v1 Endpoints converted to one).
@@ -291,6 +297,8 @@ pub struct Node {
     pub addresses: Vec<NodeAddress>,
     /// `spec.podCIDRs` (or `podCIDR`).
     pub pod_cidrs: Vec<IpNetwork>,
+    /// The `topology.kubernetes.io/zone` label, which topology hints are matched against.
+    pub zone: Option<String>,
 }
 
 /// kube-proxy's proxy mode.
@@ -348,6 +356,9 @@ pub struct ProxyConfig {
     pub ipvs_scheduler: String,
     /// Whether MASQUERADE gets `--random-fully` (kube-proxy enables it when iptables supports it).
     pub masquerade_random_fully: bool,
+    /// The `PreferSameTrafficDistribution` feature gate (`featureGates`): whether endpoints'
+    /// node hints (`PreferSameNode`) are used. On by default, as in Kubernetes v1.34 (beta).
+    pub prefer_same_traffic_distribution: bool,
 }
 
 impl Default for ProxyConfig {
@@ -364,6 +375,7 @@ impl Default for ProxyConfig {
             node_port_addresses: Vec::new(),
             ipvs_scheduler: String::new(),
             masquerade_random_fully: false,
+            prefer_same_traffic_distribution: true,
         }
     }
 }
@@ -411,6 +423,8 @@ pub struct NodeView {
     pub addresses: Vec<IpAddr>,
     /// The node's pod CIDRs (for `detectLocalMode: NodeCIDR`).
     pub pod_cidrs: Vec<IpNetwork>,
+    /// The node's `topology.kubernetes.io/zone` label (for topology hints).
+    pub zone: Option<String>,
 }
 
 impl NodeView {
@@ -462,7 +476,16 @@ impl Cluster {
         let node_name =
             node.map(|n| n.name.clone()).or(wanted).unwrap_or_else(|| "node-1".to_owned());
         let mut addresses: Vec<IpAddr> = if extra_ips.is_empty() {
-            node.map(|n| n.addresses.iter().map(|a| a.address).collect()).unwrap_or_default()
+            // kube-proxy's node IPs (`GetNodeHostIPs`): InternalIPs before ExternalIPs, so the
+            // first address of a family is the primary one whatever order the status lists.
+            let mut listed: Vec<&NodeAddress> =
+                node.map(|n| n.addresses.iter().collect()).unwrap_or_default();
+            listed.sort_by_key(|a| match a.kind.as_str() {
+                "InternalIP" => 0,
+                "ExternalIP" => 1,
+                _ => 2,
+            });
+            listed.into_iter().map(|a| a.address).collect()
         } else {
             extra_ips.to_vec()
         };
@@ -475,6 +498,7 @@ impl Cluster {
             name: node_name,
             addresses,
             pod_cidrs: node.map(|n| n.pod_cidrs.clone()).unwrap_or_default(),
+            zone: node.and_then(|n| n.zone.clone()),
         })
     }
 }

@@ -1429,6 +1429,43 @@ mod tests {
     }
 
     #[test]
+    fn topology_hints_node_zone_and_the_node_hint_gate_are_read() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  \
+                    namespace: ns\n  labels: {kubernetes.io/service-name: web}\naddressType: IPv4\n\
+                    endpoints:\n- addresses: [10.0.0.1]\n  hints:\n    forZones: [{name: z1}, \
+                    {name: z2}]\n    forNodes: [{name: n1}]\n- addresses: [10.0.0.2]\n\
+                    ---\nkind: Node\nmetadata:\n  name: n1\n  labels: \
+                    {topology.kubernetes.io/zone: z1}\n\
+                    ---\nkind: Node\nmetadata: {name: n2}\n\
+                    ---\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+                    featureGates: {PreferSameTrafficDistribution: false}\n";
+        let c = load_str(text, "t").unwrap().cluster;
+        let eps = &c.endpoint_slices[0].endpoints;
+        assert_eq!(eps[0].zone_hints, ["z1", "z2"]);
+        assert_eq!(eps[0].node_hints, ["n1"]);
+        assert!(eps[1].zone_hints.is_empty() && eps[1].node_hints.is_empty());
+        assert_eq!(c.nodes[0].zone.as_deref(), Some("z1"));
+        assert_eq!(c.nodes[1].zone, None);
+        assert_eq!(c.node_view(Some("n1"), &[]).unwrap().zone.as_deref(), Some("z1"));
+        assert!(!c.config.prefer_same_traffic_distribution);
+        let default = load_str("kind: KubeProxyConfiguration\n", "t").unwrap().cluster.config;
+        assert!(default.prefer_same_traffic_distribution);
+    }
+
+    #[test]
+    fn primary_node_address_is_the_first_internal_ip_whatever_the_status_order() {
+        let text = "kind: Node\nmetadata: {name: n1}\nstatus:\n  addresses:\n  \
+                    - {type: ExternalIP, address: 203.0.113.7}\n  - {type: Hostname, address: n1}\n  \
+                    - {type: InternalIP, address: 192.168.1.10}\n";
+        let c = load_str(text, "t").unwrap().cluster;
+        let view = c.node_view(None, &[]).unwrap();
+        assert_eq!(
+            view.addresses[..2],
+            ["192.168.1.10".parse::<IpAddr>().unwrap(), "203.0.113.7".parse().unwrap()]
+        );
+    }
+
+    #[test]
     fn fqdn_slices_keep_no_addresses() {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  \
                     labels: {kubernetes.io/service-name: web}\naddressType: FQDN\n\

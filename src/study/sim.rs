@@ -384,6 +384,8 @@ impl World<'_> {
                 terminating: p.terminating,
                 node_name: Some(World::node_name(p.node)),
                 zone: None,
+                zone_hints: Vec::new(),
+                node_hints: Vec::new(),
             })
             .collect();
         // One slice per target port is enough: every pod listens on the same port.
@@ -411,6 +413,7 @@ impl World<'_> {
                     address: self.node_ip(i),
                 }],
                 pod_cidrs: vec![],
+                zone: None,
             })
             .collect();
         c

@@ -99,6 +99,7 @@ fn node(name: &str, ip: IpAddr) -> Node {
         name: name.to_owned(),
         addresses: vec![NodeAddress { kind: "InternalIP".to_owned(), address: ip }],
         pod_cidrs: Vec::new(),
+        zone: None,
     }
 }
 
@@ -147,6 +148,8 @@ fn endpoint(ip: IpAddr, node: usize) -> Endpoint {
         terminating: false,
         node_name: Some(node_name),
         zone: None,
+        zone_hints: Vec::new(),
+        node_hints: Vec::new(),
     }
 }
 

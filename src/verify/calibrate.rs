@@ -102,6 +102,7 @@ pub fn synthetic_cluster(n: usize) -> Cluster {
         name: NODE_NAME.to_owned(),
         addresses: vec![NodeAddress { kind: "InternalIP".to_owned(), address: IpAddr::V4(NODE) }],
         pod_cidrs: Vec::new(),
+        zone: None,
     });
     for i in 0..n {
         let name = format!("svc-{i:05}");
@@ -139,6 +140,8 @@ pub fn synthetic_cluster(n: usize) -> Cluster {
                 terminating: false,
                 node_name: Some(NODE_NAME.to_owned()),
                 zone: None,
+                zone_hints: Vec::new(),
+                node_hints: Vec::new(),
             }],
             ports: vec![EndpointPort {
                 name: PORT_NAME.to_owned(),

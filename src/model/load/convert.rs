@@ -17,7 +17,8 @@ use ipnetwork::IpNetwork;
 
 use super::raw::{
     ClusterIp, IntOrStr, RawAddressType, RawAffinity, RawConditions, RawEndpointSlice,
-    RawEndpoints, RawNode, RawProxyConfig, RawService, RawServiceType, RawTrafficPolicy,
+    RawEndpoints, RawHintName, RawNode, RawProxyConfig, RawService, RawServiceType,
+    RawTrafficPolicy,
 };
 use crate::model::{
     AddressType, DEFAULT_AFFINITY_TIMEOUT, DEFAULT_MASQUERADE_BIT, DetectLocalMode, Endpoint,
@@ -35,8 +36,11 @@ pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 /// v1beta1 EndpointSlice topology key for the node name.
 const TOPOLOGY_HOSTNAME: &str = "kubernetes.io/hostname";
 
-/// v1beta1 EndpointSlice topology key for the zone.
+/// v1beta1 EndpointSlice topology key for the zone, and the Node label of its zone.
 const TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
+
+/// The feature gate that makes kube-proxy use node hints (`PreferSameNode`).
+const PREFER_SAME_TRAFFIC_DISTRIBUTION: &str = "PreferSameTrafficDistribution";
 
 /// The `nodePortAddresses` keyword for the node's primary addresses.
 const NODE_PORT_ADDRESSES_PRIMARY: &str = "primary";
@@ -340,6 +344,10 @@ pub(crate) fn convert_slice(
         }
         let (ready, serving, terminating) = conditions(ep.conditions);
         let topo = ep.topology.unwrap_or_default();
+        let hints = ep.hints.unwrap_or_default();
+        let names = |list: Option<Vec<RawHintName>>| -> Vec<String> {
+            list.unwrap_or_default().into_iter().filter_map(|h| h.name).collect()
+        };
         endpoints.push(Endpoint {
             addresses,
             ready,
@@ -347,6 +355,8 @@ pub(crate) fn convert_slice(
             terminating,
             node_name: ep.node_name.or_else(|| topo.get(TOPOLOGY_HOSTNAME).cloned()),
             zone: ep.zone.or_else(|| topo.get(TOPOLOGY_ZONE).cloned()),
+            zone_hints: names(hints.for_zones),
+            node_hints: names(hints.for_nodes),
         });
     }
     let ports = raw
@@ -407,6 +417,8 @@ pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, St
                 terminating: false,
                 node_name: a.node_name,
                 zone: None,
+                zone_hints: Vec::new(),
+                node_hints: Vec::new(),
             };
             if a.ip.0.is_ipv4() { v4.push(ep) } else { v6.push(ep) }
         }
@@ -437,6 +449,12 @@ pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, St
 /// Errors: a podCIDR that is not a CIDR.
 pub(crate) fn convert_node(raw: RawNode) -> Result<Node, String> {
     let name = name_of(raw.metadata.as_ref())?;
+    let zone = raw
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref())
+        .and_then(|l| l.get(TOPOLOGY_ZONE))
+        .cloned();
     let spec = raw.spec.unwrap_or_default();
     let mut pod_cidrs = Vec::new();
     let (field, list) = match (spec.pod_cidrs, spec.pod_cidr) {
@@ -459,7 +477,7 @@ pub(crate) fn convert_node(raw: RawNode) -> Result<Node, String> {
             Some(NodeAddress { kind: a.kind.unwrap_or_default(), address })
         })
         .collect();
-    Ok(Node { name, addresses, pod_cidrs })
+    Ok(Node { name, addresses, pod_cidrs, zone })
 }
 
 /// Converts a KubeProxyConfiguration, applying kube-proxy's defaults.
@@ -532,6 +550,10 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
         node_port_addresses.push(a);
     }
     let ipvs_scheduler = raw.ipvs.and_then(|i| i.scheduler).unwrap_or_default();
+    let prefer_same_traffic_distribution = raw
+        .feature_gates
+        .and_then(|g| g.get(PREFER_SAME_TRAFFIC_DISTRIBUTION).copied())
+        .unwrap_or(true);
     Ok(ProxyConfig {
         hostname_override,
         mode,
@@ -543,6 +565,7 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
         localhost_node_ports,
         node_port_addresses,
         ipvs_scheduler,
+        prefer_same_traffic_distribution,
         ..ProxyConfig::default()
     })
 }

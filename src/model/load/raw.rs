@@ -489,6 +489,22 @@ pub(crate) struct RawEndpoint {
     pub zone: Option<String>,
     /// v1beta1 only: `kubernetes.io/hostname` and `topology.kubernetes.io/zone`.
     pub topology: Option<BTreeMap<String, String>>,
+    pub hints: Option<RawHints>,
+}
+
+/// `endpoints[].hints`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct RawHints {
+    pub for_zones: Option<Vec<RawHintName>>,
+    pub for_nodes: Option<Vec<RawHintName>>,
+}
+
+/// `hints.forZones[]` / `hints.forNodes[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawHintName {
+    pub name: Option<String>,
 }
 
 /// `endpoints[].conditions`: three optional booleans.
@@ -602,6 +618,7 @@ pub(crate) struct RawProxyConfig {
     pub iptables: Option<RawIptablesConfig>,
     pub node_port_addresses: Option<Vec<String>>,
     pub ipvs: Option<RawIpvsConfig>,
+    pub feature_gates: Option<BTreeMap<String, bool>>,
 }
 
 /// `detectLocal`.
