@@ -396,6 +396,34 @@ fn shipped_scenarios_show_their_effect() {
     let ready =
         last["endpoints"].as_object().unwrap().values().filter(|e| e["state"] == "ready").count();
     assert_eq!(ready, 3);
+    // Affinity holds for 20 clients (no pod lost a still-ready client) ...
+    assert_eq!(roll["affinity"]["broken"], 0, "{}", roll["affinity"]);
+    assert!(roll["affinity"]["moved"].as_u64().unwrap() > 0, "{}", roll["affinity"]);
+    // ... but not for 600 over 3 pods: xt_recent lists keep 100 clients each.
+    let many = run("affinity-many-clients");
+    let a = &many["affinity"];
+    let (repeats, broken) = (a["repeats"].as_u64().unwrap(), a["broken"].as_u64().unwrap());
+    assert!(repeats > 5000 && broken * 5 > repeats, "{a}");
+    assert_eq!(a["moved"], 0, "no pod went away: {a}");
+}
+
+/// With IPVS persistence the same clients keep their pods: the limit is xt_recent's.
+#[test]
+fn affinity_many_clients_keeps_every_client_under_ipvs() {
+    let path = crate::harness::root().join("rulesets/scenarios/affinity-many-clients.yaml");
+    let out = svcpath()
+        .arg("sim")
+        .arg(&path)
+        .args(["--json", "--quiet", "--mode", "ipvs:rr"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let a = &v["affinity"];
+    assert!(a["repeats"].as_u64().unwrap() > 5000, "{a}");
+    assert_eq!(a["kept"], a["repeats"], "{a}");
 }
 
 /// Issue #4 acceptance: sh names its bucket and destination.

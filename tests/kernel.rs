@@ -225,3 +225,58 @@ fn kernel_canonical_order_of_the_default_cluster() {
     assert!(save.contains("-d 10.96.0.10/32 -p tcp -m comment --comment \"default/my-app-service:http cluster IP\" -m tcp --dport 80"), "{save}");
     assert!(save.contains("--probability 0.33333333349"), "{save}");
 }
+
+/// xt_recent remembers at most `ip_list_tot` addresses per list and forgets the least recently
+/// seen one first. The kernel's own list, filled through `/proc/net/xt_recent/NAME` (which adds
+/// and refreshes entries with the same code as `--set`), holds exactly the addresses svcpath's
+/// model keeps.
+#[test]
+fn kernel_recent_list_evicts_like_the_model() {
+    use svcpath::dataplane::netfilter::{Effect, RecentState};
+    if !kernel_available(Backend::Nft) {
+        return;
+    }
+    let tot: usize = std::fs::read_to_string("/sys/module/xt_recent/parameters/ip_list_tot")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100);
+    let ns = verify::Netns::create().unwrap();
+    let timeout = std::time::Duration::from_secs(20);
+    let rules = "*filter\n-A INPUT -m recent --name SVCPATH-T --rcheck --seconds 60 --reap -j ACCEPT\nCOMMIT\n";
+    let restore = Backend::Nft.restore_program(svcpath::model::rules::Family::V4);
+    let out = ns.exec(&restore, &[], Some(rules.as_bytes()), timeout).unwrap();
+    assert!(out.success(), "{restore}: {}", out.stderr);
+    // Addresses in the order they are added or refreshed: the first `tot` new ones, three of
+    // the oldest refreshed, then more new ones than the refreshed three leave room for.
+    let addr = |n: usize| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+    let mut order: Vec<usize> = (1..=tot).collect();
+    order.extend([1, 5, 2]);
+    order.extend(tot + 1..=tot + 7);
+    let script: String = order
+        .iter()
+        .map(|&n| format!("echo +{} > /proc/net/xt_recent/SVCPATH-T\n", addr(n)))
+        .chain(["cat /proc/net/xt_recent/SVCPATH-T\n".to_owned()])
+        .collect();
+    let out = ns.exec("sh", &["-e"], Some(script.as_bytes()), timeout).unwrap();
+    assert!(out.success(), "sh: {}", out.stderr);
+    let mut kernel: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("src=")?.split_whitespace().next().map(str::to_owned))
+        .collect();
+    kernel.sort();
+
+    let mut model = RecentState { capacity: tot, ..RecentState::default() };
+    for (i, &n) in order.iter().enumerate() {
+        let a: IpAddr = addr(n).parse().unwrap();
+        model.apply(&Effect::RecentSet { list: "SVCPATH-T".into(), addr: a }, i as f64);
+    }
+    let mut ours: Vec<String> =
+        model.lists["SVCPATH-T"].addresses().map(|a| a.to_string()).collect();
+    ours.sort();
+    assert_eq!(kernel.len(), tot, "the kernel keeps ip_list_tot addresses");
+    assert_eq!(kernel, ours);
+    // Refreshed early addresses survive; the oldest never refreshed ones are gone.
+    assert!(kernel.contains(&addr(1)) && kernel.contains(&addr(5)) && kernel.contains(&addr(2)));
+    assert!(!kernel.contains(&addr(3)) && !kernel.contains(&addr(4)), "{kernel:?}");
+}

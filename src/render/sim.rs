@@ -86,6 +86,39 @@ pub fn text(r: &SimResult) -> String {
         let c = r.total_connections.get(ep).copied().unwrap_or(0);
         let _ = writeln!(out, "  {ep:<24} {c:>12} {reqs:>14.0}");
     }
+    if let Some(a) = &r.affinity {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "session affinity ({} s): {} repeat connections within the timeout of the client's \
+             previous one on the same node",
+            a.timeout, a.repeats
+        );
+        let share = |n: u64| if a.repeats == 0 { 0.0 } else { n as f64 * 100.0 / a.repeats as f64 };
+        let _ = writeln!(
+            out,
+            "  kept their pod                  {:>10} ({:.1}%)",
+            a.kept,
+            share(a.kept)
+        );
+        let _ = writeln!(
+            out,
+            "  moved, pod no longer ready     {:>10} ({:.1}%)",
+            a.moved,
+            share(a.moved)
+        );
+        let _ = writeln!(
+            out,
+            "  moved, pod still ready         {:>10} ({:.1}%){}",
+            a.broken,
+            share(a.broken),
+            if a.broken > 0 {
+                "  (the node forgot the client: an xt_recent list keeps 100 clients)"
+            } else {
+                ""
+            }
+        );
+    }
     if !r.share_times.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(

@@ -258,6 +258,25 @@ pub struct SimResult {
     pub total_requests: BTreeMap<String, f64>,
     /// Time to carry a share after each scale-up.
     pub share_times: Vec<ShareTime>,
+    /// With session affinity: what happened to clients' repeat connections.
+    pub affinity: Option<AffinityStats>,
+}
+
+/// What ClientIP session affinity did to repeat connections: a client's connection through the
+/// same node within the timeout of its previous one there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AffinityStats {
+    /// The timeout in seconds.
+    pub timeout: u32,
+    /// Repeat connections.
+    pub repeats: u64,
+    /// Repeat connections that reached the same pod as the previous one.
+    pub kept: u64,
+    /// Repeat connections that moved because the previous pod was no longer ready.
+    pub moved: u64,
+    /// Repeat connections that moved although the previous pod was still ready: the node forgot
+    /// the client (iptables: an `xt_recent` list holds 100 clients; the least recently seen goes).
+    pub broken: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -616,6 +635,10 @@ pub fn run(
     let mut share_times: Vec<ShareTime> = Vec::new();
     let mut requests_interval: BTreeMap<usize, f64> = BTreeMap::new();
     let mut opened = 0u64;
+    // Affinity bookkeeping: each (node, client)'s last connection (time, pod).
+    let mut last_pick: HashMap<(usize, IpAddr), (f64, usize)> = HashMap::new();
+    let mut affinity_stats =
+        affinity.map(|timeout| AffinityStats { timeout, ..Default::default() });
     let mut next_arrival = {
         let u: f64 = rng.random();
         -(1.0 - u).ln() / sc.rate
@@ -877,6 +900,22 @@ pub fn run(
         };
         opened += 1;
         let Some(pod) = pod else { continue };
+        if let Some(stats) = affinity_stats.as_mut() {
+            if let Some(&(then, prev)) = last_pick.get(&(node, client))
+                && now - then < f64::from(stats.timeout)
+            {
+                stats.repeats += 1;
+                let p = &world.pods[prev];
+                if prev == pod {
+                    stats.kept += 1;
+                } else if p.ready && !p.terminating && !p.gone {
+                    stats.broken += 1;
+                } else {
+                    stats.moved += 1;
+                }
+            }
+            last_pick.insert((node, client), (now, pod));
+        }
         if first_picks[node].is_none() {
             first_picks[node] = Some(world.pods[pod].addr.to_string());
         }
@@ -906,6 +945,7 @@ pub fn run(
         total_connections: total_conns,
         total_requests: total_reqs,
         share_times,
+        affinity: affinity_stats,
     })
 }
 

@@ -237,7 +237,7 @@ pub fn sticky_state(dp: &Dataplane, env: &Env, client: IpAddr) -> Vec<StickyView
     let lists = recent_lists(dp);
     let mut out = Vec::new();
     for (list, addrs) in &env.recent.lists {
-        let Some(stamps) = addrs.get(&client) else { continue };
+        let Some(stamps) = addrs.stamps(&client) else { continue };
         let Some(&last) = stamps.last() else { continue };
         let (timeout, endpoint) = lists.get(list).cloned().unwrap_or((None, None));
         out.push(StickyView {

@@ -859,9 +859,7 @@ pub fn expectations(
             && let Some(o) = outcomes.iter().find(|o| fate_of(o, proto, from_node) == s.fate)
         {
             for e in &o.effects {
-                if matches!(e, Effect::RecentSet { .. } | Effect::RecentRemove { .. }) {
-                    env.recent.apply(e, env.now);
-                }
+                env.recent.apply(e, env.now);
             }
         }
     }

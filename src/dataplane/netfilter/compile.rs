@@ -224,6 +224,9 @@ pub struct RecentMatch {
     pub rdest: bool,
     /// `--mask` applied to the address (IPv4 only in iptables; `None` = all ones).
     pub mask: Option<IpAddr>,
+    /// `--reap`: a check that finds the address also drops the list's least recently seen
+    /// entry when it is older than `--seconds`.
+    pub reap: bool,
 }
 
 /// `-m set [!] --match-set NAME DIR[,DIR…] [--return-nomatch]`: membership in an ipset.
@@ -855,6 +858,7 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
             let mut seconds = None;
             let mut hitcount = None;
             let mut rdest = false;
+            let mut reap = false;
             let mut mask = None;
             for (n, o, values) in &m.opts {
                 match *o {
@@ -871,7 +875,8 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
                     "seconds" => seconds = Some(parse_u32(o, &first(o, values)?)?),
                     "hitcount" => hitcount = Some(parse_u32(o, &first(o, values)?)?),
                     "rdest" => rdest = true,
-                    "rsource" | "reap" => {}
+                    "reap" => reap = true,
+                    "rsource" => {}
                     "mask" => {
                         let v = first(o, values)?;
                         mask = Some(
@@ -885,7 +890,16 @@ fn build_match(m: &ModuleArgs<'_>, family: Family) -> Result<Match, CompileError
             let cmd = cmd.ok_or_else(|| {
                 CompileErrorKind::MissingValue("set/--rcheck/--update/--remove".into())
             })?;
-            Match::Recent(Box::new(RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask }))
+            Match::Recent(Box::new(RecentMatch {
+                neg,
+                name,
+                cmd,
+                seconds,
+                hitcount,
+                rdest,
+                mask,
+                reap,
+            }))
         }
         "addrtype" => {
             let mut src = None;

@@ -227,11 +227,101 @@ impl Env {
     }
 }
 
-/// The `-m recent` lists: for each list name, each address and the times it was seen.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// The kernel's `ip_list_tot`: the addresses one `-m recent` list remembers (module parameter,
+/// 100 by default). Adding one more evicts the least recently seen.
+pub const RECENT_LIST_TOT: usize = 100;
+
+/// The timestamps one entry keeps. The kernel keeps at least `--hitcount` of them (a power of
+/// two, 32 without a hitcount; hitcounts above 255 are refused), and only the newest
+/// `--hitcount` stamps decide a match, so keeping 255 loses nothing a rule can ask for.
+const RECENT_STAMPS: usize = 255;
+
+/// The `-m recent` lists: for each list name, each address and the times it was seen, in the
+/// kernel's least-recently-used order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecentState {
-    /// `name → address → timestamps` (oldest first).
-    pub lists: HashMap<String, HashMap<IpAddr, Vec<f64>>>,
+    /// The lists by name.
+    pub lists: HashMap<String, RecentList>,
+    /// Addresses a list holds at most ([`RECENT_LIST_TOT`]).
+    pub capacity: usize,
+}
+
+impl Default for RecentState {
+    fn default() -> Self {
+        RecentState { lists: HashMap::new(), capacity: RECENT_LIST_TOT }
+    }
+}
+
+/// One `-m recent` list (`/proc/net/xt_recent/NAME`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RecentList {
+    /// Each address with its timestamps (oldest first) and its place in the LRU order.
+    entries: HashMap<IpAddr, (Vec<f64>, u64)>,
+    /// The LRU order: the least recently set or updated first.
+    order: std::collections::BTreeMap<u64, IpAddr>,
+    /// The next place.
+    next: u64,
+}
+
+impl RecentList {
+    /// The timestamps of `addr` (oldest first), if it is in the list.
+    pub fn stamps(&self, addr: &IpAddr) -> Option<&[f64]> {
+        self.entries.get(addr).map(|(s, _)| s.as_slice())
+    }
+
+    /// The addresses in the list, least recently seen first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.order.values().copied()
+    }
+
+    /// How many addresses the list holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `recent_entry_init` / `recent_entry_update`: a new stamp for `addr`, which becomes the
+    /// most recently seen; a new address first evicts the least recently seen when full.
+    fn set(&mut self, addr: IpAddr, now: f64, capacity: usize) {
+        let place = self.next;
+        self.next += 1;
+        if let Some((stamps, at)) = self.entries.get_mut(&addr) {
+            stamps.push(now);
+            if stamps.len() > RECENT_STAMPS {
+                stamps.remove(0);
+            }
+            self.order.remove(at);
+            *at = place;
+        } else {
+            if self.entries.len() >= capacity.max(1)
+                && let Some((_, oldest)) = self.order.pop_first()
+            {
+                self.entries.remove(&oldest);
+            }
+            self.entries.insert(addr, (vec![now], place));
+        }
+        self.order.insert(place, addr);
+    }
+
+    fn remove(&mut self, addr: &IpAddr) {
+        if let Some((_, at)) = self.entries.remove(addr) {
+            self.order.remove(&at);
+        }
+    }
+
+    /// `recent_entry_reap`: the least recently seen entry goes if its newest stamp is older
+    /// than `before`.
+    fn reap(&mut self, before: f64) {
+        if let Some((_, &oldest)) = self.order.first_key_value()
+            && self.stamps(&oldest).and_then(<[f64]>::last).is_some_and(|&t| t < before)
+        {
+            self.remove(&oldest);
+        }
+    }
 }
 
 impl RecentState {
@@ -239,23 +329,24 @@ impl RecentState {
     pub fn apply(&mut self, effect: &Effect, now: f64) {
         match effect {
             Effect::RecentSet { list, addr } => {
-                let stamps = self.lists.entry(list.clone()).or_default().entry(*addr).or_default();
-                stamps.push(now);
-                // xt_recent keeps ip_pkt_list_tot (20) stamps per entry.
-                if stamps.len() > 20 {
-                    stamps.remove(0);
-                }
+                let capacity = self.capacity;
+                self.lists.entry(list.clone()).or_default().set(*addr, now, capacity);
             }
             Effect::RecentRemove { list, addr } => {
                 if let Some(l) = self.lists.get_mut(list) {
                     l.remove(addr);
                 }
             }
+            Effect::RecentReap { list, before } => {
+                if let Some(l) = self.lists.get_mut(list) {
+                    l.reap(*before);
+                }
+            }
         }
     }
 
     fn stamps(&self, list: &str, addr: IpAddr) -> Option<&[f64]> {
-        self.lists.get(list).and_then(|l| l.get(&addr)).map(Vec::as_slice)
+        self.lists.get(list).and_then(|l| l.stamps(&addr))
     }
 }
 
@@ -277,6 +368,14 @@ pub enum Effect {
         list: String,
         /// The (masked) address.
         addr: IpAddr,
+    },
+    /// `-m recent --rcheck|--update --seconds S --reap` found its address in `list`: the least
+    /// recently seen entry of the list goes if it was last seen before `before` (now − S).
+    RecentReap {
+        /// The list.
+        list: String,
+        /// The time its newest stamp must not be older than.
+        before: f64,
     },
 }
 
@@ -1036,6 +1135,11 @@ fn mask_addr(ip: IpAddr, mask: Option<IpAddr>) -> IpAddr {
     }
 }
 
+/// Whether `addr` is in `list`, counting the effects of this walk so far.
+fn recent_present(env: &Env, effects: &[Effect], list: &str, addr: IpAddr) -> bool {
+    recent_seen(env, effects, list, addr, None, None)
+}
+
 fn recent_seen(
     env: &Env,
     effects: &[Effect],
@@ -1131,16 +1235,30 @@ pub(super) fn test_match(
         Match::Mark { neg, value, mask } => ((c.mark & mask) == *value) != *neg,
         Match::CtState { neg, states } => (c.ct & states != 0) != *neg,
         Match::Recent(recent) => {
-            let RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask } = &**recent;
+            let RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask, reap } = &**recent;
             let addr = mask_addr(if *rdest { c.dst } else { c.src }, *mask);
+            // `--reap` (which needs `--seconds`) runs after a check that found the address.
+            let reap = |c: &mut Cursor<'_>| {
+                if let (true, Some(s)) = (*reap, seconds)
+                    && recent_present(env, c.effects, name, addr)
+                {
+                    let before = env.now - f64::from(*s);
+                    c.effects.push(Effect::RecentReap { list: name.clone(), before });
+                }
+            };
             let hit = match cmd {
                 RecentCmd::Set => {
                     c.effects.push(Effect::RecentSet { list: name.clone(), addr });
                     true
                 }
-                RecentCmd::Check => recent_seen(env, c.effects, name, addr, *seconds, *hitcount),
+                RecentCmd::Check => {
+                    let seen = recent_seen(env, c.effects, name, addr, *seconds, *hitcount);
+                    reap(c);
+                    seen
+                }
                 RecentCmd::Update => {
                     let seen = recent_seen(env, c.effects, name, addr, *seconds, *hitcount);
+                    reap(c);
                     if seen {
                         c.effects.push(Effect::RecentSet { list: name.clone(), addr });
                     }

@@ -38,7 +38,7 @@ use std::net::IpAddr;
 use crate::model::rules::{Family, Ruleset};
 
 pub use compile::{CompileError, CompileErrorKind, CompiledTable};
-pub use eval::{Env, EvalError, Outcome, Packet};
+pub use eval::{Effect, Env, EvalError, Outcome, Packet, RECENT_LIST_TOT, RecentList, RecentState};
 
 use compile::{Match, Target};
 use eval::{Exact, HookMap, Origin, Sample};
@@ -400,6 +400,77 @@ mod tests {
         assert_eq!(outs[0].probability, 1.0);
         env.now = 100.5;
         assert_eq!(nf.evaluate(&env, &pkt).unwrap().len(), 2, "entry expired");
+    }
+
+    #[test]
+    fn recent_list_forgets_the_least_recently_seen_address_beyond_ip_list_tot() {
+        use super::eval::{Effect, RECENT_LIST_TOT};
+        let mut state = super::eval::RecentState::default();
+        assert_eq!(state.capacity, RECENT_LIST_TOT);
+        let set = |state: &mut super::eval::RecentState, n: u32, now: f64| {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            state.apply(&Effect::RecentSet { list: "L".into(), addr }, now);
+        };
+        let a = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+        for n in 1..=100 {
+            set(&mut state, n, f64::from(n));
+        }
+        // Seen again: 10.0.0.1 becomes the most recent, so 10.0.0.2 is the oldest now.
+        set(&mut state, 1, 101.0);
+        set(&mut state, 101, 102.0);
+        let list = &state.lists["L"];
+        assert_eq!(list.len(), 100);
+        assert!(list.stamps(&a(2)).is_none(), "the least recently seen address is evicted");
+        assert_eq!(list.stamps(&a(1)), Some(&[1.0, 101.0][..]));
+        assert_eq!(list.addresses().next(), Some(a(3)));
+        assert_eq!(list.addresses().last(), Some(a(101)));
+        // A reap drops the oldest entry only when it is stale.
+        state.apply(&Effect::RecentReap { list: "L".into(), before: 3.0 }, 200.0);
+        assert_eq!(state.lists["L"].len(), 100, "10.0.0.3 was seen at 3.0, not before it");
+        state.apply(&Effect::RecentReap { list: "L".into(), before: 3.5 }, 200.0);
+        assert!(state.lists["L"].stamps(&a(3)).is_none());
+        assert_eq!(state.lists["L"].len(), 99);
+    }
+
+    #[test]
+    fn recent_reap_is_recorded_only_when_the_check_finds_the_address() {
+        let nat = table(
+            "nat",
+            &["SVC"],
+            vec![
+                Rule::new("PREROUTING").jump("SVC"),
+                Rule::new("SVC")
+                    .module("recent")
+                    .opt("name", &["L"])
+                    .opt("rcheck", &[])
+                    .opt("seconds", &["10"])
+                    .opt("reap", &[])
+                    .jump("ACCEPT"),
+                Rule::new("SVC").module("recent").opt("set", &[]).opt("name", &["L"]),
+            ],
+        );
+        let nf = Netfilter::new(&Ruleset { family: Family::V4, tables: vec![nat] }).unwrap();
+        let reaps = |outs: &[super::eval::Outcome]| {
+            outs.iter()
+                .flat_map(|o| &o.effects)
+                .filter(|e| matches!(e, super::eval::Effect::RecentReap { .. }))
+                .count()
+        };
+        let pkt = Packet::tcp(ip("10.2.0.1"), ip("10.96.0.10"), 80);
+        let mut env = Env::default();
+        let outs = nf.evaluate(&env, &pkt).unwrap();
+        assert_eq!(reaps(&outs), 0, "not in the list: nothing to reap");
+        for e in &outs[0].effects {
+            env.recent.apply(e, 0.0);
+        }
+        env.now = 50.0;
+        let outs = nf.evaluate(&env, &pkt).unwrap();
+        assert_eq!(reaps(&outs), 1);
+        for e in &outs[0].effects {
+            env.recent.apply(e, env.now);
+        }
+        // The stale entry was the oldest, so the reap removed it before the --set re-added it.
+        assert_eq!(env.recent.lists["L"].stamps(&ip("10.2.0.1")), Some(&[50.0][..]));
     }
 
     #[test]
