@@ -27,13 +27,12 @@ fn render(c: &mut Criterion) {
         g.measurement_time(Duration::from_secs(if services >= 10_000 { 20 } else { 3 }));
         g.bench_with_input(BenchmarkId::new("iptables_x10", services), &services, |b, _| {
             b.iter(|| {
-                let dump = iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default())
-                    .into_node_dump();
+                let dump =
+                    iptables::sync_node_dump(&cluster, &node, IpFamily::V4, NodeEnv::default());
                 black_box(iptables_save::render(&dump).len())
             })
         });
-        let dump =
-            iptables::sync(&cluster, &node, IpFamily::V4, NodeEnv::default()).into_node_dump();
+        let dump = iptables::sync_node_dump(&cluster, &node, IpFamily::V4, NodeEnv::default());
         g.bench_with_input(BenchmarkId::new("text_only_x10", services), &services, |b, _| {
             b.iter(|| black_box(iptables_save::render(&dump).len()))
         });

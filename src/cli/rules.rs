@@ -94,8 +94,11 @@ impl RulesArgs {
         {
             bail!("--format, --ipset, --iptables and --scheduler go with --mode ipvs");
         }
-        let sync = iptables::sync(&lc.cluster, &lc.node, family, NodeEnv::default());
-        let ruleset = if self.payload { sync.payload } else { sync.into_node_dump() };
+        let ruleset = if self.payload {
+            iptables::sync(&lc.cluster, &lc.node, family, NodeEnv::default()).payload
+        } else {
+            iptables::sync_node_dump(&lc.cluster, &lc.node, family, NodeEnv::default())
+        };
         super::print(&iptables_save::render(&ruleset))?;
         Ok(ExitCode::SUCCESS)
     }

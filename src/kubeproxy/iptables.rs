@@ -16,10 +16,11 @@ use ipnetwork::IpNetwork;
 use rayon::prelude::*;
 use smol_str::ToSmolStr;
 
-use super::endpoints::{EndpointInfo, SvcPort, categorize_at, service_ports};
+use super::endpoints::{SvcPort, categorize_at, service_ports};
 use super::names::*;
 use crate::model::rules::{
-    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table, Word,
+    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table, TextArena,
+    Word,
 };
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
@@ -194,6 +195,8 @@ struct Buffers {
     filter_rules: Vec<Located>,
     nat_chains: Vec<Located>,
     nat_rules: Vec<Located>,
+    /// Where the nat rules' texts go, when the buffers gather them (the per-service parts).
+    nat_text: Option<TextArena>,
 }
 
 impl Buffers {
@@ -209,8 +212,19 @@ impl Buffers {
         self.nat_chains.push(located(Statement::Chain(ChainDecl::user(name))));
     }
 
-    fn nat(&mut self, rule: Rule) {
+    fn nat(&mut self, mut rule: Rule) {
+        if let Some(arena) = &mut self.nat_text {
+            arena.adopt(&mut rule, self.nat_rules.len());
+        }
         self.nat_rules.push(located(Statement::Rule(rule)));
+    }
+
+    /// Gives the nat rules their gathered texts back.
+    fn finish(mut self) -> Buffers {
+        if let Some(arena) = self.nat_text.take() {
+            arena.finish(&mut self.nat_rules);
+        }
+        self
     }
 }
 
@@ -231,6 +245,9 @@ fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Vec<Located>>) -> Tab
 
 /// Service ports one parallel task writes.
 const PORTS_PER_TASK: usize = 256;
+
+/// The argument text of a kube-proxy nat rule, about (room reserved per rule in a part's arena).
+const TEXT_PER_RULE: usize = 96;
 
 /// How kube-proxy tells local (pod) traffic apart: the `IfLocal` / `IfNotLocal` arguments.
 #[derive(Debug, Clone)]
@@ -325,6 +342,101 @@ fn proto_match(r: Rule, p: Protocol) -> Rule {
 
 /// Runs one full sync of kube-proxy's iptables proxier for `node` and `family`.
 pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) -> IptablesSync {
+    let parts = sync_parts(cluster, node, family, env);
+    IptablesSync {
+        family: parts.family,
+        payload: Ruleset {
+            family: parts.family,
+            tables: vec![
+                table("filter", parts.filter_chains, parts.filter_rules),
+                table("nat", parts.nat_chains, parts.nat_rules),
+            ],
+        },
+        jumps: jumps(),
+    }
+}
+
+/// The whole node's rules after one sync: [`sync`] then [`IptablesSync::into_node_dump`],
+/// assembled in one pass (each statement is moved once, instead of moved into the payload and
+/// then shifted twice to make room for the built-in chains and the jumps).
+pub fn sync_node_dump(
+    cluster: &Cluster,
+    node: &NodeView,
+    family: IpFamily,
+    env: NodeEnv,
+) -> Ruleset {
+    let parts = sync_parts(cluster, node, family, env);
+    let jumps = jumps();
+    let tables = [
+        ("filter", parts.filter_chains, parts.filter_rules),
+        ("nat", parts.nat_chains, parts.nat_rules),
+    ]
+    .into_iter()
+    .map(|(name, chains, rules)| node_table(name, chains, rules, &jumps))
+    .collect();
+    Ruleset { family: parts.family, tables }
+}
+
+/// One table of the node dump from its parts: the built-in chains, the payload's chain
+/// declarations, a declaration for each jump target not among them, the jumps, the payload's
+/// rules.
+fn node_table(
+    name: &'static str,
+    chains: Vec<Vec<Located>>,
+    rules: Vec<Vec<Located>>,
+    jumps: &[(&'static str, Rule)],
+) -> Table {
+    let builtins = BUILTINS.iter().find(|(t, _)| *t == name).map_or(&[][..], |(_, b)| *b);
+    // Jump targets, then whether the payload declares them (one pass over its declarations).
+    let mut extra: Vec<(Name, bool)> = Vec::new();
+    for (jt, r) in jumps {
+        if *jt == name
+            && let Some(target) = r.target()
+            && !extra.iter().any(|(t, _)| *t == target)
+        {
+            extra.push((target, false));
+        }
+    }
+    for s in chains.iter().flatten() {
+        if let Statement::Chain(c) = &s.stmt
+            && let Some(e) = extra.iter_mut().find(|(t, _)| *t == c.name)
+        {
+            e.1 = true;
+        }
+    }
+    let extra: Vec<Name> =
+        extra.into_iter().filter(|(_, declared)| !declared).map(|(t, _)| t).collect();
+    let table_jumps = jumps.iter().filter(|(jt, _)| *jt == name);
+    let len = builtins.len()
+        + extra.len()
+        + table_jumps.clone().count()
+        + chains.iter().chain(&rules).map(Vec::len).sum::<usize>();
+    let mut t = Table::new(name);
+    t.statements.reserve_exact(len);
+    t.statements.extend(
+        builtins.iter().map(|b| located(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")))),
+    );
+    for mut part in chains {
+        t.statements.append(&mut part);
+    }
+    t.statements.extend(extra.into_iter().map(|c| located(Statement::Chain(ChainDecl::user(c)))));
+    t.statements.extend(table_jumps.map(|(_, r)| located(Statement::Rule(r.clone()))));
+    for mut part in rules {
+        t.statements.append(&mut part);
+    }
+    t
+}
+
+/// The statements of one sync, as kube-proxy's four buffers hold them, in parts.
+struct SyncParts {
+    family: Family,
+    filter_chains: Vec<Vec<Located>>,
+    filter_rules: Vec<Vec<Located>>,
+    nat_chains: Vec<Vec<Located>>,
+    nat_rules: Vec<Vec<Located>>,
+}
+
+fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) -> SyncParts {
     let cfg = &cluster.config;
     let is_v6 = family == IpFamily::V6;
     let mark = format!("0x{:08x}", cfg.masquerade_mark());
@@ -386,14 +498,18 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
     let parts: Vec<Buffers> = ports
         .par_chunks(PORTS_PER_TASK)
         .map(|chunk| {
-            let mut part = Buffers::default();
             let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
-            part.nat_rules.reserve(chunk.len() * 3 + eps * 3);
+            let rules = chunk.len() * 3 + eps * 3;
+            let mut part = Buffers {
+                nat_text: Some(TextArena::with_capacity(rules * TEXT_PER_RULE)),
+                ..Buffers::default()
+            };
+            part.nat_rules.reserve(rules);
             part.nat_chains.reserve(chunk.len() + eps);
             for sp in chunk {
                 write_service_port(&mut part, sp, &ctx);
             }
-            part
+            part.finish()
         })
         .collect();
     let head = b;
@@ -451,17 +567,12 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) 
         nat_chains.push(part.nat_chains);
         nat_rules.push(part.nat_rules);
     }
-    let fam = if is_v6 { Family::V6 } else { Family::V4 };
-    IptablesSync {
-        family: fam,
-        payload: Ruleset {
-            family: fam,
-            tables: vec![
-                table("filter", filter_chains, filter_rules),
-                table("nat", nat_chains, nat_rules),
-            ],
-        },
-        jumps: jumps(),
+    SyncParts {
+        family: if is_v6 { Family::V6 } else { Family::V4 },
+        filter_chains,
+        filter_rules,
+        nat_chains,
+        nat_rules,
     }
 }
 
@@ -518,22 +629,16 @@ impl NodePortAddresses {
     }
 }
 
-fn ep_comment(sp: &SvcPort<'_>, ep: &EndpointInfo) -> String {
-    format!("{} -> {}", sp.spn, ep.key)
-}
-
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
-/// `bytes` is the room the arguments the caller adds need; `text` is only made when written.
-fn maybe_comment<S: AsRef<str>>(
-    chain: impl IntoName,
-    large: bool,
-    bytes: usize,
-    text: impl FnOnce() -> S,
-) -> Rule {
+/// The comment is `parts` joined (quoted as [`Word::quote_if_spaced`] would), written straight
+/// into the rule; `bytes` is the room the arguments the caller adds need.
+fn maybe_comment(chain: impl IntoName, large: bool, bytes: usize, parts: &[&str]) -> Rule {
     if large {
         Rule::with_capacity(chain, bytes)
     } else {
-        sized_commented(chain, &Word::quote_if_spaced(text().as_ref()), bytes)
+        let text: usize = parts.iter().map(|p| p.len()).sum();
+        // Quotes, and a backslash for a character that needs one (rare), counted generously.
+        Rule::with_capacity(chain, COMMENT_ROOM + text + 3 + bytes).comment_parts(parts)
     }
 }
 
@@ -763,10 +868,10 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         let (ep, sep) = (&sp.endpoints[i], &seps[i]);
         b.nat_chain(sep);
         let room = ADDR_ROOM + jump_room(KUBE_MARK_MASQ);
-        b.nat(maybe_comment(sep, large, room, || spn).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
+        b.nat(maybe_comment(sep, large, room, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
         let affinity = if sp.affinity.is_some() { RECENT_ROOM } else { 0 };
         let room = affinity + PROTO_ROOM + " -j DNAT --to-destination ".len() + ep.key.len();
-        let mut r = maybe_comment(sep, large, room, || spn);
+        let mut r = maybe_comment(sep, large, room, &[spn]);
         if sp.affinity.is_some() {
             r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
@@ -789,9 +894,12 @@ fn write_endpoint_rules(
         for &i in eps {
             let sep = &seps[i];
             b.nat(
-                maybe_comment(chain, large, RECENT_ROOM + jump_room(sep), || {
-                    ep_comment(sp, &sp.endpoints[i])
-                })
+                maybe_comment(
+                    chain,
+                    large,
+                    RECENT_ROOM + jump_room(sep),
+                    &[&sp.spn, " -> ", &sp.endpoints[i].key],
+                )
                 .module("recent")
                 .opt1("name", sep)
                 .opt("rcheck", &[])
@@ -804,7 +912,7 @@ fn write_endpoint_rules(
     let n = eps.len();
     for (k, &i) in eps.iter().enumerate() {
         let room = if k + 1 < n { STATISTIC_ROOM } else { 0 } + jump_room(&seps[i]);
-        let mut r = maybe_comment(chain, large, room, || ep_comment(sp, &sp.endpoints[i]));
+        let mut r = maybe_comment(chain, large, room, &[&sp.spn, " -> ", &sp.endpoints[i].key]);
         if k + 1 < n {
             r = r
                 .module("statistic")
@@ -852,6 +960,30 @@ mod tests {
         assert!(out.contains("! -s 10.1.0.0/16 -j KUBE-MARK-MASQ"), "{out}");
         assert!(out.contains("-j MASQUERADE --random-fully"), "{out}");
         assert!(out.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x00004000"), "{out}");
+    }
+
+    #[test]
+    fn node_dump_in_one_pass_equals_the_payload_with_builtins_and_jumps_inserted() {
+        let mut clusters = vec![default_cluster()];
+        clusters.extend(["TestOverallIPTablesRules", "TestLoadBalancer"].iter().filter_map(|d| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/data/kubeproxy/{d}/cluster.yaml"));
+            crate::model::load::load_path(&path).ok().map(|l| l.cluster)
+        }));
+        assert!(clusters.len() >= 2, "the upstream clusters load");
+        for c in &clusters {
+            let node = c.node_view(None, &[]).unwrap();
+            for env in [
+                NodeEnv::default(),
+                NodeEnv { random_fully: false, nfacct: false, tcp_be_liberal: true },
+            ] {
+                let direct = sync_node_dump(c, &node, IpFamily::V4, env);
+                assert_eq!(direct, sync(c, &node, IpFamily::V4, env).into_node_dump());
+                assert!(
+                    direct.tables.iter().all(|t| t.statements.len() == t.statements.capacity())
+                );
+            }
+        }
     }
 
     #[test]

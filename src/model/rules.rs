@@ -707,12 +707,29 @@ impl Hash for Text {
 /// The parser makes one per chunk of rules it parses on one thread, so taking a reference for each
 /// rule does not make two threads contend for one counter.
 pub(crate) struct Piece {
-    text: Arc<str>,
+    text: PieceText,
+}
+
+/// The text a [`Piece`] holds: a parsed dump's shared copy, or a [`TextArena`]'s buffer.
+enum PieceText {
+    Shared(Arc<str>),
+    Own(String),
+}
+
+impl std::ops::Deref for PieceText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            PieceText::Shared(s) => s,
+            PieceText::Own(s) => s,
+        }
+    }
 }
 
 impl Piece {
     pub(crate) fn new(text: Arc<str>) -> Arc<Piece> {
-        Arc::new(Piece { text })
+        Arc::new(Piece { text: PieceText::Shared(text) })
     }
 
     /// `span` as a span of this text, if it is a part of it that offsets of 32 bits reach.
@@ -727,6 +744,69 @@ impl Piece {
             start: u32::try_from(start).ok()?,
             len: u32::try_from(span.len()).ok()?,
         })
+    }
+}
+
+/// Rule texts gathered into one buffer that the rules then share, as a parsed dump's rules share
+/// its text: a generator that makes many rules moves each one's text in as it finishes the rule
+/// ([`TextArena::adopt`]), so the rules cost no allocation of their own and are freed together.
+///
+/// ```
+/// use svcpath::model::rules::{Located, Rule, Statement, TextArena};
+/// let mut arena = TextArena::with_capacity(64);
+/// let mut statements = Vec::new();
+/// for port in ["80", "443"] {
+///     let mut rule = Rule::new("C").proto("tcp").opt("dport", &[port]).jump("ACCEPT");
+///     arena.adopt(&mut rule, statements.len());
+///     statements.push(Located { line: 0, stmt: Statement::Rule(rule) });
+/// }
+/// arena.finish(&mut statements);
+/// let Statement::Rule(r) = &statements[1].stmt else { unreachable!() };
+/// assert_eq!(r.to_string(), "-A C -p tcp --dport 443 -j ACCEPT");
+/// ```
+#[derive(Debug, Default)]
+pub struct TextArena {
+    buf: String,
+    /// (statement index, start, length) of each adopted text.
+    spans: Vec<(usize, u32, u32)>,
+}
+
+impl TextArena {
+    /// An arena with room for `bytes` of text.
+    pub fn with_capacity(bytes: usize) -> TextArena {
+        TextArena { buf: String::with_capacity(bytes), spans: Vec::new() }
+    }
+
+    /// Moves `rule`'s text into the arena; `index` is where the rule will be among the
+    /// statements given to [`TextArena::finish`], which gives the text back. Until then the rule
+    /// has no arguments. A text that does not fit 32-bit offsets stays the rule's own.
+    pub fn adopt(&mut self, rule: &mut Rule, index: usize) {
+        let Text::Own(text) = &rule.text else { return };
+        let (Ok(start), Ok(len)) = (u32::try_from(self.buf.len()), u32::try_from(text.len()))
+        else {
+            return;
+        };
+        if start.checked_add(len).is_none() {
+            return;
+        }
+        self.buf.push_str(text);
+        self.spans.push((index, start, len));
+        rule.text = Text::Own(String::new());
+    }
+
+    /// Gives every adopted rule among `statements` its text back, as a span of the arena.
+    pub fn finish(self, statements: &mut [Located]) {
+        let TextArena { buf, spans } = self;
+        if spans.is_empty() {
+            return;
+        }
+        let piece = Arc::new(Piece { text: PieceText::Own(buf) });
+        for (index, start, len) in spans {
+            if let Some(Located { stmt: Statement::Rule(rule), .. }) = statements.get_mut(index) {
+                debug_assert!(rule.text.as_str().is_empty(), "an adopted rule changed");
+                rule.text = Text::Span { piece: Arc::clone(&piece), start, len };
+            }
+        }
     }
 }
 
@@ -1128,11 +1208,55 @@ impl Rule {
         out.push_str(word.as_raw());
         self
     }
+
+    /// `-m comment --comment` with `parts` joined, quoted as [`Word::quote_if_spaced`] quotes
+    /// the joined text, written without making the text or the word first.
+    pub fn comment_parts(mut self, parts: &[&str]) -> Rule {
+        let out = next_arg(self.text.own());
+        out.push_str("-m comment --comment ");
+        let needs = |p: &&str| p.contains([' ', '\t', '"', '\\', '\'']);
+        if parts.iter().all(|p| p.is_empty()) || parts.iter().any(needs) {
+            out.push('"');
+            for p in parts {
+                let mut rest = *p;
+                while let Some(i) = rest.find(['"', '\\', '\'']) {
+                    out.push_str(&rest[..i]);
+                    out.push('\\');
+                    out.push_str(&rest[i..=i]);
+                    rest = &rest[i + 1..];
+                }
+                out.push_str(rest);
+            }
+            out.push('"');
+        } else {
+            parts.iter().for_each(|p| out.push_str(p));
+        }
+        self
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comment_parts_quotes_the_joined_text_like_quote_if_spaced() {
+        for parts in [
+            &["ns/svc:p", " -> ", "10.0.0.1:80"][..],
+            &["ns/svc:p"],
+            &["a", "b"],
+            &[""],
+            &[],
+            &["say \"hi\"", " and \\ it's"],
+            &["tab\there"],
+        ] {
+            let joined: String = parts.concat();
+            let want = Rule::new("C").comment(&joined);
+            let got = Rule::new("C").comment_parts(parts);
+            assert_eq!(got.to_string(), want.to_string(), "{parts:?}");
+            assert_eq!(got.comment_text(), Some(joined));
+        }
+    }
 
     #[test]
     fn quote_if_spaced_quotes_only_spaced_values() {

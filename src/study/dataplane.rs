@@ -105,8 +105,7 @@ impl Dataplane {
         family: IpFamily,
         env: NodeEnv,
     ) -> Result<Dataplane, DataplaneError> {
-        let sync = kp::sync(cluster, node, family, env);
-        let text = iptables_save::render(&sync.into_node_dump());
+        let text = iptables_save::render(&kp::sync_node_dump(cluster, node, family, env));
         let local = node.addresses.clone();
         let mut dp = Dataplane::from_text(
             text,
