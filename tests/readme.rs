@@ -507,12 +507,19 @@ fn topology_hints_keep_this_zones_or_nodes_endpoints() {
     let v = readme_json(&["rulesets/topology-aware/", "10.96.90.1:80", "--node node-a"]);
     assert_eq!(endpoints(&v), ["10.1.0.11:8080", "10.1.0.12:8080"]);
     assert!(outcomes(&v).iter().all(|o| close(prob(o), 0.5)));
+    let t = &v["topology"];
+    assert_eq!(
+        (t["mode"].as_str(), t["scope"].as_str()),
+        (Some("PreferSameZone"), Some("zone zone-a"))
+    );
+    assert_eq!((t["used"].as_u64(), t["ready"].as_u64()), (Some(2), Some(4)));
     // cache on node-b: node hints beat the zone hints (both name node-b's pods here).
     let v = readme_json(&["rulesets/topology-aware/", "10.96.90.2:6379", "--node node-b"]);
     assert_eq!(endpoints(&v), ["10.1.1.22:6379", "10.1.1.23:6379"]);
     // cache on node-c: no pod hinted for node-c or zone-c, so every ready pod is used.
     let v = readme_json(&["rulesets/topology-aware/", "10.96.90.2:6379", "--node node-c"]);
     assert_eq!(endpoints(&v), ["10.1.0.21:6379", "10.1.1.22:6379", "10.1.1.23:6379"]);
+    assert!(v.get("topology").is_none(), "no hint names node-c or zone-c: {}", v["topology"]);
     // On node-a the cache's node hints pick its one local pod, which a zone would not single out
     // on node-b: the rules differ per node.
     let a = json(

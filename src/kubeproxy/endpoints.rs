@@ -340,6 +340,17 @@ pub fn service_ports<'a>(
     out
 }
 
+/// The service ports of one Service of `cluster`, as [`service_ports`] builds them.
+pub fn ports_of_service<'a>(
+    cluster: &'a Cluster,
+    svc: &'a Service,
+    node: &NodeView,
+    family: IpFamily,
+) -> Vec<SvcPort<'a>> {
+    let slices: Vec<&EndpointSlice> = cluster.slices_for(svc).collect();
+    service_ports_of(svc, &slices, node, family, cluster.config.prefer_same_traffic_distribution)
+}
+
 /// Services one parallel task of [`service_ports`] visits at least.
 const SERVICES_PER_TASK: usize = 256;
 

@@ -107,6 +107,13 @@ pub fn text(trace: &Trace) -> String {
     };
     let _ = writeln!(out, "  source: {} ({}); {path}", p.src, p.src_note);
     let _ = writeln!(out, "  mode:   {}", trace.mode);
+    if let Some(t) = &trace.topology {
+        let _ = writeln!(
+            out,
+            "  topology: {} on this node: {} ({}) keeps {} of {} ready endpoints",
+            t.service, t.mode, t.scope, t.used, t.ready
+        );
+    }
     if !trace.history.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "history (earlier new connections, outcomes drawn with the seed)");

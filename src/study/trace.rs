@@ -119,6 +119,68 @@ pub struct Trace {
     /// The `-m recent` entries of the traced client at `at` (session affinity state).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sticky: Vec<StickyView>,
+    /// How topology hints narrowed the Service's endpoints on this node (rules generated from a
+    /// cluster only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyView>,
+}
+
+/// Topology-aware routing of the traced Service port on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopologyView {
+    /// The service port name.
+    pub service: String,
+    /// `PreferSameZone` or `PreferSameNode`.
+    pub mode: String,
+    /// The zone (or node) the hints were matched against.
+    pub scope: String,
+    /// The endpoints the node's rules use.
+    pub used: usize,
+    /// The ready endpoints of the Service port.
+    pub ready: usize,
+}
+
+/// The topology mode kube-proxy chose for the Service port at `dst:dport`, if hints narrowed its
+/// endpoints: found among the cluster's Services by cluster IP, external IP, load-balancer IP or
+/// (at a node address) node port.
+fn topology_of(dp: &Dataplane, dst: IpAddr, dport: u16, proto: Protocol) -> Option<TopologyView> {
+    use crate::kubeproxy::endpoints::{TopologyMode, categorize_at, ports_of_service};
+    let cluster = dp.cluster.as_ref()?;
+    let node = cluster.node_view(dp.node.as_deref(), &[]).ok()?;
+    let family = crate::model::IpFamily::of(&dst);
+    let at_node = node.is_local(&dst);
+    cluster.services.iter().find_map(|svc| {
+        let addressed = svc.cluster_ips.contains(&dst)
+            || svc.external_ips.contains(&dst)
+            || svc.load_balancer_ingress.iter().any(|i| i.ip == dst)
+            || at_node;
+        if !addressed {
+            return None;
+        }
+        let ports = ports_of_service(cluster, svc, &node, family);
+        let sp = ports.iter().find(|p| {
+            p.proto == proto
+                && ((p.port.port == dport
+                    && (p.cluster_ip == dst
+                        || p.external_ips.contains(&dst)
+                        || p.lb_vips.contains(&dst)))
+                    || (at_node && p.node_port == Some(dport)))
+        })?;
+        let cat = categorize_at(sp);
+        let mode = cat.topology?;
+        Some(TopologyView {
+            service: sp.spn.clone(),
+            mode: mode.as_str().to_owned(),
+            scope: match mode {
+                TopologyMode::PreferSameNode => format!("node {}", node.name),
+                TopologyMode::PreferSameZone => {
+                    format!("zone {}", node.zone.as_deref().unwrap_or(""))
+                }
+            },
+            used: cat.cluster.len(),
+            ready: sp.endpoints.iter().filter(|e| e.ready).count(),
+        })
+    })
 }
 
 /// One earlier packet of a history: a new connection from `client` at `at` seconds.
@@ -416,6 +478,7 @@ pub fn trace(dp: &Dataplane, req: &TraceRequest, env: &Env) -> Result<Trace, Eva
         at: env.now,
         history: Vec::new(),
         sticky: sticky_state(dp, env, req.src),
+        topology: topology_of(dp, req.dst, req.dport, req.proto),
     })
 }
 
