@@ -1466,6 +1466,29 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_port_names_and_ports_are_refused_as_the_api_server_does() {
+        let e = load_str(
+            &svc("  clusterIP: 10.96.0.1\n  ports:\n  - {name: a, port: 80}\n  - {name: a, port: 81}\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("spec.ports[1].name: 'a' is already the name of spec.ports[0]"), "{e}");
+        let e = load_str(
+            &svc("  clusterIP: 10.96.0.1\n  ports:\n  - {name: a, port: 80}\n  - {name: b, port: 80}\n"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("spec.ports[1]: TCP port 80 is already spec.ports[0]"), "{e}");
+        // The same port number over two protocols is fine (DNS).
+        let ok = svc(
+            "  clusterIP: 10.96.0.1\n  ports:\n  - {name: a, port: 53}\n  - {name: b, port: 53, protocol: UDP}\n",
+        );
+        assert_eq!(load_str(&ok, "t").unwrap().cluster.services[0].ports.len(), 2);
+    }
+
+    #[test]
     fn fqdn_slices_keep_no_addresses() {
         let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: s\n  \
                     labels: {kubernetes.io/service-name: web}\naddressType: FQDN\n\

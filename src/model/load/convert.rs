@@ -201,13 +201,26 @@ pub(crate) fn convert_service(raw: RawService, warn: &mut Vec<String>) -> Result
             Some(IntOrStr::Int(n)) => TargetPort::Number(n),
             Some(IntOrStr::Str(s)) => TargetPort::Name(s),
         };
-        ports.push(ServicePort {
-            name,
-            protocol: p.protocol.map_or(Protocol::Tcp, |p| p.0),
-            port: p.port.0,
-            target_port,
-            node_port,
-        });
+        let protocol = p.protocol.map_or(Protocol::Tcp, |p| p.0);
+        // The API server refuses both; kube-proxy keys its service map by port name, so a
+        // duplicate would silently replace the other.
+        if let Some(j) = ports.iter().position(|q: &ServicePort| q.name == name) {
+            return Err(format!(
+                "spec.ports[{i}].name: '{name}' is already the name of spec.ports[{j}] \
+                 (port names must be unique)"
+            ));
+        }
+        if let Some(j) =
+            ports.iter().position(|q: &ServicePort| q.port == p.port.0 && q.protocol == protocol)
+        {
+            return Err(format!(
+                "spec.ports[{i}]: {} port {} is already spec.ports[{j}] (each port and \
+                 protocol may appear once)",
+                protocol.as_str().to_ascii_uppercase(),
+                p.port.0
+            ));
+        }
+        ports.push(ServicePort { name, protocol, port: p.port.0, target_port, node_port });
     }
 
     let mut external_ips = Vec::new();
