@@ -732,6 +732,15 @@ mod tests {
                 (6, vec!["zone-a"], d_ready, false),
             ]
         };
+        // Two local endpoints (zones a and b) and two remote ones (c and a).
+        let local_mix = || {
+            vec![
+                (3, vec!["zone-a"], true, true),
+                (4, vec!["zone-b"], true, true),
+                (5, vec!["zone-c"], true, false),
+                (6, vec!["zone-a"], true, false),
+            ]
+        };
         let cases: Vec<Case> = vec![
             (
                 "normal endpoint filtering",
@@ -812,12 +821,7 @@ mod tests {
             (
                 "externalTrafficPolicy: Local, topology ignored for Local endpoints",
                 "zone-a",
-                vec![
-                    (3, vec!["zone-a"], true, true),
-                    (4, vec!["zone-b"], true, true),
-                    (5, vec!["zone-c"], true, false),
-                    (6, vec!["zone-a"], true, false),
-                ],
+                local_mix(),
                 false,
                 true,
                 vec![3, 6],
@@ -827,12 +831,7 @@ mod tests {
             (
                 "internalTrafficPolicy: Local, topology ignored for Local endpoints",
                 "zone-a",
-                vec![
-                    (3, vec!["zone-a"], true, true),
-                    (4, vec!["zone-b"], true, true),
-                    (5, vec!["zone-c"], true, false),
-                    (6, vec!["zone-a"], true, false),
-                ],
+                local_mix(),
                 true,
                 false,
                 vec![3, 6],

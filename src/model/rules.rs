@@ -150,7 +150,7 @@ impl Word {
     /// A word for `value`, double-quoted when it holds a space (kube-proxy's convention), or a
     /// character that would otherwise break the word (a quote or a backslash).
     pub fn quote_if_spaced(value: &str) -> Word {
-        if value.is_empty() || value.contains([' ', '\t', '"', '\\', '\'']) {
+        if value.is_empty() || value.contains(QUOTE_IF) {
             Word(quote(value))
         } else {
             Word(Name::new(value))
@@ -176,18 +176,26 @@ impl Word {
     }
 }
 
+/// Characters that make [`Word::quote_if_spaced`] quote a value.
+const QUOTE_IF: [char; 5] = [' ', '\t', '"', '\\', '\''];
+
+/// `value` as it reads inside double quotes: each `"`, `\` and `'` after a backslash, given to
+/// `push` in whole runs.
+fn escape_into(value: &str, mut push: impl FnMut(&str)) {
+    let mut rest = value;
+    while let Some(i) = rest.find(['"', '\\', '\'']) {
+        push(&rest[..i]);
+        push("\\");
+        push(&rest[i..=i]);
+        rest = &rest[i + 1..];
+    }
+    push(rest);
+}
+
 fn quote(value: &str) -> Name {
     let mut out = smol_str::SmolStrBuilder::new();
     out.push('"');
-    // Whole runs between the characters that need a backslash.
-    let mut rest = value;
-    while let Some(i) = rest.find(['"', '\\', '\'']) {
-        out.push_str(&rest[..i]);
-        out.push('\\');
-        out.push_str(&rest[i..=i]);
-        rest = &rest[i + 1..];
-    }
-    out.push_str(rest);
+    escape_into(value, |run| out.push_str(run));
     out.push('"');
     out.finish()
 }
@@ -1214,18 +1222,10 @@ impl Rule {
     pub fn comment_parts(mut self, parts: &[&str]) -> Rule {
         let out = next_arg(self.text.own());
         out.push_str("-m comment --comment ");
-        let needs = |p: &&str| p.contains([' ', '\t', '"', '\\', '\'']);
-        if parts.iter().all(|p| p.is_empty()) || parts.iter().any(needs) {
+        if parts.iter().all(|p| p.is_empty()) || parts.iter().any(|p| p.contains(QUOTE_IF)) {
             out.push('"');
             for p in parts {
-                let mut rest = *p;
-                while let Some(i) = rest.find(['"', '\\', '\'']) {
-                    out.push_str(&rest[..i]);
-                    out.push('\\');
-                    out.push_str(&rest[i..=i]);
-                    rest = &rest[i + 1..];
-                }
-                out.push_str(rest);
+                escape_into(p, |run| out.push_str(run));
             }
             out.push('"');
         } else {
