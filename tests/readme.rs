@@ -537,6 +537,25 @@ fn topology_hints_keep_this_zones_or_nodes_endpoints() {
         0,
     );
     assert_eq!(endpoints(&a), ["10.1.0.21:6379"]);
+    // The IPVS proxier categorises the same way, and its trace says so too.
+    let ipvs = json(
+        &[
+            "svcpath",
+            "trace",
+            "10.96.90.1:80",
+            "--cluster",
+            "rulesets/topology-aware/cluster.yaml",
+            "--node",
+            "node-b",
+            "--mode",
+            "ipvs",
+            "--json",
+        ]
+        .map(str::to_owned),
+        0,
+    );
+    assert_eq!(ipvs["topology"]["used"], 1, "{}", ipvs["topology"]);
+    assert_eq!(endpoints(&ipvs), ["10.1.1.13:8080"]);
 }
 
 #[test]

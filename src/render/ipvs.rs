@@ -70,6 +70,9 @@ pub fn text(t: &IpvsTrace) -> String {
         "arrives from the network: IPVS at LOCAL_IN"
     };
     let _ = writeln!(out, "  source: {} ({}); {path}", t.src, t.src_note);
+    if let Some(tv) = &t.topology {
+        let _ = writeln!(out, "{}", super::trace::topology_line(tv));
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "before IPVS: {}, mark 0x{:08x}", t.before_verdict, t.mark);
     hops(&t.before, &mut out, "  ");

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::study::trace::{HopView, Trace};
+use crate::study::trace::{HopView, TopologyView, Trace};
 
 /// The trace as JSON (pretty-printed).
 pub fn json(trace: &Trace) -> String {
@@ -93,6 +93,14 @@ fn hop_line(h: &HopView, out: &mut String, last_hook: &mut String) {
     }
 }
 
+/// The header line saying how topology hints narrowed the traced Service on this node.
+pub(crate) fn topology_line(t: &TopologyView) -> String {
+    format!(
+        "  topology: {} on this node: {} ({}) keeps {} of {} ready endpoints",
+        t.service, t.mode, t.scope, t.used, t.ready
+    )
+}
+
 /// The trace as text.
 pub fn text(trace: &Trace) -> String {
     let mut out = String::new();
@@ -108,11 +116,7 @@ pub fn text(trace: &Trace) -> String {
     let _ = writeln!(out, "  source: {} ({}); {path}", p.src, p.src_note);
     let _ = writeln!(out, "  mode:   {}", trace.mode);
     if let Some(t) = &trace.topology {
-        let _ = writeln!(
-            out,
-            "  topology: {} on this node: {} ({}) keeps {} of {} ready endpoints",
-            t.service, t.mode, t.scope, t.used, t.ready
-        );
+        let _ = writeln!(out, "{}", topology_line(t));
     }
     if !trace.history.is_empty() {
         let _ = writeln!(out);

@@ -132,6 +132,7 @@ impl IpvsState {
         )?;
         dp.origin = origin.to_owned();
         dp.node = Some(node.name.clone());
+        dp.cluster = Some(cluster.clone());
         Ok(IpvsState {
             origin: origin.to_owned(),
             node: Some(node.name.clone()),
@@ -382,6 +383,9 @@ pub struct IpvsTrace {
     pub cost: IpvsCost,
     /// What could not be modelled.
     pub warnings: Vec<String>,
+    /// How topology hints narrowed the Service's endpoints on this node (generated state only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<super::trace::TopologyView>,
 }
 
 /// Why a trace failed.
@@ -847,6 +851,12 @@ pub fn trace_ipvs(state: &IpvsState, req: &IpvsTraceRequest) -> Result<IpvsTrace
         outcomes,
         cost: IpvsCost { rules_before, hash_lookups, scheduler_steps: sched_steps, rules_after },
         warnings,
+        topology: super::trace::topology_of(
+            &state.iptables,
+            dst.ip(),
+            dst.port(),
+            req.packet.proto,
+        ),
     })
 }
 

@@ -143,7 +143,12 @@ pub struct TopologyView {
 /// The topology mode kube-proxy chose for the Service port at `dst:dport`, if hints narrowed its
 /// endpoints: found among the cluster's Services by cluster IP, external IP, load-balancer IP or
 /// (at a node address) node port.
-fn topology_of(dp: &Dataplane, dst: IpAddr, dport: u16, proto: Protocol) -> Option<TopologyView> {
+pub(crate) fn topology_of(
+    dp: &Dataplane,
+    dst: IpAddr,
+    dport: u16,
+    proto: Protocol,
+) -> Option<TopologyView> {
     use crate::kubeproxy::endpoints::{TopologyMode, categorize_at, ports_of_service};
     let cluster = dp.cluster.as_ref()?;
     let node = cluster.node_view(dp.node.as_deref(), &[]).ok()?;
