@@ -1497,7 +1497,7 @@ impl<'a> CompiledNetfilter<'a> {
 
     /// Follows the plan `id` (sample mode): counts, marks, draws each cascade's branch, and takes
     /// the final `DNAT`. The caller leaves the hook step.
-    #[inline]
+    #[inline(always)]
     fn run_plan<R: rand::Rng + ?Sized>(
         &self,
         mut id: u32,
