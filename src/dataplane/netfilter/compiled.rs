@@ -229,18 +229,39 @@ struct CascadeRun {
     end: u32,
     /// The probability that each rule matches when reached (1 for an unconditional rule).
     p_match: Vec<f64>,
-    /// Entered at `start`, the probability that the walk stops at or before each rule.
-    cumulative: Vec<f64>,
+    /// Entered at `start`, the probability `c` that the walk stops at or before each rule, as
+    /// the least 53-bit draw `x` with `c <= x * 2^-53` (`ceil(c * 2^53)`; `2^53` for 1).
+    thresholds: Vec<u64>,
 }
 
 impl CascadeRun {
+    /// The thresholds of the cumulative probabilities `cumulative` (non-decreasing, in [0, 1]).
+    fn thresholds(cumulative: &[f64]) -> Vec<u64> {
+        // Scaling by a power of two is exact, so `c <= x * 2^-53` exactly when
+        // `ceil(c * 2^53) <= x` for every integer `x`.
+        cumulative.iter().map(|&c| (c.clamp(0.0, 1.0) / UNIT_53).ceil() as u64).collect()
+    }
+
     /// One draw: the index of the rule the walk stops at, or the number of rules when it goes
     /// on past them. The plans and the rule-by-rule walk draw alike, so one seed gives both the
     /// same branch.
     #[inline]
     fn pick<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> usize {
-        let u = (rng.next_u64() >> 11) as f64 * UNIT_53;
-        self.cumulative.partition_point(|&c| c <= u)
+        self.branch(rng.next_u64() >> 11)
+    }
+
+    /// The branch of the 53-bit draw `x`: how many thresholds are at most `x`.
+    #[inline(always)]
+    fn branch(&self, x: u64) -> usize {
+        let t = &self.thresholds;
+        // For an even branch table (kube-proxy's) the draw's place among n equal parts is the
+        // answer, but for rounding at the borders: take it when the thresholds around it agree.
+        let guess = ((u128::from(x) * t.len() as u128) >> 53) as usize;
+        let below = guess.checked_sub(1).is_none_or(|g| t.get(g).is_some_and(|&c| c <= x));
+        if below && t.get(guess).is_none_or(|&c| c > x) {
+            return guess;
+        }
+        t.partition_point(|&c| c <= x)
     }
 }
 
@@ -263,8 +284,12 @@ pub struct CompiledNetfilter<'a> {
     pure4: Vec<Pure4>,
     /// Hook steps solved in advance.
     summaries: Vec<Summary>,
+    /// For packets from elsewhere, by [`Phase`]: the rest of the walk solved in advance.
+    tails: [Option<Tail>; 6],
     /// The walks after indexed capture rules, solved in advance (sample mode).
     plans: Plans,
+    /// Whether `sample` tries [`CompiledNetfilter::sample_fast`] (off only in tests).
+    fast: bool,
 }
 
 /// A built-in chain walked at a hook.
@@ -277,7 +302,29 @@ struct Root {
     is_nat: bool,
     /// The step solved in advance ([`CompiledNetfilter::summaries`]), when it can be.
     summary: Option<u32>,
+    /// How the sampling fast path enters the step, when it can.
+    entry: Option<Entry>,
 }
+
+/// A hook step that the sampling fast path ([`CompiledNetfilter::sample_fast`]) enters without
+/// walking it: its rules up to a jump only count (they cannot match, or match without effect),
+/// the jump always happens, and the chain jumped to only counts up to an indexed run (kube-proxy's
+/// `nat PREROUTING` and `OUTPUT` rule into `KUBE-SERVICES`). A capture with a plan then ends the
+/// step; anything else is left to the rule-by-rule walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    /// Rules counted before the run: in the built-in chain, the jump, and in the chain jumped
+    /// to.
+    count: u32,
+    /// The indexed run ([`CompiledNetfilter::indexed`]).
+    run: u32,
+    /// The position the walk enters the run at.
+    at: u32,
+}
+
+/// Frames on the jump stack when the walk reaches an [`Entry`]'s run: the built-in chain's and
+/// the jumped-to chain's.
+const ENTRY_FRAMES: usize = 2;
 
 /// A hook step whose walk depends only on the connection state and a few mark bits (kube-proxy's
 /// `filter FORWARD` and `nat POSTROUTING`), walked once per combination of them when compiled:
@@ -289,6 +336,20 @@ struct Summary {
     /// [`Summary::key`]'s parts, by byte: the conntrack state's, then each mark byte's (low
     /// first), OR-ed together (the tested conntrack bits above the tested mark bits).
     key_parts: Box<[[u16; 256]; 5]>,
+    /// The conntrack bits and the mark bits tested.
+    ct_bits: u8,
+    mark_bits: u32,
+}
+
+/// The rest of a walk from the start of a phase, solved in advance for packets from elsewhere:
+/// every step of this phase and of the phases that follow it is summarised, and
+/// the summaries are composed into one ([`CompiledNetfilter::tail`]).
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// In [`CompiledNetfilter::summaries`].
+    summary: u32,
+    /// The walk ends delivered locally (when not dropped).
+    delivered_local: bool,
 }
 
 /// How a summarised step ends for one combination of the tested bits.
@@ -351,7 +412,7 @@ impl Summary {
                 key_parts[1 + byte][v] = pack((v as u32) << (8 * byte), mark_bits) as u16;
             }
         }
-        Summary { ends, key_parts }
+        Summary { ends, key_parts, ct_bits, mark_bits }
     }
 
     /// The index into [`Summary::ends`]: the tested conntrack bits above the tested mark bits,
@@ -689,6 +750,20 @@ impl Pure4 {
     /// Exactly [`PureTest::holds`] of the test it was made from.
     #[inline]
     fn holds(&self, pkt: &Packet, w: &Walk) -> bool {
+        self.holds_at(pkt, w.src, w.dst, w.ct, w.mark, w.dport)
+    }
+
+    /// [`Pure4::holds`] on the walk's state passed apart (the plans' and the fast path's).
+    #[inline(always)]
+    fn holds_at(
+        &self,
+        pkt: &Packet,
+        src: IpAddr,
+        dst: IpAddr,
+        ct: u8,
+        mark: u32,
+        dport: u16,
+    ) -> bool {
         use pure4::*;
         let (has, neg) = (self.has, self.neg);
         // A present test must give `true` unless negated.
@@ -699,14 +774,14 @@ impl Pure4 {
         };
         ok(PROTO, pkt.proto == self.proto)
             && (has & (SRC | DST) == 0
-                || ok(SRC, v4(w.src).is_some_and(|a| (a ^ self.src) & self.src_mask == 0))
-                    && ok(DST, v4(w.dst).is_some_and(|a| (a ^ self.dst) & self.dst_mask == 0)))
-            && ok(CT, w.ct & self.ct != 0)
-            && ok(MARK, w.mark & self.mark_mask == self.mark_value)
+                || ok(SRC, v4(src).is_some_and(|a| (a ^ self.src) & self.src_mask == 0))
+                    && ok(DST, v4(dst).is_some_and(|a| (a ^ self.dst) & self.dst_mask == 0)))
+            && ok(CT, ct & self.ct != 0)
+            && ok(MARK, mark & self.mark_mask == self.mark_value)
             && (has & PORTS == 0
                 || pkt.proto == self.port_proto
                     && ok(SPORT, self.sport.contains(pkt.sport))
-                    && ok(DPORT, self.dport.contains(w.dport)))
+                    && ok(DPORT, self.dport.contains(dport)))
     }
 }
 
@@ -1037,7 +1112,7 @@ impl<'a> CompiledNetfilter<'a> {
                             start: b + i as u32,
                             end: b + j as u32,
                             p_match,
-                            cumulative,
+                            thresholds: CascadeRun::thresholds(&cumulative),
                         });
                         i = j;
                         continue;
@@ -1060,6 +1135,7 @@ impl<'a> CompiledNetfilter<'a> {
                         policy: c.policy.unwrap_or(true),
                         is_nat,
                         summary: None,
+                        entry: None,
                     }
                 })
                 .collect()
@@ -1074,7 +1150,9 @@ impl<'a> CompiledNetfilter<'a> {
             pure,
             pure4,
             summaries: Vec::new(),
+            tails: [None; 6],
             plans: Plans::default(),
+            fast: true,
         };
         let mut plans = Plans::default();
         for (run, pos, facts) in host_captures {
@@ -1095,10 +1173,130 @@ impl<'a> CompiledNetfilter<'a> {
                 if let Some(s) = compiled.summarize(compiled.roots[h][i]) {
                     compiled.summaries.push(s);
                     compiled.roots[h][i].summary = Some(compiled.summaries.len() as u32 - 1);
+                } else {
+                    compiled.roots[h][i].entry = compiled.entry(compiled.roots[h][i]);
                 }
             }
         }
+        // Packets from elsewhere go Forward -> Postrouting, or Input, to the end.
+        for (phase, hooks, delivered_local) in [
+            (Phase::Fwd, &[Hook::Forward, Hook::Postrouting][..], false),
+            (Phase::Post, &[Hook::Postrouting], false),
+            (Phase::In, &[Hook::Input], true),
+        ] {
+            let roots: Vec<Root> =
+                hooks.iter().flat_map(|&h| compiled.roots[h as usize].iter().copied()).collect();
+            if let Some(s) = compiled.tail(&roots) {
+                compiled.summaries.push(s);
+                let summary = compiled.summaries.len() as u32 - 1;
+                compiled.tails[phase as usize] = Some(Tail { summary, delivered_local });
+            }
+        }
         compiled
+    }
+
+    /// The [`Entry`] of a hook step: rules that only count (passed over as the walk passes
+    /// them), an unconditional jump, and in the chain jumped to rules that only count, then an
+    /// indexed run.
+    fn entry(&self, root: Root) -> Option<Entry> {
+        let mut count = 0u32;
+        let mut pos = root.start;
+        while pos < root.end {
+            let op = self.ops.get(pos as usize)?;
+            match op.test {
+                Quick::Skip(n) => {
+                    count += n;
+                    pos += n;
+                    continue;
+                }
+                Quick::Always => {}
+                _ => return None,
+            }
+            count += 1;
+            pos += 1;
+            match op.act {
+                Act::Continue => continue,
+                Act::Jump if op.to.0 == op.to.1 => continue,
+                Act::Jump => {}
+                _ => return None,
+            }
+            let mut at = op.to.0;
+            while at < op.to.1 {
+                match self.ops.get(at as usize)?.test {
+                    Quick::Skip(n) => {
+                        count += n;
+                        at += n;
+                    }
+                    Quick::Indexed(run) => return Some(Entry { count, run, at }),
+                    _ => return None,
+                }
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Composes the summaries of hook steps walked one after the other by a packet from
+    /// elsewhere (a `nat` step only while the connection is new) into one, when every step is
+    /// summarised and the bits they test together are few enough.
+    fn tail(&self, roots: &[Root]) -> Option<Summary> {
+        let mut steps = Vec::with_capacity(roots.len());
+        let (mut ct_bits, mut mark_bits) = (0u8, 0u32);
+        for root in roots {
+            let s = self.summaries.get(root.summary? as usize)?;
+            ct_bits |= s.ct_bits | if root.is_nat { ctstate::NEW } else { 0 };
+            mark_bits |= s.mark_bits;
+            steps.push((root.is_nat, s));
+        }
+        let bits = u32::from(ct_bits).count_ones() + mark_bits.count_ones();
+        if bits > MAX_SUMMARY_BITS {
+            return None;
+        }
+        // The steps one by one, as the walk takes them.
+        let walk = |mut ct: u8, mut mark: u32| -> Option<StepEnd> {
+            let mut end = StepEnd {
+                drop: false,
+                masquerade: false,
+                ct_set: 0,
+                evaluated: 0,
+                keep: 0,
+                set: 0,
+            };
+            for &(is_nat, s) in &steps {
+                if is_nat && ct & ctstate::NEW == 0 {
+                    continue;
+                }
+                let e = s.ends.get(s.key(ct, mark))?;
+                end.evaluated += e.evaluated;
+                mark = (mark & e.keep) ^ e.set;
+                ct |= e.ct_set;
+                end.ct_set |= e.ct_set;
+                end.masquerade |= e.masquerade;
+                if e.drop {
+                    end.drop = true;
+                    break;
+                }
+            }
+            end.set = mark;
+            Some(end)
+        };
+        let mark_width = mark_bits.count_ones();
+        let mut ends = Vec::with_capacity(1 << bits);
+        for k in 0..1usize << bits {
+            let ct = unpack(k >> mark_width, u32::from(ct_bits)) as u8;
+            let mark = unpack(k & ((1 << mark_width) - 1), mark_bits);
+            // As in `summarize`: untested mark bits all clear, then all set.
+            let a = walk(ct, mark)?;
+            let b = walk(ct, mark | !mark_bits)?;
+            let same = (a.drop, a.masquerade, a.ct_set, a.evaluated)
+                == (b.drop, b.masquerade, b.ct_set, b.evaluated)
+                && (a.set ^ b.set) & mark_bits == 0;
+            if !same {
+                return None;
+            }
+            ends.push(StepEnd { keep: (a.set ^ b.set) & !mark_bits, ..a });
+        }
+        Some(Summary::new(ct_bits, mark_bits, ends))
     }
 
     /// Solves a hook step in advance when every rule it can reach tests at most the conntrack
@@ -1299,49 +1497,52 @@ impl<'a> CompiledNetfilter<'a> {
 
     /// Follows the plan `id` (sample mode): counts, marks, draws each cascade's branch, and takes
     /// the final `DNAT`. The caller leaves the hook step.
-    #[inline]
+    #[inline(always)]
     fn run_plan<R: rand::Rng + ?Sized>(
         &self,
         mut id: u32,
         rng: &mut R,
         pkt: &Packet,
-        w: &mut Walk,
+        r: &mut Regs,
     ) {
         let p = &self.plans;
         loop {
             let Some(plan) = p.plans.get(id as usize) else { return };
             let (s, n) = plan.steps;
             for step in p.steps.get(s as usize..(s + n) as usize).unwrap_or_default() {
-                w.evaluated += step.count;
+                r.evaluated += step.count;
                 let holds = match step.test {
                     StepTest::Always => true,
-                    StepTest::Src4 { addr, mask, neg } => match w.src {
+                    StepTest::Src4 { addr, mask, neg } => match r.src {
                         IpAddr::V4(a) => ((u32::from(a) ^ addr) & mask == 0) != neg,
                         IpAddr::V6(_) => neg,
                     },
-                    StepTest::Full(t) => p.tests.get(t as usize).is_some_and(|t| t.holds(pkt, w)),
+                    StepTest::Full(t) => p
+                        .tests
+                        .get(t as usize)
+                        .is_some_and(|t| t.holds_at(pkt, r.src, r.dst, r.ct, r.mark, r.dport)),
                 };
                 if holds {
-                    w.evaluated += step.extra;
-                    w.mark = (w.mark & !step.clear) ^ step.xor;
+                    r.evaluated += step.extra;
+                    r.mark = (r.mark & !step.clear) ^ step.xor;
                 }
             }
-            w.evaluated += plan.tail;
+            r.evaluated += plan.tail;
             match plan.end {
                 PlanEnd::Dnat { ip, port } => {
-                    w.dst = ip;
+                    r.dst = ip;
                     if let Some(port) = port {
-                        w.dport = port;
+                        r.dport = port;
                     }
-                    w.dnat = true;
-                    w.ct |= ctstate::DNAT;
+                    r.dnat = true;
+                    r.ct |= ctstate::DNAT;
                     return;
                 }
                 PlanEnd::Cascade { run, branches } => {
                     let Some(c) = self.cascades.get(run as usize) else { return };
                     // The last cumulative threshold is 1: some branch is always taken.
-                    let i = c.pick(rng).min(c.cumulative.len() - 1);
-                    w.evaluated += i as u32 + 1;
+                    let i = c.pick(rng).min(c.thresholds.len() - 1);
+                    r.evaluated += i as u32 + 1;
                     id = p.branches.get(branches as usize + i).copied().unwrap_or(NO_PLAN);
                 }
                 PlanEnd::Then(next) => id = next,
@@ -1356,6 +1557,21 @@ impl<'a> CompiledNetfilter<'a> {
         c.indexed.iter_mut().for_each(|r| r.plans.clear());
         c.plans = Plans::default();
         c
+    }
+
+    /// This without its sampling fast path: every sample starts as a [`Walk`] (for tests).
+    #[cfg(test)]
+    fn without_fast(&self) -> CompiledNetfilter<'a> {
+        let mut c = self.clone();
+        c.fast = false;
+        c
+    }
+
+    /// Whether the sampling fast path takes `pkt` to the end of its walk (for tests).
+    #[cfg(test)]
+    fn fast_path_ends(&self, env: &Env, pkt: &Packet, seed: u64) -> bool {
+        let mut rng = <rand_pcg::Pcg64Mcg as rand::SeedableRng>::seed_from_u64(seed);
+        self.fast && self.sample_fast(env, pkt, &mut rng, &mut Fast::start(pkt))
     }
 
     /// How much of the rule set is indexed.
@@ -1389,10 +1605,87 @@ impl<'a> CompiledNetfilter<'a> {
         pkt: &Packet,
         rng: &mut R,
     ) -> Result<Outcome, EvalError> {
-        let mut w = Walk::start(pkt);
+        let mut f = Fast::start(pkt);
+        if self.fast && self.sample_fast(env, pkt, rng, &mut f) {
+            return Ok(f.finish(pkt));
+        }
+        let mut w = f.into_walk(pkt);
         let mut pending = Vec::new();
         self.run(env, pkt, &mut Draw::Sample(rng), &mut w, &mut pending)?;
         Ok(w.finish())
+    }
+
+    /// The sampling fast path: the hooks walked on a few registers while every step the packet
+    /// takes is summarised ([`Root::summary`]) or entered ([`Root::entry`]) into a capture with a
+    /// plan. `false` when a step needs the rule-by-rule walk: `f` is then the state before that
+    /// step (nothing of the step taken, nothing drawn for it), from which [`Fast::into_walk`]
+    /// goes on. `true` when the walk is over.
+    #[inline]
+    fn sample_fast<R: rand::Rng + ?Sized>(
+        &self,
+        env: &Env,
+        pkt: &Packet,
+        rng: &mut R,
+        f: &mut Fast,
+    ) -> bool {
+        while f.phase != Phase::Done {
+            if !f.local_origin
+                && let Some(t) = self.tails[f.phase as usize]
+                && let Some(s) = self.summaries.get(t.summary as usize)
+                && let Some(&e) = s.ends.get(s.key(f.r.ct, f.r.mark))
+            {
+                f.r.evaluated += e.evaluated;
+                f.r.mark = (f.r.mark & e.keep) ^ e.set;
+                f.r.ct |= e.ct_set;
+                f.r.masquerade |= e.masquerade;
+                f.drop = e.drop;
+                f.delivered_local = t.delivered_local && !e.drop;
+                f.phase = Phase::Done;
+                return true;
+            }
+            let hook = phase_hook(f.phase);
+            let roots = &self.roots[hook as usize];
+            while let Some(root) = roots.get(f.step) {
+                // Nothing on this path sets `untracked`.
+                if root.is_nat
+                    && (f.r.ct & ctstate::NEW == 0 || (hook == Hook::Input && f.local_origin))
+                {
+                    f.step += 1;
+                    continue;
+                }
+                if let Some(i) = root.summary {
+                    let Some(s) = self.summaries.get(i as usize) else { return false };
+                    let Some(&e) = s.ends.get(s.key(f.r.ct, f.r.mark)) else { return false };
+                    f.r.evaluated += e.evaluated;
+                    f.r.mark = (f.r.mark & e.keep) ^ e.set;
+                    f.r.ct |= e.ct_set;
+                    f.r.masquerade |= e.masquerade;
+                    if e.drop {
+                        f.drop = true;
+                        return true;
+                    }
+                    f.step += 1;
+                    continue;
+                }
+                let Some(e) = root.entry else { return false };
+                let Some(run) = self.indexed.get(e.run as usize) else { return false };
+                let Some(q) = self.lookup(e.run, run, pkt.proto, f.r.dst, f.r.dport, e.at) else {
+                    return false;
+                };
+                let Some(&id) = run.plans.get((q - run.start) as usize) else { return false };
+                let Some(plan) = self.plans.plans.get(id as usize) else { return false };
+                if ENTRY_FRAMES + plan.depth as usize >= MAX_DEPTH {
+                    return false;
+                }
+                f.r.evaluated += e.count + (q - e.at) + 1;
+                self.run_plan(id, rng, pkt, &mut f.r);
+                f.step += 1;
+            }
+            f.step = 0;
+            (f.phase, f.delivered_local) =
+                phase_after(f.phase, f.r.dst, f.local_origin, f.delivered_local, env);
+        }
+        true
     }
 
     /// Every outcome of `pkt` with its exact probability (no hops recorded).
@@ -1515,7 +1808,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         Quick::Indexed(run) => {
                             let r = &self.indexed[run as usize];
-                            match self.lookup(run, r, pkt, w, pos as u32) {
+                            match self.lookup(run, r, pkt.proto, w.dst, w.dport, pos as u32) {
                                 Some(q) => {
                                     w.evaluated += q - pos as u32 + 1;
                                     if let Draw::Sample(rng) = draw
@@ -1523,7 +1816,9 @@ impl<'a> CompiledNetfilter<'a> {
                                         && let Some(plan) = self.plans.plans.get(id as usize)
                                         && w.stack.len() + (plan.depth as usize) < MAX_DEPTH
                                     {
-                                        self.run_plan(id, &mut **rng, pkt, w);
+                                        let mut regs = Regs::of(w);
+                                        self.run_plan(id, &mut **rng, pkt, &mut regs);
+                                        regs.store(w);
                                         return Ok(next_step(w));
                                     }
                                     Some(q as usize)
@@ -1649,16 +1944,25 @@ impl<'a> CompiledNetfilter<'a> {
         }
     }
 
-    /// The first rule of an indexed run at or after `from` that captures the packet.
+    /// The first rule of an indexed run at or after `from` that captures a packet of protocol
+    /// `proto` to `dst`:`dport`.
     #[inline(always)]
-    fn lookup(&self, run: u32, r: &IndexedRun, pkt: &Packet, w: &Walk, from: u32) -> Option<u32> {
+    fn lookup(
+        &self,
+        run: u32,
+        r: &IndexedRun,
+        proto: u8,
+        dst: IpAddr,
+        dport: u16,
+        from: u32,
+    ) -> Option<u32> {
         // kube-proxy's runs have host-and-port keys only: one probe.
         if r.shapes == 1 && r.prefixes.is_empty() {
-            let (addr, v6) = addr_key(w.dst);
+            let (addr, v6) = addr_key(dst);
             let v6 = if v6 { shape::V6 } else { 0 };
-            return self.index.first_from(&IndexKey::new(addr, run, w.dport, pkt.proto, v6), from);
+            return self.index.first_from(&IndexKey::new(addr, run, dport, proto, v6), from);
         }
-        self.lookup_any(run, r, pkt, w, from)
+        self.lookup_any(run, r, proto, dst, dport, from)
     }
 
     /// [`CompiledNetfilter::lookup`] for runs with several key shapes or prefix rules.
@@ -1667,11 +1971,12 @@ impl<'a> CompiledNetfilter<'a> {
         &self,
         run: u32,
         r: &IndexedRun,
-        pkt: &Packet,
-        w: &Walk,
+        proto: u8,
+        dst: IpAddr,
+        dport: u16,
         from: u32,
     ) -> Option<u32> {
-        let (addr, v6) = addr_key(w.dst);
+        let (addr, v6) = addr_key(dst);
         let mut best: Option<u32> = None;
         let mut left = r.shapes;
         while left != 0 {
@@ -1679,10 +1984,9 @@ impl<'a> CompiledNetfilter<'a> {
             left &= left - 1;
             let any_dst = s & shape::ANY_DST != 0;
             let any_port = s & shape::ANY_PORT != 0;
-            let dst = if any_dst { 0 } else { addr };
-            let dport = if any_port { 0 } else { w.dport };
+            let port = if any_port { 0 } else { dport };
             let v6 = if v6 && !any_dst { shape::V6 } else { 0 };
-            let key = IndexKey::new(dst, run, dport, pkt.proto, s | v6);
+            let key = IndexKey::new(if any_dst { 0 } else { addr }, run, port, proto, s | v6);
             if let Some(q) = self.index.first_from(&key, from)
                 && best.is_none_or(|b| q < b)
             {
@@ -1693,8 +1997,7 @@ impl<'a> CompiledNetfilter<'a> {
             if p.pos < from || best.is_some_and(|b| p.pos > b) {
                 continue;
             }
-            if p.proto == pkt.proto && p.dst.contains(w.dst) && p.dport.is_none_or(|d| d == w.dport)
-            {
+            if p.proto == proto && p.dst.contains(dst) && p.dport.is_none_or(|d| d == dport) {
                 best = Some(p.pos);
                 break;
             }
@@ -1916,6 +2219,139 @@ fn phase_hook(p: Phase) -> Hook {
     PHASE_HOOK[p as usize]
 }
 
+/// The phase after `phase` for a packet now to `dst`, and whether it is then delivered locally
+/// (`delivered` so far).
+#[inline(always)]
+fn phase_after(
+    phase: Phase,
+    dst: IpAddr,
+    local_origin: bool,
+    delivered: bool,
+    env: &Env,
+) -> (Phase, bool) {
+    match phase {
+        Phase::Pre if env.is_local(dst) => (Phase::In, delivered),
+        Phase::Pre => (Phase::Fwd, delivered),
+        Phase::Out | Phase::Fwd => (Phase::Post, delivered),
+        Phase::Post if local_origin && env.is_local(dst) => (Phase::In, delivered),
+        Phase::Post => (Phase::Done, delivered),
+        Phase::In => (Phase::Done, true),
+        Phase::Done => (Phase::Done, delivered),
+    }
+}
+
+/// The part of a walk's state that plans read and write: kept in registers by the sampling
+/// fast path, copied out of and back into a [`Walk`] by the rule-by-rule walk.
+#[derive(Clone, Copy, Debug)]
+struct Regs {
+    src: IpAddr,
+    dst: IpAddr,
+    dport: u16,
+    mark: u32,
+    ct: u8,
+    dnat: bool,
+    masquerade: bool,
+    evaluated: u32,
+}
+
+impl Regs {
+    #[inline(always)]
+    fn of(w: &Walk) -> Regs {
+        Regs {
+            src: w.src,
+            dst: w.dst,
+            dport: w.dport,
+            mark: w.mark,
+            ct: w.ct,
+            dnat: w.dnat,
+            masquerade: w.masquerade,
+            evaluated: w.evaluated,
+        }
+    }
+
+    #[inline(always)]
+    fn store(&self, w: &mut Walk) {
+        (w.src, w.dst, w.dport, w.mark, w.ct) =
+            (self.src, self.dst, self.dport, self.mark, self.ct);
+        (w.dnat, w.masquerade, w.evaluated) = (self.dnat, self.masquerade, self.evaluated);
+    }
+}
+
+/// The sampling fast path's walk: [`Regs`], where the walk is in the hooks, and how it ended.
+/// It never forks, records, warns, stacks frames or leaves a step mid-way.
+#[derive(Clone, Copy, Debug)]
+struct Fast {
+    r: Regs,
+    phase: Phase,
+    step: usize,
+    local_origin: bool,
+    delivered_local: bool,
+    /// A summarised step dropped the packet.
+    drop: bool,
+}
+
+impl Fast {
+    #[inline(always)]
+    fn start(pkt: &Packet) -> Fast {
+        let local_origin = matches!(pkt.origin, Origin::Local);
+        Fast {
+            r: Regs {
+                src: pkt.src,
+                dst: pkt.dst,
+                dport: pkt.dport,
+                mark: pkt.mark,
+                ct: if pkt.established { ctstate::ESTABLISHED } else { ctstate::NEW },
+                dnat: false,
+                masquerade: false,
+                evaluated: 0,
+            },
+            phase: if local_origin { Phase::Out } else { Phase::Pre },
+            step: 0,
+            local_origin,
+            delivered_local: false,
+            drop: false,
+        }
+    }
+
+    /// The same walk as a [`Walk`] at the start of its step, for the rule-by-rule walk to go on.
+    #[inline(never)]
+    fn into_walk(self, pkt: &Packet) -> Walk {
+        let mut w = Walk::start(pkt);
+        self.r.store(&mut w);
+        (w.phase, w.step, w.delivered_local) = (self.phase, self.step, self.delivered_local);
+        if self.drop {
+            w.verdict = Some(Verdict::Drop);
+        }
+        w
+    }
+
+    /// The outcome, as [`Walk::finish`] gives it for the same walk.
+    #[inline(always)]
+    fn finish(self, pkt: &Packet) -> Outcome {
+        let (verdict, delivery) = match (self.drop, self.delivered_local) {
+            (true, _) => (Verdict::Drop, Delivery::None),
+            (false, true) => (Verdict::Accept, Delivery::Local),
+            (false, false) => (Verdict::Accept, Delivery::Forward),
+        };
+        Outcome {
+            probability: 1.0,
+            verdict,
+            delivery,
+            dst: self.r.dst,
+            dport: self.r.dport,
+            src: pkt.src,
+            dnat: self.r.dnat,
+            masquerade: self.r.masquerade,
+            snat: None,
+            mark: self.r.mark,
+            rules_evaluated: self.r.evaluated,
+            hops: Vec::new(),
+            effects: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// How the rule at the top frame's position is taken when the walk resumes there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Resume {
@@ -1990,28 +2426,8 @@ impl Walk {
     fn next_phase(&mut self, env: &Env) {
         self.step = 0;
         self.stack.clear();
-        self.phase = match self.phase {
-            Phase::Pre => {
-                if env.is_local(self.dst) {
-                    Phase::In
-                } else {
-                    Phase::Fwd
-                }
-            }
-            Phase::Out | Phase::Fwd => Phase::Post,
-            Phase::Post => {
-                if self.local_origin && env.is_local(self.dst) {
-                    Phase::In
-                } else {
-                    Phase::Done
-                }
-            }
-            Phase::In => {
-                self.delivered_local = true;
-                Phase::Done
-            }
-            Phase::Done => Phase::Done,
-        };
+        (self.phase, self.delivered_local) =
+            phase_after(self.phase, self.dst, self.local_origin, self.delivered_local, env);
     }
 
     #[inline(always)]
@@ -2202,13 +2618,19 @@ mod tests {
         seed: u64,
     ) -> Result<(), String> {
         let plain = compiled.without_plans();
+        let slow = compiled.without_fast();
         let mut a = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
         let mut b = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        let mut c = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
         for _ in 0..16 {
             let planned = compiled.sample(&r.env, pkt, &mut a);
             let walked = plain.sample(&r.env, pkt, &mut b);
-            if planned != walked {
-                return Err(format!("{pkt:?}:\nplanned {planned:?}\nwalked {walked:?}"));
+            let stepped = slow.sample(&r.env, pkt, &mut c);
+            if planned != walked || planned != stepped {
+                return Err(format!(
+                    "{pkt:?}:\nplanned {planned:?}\nwalked {walked:?}\nwithout the fast path \
+                     {stepped:?}"
+                ));
             }
         }
         Ok(())
@@ -2331,6 +2753,9 @@ mod tests {
                 for src in [synthetic::pod_ip(i, 0, endpoints), ip("10.255.255.254")] {
                     let pkt = Packet::tcp(src, synthetic::service_ip(i), 80);
                     agree(&r, &pkt, i as u64).unwrap();
+                    // New flows from outside the node: nat PREROUTING's jump, the capture's
+                    // plan, filter FORWARD and nat POSTROUTING without a rule-by-rule walk.
+                    assert!(compiled.fast_path_ends(&r.env, &pkt, 1), "{pkt:?}");
                 }
             }
         }
@@ -2865,6 +3290,89 @@ mod tests {
         assert!(planned > 40 && refused > 40, "{planned} planned, {refused} refused");
     }
 
+    /// A random rule set whose `INPUT`, `FORWARD` and `POSTROUTING` steps test only conntrack
+    /// state and marks (summarised, then composed into tails): marks set, toggled and tested
+    /// across steps and tables, returns, drops, accepts, masquerade.
+    fn random_summarised_ruleset(seed: u64) -> String {
+        use rand::RngExt;
+        let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        let rules = [
+            "-m mark --mark 0x1/0x1 -j MARK --xor-mark 0x2",
+            "-m mark ! --mark 0x2/0x2 -j RETURN",
+            "-m conntrack --ctstate NEW -j MARK --or-mark 0x4",
+            "-m conntrack --ctstate SNAT -j DROP",
+            "-m conntrack --ctstate DNAT -j ACCEPT",
+            "-m conntrack --ctstate ESTABLISHED -j ACCEPT",
+            "-m mark --mark 0x4/0x4 -j {chain}",
+            "-j {chain}",
+            "-j MARK --set-xmark 0x10/0x30",
+            "-j MARK --xor-mark 0x100",
+            "-m mark --mark 0x100/0x100 -j DROP",
+            "-m mark --mark 0x8/0x8 -j MASQUERADE",
+            "-m comment --comment c",
+        ];
+        let mut out = String::new();
+        for (table, builtins, chain) in [
+            ("nat", &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"][..], "N"),
+            ("filter", &["INPUT", "FORWARD", "OUTPUT"][..], "F"),
+        ] {
+            out += &format!("*{table}\n");
+            for b in builtins {
+                let drop = table == "filter" && rng.random_range(0..4u32) == 0;
+                out += &format!(":{b} {} [0:0]\n", if drop { "DROP" } else { "ACCEPT" });
+            }
+            out += &format!(":{chain} - [0:0]\n");
+            for b in builtins.iter().chain(&[chain]) {
+                if *b == "PREROUTING" || *b == "OUTPUT" {
+                    continue;
+                }
+                for _ in 0..rng.random_range(0..4u32) {
+                    let r = rules[rng.random_range(0..rules.len())];
+                    let to_self = *b == chain && r.contains("{chain}");
+                    let masquerade_outside_nat = table != "nat" && r.contains("MASQUERADE");
+                    if to_self || masquerade_outside_nat {
+                        continue;
+                    }
+                    out += &format!("-A {b} {}\n", r.replace("{chain}", chain));
+                }
+            }
+            out += "COMMIT\n";
+        }
+        out
+    }
+
+    /// Steps summarised one by one and composed into one table for the rest of a walk give what
+    /// the walk gives, for packets from elsewhere to the node and through it, new or not, with
+    /// marks the steps test and change.
+    #[test]
+    fn composed_tails_agree_with_the_faithful_walk() {
+        let (mut composed, mut fast) = (0, 0);
+        for seed in 0..200 {
+            let text = random_summarised_ruleset(seed);
+            let ruleset = iptables_save::parse(&text, Family::V4).unwrap();
+            let nf = Netfilter::new(&ruleset).unwrap();
+            let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
+            let r = Rules { ruleset, nf, env };
+            let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+            composed += compiled.tails.iter().flatten().count();
+            for dst in ["192.168.0.10", "10.96.0.1"] {
+                for mark in [0u32, 0x1, 0x5, 0x10b, 0xffff_ffff] {
+                    for established in [false, true] {
+                        let mut p = Packet::tcp(ip("10.1.2.3"), ip(dst), 80);
+                        (p.mark, p.established) = (mark, established);
+                        if let Err(e) = agree(&r, &p, seed) {
+                            panic!("seed {seed}: {e}\n{text}");
+                        }
+                        fast += usize::from(compiled.fast_path_ends(&r.env, &p, seed));
+                    }
+                }
+            }
+        }
+        // 200 rule sets, three tails each at most; 4 000 packets.
+        assert!(composed > 300, "{composed} tails composed");
+        assert!(fast > 2_000, "{fast} packets walked by the fast path");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
 
@@ -2953,6 +3461,42 @@ mod tests {
                 st.pop();
             }
             prop_assert!(st.is_empty());
+        }
+
+        /// A cascade's branch for a 53-bit draw is the one the cumulative probabilities give
+        /// (`c <= x * 2^-53`), for even branch tables (the guess) and uneven ones (the search),
+        /// draws at the thresholds included.
+        #[test]
+        fn cascade_branch_is_the_cumulative_search(
+            n in 1usize..40,
+            even in any::<bool>(),
+            weights in proptest::collection::vec(0u32..5, 40),
+            draws in proptest::collection::vec(any::<u64>(), 16),
+            at in 0usize..40,
+        ) {
+            let mut cumulative: Vec<f64> = if even {
+                (1..=n).map(|i| i as f64 / n as f64).collect()
+            } else {
+                let total: u32 = weights[..n].iter().sum::<u32>().max(1);
+                let mut acc = 0;
+                weights[..n].iter().map(|w| { acc += w; f64::from(acc) / f64::from(total) }).collect()
+            };
+            if let Some(last) = cumulative.last_mut() {
+                *last = last.min(1.0);
+            }
+            let run = CascadeRun {
+                start: 0,
+                end: n as u32,
+                p_match: Vec::new(),
+                thresholds: CascadeRun::thresholds(&cumulative),
+            };
+            let mut xs: Vec<u64> = draws.iter().map(|d| d >> 11).collect();
+            let t = run.thresholds[at % n];
+            xs.extend([t.saturating_sub(1), t, t + 1, 0, (1 << 53) - 1]);
+            for x in xs.into_iter().filter(|&x| x < 1 << 53) {
+                let u = x as f64 * UNIT_53;
+                prop_assert_eq!(run.branch(x), cumulative.partition_point(|&c| c <= u), "{}", x);
+            }
         }
 
         /// The summary key read from byte tables is the packed key: the tested conntrack bits
