@@ -421,7 +421,17 @@ fn restricted(dp: &Dataplane, keep: &[(&str, &str)]) -> Result<Dataplane, IpvsTr
         });
     }
     let nf = Netfilter::new(&rs).map_err(|e| IpvsTraceError::Compile(e.to_string()))?;
-    Ok(Dataplane { ruleset: rs, netfilter: nf, ..dp.clone() })
+    // Field by field: `..dp.clone()` would copy the rule set, the model and the cluster only to
+    // drop them.
+    Ok(Dataplane {
+        origin: dp.origin.clone(),
+        text: std::sync::Arc::clone(&dp.text),
+        ruleset: rs,
+        netfilter: nf,
+        local: dp.local.clone(),
+        node: dp.node.clone(),
+        cluster: None,
+    })
 }
 
 const BEFORE_REMOTE: &[(&str, &str)] = &[

@@ -155,10 +155,11 @@ pub(crate) fn topology_of(
     let family = crate::model::IpFamily::of(&dst);
     let at_node = node.is_local(&dst);
     cluster.services.iter().find_map(|svc| {
+        // Cheap tests first: only a Service the packet can address gets its ports built.
         let addressed = svc.cluster_ips.contains(&dst)
             || svc.external_ips.contains(&dst)
             || svc.load_balancer_ingress.iter().any(|i| i.ip == dst)
-            || at_node;
+            || (at_node && svc.ports.iter().any(|p| p.node_port == Some(dport)));
         if !addressed {
             return None;
         }
