@@ -409,7 +409,7 @@ enum Parsed {
     Endpoints(LegacyEndpoints),
     Node(Node),
     ConfigMap(Option<String>),
-    ProxyConfig(ProxyConfig),
+    ProxyConfig(ProxyConfig, Vec<String>),
     Skipped(String),
     Nothing,
 }
@@ -471,8 +471,8 @@ impl<'de> Visitor<'de> for ObjVisitor<'_> {
                 ))
             }
             Dispatch::ProxyConfig => {
-                convert::convert_proxy_config(raw::RawProxyConfig::deserialize(d)?)
-                    .map(Parsed::ProxyConfig)
+                convert::convert_proxy_config(raw::RawProxyConfig::deserialize(d)?, &mut warn)
+                    .map(|c| Parsed::ProxyConfig(c, std::mem::take(&mut warn)))
             }
             Dispatch::Bad(why) => Err((*why).to_owned()),
             Dispatch::Skip(_) | Dispatch::Null => {
@@ -839,7 +839,10 @@ impl Builder {
                     self.cluster.nodes.push(node);
                 }
             }
-            Parsed::ProxyConfig(cfg) => self.set_config(cfg, format!("{origin}: {object}")),
+            Parsed::ProxyConfig(cfg, warns) => {
+                self.warn(origin, object, warns);
+                self.set_config(cfg, format!("{origin}: {object}"));
+            }
             Parsed::ConfigMap(None) => self.skip("ConfigMap"),
             Parsed::ConfigMap(Some(text)) => {
                 // The embedded text is loaded like a file of its own; its errors name the
@@ -1438,8 +1441,11 @@ mod tests {
                     {topology.kubernetes.io/zone: z1}\n\
                     ---\nkind: Node\nmetadata: {name: n2}\n\
                     ---\napiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
-                    featureGates: {PreferSameTrafficDistribution: false}\n";
-        let c = load_str(text, "t").unwrap().cluster;
+                    featureGates: {PreferSameTrafficDistribution: false, SomeOtherGate: true}\n";
+        let loaded = load_str(text, "t").unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("featureGates.SomeOtherGate=true: ignored"));
+        let c = loaded.cluster;
         let eps = &c.endpoint_slices[0].endpoints;
         assert_eq!(eps[0].zone_hints, ["z1", "z2"]);
         assert_eq!(eps[0].node_hints, ["n1"]);

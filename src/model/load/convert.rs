@@ -497,7 +497,10 @@ pub(crate) fn convert_node(raw: RawNode) -> Result<Node, String> {
 ///
 /// Errors: an unknown mode or detectLocalMode, an interface-based mode without its interface,
 /// a clusterCIDR or nodePortAddresses entry that is not a CIDR.
-pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, String> {
+pub(crate) fn convert_proxy_config(
+    raw: RawProxyConfig,
+    warn: &mut Vec<String>,
+) -> Result<ProxyConfig, String> {
     let hostname_override = raw.hostname_override.filter(|h| !h.trim().is_empty());
     let mode = match raw.mode.as_deref().unwrap_or("") {
         "" | "iptables" => ProxyMode::Iptables,
@@ -563,10 +566,18 @@ pub(crate) fn convert_proxy_config(raw: RawProxyConfig) -> Result<ProxyConfig, S
         node_port_addresses.push(a);
     }
     let ipvs_scheduler = raw.ipvs.and_then(|i| i.scheduler).unwrap_or_default();
-    let prefer_same_traffic_distribution = raw
-        .feature_gates
-        .and_then(|g| g.get(PREFER_SAME_TRAFFIC_DISTRIBUTION).copied())
-        .unwrap_or(true);
+    let gates = raw.feature_gates.unwrap_or_default();
+    let prefer_same_traffic_distribution =
+        gates.get(PREFER_SAME_TRAFFIC_DISTRIBUTION).copied().unwrap_or(true);
+    for (gate, on) in &gates {
+        if gate != PREFER_SAME_TRAFFIC_DISTRIBUTION {
+            warn.push(format!(
+                "featureGates.{gate}={on}: ignored; svcpath models only the \
+                 {PREFER_SAME_TRAFFIC_DISTRIBUTION} gate and follows kube-proxy's default \
+                 behaviour for the others"
+            ));
+        }
+    }
     Ok(ProxyConfig {
         hostname_override,
         mode,
