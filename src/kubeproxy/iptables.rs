@@ -116,77 +116,36 @@ impl IptablesSync {
         self.clone().into_node_dump()
     }
 
-    /// [`IptablesSync::node_dump`], moving the payload's statements instead of copying them.
-    ///
-    /// The payload's tables are reused in place: the built-in chains go in front, and the extra
-    /// chain declarations and the jumps between the chain declarations and the rules (one
-    /// `memmove` each, within the room [`sync`] reserves).
+    /// [`IptablesSync::node_dump`], moving the payload's statements instead of copying them
+    /// (each table is assembled as [`sync_node_dump`] assembles it, which is cheaper still when
+    /// the payload itself is not wanted).
     pub fn into_node_dump(self) -> Ruleset {
         let IptablesSync { family, payload, jumps } = self;
         let mut payload_tables = payload.tables;
-        let mut tables = Vec::with_capacity(BUILTINS.len());
-        for (tname, builtins) in BUILTINS {
-            let mut statements = payload_tables
-                .iter_mut()
-                .find(|t| t.name == *tname)
-                .map(|t| std::mem::take(&mut t.statements))
-                .unwrap_or_default();
-            let is_chain = |s: &Located| matches!(s.stmt, Statement::Chain(_));
-            let mut split =
-                statements.iter().position(|s| !is_chain(s)).unwrap_or(statements.len());
-            if statements[split..].iter().any(is_chain) {
-                // Not written by `sync`: move the chain declarations to the front, keeping order.
-                let (chains, rest): (Vec<Located>, Vec<Located>) =
-                    statements.into_iter().partition(is_chain);
-                split = chains.len();
-                statements = chains;
-                statements.extend(rest);
-            }
-            // Jump targets this table must declare, found in one pass over its declarations.
-            let mut extra: Vec<(Name, bool)> = Vec::new();
-            for (jt, r) in &jumps {
-                if jt == tname
-                    && let Some(target) = r.target()
-                    && !extra.iter().any(|(t, _)| *t == target)
-                {
-                    extra.push((target, false));
-                }
-            }
-            for s in &statements[..split] {
-                if let Statement::Chain(c) = &s.stmt
-                    && let Some(e) = extra.iter_mut().find(|(t, _)| *t == c.name)
-                {
-                    e.1 = true;
-                }
-            }
-            let middle = extra
-                .iter()
-                .filter(|(_, declared)| !declared)
-                .map(|(t, _)| Statement::Chain(ChainDecl::user(t)))
-                .chain(
-                    jumps
-                        .iter()
-                        .filter(|(jt, _)| jt == tname)
-                        .map(|(_, r)| Statement::Rule(r.clone())),
-                )
-                .map(|stmt| Located { line: 0, stmt });
-            statements.splice(split..split, middle);
-            let head = builtins.iter().map(|b| Located {
-                line: 0,
-                stmt: Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")),
-            });
-            statements.splice(0..0, head);
-            let mut t = Table::new(*tname);
-            t.statements = statements;
-            tables.push(t);
-        }
+        let tables = BUILTINS
+            .iter()
+            .map(|(tname, _)| {
+                let mut statements = payload_tables
+                    .iter_mut()
+                    .find(|t| t.name == *tname)
+                    .map(|t| std::mem::take(&mut t.statements))
+                    .unwrap_or_default();
+                let is_chain = |s: &Located| matches!(s.stmt, Statement::Chain(_));
+                let split =
+                    statements.iter().position(|s| !is_chain(s)).unwrap_or(statements.len());
+                let (chains, rules) = if statements[split..].iter().any(is_chain) {
+                    // Not written by `sync`: the chain declarations go first, keeping order.
+                    statements.into_iter().partition(is_chain)
+                } else {
+                    let rules = statements.split_off(split);
+                    (statements, rules)
+                };
+                node_table(tname, vec![chains], vec![rules], &jumps)
+            })
+            .collect();
         Ruleset { family, tables }
     }
 }
-
-/// Statements [`IptablesSync::into_node_dump`] adds to a table at most: the built-in chains, the
-/// jumps and a declaration for each jump target.
-const NODE_DUMP_ROOM: usize = 4 + 2 * JUMPS.len();
 
 /// One family's output buffers, as kube-proxy keeps them, holding finished statements.
 #[derive(Default)]
@@ -233,12 +192,11 @@ fn located(stmt: Statement) -> Located {
     Located { line: 0, stmt }
 }
 
-/// One table: `chains` parts then `rules` parts, moved into one vector with room for the node
-/// dump's additions.
+/// One table: `chains` parts then `rules` parts, moved into one vector.
 fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Vec<Located>>) -> Table {
     let len = chains.iter().chain(&rules).map(Vec::len).sum::<usize>();
     let mut t = Table::new(name);
-    t.statements.reserve_exact(len + NODE_DUMP_ROOM);
+    t.statements.reserve_exact(len);
     chains.into_iter().chain(rules).for_each(|mut part| t.statements.append(&mut part));
     t
 }

@@ -1135,19 +1135,16 @@ fn mask_addr(ip: IpAddr, mask: Option<IpAddr>) -> IpAddr {
     }
 }
 
-/// Whether `addr` is in `list`, counting the effects of this walk so far.
-fn recent_present(env: &Env, effects: &[Effect], list: &str, addr: IpAddr) -> bool {
-    recent_seen(env, effects, list, addr, None, None)
-}
-
-fn recent_seen(
+/// Looks `addr` up in `list`, counting the effects of this walk so far: `None` when the list
+/// does not hold it, else whether its stamps match (`seconds`, `hitcount`).
+fn recent_lookup(
     env: &Env,
     effects: &[Effect],
     list: &str,
     addr: IpAddr,
     seconds: Option<u32>,
     hitcount: Option<u32>,
-) -> bool {
+) -> Option<bool> {
     // Branch-local effects first (a --set earlier in this walk), then the shared state.
     let mut stamps: Vec<f64> =
         env.recent.stamps(list, addr).map(<[f64]>::to_vec).unwrap_or_default();
@@ -1160,12 +1157,15 @@ fn recent_seen(
             _ => {}
         }
     }
+    if stamps.is_empty() {
+        return None;
+    }
     // xt_recent: a stamp counts when it is not older than `seconds`; a match needs `hitcount`
     // counting stamps (at least one when hitcount is 0).
     let need = hitcount.unwrap_or(0).max(1) as usize;
     let counted =
         stamps.iter().filter(|&&t| seconds.is_none_or(|s| t >= env.now - f64::from(s))).count();
-    counted >= need
+    Some(counted >= need)
 }
 
 /// The packet state a match reads, and the effects it records: borrowed from a walk, so the
@@ -1237,35 +1237,27 @@ pub(super) fn test_match(
         Match::Recent(recent) => {
             let RecentMatch { neg, name, cmd, seconds, hitcount, rdest, mask, reap } = &**recent;
             let addr = mask_addr(if *rdest { c.dst } else { c.src }, *mask);
-            // `--reap` (which needs `--seconds`) runs after a check that found the address.
-            let reap = |c: &mut Cursor<'_>| {
-                if let (true, Some(s)) = (*reap, seconds)
-                    && recent_present(env, c.effects, name, addr)
-                {
-                    let before = env.now - f64::from(*s);
-                    c.effects.push(Effect::RecentReap { list: name.clone(), before });
-                }
-            };
             let hit = match cmd {
                 RecentCmd::Set => {
                     c.effects.push(Effect::RecentSet { list: name.clone(), addr });
                     true
                 }
-                RecentCmd::Check => {
-                    let seen = recent_seen(env, c.effects, name, addr, *seconds, *hitcount);
-                    reap(c);
-                    seen
-                }
-                RecentCmd::Update => {
-                    let seen = recent_seen(env, c.effects, name, addr, *seconds, *hitcount);
-                    reap(c);
-                    if seen {
+                RecentCmd::Check | RecentCmd::Update => {
+                    let found = recent_lookup(env, c.effects, name, addr, *seconds, *hitcount);
+                    // `--reap` (which needs `--seconds`) runs after a check that found the
+                    // address.
+                    if let (true, Some(_), Some(s)) = (*reap, found, seconds) {
+                        let before = env.now - f64::from(*s);
+                        c.effects.push(Effect::RecentReap { list: name.clone(), before });
+                    }
+                    let seen = found == Some(true);
+                    if seen && *cmd == RecentCmd::Update {
                         c.effects.push(Effect::RecentSet { list: name.clone(), addr });
                     }
                     seen
                 }
                 RecentCmd::Remove => {
-                    let seen = recent_seen(env, c.effects, name, addr, None, None);
+                    let seen = recent_lookup(env, c.effects, name, addr, None, None).is_some();
                     if seen {
                         c.effects.push(Effect::RecentRemove { list: name.clone(), addr });
                     }
