@@ -8,6 +8,7 @@ mod harness;
 mod kernel;
 mod kubeproxy_data;
 mod kubeproxy_ipvs;
+mod kubeproxy_nftables;
 mod readme;
 mod regression;
 mod verify;

@@ -18,3 +18,4 @@
 pub mod ipset;
 pub mod iptables_save;
 pub mod ipvsadm;
+pub mod nft;

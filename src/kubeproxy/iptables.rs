@@ -209,14 +209,14 @@ const TEXT_PER_RULE: usize = 96;
 
 /// How kube-proxy tells local (pod) traffic apart: the `IfLocal` / `IfNotLocal` arguments.
 #[derive(Debug, Clone)]
-enum LocalDetector {
+pub(crate) enum LocalDetector {
     None,
     Cidr(IpNetwork),
     Iface(String),
 }
 
 impl LocalDetector {
-    fn new(cluster: &Cluster, node: &NodeView, family: IpFamily) -> LocalDetector {
+    pub(crate) fn new(cluster: &Cluster, node: &NodeView, family: IpFamily) -> LocalDetector {
         let cfg = &cluster.config;
         let fam = |n: &&IpNetwork| family.contains(&n.ip());
         match cfg.detect_local_mode {
@@ -240,7 +240,7 @@ impl LocalDetector {
         }
     }
 
-    fn implemented(&self) -> bool {
+    pub(crate) fn implemented(&self) -> bool {
         !matches!(self, LocalDetector::None)
     }
 
@@ -535,7 +535,7 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
 }
 
 /// `nodePortAddresses`: empty matches every local address; otherwise CIDRs and `primary`.
-struct NodePortAddresses {
+pub(crate) struct NodePortAddresses {
     cidrs: Vec<IpNetwork>,
     primary: bool,
     node_ips: Vec<IpAddr>,
@@ -543,7 +543,7 @@ struct NodePortAddresses {
 }
 
 impl NodePortAddresses {
-    fn new(spec: &[String], node: &NodeView, family: IpFamily) -> NodePortAddresses {
+    pub(crate) fn new(spec: &[String], node: &NodeView, family: IpFamily) -> NodePortAddresses {
         let mut cidrs = Vec::new();
         let mut primary = false;
         for s in spec {
@@ -560,7 +560,7 @@ impl NodePortAddresses {
         NodePortAddresses { cidrs, primary, node_ips, primary_ips }
     }
 
-    fn match_all(&self) -> bool {
+    pub(crate) fn match_all(&self) -> bool {
         self.cidrs.is_empty() && !self.primary
     }
 
@@ -569,7 +569,7 @@ impl NodePortAddresses {
         self.match_all() || self.cidrs.iter().any(|c| c.contains(lo))
     }
 
-    fn node_ips(&self) -> Vec<IpAddr> {
+    pub(crate) fn node_ips(&self) -> Vec<IpAddr> {
         let mut out: Vec<IpAddr> = self
             .node_ips
             .iter()

@@ -9,3 +9,4 @@ pub mod endpoints;
 pub mod iptables;
 pub mod ipvs;
 pub mod names;
+pub mod nftables;

@@ -70,6 +70,35 @@ fn hash16(parts: &[&[u8]]) -> [u8; 16] {
     out
 }
 
+/// nftables mode's chain-name base (`hashAndTruncate` in pkg/proxy/nftables/proxier.go): the
+/// first 8 characters of `base32(sha256(name))`, `-`, then `name`, cut to 240 characters (the
+/// last three `...`) if longer.
+///
+/// ```
+/// use svcpath::kubeproxy::names::nft_chain_base;
+/// assert_eq!(nft_chain_base("ns1/svc1/tcp/p80"), "ULMVA6XW-ns1/svc1/tcp/p80");
+/// ```
+pub fn nft_chain_base(name: &str) -> String {
+    const BASE_MAX: usize = 256 - 16;
+    let digest = Sha256::digest(name.as_bytes());
+    let mut hash = [b'A'; 8];
+    data_encoding::BASE32.encode_mut(&digest[..5], &mut hash);
+    let mut out = String::with_capacity(9 + name.len());
+    out.push_str(std::str::from_utf8(&hash).unwrap_or_default());
+    out.push('-');
+    out.push_str(name);
+    if out.len() > BASE_MAX {
+        // Every byte is ASCII (namespace, name, port name, protocol, address, port).
+        let mut cut = BASE_MAX - 3;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
+}
+
 /// `prefix` followed by a 16-character hash.
 fn chain_name(prefix: &str, hash: &[u8; 16]) -> Name {
     let mut buf = [0u8; 32];

@@ -394,6 +394,9 @@ pub struct Cluster {
     pub services: Vec<Service>,
     /// EndpointSlices (legacy Endpoints already converted), in input order.
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// The ranges of the cluster's ServiceCIDR objects (networking.k8s.io), in input order:
+    /// kube-proxy's nftables mode drops traffic to addresses in them that no Service holds.
+    pub service_cidrs: Vec<IpNetwork>,
     /// Nodes, in input order.
     pub nodes: Vec<Node>,
     /// kube-proxy's configuration.

@@ -244,6 +244,7 @@ enum Dispatch {
     Node,
     ConfigMap,
     ProxyConfig,
+    ServiceCidr,
     /// A kind svcpath does not use; the string is the kind as shown in the warning.
     Skip(String),
     /// Not an object: the message says why.
@@ -271,18 +272,20 @@ fn dispatch(api_version: Option<&str>, kind: Option<&str>) -> Dispatch {
         "KubeProxyConfiguration" if any || group == Some("kubeproxy.config.k8s.io") => {
             Dispatch::ProxyConfig
         }
+        "ServiceCIDR" if any || group == Some("networking.k8s.io") => Dispatch::ServiceCidr,
         "Service"
         | "Endpoints"
         | "Node"
         | "ConfigMap"
         | "EndpointSlice"
-        | "KubeProxyConfiguration" => Dispatch::Skip(format!("{kind} ({api_version})")),
+        | "KubeProxyConfiguration"
+        | "ServiceCIDR" => Dispatch::Skip(format!("{kind} ({api_version})")),
         other => Dispatch::Skip(other.to_owned()),
     }
 }
 
 fn is_cluster_scoped(d: &Dispatch) -> bool {
-    matches!(d, Dispatch::Node | Dispatch::ProxyConfig)
+    matches!(d, Dispatch::Node | Dispatch::ProxyConfig | Dispatch::ServiceCidr)
 }
 
 /// `Service default/web`, `Node node-1`, `KubeProxyConfiguration`.
@@ -410,6 +413,7 @@ enum Parsed {
     Node(Node),
     ConfigMap(Option<String>),
     ProxyConfig(ProxyConfig, Vec<String>),
+    ServiceCidr(Vec<ipnetwork::IpNetwork>),
     Skipped(String),
     Nothing,
 }
@@ -473,6 +477,10 @@ impl<'de> Visitor<'de> for ObjVisitor<'_> {
             Dispatch::ProxyConfig => {
                 convert::convert_proxy_config(raw::RawProxyConfig::deserialize(d)?, &mut warn)
                     .map(|c| Parsed::ProxyConfig(c, std::mem::take(&mut warn)))
+            }
+            Dispatch::ServiceCidr => {
+                convert::convert_service_cidr(raw::RawServiceCidr::deserialize(d)?)
+                    .map(Parsed::ServiceCidr)
             }
             Dispatch::Bad(why) => Err((*why).to_owned()),
             Dispatch::Skip(_) | Dispatch::Null => {
@@ -842,6 +850,13 @@ impl Builder {
             Parsed::ProxyConfig(cfg, warns) => {
                 self.warn(origin, object, warns);
                 self.set_config(cfg, format!("{origin}: {object}"));
+            }
+            Parsed::ServiceCidr(cidrs) => {
+                for c in cidrs {
+                    if !self.cluster.service_cidrs.contains(&c) {
+                        self.cluster.service_cidrs.push(c);
+                    }
+                }
             }
             Parsed::ConfigMap(None) => self.skip("ConfigMap"),
             Parsed::ConfigMap(Some(text)) => {

@@ -434,6 +434,7 @@ fn sub_cluster(cluster: &Cluster, keep: Option<usize>, large: bool) -> Cluster {
     let mut out = Cluster {
         services: Vec::new(),
         endpoint_slices: Vec::new(),
+        service_cidrs: cluster.service_cidrs.clone(),
         nodes: cluster.nodes.clone(),
         config: cluster.config.clone(),
     };

@@ -200,7 +200,13 @@ pub fn uniform(shape: Shape) -> Result<Cluster, ShapeError> {
             }],
         });
     }
-    Ok(Cluster { services, endpoint_slices: slices, nodes: nodes(), config: config() })
+    Ok(Cluster {
+        services,
+        endpoint_slices: slices,
+        service_cidrs: Vec::new(),
+        nodes: nodes(),
+        config: config(),
+    })
 }
 
 /// kube-proxy's iptables sync of the uniform cluster `shape`: [`uniform`] then one
@@ -485,7 +491,13 @@ pub fn varied(seed: u64, services: usize) -> Cluster {
             ports: eports,
         });
     }
-    Cluster { services: out_svcs, endpoint_slices: slices, nodes: nodes(), config: config() }
+    Cluster {
+        services: out_svcs,
+        endpoint_slices: slices,
+        service_cidrs: Vec::new(),
+        nodes: nodes(),
+        config: config(),
+    }
 }
 
 #[cfg(test)]

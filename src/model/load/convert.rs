@@ -460,6 +460,21 @@ pub(crate) fn convert_endpoints(raw: RawEndpoints) -> Result<LegacyEndpoints, St
 /// Converts a v1 Node; addresses that are not IPs (`Hostname`, `InternalDNS`) are left out.
 ///
 /// Errors: a podCIDR that is not a CIDR.
+/// A ServiceCIDR's ranges.
+pub(crate) fn convert_service_cidr(
+    raw: super::raw::RawServiceCidr,
+) -> Result<Vec<IpNetwork>, String> {
+    let cidrs = raw.spec.and_then(|s| s.cidrs).unwrap_or_default();
+    cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            parse_cidr_sloppy(s)
+                .ok_or_else(|| format!("spec.cidrs[{i}]: '{s}' is not a CIDR (like 10.96.0.0/16)"))
+        })
+        .collect()
+}
+
 pub(crate) fn convert_node(raw: RawNode) -> Result<Node, String> {
     let name = name_of(raw.metadata.as_ref())?;
     let zone = raw

@@ -561,6 +561,20 @@ pub(crate) struct RawLegacyPort {
     pub protocol: Option<Proto>,
 }
 
+/// A networking.k8s.io/v1 ServiceCIDR.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawServiceCidr {
+    pub spec: Option<RawServiceCidrSpec>,
+}
+
+/// A ServiceCIDR's `spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RawServiceCidrSpec {
+    pub cidrs: Option<Vec<String>>,
+}
+
 /// A v1 Node.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
