@@ -280,3 +280,56 @@ fn kernel_recent_list_evicts_like_the_model() {
     assert!(kernel.contains(&addr(1)) && kernel.contains(&addr(5)) && kernel.contains(&addr(2)));
     assert!(!kernel.contains(&addr(3)) && !kernel.contains(&addr(4)), "{kernel:?}");
 }
+
+/// Every cluster's nftables table (kube-proxy's nftables proxier) loads with `nft -f` in a
+/// throwaway namespace, and the kernel lists back the same chains, sets, maps, DNATs and
+/// map elements.
+#[test]
+fn kernel_accepts_every_nftables_table() {
+    use svcpath::formats::nft;
+    use svcpath::kubeproxy::nftables;
+    if let Err(e) = verify::nft_roundtrip("") {
+        eprintln!("skipped: the nftables kernel test needs root and nft: {e}");
+        return;
+    }
+    let mut checked = 0;
+    for case in cases() {
+        let table = nftables::sync(&case.cluster, &case.node, case.family);
+        let text = nft::render(&table);
+        let listed = verify::nft_roundtrip(&text)
+            .unwrap_or_else(|e| panic!("{}: the kernel refused the table: {e}\n{text}", case.name));
+        for c in &table.chains {
+            assert!(listed.contains(&format!("chain {} {{", c.name)), "{}: {}", case.name, c.name);
+        }
+        for s in &table.sets {
+            assert!(listed.contains(&format!("set {} {{", s.name)), "{}: {}", case.name, s.name);
+        }
+        for m in &table.maps {
+            assert!(listed.contains(&format!("map {} {{", m.name)), "{}: {}", case.name, m.name);
+        }
+        let dnats = table
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter(|r| r.exprs.iter().any(|e| matches!(e, svcpath::model::nft::Expr::Dnat { .. })))
+            .count();
+        assert_eq!(listed.matches(" dnat ").count(), dnats, "{}", case.name);
+        // Each map element's verdict is listed once (`KEY : goto CHAIN` or `: drop`).
+        let verdicts: usize = table.maps.iter().map(|m| m.elements.len()).sum();
+        let numgen: usize = table
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .filter_map(|r| match r.exprs.first() {
+                Some(svcpath::model::nft::Expr::Numgen(v)) => Some(v.len()),
+                _ => None,
+            })
+            .sum();
+        let listed_verdicts = listed.matches(" : goto ").count()
+            + listed.matches(" : drop").count()
+            + listed.matches(" : jump ").count();
+        assert_eq!(listed_verdicts, verdicts + numgen, "{}", case.name);
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} clusters checked");
+}

@@ -6,9 +6,10 @@ use anyhow::{anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use svcpath::dataplane::ipvs::SchedulerKind;
-use svcpath::formats::{ipset, iptables_save, ipvsadm};
+use svcpath::formats::{ipset, iptables_save, ipvsadm, nft};
 use svcpath::kubeproxy::iptables::{self, NodeEnv};
 use svcpath::kubeproxy::ipvs::{self as kp_ipvs, IpvsOptions};
+use svcpath::kubeproxy::nftables;
 
 use super::input::InputArgs;
 
@@ -19,6 +20,8 @@ pub enum ModeArg {
     Iptables,
     /// kube-proxy's IPVS proxier (`ipvsadm -Sn` by default).
     Ipvs,
+    /// kube-proxy's nftables proxier (`nft -f` input for the `kube-proxy` table).
+    Nftables,
 }
 
 /// How to print IPVS mode's virtual servers.
@@ -85,6 +88,16 @@ impl RulesArgs {
                 ipvsadm::render_save(&sync.virtual_servers)
             };
             super::print(&text)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if self.mode == ModeArg::Nftables {
+            if self.payload || self.ipset || self.iptables || self.scheduler.is_some() {
+                bail!(
+                    "--payload, --ipset, --iptables and --scheduler do not go with --mode nftables"
+                );
+            }
+            let table = nftables::sync(&lc.cluster, &lc.node, family);
+            super::print(&nft::render(&table))?;
             return Ok(ExitCode::SUCCESS);
         }
         if self.ipset

@@ -242,6 +242,41 @@ pub fn kernel_roundtrip(
     Ok(ns.exec(&save, &[], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
 }
 
+/// Loads `nft -f` input into a fresh namespace and returns what `nft list ruleset` prints back
+/// (the kernel's own view of the tables, sets, maps and chains).
+///
+/// # Errors
+/// [`VerifyError::NotRoot`], [`VerifyError::MissingTool`] when `nft` is missing,
+/// [`VerifyError::Restore`] with the line `nft` named when it refuses the input; the errors of
+/// [`Netns::create`].
+pub fn nft_roundtrip(text: &str) -> Result<String, VerifyError> {
+    let uid = netns::effective_uid().unwrap_or(u32::MAX);
+    if uid != 0 {
+        return Err(VerifyError::NotRoot { uid });
+    }
+    require_tool(netns::IP, "iproute2")?;
+    require_tool("nft", "nftables")?;
+    let ns = Netns::create()?;
+    let out = ns.exec("nft", &["-f", "-"], Some(text.as_bytes()), netns::ADMIN_TIMEOUT)?;
+    if !out.success() {
+        // nft names the place as `/dev/stdin:LINE:COLUMN-COLUMN: Error: …`.
+        let line = out
+            .stderr
+            .split("/dev/stdin:")
+            .nth(1)
+            .and_then(|rest| rest.split(':').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let line_text = line.and_then(|l| text.lines().nth(l.checked_sub(1)?)).map(str::to_owned);
+        return Err(VerifyError::Restore {
+            program: "nft".to_owned(),
+            line,
+            text: line_text,
+            message: compact_stderr(&out.stderr),
+        });
+    }
+    Ok(ns.exec("nft", &["list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+}
+
 /// Checks that the kernel accepts `dump` (loads it in a fresh namespace, then throws it away).
 ///
 /// # Errors
