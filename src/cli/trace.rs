@@ -10,10 +10,12 @@ use svcpath::dataplane::netfilter::Env;
 use svcpath::kubeproxy::ipvs::IpvsOptions;
 use svcpath::model::{Cluster, IpFamily, Protocol};
 use svcpath::render::ipvs as ipvs_render;
+use svcpath::render::nft as nft_render;
 use svcpath::render::trace as render;
 use svcpath::study::ipvs_trace::{
     IpvsState, IpvsTraceRequest, SchedulerStateFile, compare, trace_ipvs,
 };
+use svcpath::study::nft_trace;
 use svcpath::study::trace::{HistoryStep, TraceRequest, replay_history, trace};
 
 use super::input::{InputArgs, LoadedCluster};
@@ -76,7 +78,7 @@ pub struct TraceArgs {
     /// on --cluster, the traced packet meets this cluster's rules, with the affinity state carried over.
     #[arg(long, value_name = "FILE", requires = "cluster")]
     changed: Option<std::path::PathBuf>,
-    /// The proxy mode: iptables, ipvs, or iptables,ipvs for both side by side.
+    /// The proxy mode: iptables, ipvs, iptables,ipvs for both side by side, or nftables.
     #[arg(long, value_name = "MODE", default_value = "iptables")]
     mode: String,
     /// IPVS: the scheduler (rr, wrr, lc, wlc, sed, nq, sh, dh, mh, fo, ovf).
@@ -293,8 +295,11 @@ impl TraceArgs {
             dport: port,
             proto,
             seed: self.seed,
-            in_iface: self.in_iface,
+            in_iface: self.in_iface.clone(),
         };
+        if self.mode.split(',').any(|m| m.trim() == "nftables") {
+            return self.run_nftables(&req, lc.as_ref(), &dp.local, family);
+        }
         let mut env = Env { local: dp.local.clone(), ..Env::default() };
         let steps = match (&self.after, &self.history) {
             (Some(text), _) => parse_history(text, ",", "--after")?,
@@ -323,7 +328,7 @@ impl TraceArgs {
         let modes: Vec<&str> = self.mode.split(',').map(str::trim).collect();
         let (want_ipt, want_ipvs) = (modes.contains(&"iptables"), modes.contains(&"ipvs"));
         if let Some(bad) = modes.iter().find(|m| !matches!(**m, "iptables" | "ipvs")) {
-            bail!("--mode: unknown mode '{bad}' (iptables, ipvs or iptables,ipvs)");
+            bail!("--mode: unknown mode '{bad}' (iptables, ipvs, iptables,ipvs or nftables)");
         }
         if !want_ipvs
             && (self.scheduler.is_some()
@@ -401,6 +406,46 @@ impl TraceArgs {
         } else {
             ipvs_render::text(&it)
         };
+        super::print(&text)?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// `--mode nftables`: the packet through the table kube-proxy's nftables proxier writes.
+    fn run_nftables(
+        &self,
+        req: &TraceRequest,
+        lc: Option<&LoadedCluster>,
+        local: &[IpAddr],
+        family: IpFamily,
+    ) -> anyhow::Result<ExitCode> {
+        if self.mode.trim() != "nftables" {
+            bail!("--mode nftables traces on its own (not with '{}')", self.mode);
+        }
+        if self.after.is_some()
+            || self.history.is_some()
+            || self.changed.is_some()
+            || self.seed.is_some()
+            || self.at.is_some()
+        {
+            bail!(
+                "--after, --history, --changed, --seed and --at are not modelled for --mode nftables yet"
+            );
+        }
+        if self.scheduler.is_some()
+            || self.count > 0
+            || self.state.is_some()
+            || self.ipvsadm.is_some()
+        {
+            bail!("--scheduler, --count, --state and --ipvsadm go with --mode ipvs");
+        }
+        let Some(lc) = lc else {
+            bail!(
+                "--mode nftables renders the node's table from a cluster (--cluster FILE); a node's `nft list ruleset` is not read yet"
+            );
+        };
+        let dp = nft_trace::dataplane(&lc.cluster, &lc.node, family);
+        let t = nft_trace::trace(&dp, local, &lc.origin, &lc.node.name, req)?;
+        let text = if self.json { nft_render::json(&t) + "\n" } else { nft_render::text(&t) };
         super::print(&text)?;
         Ok(ExitCode::SUCCESS)
     }

@@ -5,3 +5,4 @@
 
 pub mod ipvs;
 pub mod netfilter;
+pub mod nftables;

@@ -9,6 +9,7 @@
 pub mod cost;
 pub mod dist;
 pub mod ipvs;
+pub mod nft;
 pub mod plot;
 pub mod sim;
 pub mod trace;

@@ -12,6 +12,7 @@ pub mod dataplane;
 pub mod dist;
 pub mod ipvs_replay;
 pub mod ipvs_trace;
+pub mod nft_trace;
 pub mod sim;
 pub mod synthetic;
 pub mod trace;
