@@ -224,7 +224,7 @@ pub fn node_port_addresses(cluster: &Cluster) -> Vec<String> {
 /// Runs one full sync of kube-proxy's nftables proxier for `node` and `family`.
 pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily) -> NftTable {
     let cfg = &cluster.config;
-    let mark = cfg.masquerade_mark();
+    let mark = cfg.nft_masquerade_mark();
     let addr_key = KeyType::addr(family);
     let detector = LocalDetector::new(cluster, node, family);
     let npa = NodePortAddresses::new(&node_port_addresses(cluster), node, family);
@@ -372,7 +372,7 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily) -> NftTable {
     nodeports.push(Expr::PortVmap(SERVICE_NODEPORTS.to_owned()));
     w.rule(SERVICES, NftRule::new(nodeports));
 
-    let ctx = Ctx { detector, node_ip, masquerade_all: cfg.masquerade_all };
+    let ctx = Ctx { detector, node_ip, masquerade_all: cfg.nft_masquerade_all };
     for sp in service_ports(cluster, node, family) {
         write_service_port(&mut w, &sp, &ctx);
     }

@@ -348,6 +348,10 @@ pub struct ProxyConfig {
     pub masquerade_all: bool,
     /// `iptables.masqueradeBit` (default 14).
     pub masquerade_bit: u8,
+    /// `nftables.masqueradeAll` (the nftables proxier's `masqueradeAll`).
+    pub nft_masquerade_all: bool,
+    /// `nftables.masqueradeBit` (default 14; the nftables proxier's mark bit).
+    pub nft_masquerade_bit: u8,
     /// `iptables.localhostNodePorts` (default true).
     pub localhost_node_ports: bool,
     /// `nodePortAddresses` (CIDRs or `primary`).
@@ -371,6 +375,8 @@ impl Default for ProxyConfig {
             detect_local_interface: None,
             masquerade_all: false,
             masquerade_bit: DEFAULT_MASQUERADE_BIT,
+            nft_masquerade_all: false,
+            nft_masquerade_bit: DEFAULT_MASQUERADE_BIT,
             localhost_node_ports: true,
             node_port_addresses: Vec::new(),
             ipvs_scheduler: String::new(),
@@ -384,6 +390,11 @@ impl ProxyConfig {
     /// The masquerade mark `1 << masqueradeBit` (0x4000 by default).
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << (self.masquerade_bit.min(31))
+    }
+
+    /// The nftables proxier's mark `1 << nftables.masqueradeBit`.
+    pub fn nft_masquerade_mark(&self) -> u32 {
+        1u32 << (self.nft_masquerade_bit.min(31))
     }
 }
 

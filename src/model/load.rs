@@ -1210,6 +1210,26 @@ mod tests {
     }
 
     #[test]
+    fn nftables_section_and_service_cidrs() {
+        let text = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+                    mode: nftables\niptables: {masqueradeAll: false, masqueradeBit: 15}\n\
+                    nftables: {masqueradeAll: true, masqueradeBit: 12}\n---\n\
+                    apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\n\
+                    spec: {cidrs: [10.96.0.0/16, 'fd00:10:96::/112']}\n";
+        let l = load_str(text, "t").unwrap();
+        let cfg = &l.cluster.config;
+        assert_eq!((cfg.nft_masquerade_all, cfg.nft_masquerade_bit), (true, 12));
+        assert_eq!((cfg.masquerade_all, cfg.masquerade_bit), (false, 15));
+        assert_eq!(cfg.nft_masquerade_mark(), 0x1000);
+        let cidrs: Vec<String> = l.cluster.service_cidrs.iter().map(|c| c.to_string()).collect();
+        assert_eq!(cidrs, ["10.96.0.0/16", "fd00:10:96::/112"]);
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let bad = text.replace("10.96.0.0/16", "10.96.0.0/33");
+        let e = load_str(&bad, "t").unwrap_err().to_string();
+        assert!(e.contains("spec.cidrs[0]: '10.96.0.0/33' is not a CIDR"), "{e}");
+    }
+
+    #[test]
     fn configmap_without_proxy_config_is_skipped() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n";
         let l = load_str(text, "t").unwrap();

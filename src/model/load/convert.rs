@@ -573,6 +573,11 @@ pub(crate) fn convert_proxy_config(
     let masquerade_all = ipt.masquerade_all.unwrap_or(false);
     let masquerade_bit = ipt.masquerade_bit.map_or(DEFAULT_MASQUERADE_BIT, |b| b.0);
     let localhost_node_ports = ipt.localhost_node_ports.unwrap_or(true);
+    // The nftables proxier reads its own section (v1alpha1 conversion: in nftables mode
+    // `masqueradeAll` comes from `nftables`, and the mark bit is always `nftables.masqueradeBit`).
+    let nft = raw.nftables.unwrap_or_default();
+    let nft_masquerade_all = nft.masquerade_all.unwrap_or(false);
+    let nft_masquerade_bit = nft.masquerade_bit.map_or(DEFAULT_MASQUERADE_BIT, |b| b.0);
     let mut node_port_addresses = Vec::new();
     for (i, a) in raw.node_port_addresses.unwrap_or_default().into_iter().enumerate() {
         if a != NODE_PORT_ADDRESSES_PRIMARY && parse_cidr_sloppy(&a).is_none() {
@@ -601,6 +606,8 @@ pub(crate) fn convert_proxy_config(
         detect_local_interface,
         masquerade_all,
         masquerade_bit,
+        nft_masquerade_all,
+        nft_masquerade_bit,
         localhost_node_ports,
         node_port_addresses,
         ipvs_scheduler,

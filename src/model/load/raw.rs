@@ -630,6 +630,7 @@ pub(crate) struct RawProxyConfig {
     pub detect_local_mode: Option<String>,
     pub detect_local: Option<RawDetectLocal>,
     pub iptables: Option<RawIptablesConfig>,
+    pub nftables: Option<RawNftablesConfig>,
     pub node_port_addresses: Option<Vec<String>>,
     pub ipvs: Option<RawIpvsConfig>,
     pub feature_gates: Option<BTreeMap<String, bool>>,
@@ -643,6 +644,14 @@ pub(crate) struct RawDetectLocal {
     pub interface_name_prefix: Option<String>,
     #[serde(rename = "clusterCIDRs")]
     pub cluster_cidrs: Option<Vec<String>>,
+}
+
+/// `nftables`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub(crate) struct RawNftablesConfig {
+    pub masquerade_all: Option<bool>,
+    pub masquerade_bit: Option<MasqBit>,
 }
 
 /// `iptables`.
