@@ -385,3 +385,169 @@ fn verify_a_dump_takes_endpoints_from_its_dnat_targets() {
         .collect();
     assert_eq!(reached, ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]);
 }
+
+/// kube-proxy's nftables table carries real flows in a throwaway topology as svcpath's nftables
+/// walk predicts: every endpoint the walk gives a share of at least a third is reached, no flow
+/// reaches anything the walk does not allow, masquerade is seen exactly where the walk applies
+/// it, REJECT and DROP where it says so, and a ClientIP-affinity Service keeps a client on one
+/// endpoint.
+#[test]
+fn nftables_tables_carry_flows_as_the_nftables_walk_predicts() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::net::SocketAddr;
+    use svcpath::dataplane::nftables::{Fate as NftFate, NftDataplane, NftEnv, NftPacket};
+    use svcpath::kubeproxy::endpoints::service_ports;
+    use svcpath::kubeproxy::nftables;
+    use svcpath::model::rules::Family;
+    use svcpath::verify::{Flow, FlowResult, RunOptions, Topology};
+
+    if let Err(e) = verify::check_nft_environment() {
+        eprintln!("skipped: the nftables traffic test needs root, ip and nft: {e}");
+        return;
+    }
+    let files = [
+        None,
+        Some(root().join("tests/data/kubeproxy-nftables/TestOverallNFTablesRules/cluster.yaml")),
+        Some(root().join("rulesets/external-traffic-local/cluster.yaml")),
+        Some(root().join("rulesets/no-endpoints/cluster.yaml")),
+    ];
+    let agent =
+        AgentCommand { program: PathBuf::from(BIN), prefix: vec!["__agent".to_owned()], env: None };
+    let mut opts = RunOptions::with_agent(agent);
+    opts.flow_timeout = Duration::from_millis(250);
+    let mut checked_probes = 0;
+    for file in files {
+        let cluster = match &file {
+            Some(f) => load::load_path(f).unwrap_or_else(|e| panic!("{e}")).cluster,
+            None => default_cluster(),
+        };
+        let name = file.as_ref().map_or("default".to_owned(), |f| f.display().to_string());
+        let node = cluster.node_view(None, &[]).unwrap();
+        let family = IpFamily::V4;
+        let table = nftables::sync(&cluster, &node, family);
+        let text = svcpath::formats::nft::render(&table);
+        let dp = NftDataplane::new(table);
+        let node_addrs: Vec<IpAddr> =
+            node.addresses_of(family).filter(|a| !a.is_loopback()).collect();
+        let env = NftEnv { local: node.addresses.clone(), ..NftEnv::default() };
+        let pod: IpAddr = "10.0.9.9".parse().unwrap();
+        let pod =
+            cluster.config.cluster_cidrs.iter().find(|n| n.is_ipv4()).map_or(pod, |n| {
+                match n.ip() {
+                    IpAddr::V4(a) => IpAddr::V4((u32::from(a) | 0x0909).into()),
+                    v6 => v6,
+                }
+            });
+        let outside: IpAddr = "203.0.113.2".parse().unwrap();
+        // Probes: every entry point of every TCP service port, from a pod and from outside.
+        let mut probes: Vec<(IpAddr, SocketAddr, bool)> = Vec::new();
+        for sp in service_ports(&cluster, &node, family) {
+            if sp.proto != svcpath::model::Protocol::Tcp {
+                continue;
+            }
+            let port = sp.port.port;
+            let mut dests: Vec<SocketAddr> = vec![SocketAddr::new(sp.cluster_ip, port)];
+            dests.extend(sp.external_ips.iter().map(|ip| SocketAddr::new(*ip, port)));
+            dests.extend(sp.lb_vips.iter().map(|ip| SocketAddr::new(*ip, port)));
+            if let (Some(np), Some(nip)) = (sp.node_port, node_addrs.first()) {
+                dests.push(SocketAddr::new(*nip, np));
+            }
+            for d in dests {
+                for src in [pod, outside] {
+                    probes.push((src, d, sp.affinity.is_some()));
+                }
+            }
+        }
+        // Enough flows to see each of up to three endpoints (a miss has probability (2/3)^40);
+        // a probe with one predicted outcome needs few.
+        let mut spans = Vec::new();
+        let mut flows = Vec::new();
+        let mut endpoints: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut predictions = Vec::new();
+        for &(src, dst, _) in &probes {
+            let pkt = NftPacket {
+                src,
+                dst: dst.ip(),
+                proto: svcpath::model::Protocol::Tcp,
+                dport: dst.port(),
+                in_iface: "eth0".into(),
+            };
+            let outcomes = dp.trace(&env, &pkt).unwrap();
+            endpoints.extend(outcomes.iter().filter_map(|o| o.dnat));
+            let n = if outcomes.len() == 1 { 6 } else { 40 };
+            spans.push((flows.len(), n));
+            predictions.push(outcomes);
+            for _ in 0..n {
+                flows.push(Flow {
+                    src,
+                    dst,
+                    proto: svcpath::model::Protocol::Tcp,
+                    from_node: false,
+                });
+            }
+        }
+        let topology = Topology {
+            node_addrs: node_addrs.clone(),
+            endpoints: endpoints.iter().map(|e| (svcpath::model::Protocol::Tcp, *e)).collect(),
+            pod_addrs: vec![pod],
+            client_addrs: vec![outside],
+        };
+        let report = verify::run_flows_nft(&text, Family::V4, &topology, &flows, &opts)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (i, &(src, dst, sticky)) in probes.iter().enumerate() {
+            let outcomes = &predictions[i];
+            let (first, n) = spans[i];
+            let seen = &report.observed[first..first + n];
+            let mut reached: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+            for o in seen {
+                match &o.result {
+                    FlowResult::Reached { endpoint, seen_source, .. } => {
+                        let allowed = outcomes.iter().find(|m| m.dnat == Some(*endpoint));
+                        let m = allowed.unwrap_or_else(|| {
+                            panic!("{name}: {src} -> {dst} reached {endpoint}, the walk says {outcomes:#?}")
+                        });
+                        assert_eq!(
+                            *seen_source != src,
+                            m.masquerade,
+                            "{name}: {src} -> {dst} via {endpoint}: seen from {seen_source}"
+                        );
+                        *reached.entry(*endpoint).or_default() += 1;
+                    }
+                    FlowResult::Rejected { reason } => assert!(
+                        outcomes.iter().all(|m| m.fate == NftFate::Reject),
+                        "{name}: {src} -> {dst} refused ({reason}), the walk says {outcomes:#?}"
+                    ),
+                    FlowResult::Dropped => assert!(
+                        outcomes.iter().all(|m| m.fate == NftFate::Drop
+                            || (m.dnat.is_none() && m.fate == NftFate::Forward)),
+                        "{name}: {src} -> {dst} dropped, the walk says {outcomes:#?}"
+                    ),
+                    FlowResult::Denied { reason } => {
+                        panic!("{name}: {src} -> {dst} denied: {reason}")
+                    }
+                }
+            }
+            if sticky {
+                assert!(reached.len() <= 1, "{name}: {src} -> {dst}: affinity broken: {reached:?}");
+            } else {
+                for m in outcomes.iter().filter(|m| m.probability >= 1.0 / 3.0 - 1e-9) {
+                    if let Some(ep) = m.dnat {
+                        assert!(
+                            reached.contains_key(&ep),
+                            "{name}: {src} -> {dst}: {ep} never reached in {n} flows: {reached:?}"
+                        );
+                    }
+                }
+            }
+            checked_probes += 1;
+        }
+        eprintln!(
+            "{name}: {} probes, {} flows, {:.0} flows/s",
+            probes.len(),
+            flows.len(),
+            report.flows_per_second()
+        );
+    }
+    assert!(checked_probes >= 20, "only {checked_probes} probes");
+    assert_eq!(orphaned_namespaces(), Vec::<String>::new());
+}

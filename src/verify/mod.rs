@@ -61,6 +61,7 @@ pub use check::{CheckOptions, Observation, check, observe};
 pub use netns::{Netns, cleanup_leftovers};
 pub use traffic::{
     AgentCommand, Flow, FlowResult, Observed, Report, RunOptions, Topology, run_flows,
+    run_flows_nft,
 };
 
 /// The iptables implementation rules are loaded with.
@@ -250,31 +251,46 @@ pub fn kernel_roundtrip(
 /// [`VerifyError::Restore`] with the line `nft` named when it refuses the input; the errors of
 /// [`Netns::create`].
 pub fn nft_roundtrip(text: &str) -> Result<String, VerifyError> {
+    check_nft_environment()?;
+    let ns = Netns::create()?;
+    load_nft(&ns, text)?;
+    Ok(ns.exec("nft", &["list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+}
+
+/// Checks that this process can create namespaces and load nf_tables rules with `nft`.
+///
+/// # Errors
+/// [`VerifyError::NotRoot`], or [`VerifyError::MissingTool`] when `ip` or `nft` is missing.
+pub fn check_nft_environment() -> Result<(), VerifyError> {
     let uid = netns::effective_uid().unwrap_or(u32::MAX);
     if uid != 0 {
         return Err(VerifyError::NotRoot { uid });
     }
     require_tool(netns::IP, "iproute2")?;
-    require_tool("nft", "nftables")?;
-    let ns = Netns::create()?;
+    require_tool("nft", "nftables")
+}
+
+/// Feeds `text` to `nft -f -` inside `ns`, turning a refusal into [`VerifyError::Restore`] with
+/// the line `nft` named.
+pub(crate) fn load_nft(ns: &Netns, text: &str) -> Result<(), VerifyError> {
     let out = ns.exec("nft", &["-f", "-"], Some(text.as_bytes()), netns::ADMIN_TIMEOUT)?;
-    if !out.success() {
-        // nft names the place as `/dev/stdin:LINE:COLUMN-COLUMN: Error: …`.
-        let line = out
-            .stderr
-            .split("/dev/stdin:")
-            .nth(1)
-            .and_then(|rest| rest.split(':').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        let line_text = line.and_then(|l| text.lines().nth(l.checked_sub(1)?)).map(str::to_owned);
-        return Err(VerifyError::Restore {
-            program: "nft".to_owned(),
-            line,
-            text: line_text,
-            message: compact_stderr(&out.stderr),
-        });
+    if out.success() {
+        return Ok(());
     }
-    Ok(ns.exec("nft", &["list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+    // nft names the place as `/dev/stdin:LINE:COLUMN-COLUMN: Error: …`.
+    let line = out
+        .stderr
+        .split("/dev/stdin:")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    let line_text = line.and_then(|l| text.lines().nth(l.checked_sub(1)?)).map(str::to_owned);
+    Err(VerifyError::Restore {
+        program: "nft".to_owned(),
+        line,
+        text: line_text,
+        message: compact_stderr(&out.stderr),
+    })
 }
 
 /// Checks that the kernel accepts `dump` (loads it in a fresh namespace, then throws it away).

@@ -415,16 +415,46 @@ pub fn run_flows_with(
     opts: &RunOptions,
 ) -> Result<Report, VerifyError> {
     check_environment(backend)?;
+    run_flows_loaded(family, topology, flows, opts, |node| {
+        load_dump(node, dump, family, backend, &[])?;
+        if opts.add_kube_jumps {
+            let jumps = kube_proxy_jumps(dump);
+            if !jumps.is_empty() {
+                load_dump(node, &jumps, family, backend, &["--noflush"])?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// [`run_flows_with`] for nf_tables rules: `nft -f` input (kube-proxy's nftables proxier's
+/// table) loaded into the node namespace instead of an iptables dump.
+///
+/// # Errors
+/// As [`run_flows_with`]; [`VerifyError::Restore`] when `nft` refuses the input.
+pub fn run_flows_nft(
+    nft_text: &str,
+    family: Family,
+    topology: &Topology,
+    flows: &[Flow],
+    opts: &RunOptions,
+) -> Result<Report, VerifyError> {
+    super::check_nft_environment()?;
+    run_flows_loaded(family, topology, flows, opts, |node| super::load_nft(node, nft_text))
+}
+
+/// Builds the topology, runs `load` in the node namespace, sends the flows.
+fn run_flows_loaded(
+    family: Family,
+    topology: &Topology,
+    flows: &[Flow],
+    opts: &RunOptions,
+    load: impl FnOnce(&Netns) -> Result<(), VerifyError>,
+) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let plan = Plan::new(family, topology, flows)?;
     let world = World::build(&plan, family, opts)?;
-    load_dump(&world.node, dump, family, backend, &[])?;
-    if opts.add_kube_jumps {
-        let jumps = kube_proxy_jumps(dump);
-        if !jumps.is_empty() {
-            load_dump(&world.node, &jumps, family, backend, &["--noflush"])?;
-        }
-    }
+    load(&world.node)?;
     // Listeners outlive the longest possible run, then exit on their own.
     let lifetime = opts.flow_timeout * 2 * flows.len() as u32 + Duration::from_secs(120);
     let mut listeners = world.start_listeners(&plan, opts, lifetime)?;
