@@ -103,3 +103,50 @@ fn cost_refuses_bad_flags_with_a_hint() {
         .code(2)
         .stderr(predicates::str::contains("--services 0"));
 }
+
+/// nftables rows: the rule count and size are those of `svcpath rules --mode nftables`, the
+/// first packet costs the same whatever the number of Services (map lookups, not a rule list),
+/// an established packet walks only the filter base chains' `ct state new` rules, and a partial
+/// sync writes the same amount whatever the number of Services.
+#[test]
+fn nftables_cost_is_flat_and_matches_the_nft_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().to_str().unwrap();
+    let text = stdout(&[
+        "cost",
+        "--services",
+        "10,100,300",
+        "--endpoints",
+        "3",
+        "--mode",
+        "nftables",
+        "--json",
+        "--quiet",
+        "--save-clusters",
+        save,
+    ]);
+    let rows = rows(&text);
+    assert_eq!(rows.len(), 3);
+    let mut firsts = Vec::new();
+    let mut syncs = Vec::new();
+    for r in &rows {
+        assert_eq!(r["mode"], "nftables");
+        let services = r["services"].as_u64().unwrap();
+        let file = dir.path().join(format!("services-{services}-endpoints-3.json"));
+        let dump = stdout(&["rules", "--mode", "nftables", "--cluster", file.to_str().unwrap()]);
+        let rule_lines = dump.lines().filter(|l| l.starts_with("add rule ")).count();
+        assert_eq!(r["rules"].as_u64().unwrap() as usize, rule_lines, "{services} services");
+        assert_eq!(r["dump_lines"].as_u64().unwrap() as usize, dump.lines().count());
+        assert_eq!(r["dump_bytes"].as_u64().unwrap() as usize, dump.len());
+        let first = &r["first_packet"];
+        let (min, max) = (first["min"].as_f64().unwrap(), first["max"].as_f64().unwrap());
+        assert!((max - min).abs() < 1e-9, "every Service costs the same: {first}");
+        firsts.push(first["mean"].as_f64().unwrap());
+        // filter-prerouting-pre-dnat (1 rule) and filter-forward (2 rules).
+        assert_eq!(r["established"]["mean"].as_f64().unwrap(), 3.0);
+        assert!(r["hash_lookups"].as_u64().unwrap() >= 3);
+        syncs.push(r["sync"]["endpoint_added"]["lines"].as_u64().unwrap());
+    }
+    assert!(firsts.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-9), "{firsts:?}");
+    assert!(syncs.windows(2).all(|w| w[0] == w[1]) && syncs[0] > 0, "{syncs:?}");
+}

@@ -21,6 +21,8 @@ pub enum CostModeArg {
     Iptables,
     /// kube-proxy's IPVS proxier (modelled from its source).
     Ipvs,
+    /// kube-proxy's nftables proxier (table rendered and walked by svcpath).
+    Nftables,
 }
 
 impl From<CostModeArg> for CostMode {
@@ -28,6 +30,7 @@ impl From<CostModeArg> for CostMode {
         match m {
             CostModeArg::Iptables => CostMode::Iptables,
             CostModeArg::Ipvs => CostMode::Ipvs,
+            CostModeArg::Nftables => CostMode::Nftables,
         }
     }
 }
@@ -92,7 +95,7 @@ impl CostArgs {
         modes.sort();
         modes.dedup();
         if modes.is_empty() {
-            bail!("--mode needs at least one of iptables, ipvs");
+            bail!("--mode needs at least one of iptables, ipvs, nftables");
         }
         if let Some(&bad) = self.services.iter().find(|&&n| n == 0) {
             bail!("--services {bad}: a sweep point needs at least one Service");
@@ -158,7 +161,8 @@ impl CostArgs {
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             let node = cluster.node_view(None, &[])?;
-            let needs_changes = plan.modes.contains(&CostMode::Iptables);
+            let needs_changes =
+                plan.modes.iter().any(|m| matches!(m, CostMode::Iptables | CostMode::Nftables));
             let more_ep = needs_changes.then(|| synthetic::with_extra_endpoint(&cluster));
             let more_svc = needs_changes.then(|| synthetic::with_extra_service(&cluster));
             let changes = more_ep.as_ref().zip(more_svc.as_ref());

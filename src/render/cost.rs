@@ -107,13 +107,15 @@ pub fn text(rows: &[CostRow]) -> String {
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_owned()).collect()];
     for r in rows {
         let sync_cell = |c: &crate::study::cost::SyncCost| match r.mode {
-            CostMode::Iptables => format!("{} l / {}", c.lines, human_bytes(c.bytes)),
+            CostMode::Iptables | CostMode::Nftables => {
+                format!("{} l / {}", c.lines, human_bytes(c.bytes))
+            }
             CostMode::Ipvs => format!("{} ops", c.lines),
         };
         let render = format!("{:.1} ms", r.svcpath.render_ms);
         let parse = match r.mode {
             CostMode::Iptables => format!("{:.1} ms", r.svcpath.parse_ms),
-            CostMode::Ipvs => "-".to_owned(),
+            CostMode::Ipvs | CostMode::Nftables => "-".to_owned(),
         };
         cells.push(vec![
             r.mode.name().to_owned(),
@@ -163,12 +165,14 @@ pub fn text(rows: &[CostRow]) -> String {
         "\n1st pkt: rules the kernel evaluates for a new connection, probability-weighted over \
 endpoints, min/mean/max over Service entry points; last svc: the Service written last in \
 KUBE-SERVICES; estab.: an established connection's packet (conntrack, no nat).\n\
-est. 1st pkt: rules × {PER_RULE_NS} ns (IPVS: + hash lookups and scheduler steps); estimates, \
-to be calibrated on the real kernel.\n\
+est. 1st pkt: rules × {PER_RULE_NS} ns (IPVS: + hash lookups and scheduler steps; nftables: + \
+set and verdict-map lookups); estimates, to be calibrated on the real kernel.\n\
 sync: lines/bytes of the iptables-restore input (+ep, +svc: kube-proxy's partial restore; full: \
-the whole payload); IPVS: netlink and ipset operations.\n\
+the whole payload); IPVS: netlink and ipset operations; nftables: lines/bytes of the nft \
+transaction (+ep, +svc: the changed Service's chains flushed and rewritten, its new elements).\n\
 IPVS rules: companion iptables rules + virtual servers + real servers; dump: iptables-save + \
-ipvsadm -Sn + ipset save.\n\
+ipvsadm -Sn + ipset save. nftables rules: rules of table kube-proxy (Services are map elements, \
+not rules); dump: nft -f input.\n\
 render/parse: svcpath's own time for the node's dump.\n"
     );
     out

@@ -42,7 +42,7 @@ use crate::kubeproxy::names::{
     LARGE_CLUSTER_ENDPOINTS, external_chain, firewall_chain, service_chain, service_local_chain,
 };
 use crate::model::rules::{Family, Ruleset, Statement, Table};
-use crate::model::{Cluster, IpFamily, NodeView, ServiceType};
+use crate::model::{Cluster, IpFamily, NodeView, Protocol, ServiceType};
 use crate::study::synthetic::{self, Shape};
 
 /// Nanoseconds the kernel spends per iptables rule evaluated. The figure for this class
@@ -80,6 +80,8 @@ pub enum CostMode {
     Iptables,
     /// kube-proxy's IPVS proxier.
     Ipvs,
+    /// kube-proxy's nftables proxier.
+    Nftables,
 }
 
 impl CostMode {
@@ -88,6 +90,7 @@ impl CostMode {
         match self {
             CostMode::Iptables => "iptables",
             CostMode::Ipvs => "ipvs",
+            CostMode::Nftables => "nftables",
         }
     }
 }
@@ -195,6 +198,9 @@ pub struct CostRow {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CostError {
+    /// svcpath's nftables table could not be walked (a bug).
+    #[error("nftables walk: {0}")]
+    Nftables(String),
     /// svcpath's own dump did not parse (a bug) or a given dump does not.
     #[error("{0}")]
     Parse(#[from] Box<ParseError>),
@@ -770,6 +776,182 @@ pub fn ipvs_row_rendered(
     })
 }
 
+/// The nftables row for `cluster` on `node`, from svcpath's rendering of kube-proxy's nftables
+/// proxier ([`crate::kubeproxy::nftables::sync`]) walked by [`crate::dataplane::nftables`].
+///
+/// First packet: every entry point walked exactly (rules evaluated and set/map lookups, weighted
+/// by probability). Established packets: nat chains are not run for them, and every rule kube-proxy
+/// puts in a filter base chain starts with `ct state new`, so an established packet evaluates
+/// exactly the rules of the filter base chains on its path (prerouting and forward for the
+/// forwarded packets priced here). Syncs are kube-proxy's transactions: a full sync adds and
+/// flushes every chain and resets its maps and sets; a partial one (an endpoint or a Service
+/// added) adds and flushes that Service's chains, writes their rules, and adds the elements that
+/// are new.
+///
+/// # Errors
+/// A walk that names a chain, set or map the table lacks (a bug).
+pub fn nftables_row(
+    cluster: &Cluster,
+    node: &NodeView,
+    family: IpFamily,
+    changes: Option<(&Cluster, &Cluster)>,
+) -> Result<CostRow, CostError> {
+    use crate::dataplane::nftables::{NftDataplane, NftEnv, NftPacket};
+    use crate::formats::nft;
+    use crate::kubeproxy::nftables as knft;
+    use crate::model::nft::{ChainType, Hook};
+    let t0 = Instant::now();
+    let table = knft::sync(cluster, node, family);
+    let text = nft::render(&table);
+    let render_ms = ms(t0);
+    let dp = NftDataplane::new(table);
+    let table = dp.table();
+    let env = NftEnv { local: node.addresses.clone(), ..NftEnv::default() };
+    let packets = entry_packets(cluster, node, family, pod_source(cluster, family));
+    let t1 = Instant::now();
+    let mut first = Vec::with_capacity(packets.len());
+    let mut lookups = Vec::with_capacity(packets.len());
+    let mut last = (0usize, 0.0f64);
+    for (svc, pkt) in &packets {
+        let p = NftPacket {
+            src: pkt.src,
+            dst: pkt.dst,
+            proto: Protocol::parse(&pkt.proto.to_string()).unwrap_or(Protocol::Tcp),
+            dport: pkt.dport,
+            in_iface: "eth0".to_owned(),
+        };
+        let outs = dp.trace(&env, &p).map_err(|e| CostError::Nftables(e.to_string()))?;
+        let mean: f64 = outs.iter().map(|o| o.probability * o.rules as f64).sum();
+        lookups.push(outs.iter().map(|o| o.probability * o.lookups as f64).sum::<f64>());
+        first.push(mean);
+        if *svc >= last.0 {
+            last = (*svc, mean);
+        }
+    }
+    let walk_ms = ms(t1);
+    let established: usize = table
+        .chains
+        .iter()
+        .filter(|c| {
+            c.base.is_some_and(|b| {
+                b.kind == ChainType::Filter && matches!(b.hook, Hook::Prerouting | Hook::Forward)
+            })
+        })
+        .map(|c| c.rules.len())
+        .sum();
+    let first = Spread::of(&first);
+    let mean_lookups = Spread::of(&lookups).mean;
+    let flush_line = |kind: &str, name: &str| {
+        format!("flush {kind} {} {} {name}\n", table.family_word(), table.name)
+    };
+    let flushes: String = table
+        .chains
+        .iter()
+        .map(|c| flush_line("chain", &c.name))
+        .chain(table.sets.iter().map(|s| flush_line("set", &s.name)))
+        .chain(table.maps.iter().map(|m| flush_line("map", &m.name)))
+        .collect();
+    let full = SyncCost {
+        lines: text.lines().count() + flushes.lines().count(),
+        bytes: text.len() + flushes.len(),
+        rules: table.rule_count(),
+    };
+    let mut sync = SyncCosts { full, ..SyncCosts::default() };
+    if let Some((one_more_ep, one_more_svc)) = changes {
+        let first_svc = cluster.services.first();
+        if let Some(svc) = first_svc {
+            let after = knft::sync(one_more_ep, node, family);
+            sync.endpoint_added = nft_service_transaction(&after, Some(table), svc);
+        }
+        if let Some(svc) = one_more_svc.services.last() {
+            let after = knft::sync(one_more_svc, node, family);
+            sync.service_added = nft_service_transaction(&after, Some(table), svc);
+        }
+    }
+    Ok(CostRow {
+        mode: CostMode::Nftables,
+        services: cluster.services.len(),
+        endpoints: endpoints_per_service(cluster),
+        entry_points: packets.len(),
+        first_packet: first,
+        last_service: last.1,
+        established: Spread::constant(established as f64),
+        hash_lookups: mean_lookups.round() as u32,
+        sched_steps: 0,
+        first_packet_ns: first.mean * PER_RULE_NS + mean_lookups * HASH_LOOKUP_NS,
+        rules: table.rule_count(),
+        chains: table.chains.len(),
+        dump_lines: text.lines().count(),
+        dump_bytes: text.len(),
+        sync,
+        svcpath: OwnTimes { render_ms, parse_ms: 0.0, compile_ms: 0.0, walk_ms },
+    })
+}
+
+/// What kube-proxy's partial sync writes for `svc` in the table `after`: `add chain` and
+/// `flush chain` for each of its chains, their rules, its affinity sets, and its elements that
+/// `before` does not hold yet.
+fn nft_service_transaction(
+    after: &crate::model::nft::NftTable,
+    before: Option<&crate::model::nft::NftTable>,
+    svc: &crate::model::Service,
+) -> SyncCost {
+    use crate::formats::nft;
+    use crate::model::nft::{NftTable, Verdict};
+    let marker = format!("-{}/{}/", svc.namespace, svc.name);
+    let mut mini = NftTable::new(after.family, &after.name, None);
+    mini.chains = after.chains.iter().filter(|c| c.name.contains(&marker)).cloned().collect();
+    mini.sets = after.sets.iter().filter(|s| s.name.contains(&marker)).cloned().collect::<Vec<_>>();
+    let ours = |v: &Option<Verdict>| match v {
+        Some(Verdict::Goto(c) | Verdict::Jump(c)) => c.contains(&marker),
+        _ => false,
+    };
+    let is_new = |set: &str, e: &crate::model::nft::Element| {
+        before.is_none_or(|b| {
+            let old = b.set(set).map(|s| &s.elements).or(b.map(set).map(|m| &m.elements));
+            old.is_none_or(|els| !els.contains(e))
+        })
+    };
+    for m in &after.maps {
+        let mut m2 = m.clone();
+        m2.elements.retain(|e| {
+            (ours(&e.verdict)
+                || e.comment.as_deref().is_some_and(|c| c.starts_with(&svc.namespace)))
+                && is_new(&m.name, e)
+        });
+        if !m2.elements.is_empty() {
+            mini.maps.push(m2);
+        }
+    }
+    for s in &after.sets {
+        if s.name.contains(&marker) {
+            continue;
+        }
+        let mut s2 = s.clone();
+        s2.elements.retain(|e| is_new(&s.name, e));
+        if !s2.elements.is_empty() {
+            mini.sets.push(s2);
+        }
+    }
+    let text = nft::render(&mini);
+    // Declarations of maps and sets already there are not part of the change, nor the table line.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("add table") && !l.starts_with("add map"))
+        .filter(|l| !l.starts_with("add set") || l.contains(&marker))
+        .collect();
+    let flushes: usize = mini
+        .chains
+        .iter()
+        .map(|c| format!("flush chain {} {} {}\n", after.family_word(), after.name, c.name).len())
+        .sum();
+    SyncCost {
+        lines: lines.len() + mini.chains.len(),
+        bytes: lines.iter().map(|l| l.len() + 1).sum::<usize>() + flushes,
+        rules: mini.rule_count(),
+    }
+}
+
 /// Prices `cluster` in each of `modes`.
 ///
 /// # Errors
@@ -796,6 +978,7 @@ pub fn price(
                 let _ = entry_points;
                 rows.push(ipvs_row_rendered(cluster, node, family, scheduler)?);
             }
+            CostMode::Nftables => rows.push(nftables_row(cluster, node, family, changes)?),
         }
     }
     Ok(rows)
