@@ -410,6 +410,7 @@ fn nftables_tables_carry_flows_as_the_nftables_walk_predicts() {
         Some(root().join("tests/data/kubeproxy-nftables/TestOverallNFTablesRules/cluster.yaml")),
         Some(root().join("rulesets/external-traffic-local/cluster.yaml")),
         Some(root().join("rulesets/no-endpoints/cluster.yaml")),
+        Some(root().join("rulesets/affinity/cluster.yaml")),
     ];
     let agent =
         AgentCommand { program: PathBuf::from(BIN), prefix: vec!["__agent".to_owned()], env: None };
@@ -452,9 +453,14 @@ fn nftables_tables_carry_flows_as_the_nftables_walk_predicts() {
             if let (Some(np), Some(nip)) = (sp.node_port, node_addrs.first()) {
                 dests.push(SocketAddr::new(*nip, np));
             }
-            for d in dests {
+            // An endpoint sending to its own Service: the hairpin case.
+            let hairpin = sp.endpoints.first().map(|e| e.ip).filter(|ip| ip.is_ipv4());
+            for (k, d) in dests.into_iter().enumerate() {
                 for src in [pod, outside] {
                     probes.push((src, d, sp.affinity.is_some()));
+                }
+                if let (0, Some(h)) = (k, hairpin) {
+                    probes.push((h, d, sp.affinity.is_some()));
                 }
             }
         }
