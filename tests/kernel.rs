@@ -333,3 +333,39 @@ fn kernel_accepts_every_nftables_table() {
     }
     assert!(checked > 20, "only {checked} clusters checked");
 }
+
+/// Every cluster's nftables table, loaded into the kernel and listed back with `nft -j list
+/// ruleset`, reads back (svcpath::formats::nft_json) as the same table.
+#[test]
+fn kernel_json_listing_of_every_nftables_table_reads_back_the_same() {
+    use svcpath::formats::{nft, nft_json};
+    use svcpath::kubeproxy::nftables;
+    if let Err(e) = verify::nft_roundtrip_json("") {
+        eprintln!("skipped: the nftables kernel test needs root and nft: {e}");
+        return;
+    }
+    let mut checked = 0;
+    for case in cases() {
+        let table = nftables::sync(&case.cluster, &case.node, case.family);
+        let json = verify::nft_roundtrip_json(&nft::render(&table))
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let listing = nft_json::parse(&json).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(listing.tables.len(), 1, "{}", case.name);
+        let (back, ours) = (
+            crate::kubeproxy_nftables::canonical(&listing.tables[0]),
+            crate::kubeproxy_nftables::canonical(&table),
+        );
+        let only = |a: &str, b: &str| -> Vec<String> {
+            a.lines().filter(|l| !b.lines().any(|m| m == *l)).map(str::to_owned).collect()
+        };
+        assert!(
+            back == ours,
+            "{}: read back only {:#?}\nrendered only {:#?}",
+            case.name,
+            only(&back, &ours),
+            only(&ours, &back)
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} clusters checked");
+}

@@ -126,3 +126,61 @@ fn upstream_nftables_packet_flows_hold() {
         failures.join("\n")
     );
 }
+
+/// A table in a canonical text: no table or chain comments (`nft -j` in nftables 1.0.6 lists
+/// neither), a one-element anonymous set as the plain match the kernel stores it as, objects by
+/// name, elements of named and anonymous sets sorted (the kernel lists them in its own order),
+/// rules in order.
+pub fn canonical(t: &svcpath::model::nft::NftTable) -> String {
+    use svcpath::model::nft::Expr;
+    let mut t = t.clone();
+    t.comment = None;
+    for c in &mut t.chains {
+        c.comment = None;
+        for r in &mut c.rules {
+            for e in &mut r.exprs {
+                if let Expr::AddrAnon { dir, neg, nets, .. } = e {
+                    if nets.len() == 1 {
+                        *e = Expr::Addr { dir: *dir, neg: *neg, net: nets[0] };
+                    } else {
+                        // A set: the kernel lists its elements in its own order.
+                        nets.sort_by_key(|n| n.to_string());
+                    }
+                }
+            }
+        }
+    }
+    t.chains.sort_by(|a, b| a.name.cmp(&b.name));
+    t.sets.sort_by(|a, b| a.name.cmp(&b.name));
+    t.maps.sort_by(|a, b| a.name.cmp(&b.name));
+    let key = |e: &svcpath::model::nft::Element| format!("{e:?}");
+    for s in &mut t.sets {
+        s.elements.sort_by_key(key);
+    }
+    for m in &mut t.maps {
+        m.elements.sort_by_key(key);
+    }
+    nft::render(&t)
+}
+
+/// A node's `nft -j list ruleset` (captured from this kernel with the upstream test's table
+/// loaded, one client added to an affinity set and an unrelated `ip filter` table) reads back as
+/// the table svcpath renders for that cluster, with the client as affinity state and the other
+/// table named in a warning.
+#[test]
+fn a_nodes_json_listing_reads_back_as_the_rendered_table() {
+    use svcpath::formats::nft_json;
+    let dir = data("kubeproxy-nftables/TestOverallNFTablesRules");
+    let text = std::fs::read_to_string(data("nft-json/TestOverallNFTablesRules.json")).unwrap();
+    let listing = nft_json::parse(&text).unwrap();
+    assert_eq!(listing.tables.len(), 1);
+    let loaded = load::load_path(&dir.join("cluster.yaml")).unwrap();
+    let node = loaded.cluster.node_view(None, &[]).unwrap();
+    let rendered = nftables::sync(&loaded.cluster, &node, IpFamily::V4);
+    assert_eq!(canonical(&listing.tables[0]), canonical(&rendered));
+    let set = "affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80";
+    let client: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+    assert_eq!(listing.affinity[set][&client], 99.0);
+    assert_eq!(listing.warnings.len(), 1);
+    assert!(listing.warnings[0].contains("ip filter"), "{:?}", listing.warnings);
+}

@@ -19,3 +19,4 @@ pub mod ipset;
 pub mod iptables_save;
 pub mod ipvsadm;
 pub mod nft;
+pub mod nft_json;

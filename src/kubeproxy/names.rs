@@ -77,6 +77,12 @@ fn hash16(parts: &[&[u8]]) -> [u8; 16] {
 /// ```
 /// use svcpath::kubeproxy::names::nft_chain_base;
 /// assert_eq!(nft_chain_base("ns1/svc1/tcp/p80"), "ULMVA6XW-ns1/svc1/tcp/p80");
+/// // An IPv6 endpoint's name can pass 240 characters; it is cut and ends in `...`.
+/// let long = format!("{}/{}/tcp/{}__{}/65535", "n".repeat(63), "s".repeat(63), "p".repeat(63),
+///     "fd00.0.0.0.0.0.0.1234.5678.9abc.def0.1234.5678.9abc.def0");
+/// let base = nft_chain_base(&long);
+/// assert_eq!(base.len(), 240);
+/// assert!(base.ends_with("..."));
 /// ```
 pub fn nft_chain_base(name: &str) -> String {
     const BASE_MAX: usize = 256 - 16;

@@ -98,6 +98,9 @@ const JUMPS: [(&str, &str, bool); 11] = [
 struct Writer {
     table: NftTable,
     chains: HashMap<String, usize>,
+    /// Cluster IPs already in `cluster-ips` (kube-proxy's `ensureElem` adds each once, however
+    /// many ports the Service has).
+    cluster_ips: std::collections::HashSet<IpAddr>,
 }
 
 impl Writer {
@@ -240,8 +243,11 @@ pub fn sync(cluster: &Cluster, node: &NodeView, family: IpFamily) -> NftTable {
     let service_cidrs: Vec<IpNetwork> =
         cluster.service_cidrs.iter().filter(|n| family.contains(&n.ip())).copied().collect();
 
-    let mut w =
-        Writer { table: NftTable::new(family, TABLE, Some(TABLE_COMMENT)), chains: HashMap::new() };
+    let mut w = Writer {
+        table: NftTable::new(family, TABLE, Some(TABLE_COMMENT)),
+        chains: HashMap::new(),
+        cluster_ips: Default::default(),
+    };
     for (name, kind, hook, priority) in BASE_CHAINS {
         w.add_chain(Chain {
             name: name.to_owned(),
@@ -433,8 +439,10 @@ fn write_service_port(w: &mut Writer, sp: &SvcPort<'_>, ctx: &Ctx) {
     let internal_filter = if has_endpoints { Verdict::Drop } else { reject.clone() };
     let external_filter = if has_endpoints { Verdict::Drop } else { reject };
 
-    // The cluster IP.
-    if let Some(s) = w.set_mut(CLUSTER_IPS) {
+    // The cluster IP, once per Service.
+    if w.cluster_ips.insert(sp.cluster_ip)
+        && let Some(s) = w.set_mut(CLUSTER_IPS)
+    {
         s.elements.push(Element {
             key: vec![KeyPart::Addr(sp.cluster_ip)],
             comment: None,
@@ -586,5 +594,62 @@ fn write_service_port(w: &mut Writer, sp: &SvcPort<'_>, ctx: &Ctx) {
             &chain,
             NftRule::new(vec![Expr::Dnat { proto: sp.proto, to: SocketAddr::new(e.ip, e.port) }]),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::default::default_cluster;
+    use crate::model::nft::KeyPart;
+
+    #[test]
+    fn a_cluster_ip_is_one_element_however_many_ports() {
+        let mut c = default_cluster();
+        let mut second = c.services[0].ports[0].clone();
+        second.name = "metrics".into();
+        second.port = 9090;
+        c.services[0].ports.push(second);
+        let node = c.node_view(None, &[]).unwrap();
+        let t = sync(&c, &node, IpFamily::V4);
+        let ips = &t.set(CLUSTER_IPS).unwrap().elements;
+        assert_eq!(ips.len(), 1, "{ips:?}");
+        // One element per port: the slice has no `metrics` port, so that one is rejected.
+        assert_eq!(t.map(SERVICE_IPS).unwrap().elements.len(), 1);
+        let none = &t.map(NO_ENDPOINT_SERVICES).unwrap().elements;
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].key[2], KeyPart::Port(9090));
+    }
+
+    #[test]
+    fn node_ports_default_to_the_primary_address() {
+        let c = default_cluster();
+        assert!(c.config.node_port_addresses.is_empty());
+        let node = c.node_view(None, &[]).unwrap();
+        let t = sync(&c, &node, IpFamily::V4);
+        let primary = node.addresses_of(IpFamily::V4).find(|a| !a.is_loopback()).unwrap();
+        let ips: Vec<&Vec<KeyPart>> =
+            t.set(NODEPORT_IPS).unwrap().elements.iter().map(|e| &e.key).collect();
+        assert_eq!(ips, [&vec![KeyPart::Addr(primary)]]);
+        // With every address allowed the set is gone and the dispatch asks the FIB instead.
+        let mut all = c.clone();
+        all.config.node_port_addresses = vec!["0.0.0.0/0".into()];
+        let t = sync(&all, &node, IpFamily::V4);
+        assert!(t.set(NODEPORT_IPS).is_some(), "a CIDR list is not 'every address'");
+    }
+
+    #[test]
+    fn the_masquerade_mark_and_mode_come_from_the_nftables_section() {
+        let mut c = default_cluster();
+        c.config.masquerade_bit = 3;
+        c.config.nft_masquerade_bit = 5;
+        c.config.nft_masquerade_all = true;
+        let node = c.node_view(None, &[]).unwrap();
+        let t = sync(&c, &node, IpFamily::V4);
+        let text = crate::formats::nft::render(&t);
+        assert!(text.contains("mark set mark or 0x00000020"), "{text}");
+        assert!(!text.contains("0x00000008"));
+        // masqueradeAll: the cluster IP rule has no source test.
+        assert!(text.contains("ip daddr 10.96.0.10 jump mark-for-masquerade"), "{text}");
     }
 }

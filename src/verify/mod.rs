@@ -257,6 +257,18 @@ pub fn nft_roundtrip(text: &str) -> Result<String, VerifyError> {
     Ok(ns.exec("nft", &["list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
 }
 
+/// As [`nft_roundtrip`], but returns the kernel's view as `nft -j list ruleset` prints it (the
+/// JSON [`crate::formats::nft_json`] reads).
+///
+/// # Errors
+/// As [`nft_roundtrip`].
+pub fn nft_roundtrip_json(text: &str) -> Result<String, VerifyError> {
+    check_nft_environment()?;
+    let ns = Netns::create()?;
+    load_nft(&ns, text)?;
+    Ok(ns.exec("nft", &["-j", "list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+}
+
 /// Checks that this process can create namespaces and load nf_tables rules with `nft`.
 ///
 /// # Errors
