@@ -512,3 +512,66 @@ fn completions_and_man_page_come_from_the_cli_definitions() {
             .unwrap();
     assert!(man.contains(".TH svcpath 1"));
 }
+
+/// `--mode nftables`: kube-proxy's nftables table for the default cluster, one endpoint in three
+/// each, exactly; JSON carries the same outcomes.
+#[test]
+fn trace_nftables_mode_splits_exactly_by_numgen() {
+    let text = stdout_of(&["trace", "10.96.0.10:80", "--mode", "nftables"]);
+    assert!(text.contains("(nftables)"), "{text}");
+    assert!(text.contains("numgen random mod 3 vmap"), "{text}");
+    for ep in ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(ep) && l.contains("0.3333333333 (33.33%)"))
+            .unwrap_or_else(|| panic!("{ep} missing:\n{text}"));
+        assert!(line.contains("ACCEPT"), "{line}");
+    }
+    let out = stdout_of(&["trace", "10.96.0.10:80", "--mode", "nftables", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let outcomes = v["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(outcomes.iter().all(|o| o["probability"].as_f64().unwrap() == 1.0 / 3.0));
+    assert_eq!(v["mode"], "nftables");
+}
+
+/// A node's `nft -j list ruleset`: its affinity entry pins the client, another client is spread,
+/// the other table is named in a warning, and a listing that is not JSON is an error naming the
+/// file and the line.
+#[test]
+fn trace_a_nodes_nft_json_listing_with_its_affinity_state() {
+    let file = crate::harness::data("nft-json/TestOverallNFTablesRules.json");
+    let file = file.to_str().unwrap();
+    let args = |from: &str| {
+        vec![
+            "trace",
+            "172.30.0.45:80",
+            "--nft-json",
+            file,
+            "--node-ip",
+            "192.168.0.2",
+            "--from",
+            from,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+    };
+    let out = svcpath().args(args("10.0.0.7")).assert().success().get_output().clone();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("ip saddr @affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 goto"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ip filter"));
+    let text =
+        stdout_of(&["trace", "172.30.0.44:80", "--nft-json", file, "--node-ip", "192.168.0.2"]);
+    assert!(text.contains("0.5000000000 (50.00%)"), "{text}");
+    let dir = temp_with(&[("bad.json", "{\"nftables\": [\n  {\"table\": }\n]}\n")]);
+    let bad = dir.path().join("bad.json");
+    svcpath()
+        .args(["trace", "10.96.0.10:80", "--nft-json", bad.to_str().unwrap()])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("bad.json").and(predicate::str::contains("line 2")));
+}

@@ -7,6 +7,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 
 use svcpath::dataplane::netfilter::Env;
+use svcpath::dataplane::nftables::{NftDataplane, NftEnv};
+use svcpath::formats::nft_json;
 use svcpath::kubeproxy::ipvs::IpvsOptions;
 use svcpath::model::{Cluster, IpFamily, Protocol};
 use svcpath::render::ipvs as ipvs_render;
@@ -93,6 +95,10 @@ pub struct TraceArgs {
     /// IPVS: a node's `ipvsadm -Sn` (or `-Ln`) dump, with --iptables-save and --ipset.
     #[arg(long, value_name = "FILE")]
     ipvsadm: Option<std::path::PathBuf>,
+    /// nftables: a node's `nft -j list ruleset` (its table kube-proxy is traced; give the node's
+    /// addresses with --node-ip).
+    #[arg(long = "nft-json", value_name = "FILE", conflicts_with_all = ["cluster", "iptables_save"])]
+    nft_json: Option<std::path::PathBuf>,
     /// IPVS: a node's `ipset save` dump.
     #[arg(long = "ipset", value_name = "FILE", requires = "ipvsadm")]
     ipset_file: Option<std::path::PathBuf>,
@@ -231,6 +237,8 @@ impl TraceArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let family: IpFamily = self.input.family.into();
         let (dp, lc) = self.input.dataplane()?;
+        // A node's nftables listing is the input: the embedded default cluster is not.
+        let lc = if self.nft_json.is_some() { None } else { lc };
         let (dst, port, svc_proto) = match parse_addr(&self.dest) {
             Some((ip, port)) => {
                 if IpFamily::of(&ip) != family {
@@ -297,7 +305,7 @@ impl TraceArgs {
             seed: self.seed,
             in_iface: self.in_iface.clone(),
         };
-        if self.mode.split(',').any(|m| m.trim() == "nftables") {
+        if self.mode.split(',').any(|m| m.trim() == "nftables") || self.nft_json.is_some() {
             return self.run_nftables(&req, lc.as_ref(), &dp.local, family);
         }
         let mut env = Env { local: dp.local.clone(), ..Env::default() };
@@ -418,7 +426,7 @@ impl TraceArgs {
         local: &[IpAddr],
         family: IpFamily,
     ) -> anyhow::Result<ExitCode> {
-        if self.mode.trim() != "nftables" {
+        if self.mode.trim() != "nftables" && !(self.nft_json.is_some() && self.mode == "iptables") {
             bail!("--mode nftables traces on its own (not with '{}')", self.mode);
         }
         if self.after.is_some()
@@ -438,13 +446,46 @@ impl TraceArgs {
         {
             bail!("--scheduler, --count, --state and --ipvsadm go with --mode ipvs");
         }
-        let Some(lc) = lc else {
-            bail!(
-                "--mode nftables renders the node's table from a cluster (--cluster FILE); a node's `nft list ruleset` is not read yet"
-            );
+        let mut env = NftEnv { local: local.to_vec(), ..NftEnv::default() };
+        let (dp, origin, node) = match (&self.nft_json, lc) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let listing = nft_json::parse(&text).with_context(|| path.display().to_string())?;
+                for w in &listing.warnings {
+                    eprintln!("svcpath: warning: {}: {w}", path.display());
+                }
+                let Some(table) = listing.tables.into_iter().find(|t| t.family == family) else {
+                    bail!(
+                        "{}: no table {} kube-proxy (add --family {} for the other one)",
+                        path.display(),
+                        svcpath::model::nft::family_word(family),
+                        if family == IpFamily::V4 { "ipv6" } else { "ipv4" }
+                    );
+                };
+                if self.input.node_ip.is_empty() {
+                    eprintln!(
+                        "svcpath: warning: no --node-ip: no address counts as the node's own \
+                         (NodePorts and `fib ... type local` never match)"
+                    );
+                }
+                // Entries expire `left` seconds after the listing was taken, time 0 here.
+                env.sets = listing.affinity;
+                env.local = self.input.node_ip.clone();
+                let origin = path.display().to_string();
+                (NftDataplane::new(table), origin, "(from the listing)".to_owned())
+            }
+            (None, Some(lc)) => (
+                nft_trace::dataplane(&lc.cluster, &lc.node, family),
+                lc.origin.clone(),
+                lc.node.name.clone(),
+            ),
+            (None, None) => bail!(
+                "--mode nftables renders the node's table from a cluster (--cluster FILE) or \
+                 reads a node's listing (--nft-json FILE)"
+            ),
         };
-        let dp = nft_trace::dataplane(&lc.cluster, &lc.node, family);
-        let t = nft_trace::trace(&dp, local, &lc.origin, &lc.node.name, req)?;
+        let t = nft_trace::trace(&dp, &env, &origin, &node, req)?;
         let text = if self.json { nft_render::json(&t) + "\n" } else { nft_render::text(&t) };
         super::print(&text)?;
         Ok(ExitCode::SUCCESS)

@@ -2,7 +2,7 @@
 //! writes for a cluster ([`crate::kubeproxy::nftables`]), walked by
 //! [`crate::dataplane::nftables`].
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -64,20 +64,19 @@ pub fn dataplane(cluster: &Cluster, node: &NodeView, family: IpFamily) -> NftDat
     NftDataplane::new(nftables::sync(cluster, node, family))
 }
 
-/// Traces `req` (a new connection) through `dp`. A packet whose source is a node address takes
-/// the output path.
+/// Traces `req` (a new connection) through `dp` with the node's addresses and affinity state in
+/// `env`. A packet whose source is a node address takes the output path.
 ///
 /// # Errors
 /// [`NftError`] when the table cannot be walked.
 pub fn trace(
     dp: &NftDataplane,
-    local: &[IpAddr],
+    env: &NftEnv,
     origin: &str,
     node: &str,
     req: &TraceRequest,
 ) -> Result<NftTrace, NftError> {
-    let env = NftEnv { local: local.to_vec(), ..NftEnv::default() };
-    let from_node = req.src.is_loopback() || local.contains(&req.src);
+    let from_node = req.src.is_loopback() || env.local.contains(&req.src);
     let pkt = NftPacket {
         src: req.src,
         dst: req.dst,
@@ -85,7 +84,7 @@ pub fn trace(
         dport: req.dport,
         in_iface: if from_node { String::new() } else { req.in_iface.clone() },
     };
-    let outcomes = dp.trace(&env, &pkt)?;
+    let outcomes = dp.trace(env, &pkt)?;
     Ok(NftTrace {
         mode: "nftables",
         packet: pkt,
