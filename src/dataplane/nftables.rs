@@ -130,10 +130,32 @@ pub enum NftError {
         /// The limit (the kernel's NFT_JUMP_STACK_SIZE).
         limit: usize,
     },
+    /// A walk evaluated more rules than any loop-free table makes it (a goto loop).
+    #[error("a walk evaluated more than {limit} rules at '{chain}' (a goto loop)")]
+    GotoLoop {
+        /// The chain it was in.
+        chain: String,
+        /// [`MAX_RULES_PER_WALK`].
+        limit: usize,
+    },
+    /// Nested numgen maps branch more than svcpath follows.
+    #[error("more than {limit} branches (nested numgen maps)")]
+    TooManyBranches {
+        /// [`MAX_BRANCHES`].
+        limit: usize,
+    },
 }
 
 /// The kernel's jump stack depth (net/netfilter/nf_tables_core.c, `NFT_JUMP_STACK_SIZE`).
 pub const JUMP_STACK: usize = 16;
+
+/// Rules one walk may evaluate before it counts as a loop. The kernel refuses a table whose
+/// jumps and gotos loop when it is loaded; a listing read from a file is not checked that way,
+/// so a `goto` cycle (which does not grow the jump stack) ends here instead of running forever.
+pub const MAX_RULES_PER_WALK: usize = 100_000;
+
+/// Branches (numgen choices) one trace may follow.
+pub const MAX_BRANCHES: usize = 100_000;
 
 /// A table indexed for walking: chains by name, sets and maps by key.
 #[derive(Debug, Clone)]
@@ -330,9 +352,18 @@ impl NftDataplane {
                     break;
                 };
                 w.rules += 1;
+                if w.rules > MAX_RULES_PER_WALK {
+                    return Err(NftError::GotoLoop {
+                        chain: c.name.clone(),
+                        limit: MAX_RULES_PER_WALK,
+                    });
+                }
                 match self.run_rule(env, pkt, hook, chain, pos, rule, &mut w)? {
                     Flow::Next => pos += 1,
                     Flow::Branches(targets) => {
+                        if pending.len() + out.len() + targets.len() > MAX_BRANCHES {
+                            return Err(NftError::TooManyBranches { limit: MAX_BRANCHES });
+                        }
                         let share = 1.0 / targets.len() as f64;
                         // Pushed last-first, so that branch 0 is walked (and listed) first.
                         for t in targets.into_iter().rev() {
@@ -683,6 +714,33 @@ mod tests {
         ]);
         let e = dp.trace(&NftEnv::default(), &pod_packet("10.0.0.1", 1)).unwrap_err();
         assert!(matches!(e, NftError::JumpLoop { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_goto_loop_is_an_error_not_a_hang() {
+        let dp = table(vec![
+            chain("pre", Some(Hook::Prerouting), vec![vec![v(Verdict::Goto("a".into()))]]),
+            chain("a", None, vec![vec![v(Verdict::Goto("b".into()))]]),
+            chain("b", None, vec![vec![v(Verdict::Goto("a".into()))]]),
+        ]);
+        let e = dp.trace(&NftEnv::default(), &pod_packet("10.0.0.1", 1)).unwrap_err();
+        assert!(matches!(e, NftError::GotoLoop { .. }), "{e}");
+    }
+
+    #[test]
+    fn nested_numgen_maps_stop_at_the_branch_limit() {
+        let wide: Vec<String> = (0..400).map(|_| "b".to_owned()).collect();
+        let dp = table(vec![
+            chain("pre", Some(Hook::Prerouting), vec![vec![Expr::Numgen(wide.clone())]]),
+            chain(
+                "b",
+                None,
+                vec![vec![Expr::Numgen(wide.iter().map(|_| "c".to_owned()).collect())]],
+            ),
+            chain("c", None, vec![vec![v(Verdict::Accept)]]),
+        ]);
+        let e = dp.trace(&NftEnv::default(), &pod_packet("10.0.0.1", 1)).unwrap_err();
+        assert!(matches!(e, NftError::TooManyBranches { .. }), "{e}");
     }
 
     #[test]
