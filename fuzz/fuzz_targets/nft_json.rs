@@ -20,14 +20,21 @@ fuzz_target!(|data: &[u8]| {
             ("fd00::7".parse().unwrap(), "fd00:10:96::45".parse().unwrap())
         };
         let env = NftEnv {
-            local: vec![if v4 { "192.168.0.2".parse().unwrap() } else { "2001:db8::1".parse().unwrap() }],
+            local: vec![if v4 {
+                "192.168.0.2".parse().unwrap()
+            } else {
+                "2001:db8::1".parse().unwrap()
+            }],
             sets: listing.affinity.clone(),
             now: 0.0,
         };
         let pkt = NftPacket { src, dst, proto: Protocol::Tcp, dport: 80, in_iface: "eth0".into() };
         if let Ok(outcomes) = dp.trace(&env, &pkt) {
             let total: f64 = outcomes.iter().map(|o| o.probability).sum();
-            assert!(outcomes.is_empty() || (total - 1.0).abs() < 1e-9, "probabilities sum to {total}");
+            assert!(
+                outcomes.is_empty() || (total - 1.0).abs() < 1e-9,
+                "probabilities sum to {total}"
+            );
         }
     }
 });
