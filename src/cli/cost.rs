@@ -54,7 +54,7 @@ pub struct CostArgs {
     #[arg(long, conflicts_with = "cluster")]
     node_ports: bool,
     /// Proxy modes to price (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "iptables,ipvs")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "iptables,ipvs,nftables")]
     mode: Vec<CostModeArg>,
     /// Price this cluster (Kubernetes manifests; repeat to merge files) instead of synthetic ones.
     #[arg(long, value_name = "FILE")]

@@ -225,6 +225,24 @@ impl NftDataplane {
     /// # Errors
     /// [`NftError`] when the table names a chain, set or map it lacks, or jumps loop.
     pub fn trace(&self, env: &NftEnv, pkt: &NftPacket) -> Result<Vec<NftOutcome>, NftError> {
+        self.walk(env, pkt, true)
+    }
+
+    /// [`NftDataplane::trace`] without the steps (outcomes, probabilities and counts only): for
+    /// cost studies, which walk every Service.
+    ///
+    /// # Errors
+    /// As [`NftDataplane::trace`].
+    pub fn outcomes(&self, env: &NftEnv, pkt: &NftPacket) -> Result<Vec<NftOutcome>, NftError> {
+        self.walk(env, pkt, false)
+    }
+
+    fn walk(
+        &self,
+        env: &NftEnv,
+        pkt: &NftPacket,
+        record: bool,
+    ) -> Result<Vec<NftOutcome>, NftError> {
         let from_node = env.is_local(pkt.src) && pkt.in_iface.is_empty();
         let start = Walk {
             dst: pkt.dst,
@@ -238,6 +256,7 @@ impl NftDataplane {
             updates: Vec::new(),
             steps: Vec::new(),
             fate: None,
+            record,
         };
         let first = if from_node { Hook::Output } else { Hook::Prerouting };
         let walks = self.run_hook(env, pkt, first, start)?;
@@ -255,7 +274,7 @@ impl NftDataplane {
                 (true, true) => &[Hook::Postrouting, Hook::Input],
                 (true, false) => &[Hook::Postrouting],
             };
-            w.steps.push(NftStep {
+            w.record_step(|| NftStep {
                 hook: next[0],
                 chain: String::new(),
                 rule: None,
@@ -474,7 +493,9 @@ impl NftDataplane {
                     ];
                     match self.maps.get(map).ok_or_else(|| unknown(map))?.get(&key) {
                         Some(v) => {
-                            w.step(hook, cname, pos, format!("{} → {}", text(), verdict_word(v)));
+                            w.step(hook, cname, pos, || {
+                                format!("{} → {}", text(), verdict_word(v))
+                            });
                             return Ok(verdict_flow(v));
                         }
                         None => false,
@@ -485,7 +506,9 @@ impl NftDataplane {
                     let key = vec![KeyPart::Proto(pkt.proto), KeyPart::Port(w.dport)];
                     match self.maps.get(map).ok_or_else(|| unknown(map))?.get(&key) {
                         Some(v) => {
-                            w.step(hook, cname, pos, format!("{} → {}", text(), verdict_word(v)));
+                            w.step(hook, cname, pos, || {
+                                format!("{} → {}", text(), verdict_word(v))
+                            });
                             return Ok(verdict_flow(v));
                         }
                         None => false,
@@ -494,7 +517,7 @@ impl NftDataplane {
                 Expr::Numgen(targets) => {
                     // `numgen random mod N` then a lookup in an anonymous verdict map.
                     w.lookups += 1;
-                    w.step(hook, cname, pos, text());
+                    w.step(hook, cname, pos, text);
                     return Ok(Flow::Branches(targets.clone()));
                 }
                 Expr::MarkSetOr(m) => {
@@ -507,7 +530,7 @@ impl NftDataplane {
                 }
                 Expr::Masquerade { .. } => {
                     w.masquerade = true;
-                    w.step(hook, cname, pos, text());
+                    w.step(hook, cname, pos, text);
                     return Ok(Flow::Accept);
                 }
                 Expr::UpdateSource(set) => {
@@ -522,12 +545,12 @@ impl NftDataplane {
                         w.dst = to.ip();
                         w.dport = to.port();
                         w.dnat = Some(*to);
-                        w.step(hook, cname, pos, text());
+                        w.step(hook, cname, pos, text);
                         return Ok(Flow::Accept);
                     }
                 }
                 Expr::Verdict(v) => {
-                    w.step(hook, cname, pos, text());
+                    w.step(hook, cname, pos, text);
                     return Ok(verdict_flow(v));
                 }
             };
@@ -536,7 +559,7 @@ impl NftDataplane {
             }
         }
         // Every expression matched and none was a verdict: the rule only had effects.
-        w.step(hook, cname, pos, text());
+        w.step(hook, cname, pos, text);
         Ok(Flow::Next)
     }
 }
@@ -588,14 +611,32 @@ struct Walk {
     updates: Vec<String>,
     steps: Vec<NftStep>,
     fate: Option<Fate>,
+    /// Whether steps are kept.
+    record: bool,
 }
 
 impl Walk {
-    fn step(&mut self, hook: Hook, chain: &str, pos: usize, text: String) {
-        self.steps.push(NftStep { hook, chain: chain.to_owned(), rule: Some(pos + 1), text });
+    fn step(&mut self, hook: Hook, chain: &str, pos: usize, text: impl FnOnce() -> String) {
+        if self.record {
+            self.steps.push(NftStep {
+                hook,
+                chain: chain.to_owned(),
+                rule: Some(pos + 1),
+                text: text(),
+            });
+        }
+    }
+
+    fn record_step(&mut self, step: impl FnOnce() -> NftStep) {
+        if self.record {
+            self.steps.push(step());
+        }
     }
 
     fn note(&mut self, hook: Hook, chain: &str, text: &str) {
+        if !self.record {
+            return;
+        }
         self.steps.push(NftStep {
             hook,
             chain: chain.to_owned(),

@@ -820,7 +820,7 @@ pub fn nftables_row(
             dport: pkt.dport,
             in_iface: "eth0".to_owned(),
         };
-        let outs = dp.trace(&env, &p).map_err(|e| CostError::Nftables(e.to_string()))?;
+        let outs = dp.outcomes(&env, &p).map_err(|e| CostError::Nftables(e.to_string()))?;
         let mean: f64 = outs.iter().map(|o| o.probability * o.rules as f64).sum();
         lookups.push(outs.iter().map(|o| o.probability * o.lookups as f64).sum::<f64>());
         first.push(mean);
@@ -858,14 +858,18 @@ pub fn nftables_row(
     };
     let mut sync = SyncCosts { full, ..SyncCosts::default() };
     if let Some((one_more_ep, one_more_svc)) = changes {
-        let first_svc = cluster.services.first();
-        if let Some(svc) = first_svc {
-            let after = knft::sync(one_more_ep, node, family);
-            sync.endpoint_added = nft_service_transaction(&after, Some(table), svc);
+        // A Service's chains and elements depend on that Service alone: the tables of the
+        // cluster holding only the changed Service, before and after, give the transaction.
+        if let Some(svc) = cluster.services.first() {
+            let before = knft::sync(&sub_cluster(cluster, Some(0), false), node, family);
+            let after = knft::sync(&sub_cluster(one_more_ep, Some(0), false), node, family);
+            sync.endpoint_added = nft_service_transaction(&after, Some(&before), svc);
         }
-        if let Some(svc) = one_more_svc.services.last() {
-            let after = knft::sync(one_more_svc, node, family);
-            sync.service_added = nft_service_transaction(&after, Some(table), svc);
+        let last = one_more_svc.services.len().checked_sub(1);
+        if let Some(svc) = last.and_then(|i| one_more_svc.services.get(i)) {
+            let before = knft::sync(&sub_cluster(cluster, None, false), node, family);
+            let after = knft::sync(&sub_cluster(one_more_svc, last, false), node, family);
+            sync.service_added = nft_service_transaction(&after, Some(&before), svc);
         }
     }
     Ok(CostRow {
