@@ -512,10 +512,10 @@ impl ParseErrorKind {
 ///
 /// Returns the first problem found, located by line and column; see [`ParseErrorKind`].
 ///
-/// The rules keep their text in one copy of `text` they share; [`parse_shared`] spares that copy
-/// when the caller has the text in an `Arc` already.
+/// The rules keep their text in a copy of `text` (made in parallel, in parts); [`parse_shared`]
+/// spares that copy when the caller has the text in an `Arc` already.
 pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
-    parse_shared(Arc::from(text), family)
+    Parser::new(family, None).run(text)
 }
 
 /// Parses a whole dump as [`parse`] does, and the rules keep their text in `text` itself.
@@ -524,7 +524,7 @@ pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
 ///
 /// As [`parse`].
 pub fn parse_shared(text: Arc<str>, family: Family) -> Result<Ruleset, ParseError> {
-    Parser::new(family, Arc::clone(&text)).run(&text)
+    Parser::new(family, Some(Arc::clone(&text))).run(&text)
 }
 
 /// Parses a dump given as bytes: like [`parse`], and invalid UTF-8 is an error.
@@ -538,10 +538,7 @@ pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> 
         return Err(locate_byte(bytes, ParseErrorKind::NulByte, |b| b == 0));
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let text = Arc::<str>::from(text);
-            Parser::new(family, Arc::clone(&text)).run(&text)
-        }
+        Ok(text) => Parser::new(family, None).run(text),
         Err(e) => {
             let at = e.valid_up_to();
             Err(locate_offset(bytes, at, ParseErrorKind::InvalidUtf8))
@@ -682,8 +679,9 @@ type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>
 /// line (a step stops at its first error, and nothing after the earliest one is kept).
 struct Parser {
     family: Family,
-    /// The whole text, kept by the rules parsed from it.
-    shared: Arc<str>,
+    /// The whole text, kept by the rules parsed from it; without it, the rules of each chunk keep
+    /// a copy of the chunk.
+    shared: Option<Arc<str>>,
 }
 
 /// Bytes of text one task reads (then up to the end of the line).
@@ -868,7 +866,7 @@ struct Read<'a> {
 }
 
 impl Parser {
-    fn new(family: Family, shared: Arc<str>) -> Parser {
+    fn new(family: Family, shared: Option<Arc<str>>) -> Parser {
         Parser { family, shared }
     }
 
@@ -905,8 +903,12 @@ impl Parser {
         let reads: Vec<Read<'_>> = jobs
             .into_par_iter()
             .map(|(chunk, first_line, has_cr, slots)| {
-                let piece = Piece::new(Arc::clone(&self.shared));
-                Parser::read(chunk, first_line, limit, has_cr, family, piece, slots)
+                let (piece, origin) = match &self.shared {
+                    Some(shared) => (Piece::new(Arc::clone(shared)), None),
+                    None => (Piece::copied(chunk), Some(chunk)),
+                };
+                let scratch = Scratch { piece: Some(piece), origin, ..Scratch::default() };
+                Parser::read(chunk, first_line, limit, has_cr, family, scratch, slots)
             })
             .collect();
         let mut first = error;
@@ -1018,11 +1020,10 @@ impl Parser {
         limit: usize,
         has_cr: bool,
         family: Family,
-        piece: Arc<Piece>,
+        mut scratch: Scratch<'a>,
         segments: Vec<SegmentSlots<'_, 'a>>,
     ) -> Read<'a> {
         let mut out = Read { error: None, tracks: Vec::new() };
-        let mut scratch = Scratch { piece: Some(piece), ..Scratch::default() };
         let mut segments = segments.into_iter();
         let (mut table, first) = segments.next().unwrap_or((None, &mut []));
         let mut slots = first.iter_mut();
@@ -1323,13 +1324,30 @@ fn parse_counters(inner: &str) -> Option<(u64, u64)> {
 /// Buffers reused from line to line.
 #[derive(Default)]
 struct Scratch<'a> {
-    /// The shared dump text rules keep their text in, when the line is part of it.
+    /// The dump text rules keep their text in, when the line is part of it or of `origin`.
     piece: Option<Arc<Piece>>,
+    /// The text `piece` is a copy of, when it is one.
+    origin: Option<&'a str>,
     toks: Vec<Tok<'a>>,
     args: Vec<Arg>,
     names: Names<'a>,
     /// An address as [`Addr`] prints it, to compare with its spelling.
     addr: String,
+}
+
+impl Scratch<'_> {
+    /// The same part of `piece` as `part` is of `origin`, when `piece` is a copy of `origin`
+    /// (else `part`).
+    fn in_piece<'s>(&'s self, part: &'s str) -> &'s str {
+        let (Some(piece), Some(origin)) = (&self.piece, self.origin) else {
+            return part;
+        };
+        let start = (part.as_ptr() as usize).wrapping_sub(origin.as_ptr() as usize);
+        match start.checked_add(part.len()).filter(|&end| end <= origin.len()) {
+            Some(end) => piece.as_str().get(start..end).unwrap_or(part),
+            None => part,
+        }
+    }
 }
 
 /// Long names (`KUBE-SEP-…`, 25 bytes) are reference-counted: consecutive rules of one chain
@@ -1513,7 +1531,8 @@ fn parse_statement<'a>(
             (Some(first), Some(last)) => line.get(first.at..last.at + last.raw.len()),
             _ => None,
         };
-        Rule::from_written(chain, op, counters, text.unwrap_or_default(), scratch.piece.as_ref())
+        let text = scratch.in_piece(text.unwrap_or_default());
+        Rule::from_written(chain, op, counters, text, scratch.piece.as_ref())
     } else {
         scratch.args.clear();
         let build = Mode::Build(&mut scratch.args);
@@ -1553,8 +1572,26 @@ impl Mode<'_, '_> {
     }
 }
 
-/// Whether `addr` prints as `raw`.
+/// Whether `addr`, read from the unquoted word `raw`, prints as `raw`.
 fn spelled_as(c: &mut Check<'_>, addr: &Addr, raw: &str) -> bool {
+    if addr.net.is_ipv4() {
+        // The standard library reads an IPv4 address only in its canonical dotted form (no
+        // leading zeros), which is how it prints; a prefix prints as written when it is a
+        // decimal number without leading zeros (a netmask prints as its length).
+        let canonical = raw.split_once('/').is_none_or(|(_, prefix)| canonical_decimal(prefix));
+        debug_assert_eq!(canonical, printed_as(c, addr, raw), "{raw}");
+        return canonical;
+    }
+    printed_as(c, addr, raw)
+}
+
+/// Whether `s` is a decimal number as it prints: digits, without leading zeros.
+fn canonical_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+}
+
+/// Whether `addr` prints as `raw`, by printing it.
+fn printed_as(c: &mut Check<'_>, addr: &Addr, raw: &str) -> bool {
     use std::fmt::Write as _;
     c.addr.clear();
     // Writing into a String cannot fail.
@@ -2211,6 +2248,34 @@ mod tests {
         assert_eq!(rule.to_string(), "-A X -d 0.0.0.0/0");
         let rule = parse_rule_line("-A X -d fd00::/ffff:ffff::", Family::V6).unwrap();
         assert_eq!(rule.to_string(), "-A X -d fd00::/32");
+    }
+
+    #[test]
+    fn ipv4_spelling_is_canonical_exactly_when_it_prints_back() {
+        let mut buffer = String::new();
+        let spellings = [
+            "10.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1/32",
+            "10.0.0.0/8",
+            "10.0.0.0/0",
+            "10.0.0.1/08",
+            "10.0.0.0/00",
+            "10.0.0.0/255.0.0.0",
+            "10.0.0.0/255.255.255.255",
+        ];
+        for raw in spellings {
+            let tok = Tok { raw, at: 0, quoted: false };
+            let addr = parse_addr(&tok, Family::V4).unwrap();
+            let mut c = Check { canonical: true, addr: &mut buffer };
+            let printed = addr.to_string() == raw;
+            assert_eq!(spelled_as(&mut c, &addr, raw), printed, "{raw}");
+            assert_eq!(printed_as(&mut c, &addr, raw), printed, "{raw}");
+        }
+        // Leading zeros in an octet are not an IPv4 address at all.
+        let tok = Tok { raw: "10.0.0.01", at: 0, quoted: false };
+        assert!(parse_addr(&tok, Family::V4).is_err());
     }
 
     #[test]
