@@ -3115,6 +3115,21 @@ mod tests {
         // Accepted after its deletion, and again in the next section of the table.
         let deleted = replace_line(&text, rule(first + 1000), "-X KUBE-SVC-0000000000000007");
         parse(&replace_line(&deleted, again, decl), Family::V4).unwrap();
+        // `-X` of every chain clears them all.
+        let cleared = replace_line(&text, rule(first + 1000), "-X");
+        parse(&replace_line(&cleared, again, decl), Family::V4).unwrap();
+        // Of two chains declared again, the earlier line is reported, whichever comes first
+        // in the text.
+        let other = ":KUBE-SEP-0000000000003001 - [0:0]";
+        let other_first = lines.iter().position(|l| *l == other).unwrap() + 1;
+        let before = rule(first + 900);
+        let two = replace_line(&replace_line(&text, again, decl), before, other);
+        let e = err(&two);
+        assert_eq!(e.line, before, "{e}");
+        assert!(
+            matches!(e.kind, ParseErrorKind::DuplicateChain { first_line, .. } if first_line == other_first),
+            "{e}"
+        );
         // A rule where the second nat section opened is outside any table.
         let reopen = lines.iter().rposition(|l| *l == "*nat").unwrap() + 1;
         let e = err(&replace_line(&text, reopen, "-A X -j ACCEPT"));
