@@ -669,11 +669,11 @@ type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>
 /// 1. [`outline`] classifies every line of a chunk and counts the statements between the
 ///    `*table` and `COMMIT` lines (the marks);
 /// 2. [`Parser::structure`], in order, checks the marks and works out which table each
-///    statement belongs to (the only step whose cost grows with the number of tables rather
-///    than of lines), and each table's statement vector is made at its final size;
+///    statement belongs to (serial, with work per chunk and per mark, not per line), and each
+///    table's statement vector is made at its final size;
 /// 3. [`Parser::read`] parses every statement of a chunk into its slot, and notes the chain
 ///    declarations, `-N` and `-X`; [`Parser::check_declarations`] then replays those in order to
-///    find a chain declared twice.
+///    find a chain declared twice (serial: one hash-map step per user chain).
 ///
 /// The result is the same as one pass in order: the error reported is the one on the earliest
 /// line (a step stops at its first error, and nothing after the earliest one is kept).
