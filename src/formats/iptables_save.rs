@@ -512,10 +512,10 @@ impl ParseErrorKind {
 ///
 /// Returns the first problem found, located by line and column; see [`ParseErrorKind`].
 ///
-/// The rules keep their text in one copy of `text` they share; [`parse_shared`] spares that copy
-/// when the caller has the text in an `Arc` already.
+/// The rules keep their text in a copy of `text` (made in parallel, in parts); [`parse_shared`]
+/// spares that copy when the caller has the text in an `Arc` already.
 pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
-    parse_shared(Arc::from(text), family)
+    Parser::new(family, None).run(text)
 }
 
 /// Parses a whole dump as [`parse`] does, and the rules keep their text in `text` itself.
@@ -524,10 +524,7 @@ pub fn parse(text: &str, family: Family) -> Result<Ruleset, ParseError> {
 ///
 /// As [`parse`].
 pub fn parse_shared(text: Arc<str>, family: Family) -> Result<Ruleset, ParseError> {
-    if memchr::memchr(0, text.as_bytes()).is_some() {
-        return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
-    }
-    Parser::new(family, Arc::clone(&text)).run(&text)
+    Parser::new(family, Some(Arc::clone(&text))).run(&text)
 }
 
 /// Parses a dump given as bytes: like [`parse`], and invalid UTF-8 is an error.
@@ -541,10 +538,7 @@ pub fn parse_bytes(bytes: &[u8], family: Family) -> Result<Ruleset, ParseError> 
         return Err(locate_byte(bytes, ParseErrorKind::NulByte, |b| b == 0));
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => {
-            let text = Arc::<str>::from(text);
-            Parser::new(family, Arc::clone(&text)).run(&text)
-        }
+        Ok(text) => Parser::new(family, None).run(text),
         Err(e) => {
             let at = e.valid_up_to();
             Err(locate_offset(bytes, at, ParseErrorKind::InvalidUtf8))
@@ -668,177 +662,335 @@ fn locate_offset(bytes: &[u8], at: usize, kind: ParseErrorKind) -> ParseError {
 /// User chains declared in a table section, with the line of their declaration.
 type ChainSet<'a> = HashMap<Cow<'a, str>, usize, BuildHasherDefault<NameHasher>>;
 
-/// The whole-dump state machine.
+/// The whole-dump reader.
 ///
-/// It reads the dump in two passes. The first, in order, handles everything whose meaning
-/// depends on what came before (tables, chain declarations, `-N`, `-X`, `-F`) and leaves a
-/// placeholder, with the line's text in `pending`, for each other statement line (the rules).
-/// The second parses those lines in parallel chunks, each statement into its own slot, so the
-/// result is the same as one pass in order; the error reported is the one on the earliest line,
-/// as a pass in order would report it.
-struct Parser<'a> {
+/// The text is cut into line-aligned chunks that are read in parallel, in three steps:
+///
+/// 1. [`outline`] classifies every line of a chunk and counts the statements between the
+///    `*table` and `COMMIT` lines (the marks);
+/// 2. [`Parser::structure`], in order, checks the marks and works out which table each
+///    statement belongs to (serial, with work per chunk and per mark, not per line), and each
+///    table's statement vector is made at its final size;
+/// 3. [`Parser::read`] parses every statement of a chunk into its slot, and notes the chain
+///    declarations, `-N` and `-X`; [`Parser::check_declarations`] then replays those in order to
+///    find a chain declared twice (serial: one hash-map step per user chain).
+///
+/// The result is the same as one pass in order: the error reported is the one on the earliest
+/// line (a step stops at its first error, and nothing after the earliest one is kept).
+struct Parser {
     family: Family,
-    /// The whole text, kept by the rules parsed from it.
-    shared: Arc<str>,
-    tables: Vec<Table>,
-    /// The open table, if any.
-    open: Option<Table>,
-    /// For each statement of `tables` then `open`, the text of a line left to the second pass
-    /// (empty for a statement already parsed).
-    pending: Vec<Vec<&'a str>>,
-    /// User chains declared in the open table section, with their line.
-    declared: ChainSet<'a>,
-    scratch: Scratch<'a>,
+    /// The whole text, kept by the rules parsed from it; without it, the rules of each chunk keep
+    /// a copy of the chunk.
+    shared: Option<Arc<str>>,
 }
 
-/// Statements one task of the second pass parses.
-const PARSE_CHUNK: usize = 4096;
+/// Bytes of text one task reads (then up to the end of the line).
+const PARSE_CHUNK: usize = 64 * 1024;
 
-impl<'a> Parser<'a> {
-    fn new(family: Family, shared: Arc<str>) -> Parser<'a> {
-        Parser {
-            family,
-            shared,
-            tables: Vec::new(),
-            open: None,
-            pending: Vec::new(),
-            declared: ChainSet::default(),
-            scratch: Scratch::default(),
+/// What a line is, as the parser dispatches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// A comment or a blank line.
+    Skip,
+    /// `*table`.
+    Header,
+    /// `COMMIT`.
+    Commit,
+    /// `:CHAIN POLICY [counters]`.
+    Decl,
+    /// Any other line: a rule, `-N`, `-X`, `-F` (or an error).
+    Statement,
+}
+
+impl LineKind {
+    /// The kind of `line` (without its line end).
+    fn of(line: &str) -> LineKind {
+        match line.as_bytes().first() {
+            None | Some(b'#') => LineKind::Skip,
+            Some(b' ' | b'\t') if line.bytes().all(|b| b == b' ' || b == b'\t') => LineKind::Skip,
+            Some(b'*') => LineKind::Header,
+            Some(b':') => LineKind::Decl,
+            _ if line.trim_end_matches([' ', '\t']) == COMMIT => LineKind::Commit,
+            _ => LineKind::Statement,
         }
     }
 
-    /// The second pass: parses the pending rule lines of every table (the open one too), and
-    /// gives the error on the earliest line, if any.
-    fn parse_pending(&mut self) -> Option<ParseError> {
-        let family = self.family;
-        let shared = &self.shared;
-        let tables = self.tables.iter_mut().chain(self.open.as_mut());
-        let mut first: Option<ParseError> = None;
-        for (table, texts) in tables.zip(&self.pending) {
-            let chunks =
-                table.statements.par_chunks_mut(PARSE_CHUNK).zip(texts.par_chunks(PARSE_CHUNK));
-            let error = chunks
-                .filter_map(|(slots, texts)| {
-                    let piece = Some(Piece::new(Arc::clone(shared)));
-                    let mut scratch = Scratch { piece, ..Scratch::default() };
-                    for (slot, &text) in slots.iter_mut().zip(texts) {
-                        if text.is_empty() {
-                            continue;
-                        }
-                        match parse_statement(text, slot.line, family, &mut scratch) {
-                            Ok((stmt, _)) => slot.stmt = stmt,
-                            Err(e) => return Some(e),
-                        }
+    /// Whether the line takes a slot among its table's statements.
+    fn is_statement(self) -> bool {
+        matches!(self, LineKind::Decl | LineKind::Statement)
+    }
+}
+
+/// A line without its `\r` (when the text has CRs), or the offset of a `\r` inside it.
+fn without_cr(raw: &str, has_cr: bool) -> Result<&str, usize> {
+    if !has_cr {
+        return Ok(raw);
+    }
+    let line = raw.strip_suffix('\r').unwrap_or(raw);
+    match memchr::memchr(b'\r', line.as_bytes()) {
+        Some(at) => Err(at),
+        None => Ok(line),
+    }
+}
+
+/// The kind of a line as both reading steps see it: a line with a stray `\r` is a statement (whose
+/// reading reports the `\r`).
+fn kind_of(raw: &str, has_cr: bool) -> (LineKind, &str) {
+    match without_cr(raw, has_cr) {
+        Ok(line) => (LineKind::of(line), line),
+        Err(_) => (LineKind::Statement, raw),
+    }
+}
+
+/// The text cut into pieces of about [`PARSE_CHUNK`] bytes, each ending after a `\n` (but the
+/// last).
+fn chunks(text: &str) -> Vec<&str> {
+    let mut out = Vec::with_capacity(text.len() / PARSE_CHUNK + 1);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let end = match rest.as_bytes().get(PARSE_CHUNK..) {
+            Some(tail) => memchr::memchr(b'\n', tail).map_or(rest.len(), |n| PARSE_CHUNK + n + 1),
+            None => rest.len(),
+        };
+        let (chunk, tail) = rest.split_at_checked(end).unwrap_or((rest, ""));
+        out.push(chunk);
+        rest = tail;
+    }
+    out
+}
+
+/// A `*table` or `COMMIT` line of a chunk.
+struct Mark<'a> {
+    /// The line (without its line end).
+    line: &'a str,
+    /// Its index among the chunk's lines.
+    index: usize,
+    kind: LineKind,
+    /// The statements of the chunk before it.
+    before: usize,
+}
+
+/// What the first step finds in a chunk.
+struct Outline<'a> {
+    /// The number of lines.
+    lines: usize,
+    /// The number of statement lines.
+    statements: usize,
+    marks: Vec<Mark<'a>>,
+    /// Whether the chunk holds a `\r`.
+    has_cr: bool,
+    /// Whether the chunk holds a NUL byte.
+    has_nul: bool,
+}
+
+/// The first step: classifies the lines of `chunk`.
+fn outline(chunk: &str) -> Outline<'_> {
+    // One search over the chunk spares a search per line in the usual dump without CRs.
+    let has_cr = memchr::memchr(b'\r', chunk.as_bytes()).is_some();
+    let has_nul = memchr::memchr(0, chunk.as_bytes()).is_some();
+    let mut out = Outline { lines: 0, statements: 0, marks: Vec::new(), has_cr, has_nul };
+    for raw in ChunkLines::new(chunk) {
+        let (kind, line) = kind_of(raw, has_cr);
+        match kind {
+            LineKind::Skip => {}
+            LineKind::Header | LineKind::Commit => {
+                out.marks.push(Mark { line, index: out.lines, kind, before: out.statements });
+            }
+            LineKind::Decl | LineKind::Statement => out.statements += 1,
+        }
+        out.lines += 1;
+    }
+    out
+}
+
+/// A run of a chunk's statements between marks: the table they belong to (`None` outside any)
+/// and their number.
+#[derive(Clone, Copy)]
+struct Segment {
+    table: Option<usize>,
+    statements: usize,
+}
+
+/// How [`Parser::structure`] lays the dump out.
+struct Layout<'a> {
+    /// The tables, their statements still placeholders.
+    tables: Vec<Table>,
+    /// Each table's name as written.
+    names: Vec<&'a str>,
+    /// For each chunk, its first line number and its segments (one more than its marks, fewer
+    /// after an error).
+    chunks: Vec<(usize, Vec<Segment>)>,
+    /// The first error in the marks.
+    error: Option<ParseError>,
+    /// The open table at the end, when there is no error.
+    open: Option<usize>,
+    /// The number of lines.
+    lines: usize,
+}
+
+/// A word of a line and its offset.
+type NameAt<'a> = (usize, &'a str);
+
+/// A segment as [`Parser::read`] fills it: its table (index and name, `None` outside any) and
+/// the table's statement slots it covers.
+type SegmentSlots<'s, 'a> = (Option<TableRef<'a>>, &'s mut [Located]);
+
+/// A table of the dump: its index and its name as written.
+type TableRef<'a> = (usize, &'a str);
+
+/// A chain declared (`:` or `-N`) or deleted (`-X`), for [`Parser::check_declarations`].
+struct Track<'a> {
+    line: &'a str,
+    lineno: usize,
+    table: usize,
+    /// Where the chain name starts in the line.
+    at: usize,
+    op: TrackOp<'a>,
+}
+
+enum TrackOp<'a> {
+    /// `:CHAIN` of a user chain.
+    Declare(&'a str),
+    /// `-N CHAIN`.
+    New(Cow<'a, str>),
+    /// `-X CHAIN`.
+    Delete(Cow<'a, str>),
+    /// `-X`.
+    DeleteAll,
+}
+
+/// What [`Parser::read`] gives for a chunk.
+struct Read<'a> {
+    error: Option<ParseError>,
+    tracks: Vec<Track<'a>>,
+}
+
+impl Parser {
+    fn new(family: Family, shared: Option<Arc<str>>) -> Parser {
+        Parser { family, shared }
+    }
+
+    fn run(self, text: &str) -> Result<Ruleset, ParseError> {
+        let chunks = chunks(text);
+        let outlines: Vec<Outline<'_>> = chunks.par_iter().map(|chunk| outline(chunk)).collect();
+        if outlines.iter().any(|o| o.has_nul) {
+            return Err(locate_byte(text.as_bytes(), ParseErrorKind::NulByte, |b| b == 0));
+        }
+        let Layout { mut tables, names, chunks: layout, error, open, lines } =
+            Parser::structure(&outlines);
+        let limit = error.as_ref().map_or(usize::MAX, |e| e.line);
+        // Each table's statement slots, cut into the chunks' segments in order.
+        let mut rests: Vec<&mut [Located]> =
+            tables.iter_mut().map(|t| t.statements.as_mut_slice()).collect();
+        let mut jobs = Vec::with_capacity(chunks.len());
+        for ((chunk, outline), (first_line, segments)) in chunks.iter().zip(&outlines).zip(layout) {
+            let mut slots = Vec::with_capacity(segments.len());
+            for segment in &segments {
+                let rest = segment.table.and_then(|t| rests.get_mut(t));
+                let slice = match rest {
+                    Some(rest) => {
+                        let (head, tail) = std::mem::take(rest).split_at_mut(segment.statements);
+                        *rest = tail;
+                        head
                     }
-                    None
-                })
-                .min_by_key(|e| e.line);
-            if let Some(e) = error {
-                first = Some(match first {
-                    Some(f) if f.line <= e.line => f,
-                    _ => e,
-                });
+                    None => &mut [],
+                };
+                slots.push((segment.table.and_then(|t| Some((t, *names.get(t)?))), slice));
             }
+            jobs.push((*chunk, first_line, outline.has_cr, slots));
         }
-        self.pending.clear();
-        first
-    }
-
-    fn run(mut self, text: &'a str) -> Result<Ruleset, ParseError> {
-        // One pass over the whole text spares a search per line in the usual dump without CRs.
-        let has_cr = memchr::memchr(b'\r', text.as_bytes()).is_some();
-        self.declared.reserve(text.len() / 512);
-        let mut lineno = 0;
-        for raw in Lines::new(text) {
-            lineno += 1;
-            if raw.is_empty() {
-                continue;
-            }
-            let line = if has_cr {
-                let line = raw.strip_suffix('\r').unwrap_or(raw);
-                if let Some(at) = line.find('\r') {
-                    return Err(error_at(lineno, line, at, ParseErrorKind::StrayCarriageReturn));
-                }
-                line
-            } else {
-                raw
-            };
-            if let Err(e) = self.line(line, lineno) {
-                // A rule line before this one may hold an earlier error.
-                let earlier = self.parse_pending().filter(|p| p.line < e.line);
-                return Err(earlier.unwrap_or(e));
-            }
+        let family = self.family;
+        let reads: Vec<Read<'_>> = jobs
+            .into_par_iter()
+            .map(|(chunk, first_line, has_cr, slots)| {
+                let (piece, origin) = match &self.shared {
+                    Some(shared) => (Piece::new(Arc::clone(shared)), None),
+                    None => (Piece::copied(chunk), Some(chunk)),
+                };
+                let scratch = Scratch { piece: Some(piece), origin, ..Scratch::default() };
+                Parser::read(chunk, first_line, limit, has_cr, family, scratch, slots)
+            })
+            .collect();
+        let mut first = error;
+        let mut tracks = Vec::with_capacity(reads.len());
+        for read in reads {
+            keep_earlier(&mut first, read.error);
+            tracks.push(read.tracks);
         }
-        if let Some(e) = self.parse_pending() {
+        let limit = first.as_ref().map_or(usize::MAX, |e| e.line);
+        keep_earlier(&mut first, Parser::check_declarations(&tracks, limit));
+        if let Some(e) = first {
             return Err(e);
         }
-        if let Some(table) = self.open.take() {
+        if let Some(table) = open.and_then(|t| tables.get(t)) {
             // As iptables-restore: "COMMIT expected at line N+1" after N lines.
-            let lines =
-                text.bytes().filter(|&b| b == b'\n').count() + usize::from(!text.ends_with('\n'));
-            let line = lines + 1;
-            let kind = ParseErrorKind::MissingCommit { name: table.name, opened_at: table.line };
-            return Err(ParseError { line, column: 1, text: String::new(), kind });
+            let kind =
+                ParseErrorKind::MissingCommit { name: table.name.clone(), opened_at: table.line };
+            return Err(ParseError { line: lines + 1, column: 1, text: String::new(), kind });
         }
-        Ok(Ruleset { family: self.family, tables: self.tables })
+        Ok(Ruleset { family: self.family, tables })
     }
 
-    fn line(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
-        let bytes = line.as_bytes();
-        match bytes.first() {
-            None | Some(b'#') => Ok(()),
-            Some(b' ' | b'\t') if line.bytes().all(|b| b == b' ' || b == b'\t') => Ok(()),
-            Some(b'*') => self.table_header(line, lineno),
-            Some(b':') => self.chain_decl(line, lineno),
-            _ if line.trim_end_matches([' ', '\t']) == COMMIT => match self.open.take() {
-                Some(mut table) => {
-                    // Growth by doubling can leave half the vector unused on a big table.
-                    table.statements.shrink_to_fit();
-                    if let Some(texts) = self.pending.last_mut() {
-                        texts.shrink_to_fit();
+    /// The second step: checks the `*table` and `COMMIT` lines in order, and gives each table
+    /// its slots and each chunk its segments.
+    fn structure<'a>(outlines: &[Outline<'a>]) -> Layout<'a> {
+        let mut layout = Layout {
+            tables: Vec::new(),
+            names: Vec::new(),
+            chunks: Vec::with_capacity(outlines.len()),
+            error: None,
+            open: None,
+            lines: 0,
+        };
+        let mut counts: Vec<usize> = Vec::new();
+        'chunks: for outline in outlines {
+            let first_line = layout.lines + 1;
+            layout.lines += outline.lines;
+            let mut segments = Vec::with_capacity(outline.marks.len() + 1);
+            let mut before = 0;
+            for mark in &outline.marks {
+                segments.push(segment(&mut counts, layout.open, &mut before, mark.before));
+                let lineno = first_line + mark.index;
+                let result = if mark.kind == LineKind::Header {
+                    Parser::table_header(mark.line, lineno, &mut layout)
+                } else {
+                    match layout.open.take() {
+                        Some(_) => Ok(()),
+                        None => Err(outside_table(mark.line, lineno)),
                     }
-                    self.tables.push(table);
-                    self.declared.clear();
-                    Ok(())
-                }
-                None => Err(outside_table(line, lineno)),
-            },
-            _ => {
-                let Some(table) = self.open.as_mut() else {
-                    return Err(outside_table(line, lineno));
                 };
-                let Some(texts) = self.pending.last_mut() else {
-                    return Err(outside_table(line, lineno));
-                };
-                let first = WhitespaceWords::new(line, 0).next().map_or("", |(_, w)| w);
-                let in_order = matches!(
-                    command_of(first),
-                    Some(Command::NewChain | Command::DeleteChain | Command::Flush)
-                );
-                if !in_order {
-                    // A rule: parsed by the second pass. The placeholder is never returned.
-                    table
-                        .statements
-                        .push(Located { line: lineno, stmt: Statement::FlushChain(None) });
-                    texts.push(line);
-                    return Ok(());
+                if let Err(e) = result {
+                    layout.error = Some(e);
+                    layout.chunks.push((first_line, segments));
+                    break 'chunks;
                 }
-                let (stmt, chain_tok) =
-                    parse_statement(line, lineno, self.family, &mut self.scratch)?;
-                track_chains(&stmt, chain_tok, line, lineno, &table.name, &mut self.declared)?;
-                table.statements.push(Located { line: lineno, stmt });
-                texts.push("");
-                Ok(())
+                if mark.kind == LineKind::Header {
+                    counts.push(0);
+                }
             }
+            segments.push(segment(&mut counts, layout.open, &mut before, outline.statements));
+            layout.chunks.push((first_line, segments));
         }
+        for (table, count) in layout.tables.iter_mut().zip(counts) {
+            let placeholder = || Located { line: 0, stmt: Statement::FlushChain(None) };
+            (0..count)
+                .into_par_iter()
+                .map(|_| placeholder())
+                .collect_into_vec(&mut table.statements);
+        }
+        layout
     }
 
-    fn table_header(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
+    fn table_header<'a>(
+        line: &'a str,
+        lineno: usize,
+        layout: &mut Layout<'a>,
+    ) -> Result<(), ParseError> {
         let mut words = WhitespaceWords::new(line, 1);
         let Some((at, name)) = words.next() else {
             return Err(error_at(lineno, line, 0, ParseErrorKind::MissingTableName));
         };
-        if let Some(open) = &self.open {
+        if let Some(open) = layout.open.and_then(|t| layout.tables.get(t)) {
             let kind = ParseErrorKind::TableNotCommitted {
                 name: name.to_owned(),
                 open: open.name.clone(),
@@ -854,78 +1006,200 @@ impl<'a> Parser<'a> {
             let kind = ParseErrorKind::UnexpectedWord { word: extra.to_owned() };
             return Err(error_at(lineno, line, at, kind));
         }
-        self.open = Some(Table { name: name.to_owned(), line: lineno, statements: Vec::new() });
-        self.pending.push(Vec::new());
-        self.declared.clear();
+        layout.open = Some(layout.tables.len());
+        layout.tables.push(Table { name: name.to_owned(), line: lineno, statements: Vec::new() });
+        layout.names.push(name);
         Ok(())
     }
 
-    fn chain_decl(&mut self, line: &'a str, lineno: usize) -> Result<(), ParseError> {
-        let Some(table) = self.open.as_mut() else {
-            return Err(outside_table(line, lineno));
-        };
-        let err = |at: usize, kind| Err(error_at(lineno, line, at, kind));
-        let mut words = WhitespaceWords::new(line, 1);
-        let Some((name_at, name)) = words.next() else {
-            return err(0, ParseErrorKind::MissingValue { option: ":".to_owned() });
-        };
-        check_chain_name(name, line, lineno, name_at)?;
-        let Some((policy_at, policy_word)) = words.next() else {
-            return err(line.len(), ParseErrorKind::MissingPolicy { chain: name.to_owned() });
-        };
-        let builtin = builtin_chains(&table.name).contains(&name);
-        let policy = if policy_word == NO_POLICY {
-            None
-        } else if POLICIES.contains(&policy_word) {
-            if !builtin {
-                let kind = ParseErrorKind::PolicyOnUserChain {
-                    chain: name.to_owned(),
-                    table: table.name.clone(),
-                    policy: policy_word.to_owned(),
-                };
-                return err(policy_at, kind);
+    /// The third step: parses the statements of `chunk` (whose first line is `first_line`) into
+    /// the slots of its segments, up to line `limit`.
+    fn read<'a>(
+        chunk: &'a str,
+        first_line: usize,
+        limit: usize,
+        has_cr: bool,
+        family: Family,
+        mut scratch: Scratch<'a>,
+        segments: Vec<SegmentSlots<'_, 'a>>,
+    ) -> Read<'a> {
+        let mut out = Read { error: None, tracks: Vec::new() };
+        let mut segments = segments.into_iter();
+        let (mut table, first) = segments.next().unwrap_or((None, &mut []));
+        let mut slots = first.iter_mut();
+        for (index, raw) in ChunkLines::new(chunk).enumerate() {
+            let lineno = first_line + index;
+            if lineno >= limit {
+                break;
             }
-            Some(Name::new(policy_word))
-        } else {
-            return err(
-                policy_at,
-                ParseErrorKind::InvalidPolicy { policy: policy_word.to_owned() },
-            );
-        };
-        let counters = match words.next() {
-            None => None,
-            Some((at, word)) => match word.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
-                Some(inner) => match parse_counters(inner) {
-                    Some(c) => Some(c),
-                    None => {
-                        return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() });
+            let line = match without_cr(raw, has_cr) {
+                Ok(line) => line,
+                Err(at) => {
+                    let line = raw.strip_suffix('\r').unwrap_or(raw);
+                    let kind = ParseErrorKind::StrayCarriageReturn;
+                    out.error = Some(error_at(lineno, line, at, kind));
+                    break;
+                }
+            };
+            let kind = LineKind::of(line);
+            if matches!(kind, LineKind::Header | LineKind::Commit) {
+                let (next, next_slots) = segments.next().unwrap_or((None, &mut []));
+                table = next;
+                slots = next_slots.iter_mut();
+                continue;
+            }
+            if !kind.is_statement() {
+                continue;
+            }
+            let Some((t, name)) = table else {
+                out.error = Some(outside_table(line, lineno));
+                break;
+            };
+            let parsed = if kind == LineKind::Decl {
+                chain_decl(line, lineno, name, &mut scratch.names).map(|(decl, user)| {
+                    if let Some((at, chain)) = user {
+                        let op = TrackOp::Declare(chain);
+                        out.tracks.push(Track { line, lineno, table: t, at, op });
                     }
-                },
-                None => return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() }),
-            },
-        };
-        if let Some((at, extra)) = words.next() {
-            return err(at, ParseErrorKind::UnexpectedWord { word: extra.to_owned() });
+                    Statement::Chain(decl)
+                })
+            } else {
+                parse_statement(line, lineno, family, &mut scratch).and_then(|(stmt, tok)| {
+                    if let Some(op) = track_op(&stmt, tok, line, lineno, name)? {
+                        let at = tok.map_or(0, |t| t.at);
+                        out.tracks.push(Track { line, lineno, table: t, at, op });
+                    }
+                    Ok(stmt)
+                })
+            };
+            match parsed {
+                Ok(stmt) => {
+                    if let Some(slot) = slots.next() {
+                        *slot = Located { line: lineno, stmt };
+                    }
+                }
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            }
         }
-        if !builtin {
-            match self.declared.entry(Cow::Borrowed(name)) {
+        out
+    }
+
+    /// Replays the chain declarations and deletions of every chunk in order (up to line
+    /// `limit`), and gives the first chain declared twice in one table section.
+    fn check_declarations(chunks: &[Vec<Track<'_>>], limit: usize) -> Option<ParseError> {
+        let count = chunks.iter().map(Vec::len).sum();
+        let mut declared = ChainSet::with_capacity_and_hasher(count, Default::default());
+        let mut section = None;
+        for track in chunks.iter().flatten() {
+            if track.lineno >= limit {
+                break;
+            }
+            if section != Some(track.table) {
+                section = Some(track.table);
+                declared.clear();
+            }
+            let (name, key) = match &track.op {
+                TrackOp::Declare(name) => (*name, Cow::Borrowed(*name)),
+                TrackOp::New(name) => (name.as_ref(), name.clone()),
+                TrackOp::Delete(name) => {
+                    declared.remove(name.as_ref());
+                    continue;
+                }
+                TrackOp::DeleteAll => {
+                    declared.clear();
+                    continue;
+                }
+            };
+            match declared.entry(key) {
                 Entry::Occupied(first) => {
-                    let first_line = *first.get();
-                    let kind = ParseErrorKind::DuplicateChain { name: name.to_owned(), first_line };
-                    return err(name_at, kind);
+                    let kind = ParseErrorKind::DuplicateChain {
+                        name: name.to_owned(),
+                        first_line: *first.get(),
+                    };
+                    return Some(error_at(track.lineno, track.line, track.at, kind));
                 }
                 Entry::Vacant(slot) => {
-                    slot.insert(lineno);
+                    slot.insert(track.lineno);
                 }
             }
         }
-        let decl = ChainDecl { name: self.scratch.names.word(name), policy, counters };
-        table.statements.push(Located { line: lineno, stmt: Statement::Chain(decl) });
-        if let Some(texts) = self.pending.last_mut() {
-            texts.push("");
-        }
-        Ok(())
+        None
     }
+}
+
+/// Keeps in `first` the earlier of it and `other`.
+fn keep_earlier(first: &mut Option<ParseError>, other: Option<ParseError>) {
+    if let Some(e) = other
+        && first.as_ref().is_none_or(|f| e.line < f.line)
+    {
+        *first = Some(e);
+    }
+}
+
+/// The segment of the statements from `*before` up to `upto` in table `open`, counted in its
+/// table's slots.
+fn segment(counts: &mut [usize], open: Option<usize>, before: &mut usize, upto: usize) -> Segment {
+    let statements = upto.saturating_sub(*before);
+    *before = upto;
+    if let Some(count) = open.and_then(|t| counts.get_mut(t)) {
+        *count += statements;
+    }
+    Segment { table: open, statements }
+}
+
+/// A `:CHAIN POLICY [packets:bytes]` line of `table`, and the chain's name and offset when it is
+/// a user chain (whose declarations [`Parser::check_declarations`] counts).
+fn chain_decl<'a>(
+    line: &'a str,
+    lineno: usize,
+    table: &str,
+    names: &mut Names<'a>,
+) -> Result<(ChainDecl, Option<NameAt<'a>>), ParseError> {
+    let err = |at: usize, kind| Err(error_at(lineno, line, at, kind));
+    let mut words = WhitespaceWords::new(line, 1);
+    let Some((name_at, name)) = words.next() else {
+        return err(0, ParseErrorKind::MissingValue { option: ":".to_owned() });
+    };
+    check_chain_name(name, line, lineno, name_at)?;
+    let Some((policy_at, policy_word)) = words.next() else {
+        return err(line.len(), ParseErrorKind::MissingPolicy { chain: name.to_owned() });
+    };
+    let builtin = builtin_chains(table).contains(&name);
+    let policy = if policy_word == NO_POLICY {
+        None
+    } else if POLICIES.contains(&policy_word) {
+        if !builtin {
+            let kind = ParseErrorKind::PolicyOnUserChain {
+                chain: name.to_owned(),
+                table: table.to_owned(),
+                policy: policy_word.to_owned(),
+            };
+            return err(policy_at, kind);
+        }
+        Some(Name::new(policy_word))
+    } else {
+        return err(policy_at, ParseErrorKind::InvalidPolicy { policy: policy_word.to_owned() });
+    };
+    let counters = match words.next() {
+        None => None,
+        Some((at, word)) => match word.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
+            Some(inner) => match parse_counters(inner) {
+                Some(c) => Some(c),
+                None => {
+                    return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() });
+                }
+            },
+            None => return err(at, ParseErrorKind::InvalidCounters { token: word.to_owned() }),
+        },
+    };
+    if let Some((at, extra)) = words.next() {
+        return err(at, ParseErrorKind::UnexpectedWord { word: extra.to_owned() });
+    }
+    let decl = ChainDecl { name: names.word(name), policy, counters };
+    Ok((decl, (!builtin).then_some((name_at, name))))
 }
 
 fn outside_table(line: &str, lineno: usize) -> ParseError {
@@ -933,73 +1207,61 @@ fn outside_table(line: &str, lineno: usize) -> ParseError {
     error_at(lineno, line, at, ParseErrorKind::OutsideTable { token: token.to_owned() })
 }
 
-/// Records `-N` and `-X` in the set of declared user chains of the open table section.
-fn track_chains<'a>(
+/// What `-N` and `-X` do to the set of declared user chains of `table`'s section (`-N` of a
+/// built-in chain is an error here).
+fn track_op<'a>(
     stmt: &Statement,
     chain_tok: Option<Tok<'a>>,
     line: &str,
     lineno: usize,
     table: &str,
-    declared: &mut ChainSet<'a>,
-) -> Result<(), ParseError> {
+) -> Result<Option<TrackOp<'a>>, ParseError> {
     let key = |name: &Name| match chain_tok {
         Some(t) if !t.quoted => Cow::Borrowed(t.raw),
         _ => Cow::Owned(name.to_string()),
     };
-    match stmt {
+    Ok(match stmt {
         Statement::NewChain(name) => {
-            let first_line = if builtin_chains(table).contains(&name.as_str()) {
-                Some(0)
-            } else {
-                declared.get(name.as_str()).copied()
-            };
-            if let Some(first_line) = first_line {
+            if builtin_chains(table).contains(&name.as_str()) {
                 let at = chain_tok.map_or(0, |t| t.at);
-                let kind = ParseErrorKind::DuplicateChain { name: name.to_string(), first_line };
+                let kind = ParseErrorKind::DuplicateChain { name: name.to_string(), first_line: 0 };
                 return Err(error_at(lineno, line, at, kind));
             }
-            declared.insert(key(name), lineno);
+            Some(TrackOp::New(key(name)))
         }
-        Statement::DeleteChain(Some(name)) => {
-            declared.remove(name.as_str());
-        }
-        Statement::DeleteChain(None) => declared.clear(),
-        _ => {}
-    }
-    Ok(())
+        Statement::DeleteChain(Some(name)) => Some(TrackOp::Delete(key(name))),
+        Statement::DeleteChain(None) => Some(TrackOp::DeleteAll),
+        _ => None,
+    })
 }
 
-/// The `\n`-separated pieces of a text, as `str::split('\n')` gives them (a final empty piece
-/// after a trailing `\n` included), found with the `memchr` crate's vectorised search: rule lines
-/// are too short for the standard library's search to reach its fast loop.
-struct Lines<'a> {
-    text: &'a str,
-    /// The start of the next piece; `None` once the last one was returned.
-    pos: Option<usize>,
+/// The lines of a chunk: its `\n`-separated pieces, without the empty piece after a final `\n`
+/// (which is the next chunk's start, or nothing at the end of the text), found with the `memchr`
+/// crate's vectorised search: rule lines are too short for the standard library's search to
+/// reach its fast loop.
+struct ChunkLines<'a> {
+    rest: &'a str,
 }
 
-impl<'a> Lines<'a> {
-    fn new(text: &'a str) -> Lines<'a> {
-        Lines { text, pos: Some(0) }
+impl<'a> ChunkLines<'a> {
+    fn new(chunk: &'a str) -> ChunkLines<'a> {
+        ChunkLines { rest: chunk }
     }
 }
 
-impl<'a> Iterator for Lines<'a> {
+impl<'a> Iterator for ChunkLines<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let start = self.pos?;
-        let rest = self.text.get(start..).unwrap_or_default();
-        match memchr::memchr(b'\n', rest.as_bytes()) {
-            Some(n) => {
-                self.pos = Some(start + n + 1);
-                rest.get(..n)
-            }
-            None => {
-                self.pos = None;
-                Some(rest)
-            }
+        if self.rest.is_empty() {
+            return None;
         }
+        let (line, rest) = match memchr::memchr(b'\n', self.rest.as_bytes()) {
+            Some(n) => (self.rest.get(..n), self.rest.get(n + 1..)),
+            None => (Some(self.rest), Some("")),
+        };
+        self.rest = rest.unwrap_or_default();
+        line
     }
 }
 
@@ -1062,13 +1324,30 @@ fn parse_counters(inner: &str) -> Option<(u64, u64)> {
 /// Buffers reused from line to line.
 #[derive(Default)]
 struct Scratch<'a> {
-    /// The shared dump text rules keep their text in, when the line is part of it.
+    /// The dump text rules keep their text in, when the line is part of it or of `origin`.
     piece: Option<Arc<Piece>>,
+    /// The text `piece` is a copy of, when it is one.
+    origin: Option<&'a str>,
     toks: Vec<Tok<'a>>,
     args: Vec<Arg>,
     names: Names<'a>,
     /// An address as [`Addr`] prints it, to compare with its spelling.
     addr: String,
+}
+
+impl Scratch<'_> {
+    /// The same part of `piece` as `part` is of `origin`, when `piece` is a copy of `origin`
+    /// (else `part`).
+    fn in_piece<'s>(&'s self, part: &'s str) -> &'s str {
+        let (Some(piece), Some(origin)) = (&self.piece, self.origin) else {
+            return part;
+        };
+        let start = (part.as_ptr() as usize).wrapping_sub(origin.as_ptr() as usize);
+        match start.checked_add(part.len()).filter(|&end| end <= origin.len()) {
+            Some(end) => piece.as_str().get(start..end).unwrap_or(part),
+            None => part,
+        }
+    }
 }
 
 /// Long names (`KUBE-SEP-…`, 25 bytes) are reference-counted: consecutive rules of one chain
@@ -1252,7 +1531,8 @@ fn parse_statement<'a>(
             (Some(first), Some(last)) => line.get(first.at..last.at + last.raw.len()),
             _ => None,
         };
-        Rule::from_written(chain, op, counters, text.unwrap_or_default(), scratch.piece.as_ref())
+        let text = scratch.in_piece(text.unwrap_or_default());
+        Rule::from_written(chain, op, counters, text, scratch.piece.as_ref())
     } else {
         scratch.args.clear();
         let build = Mode::Build(&mut scratch.args);
@@ -1292,8 +1572,26 @@ impl Mode<'_, '_> {
     }
 }
 
-/// Whether `addr` prints as `raw`.
+/// Whether `addr`, read from the unquoted word `raw`, prints as `raw`.
 fn spelled_as(c: &mut Check<'_>, addr: &Addr, raw: &str) -> bool {
+    if addr.net.is_ipv4() {
+        // The standard library reads an IPv4 address only in its canonical dotted form (no
+        // leading zeros), which is how it prints; a prefix prints as written when it is a
+        // decimal number without leading zeros (a netmask prints as its length).
+        let canonical = raw.split_once('/').is_none_or(|(_, prefix)| canonical_decimal(prefix));
+        debug_assert_eq!(canonical, printed_as(c, addr, raw), "{raw}");
+        return canonical;
+    }
+    printed_as(c, addr, raw)
+}
+
+/// Whether `s` is a decimal number as it prints: digits, without leading zeros.
+fn canonical_decimal(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+}
+
+/// Whether `addr` prints as `raw`, by printing it.
+fn printed_as(c: &mut Check<'_>, addr: &Addr, raw: &str) -> bool {
     use std::fmt::Write as _;
     c.addr.clear();
     // Writing into a String cannot fail.
@@ -1950,6 +2248,34 @@ mod tests {
         assert_eq!(rule.to_string(), "-A X -d 0.0.0.0/0");
         let rule = parse_rule_line("-A X -d fd00::/ffff:ffff::", Family::V6).unwrap();
         assert_eq!(rule.to_string(), "-A X -d fd00::/32");
+    }
+
+    #[test]
+    fn ipv4_spelling_is_canonical_exactly_when_it_prints_back() {
+        let mut buffer = String::new();
+        let spellings = [
+            "10.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.0.1/32",
+            "10.0.0.0/8",
+            "10.0.0.0/0",
+            "10.0.0.1/08",
+            "10.0.0.0/00",
+            "10.0.0.0/255.0.0.0",
+            "10.0.0.0/255.255.255.255",
+        ];
+        for raw in spellings {
+            let tok = Tok { raw, at: 0, quoted: false };
+            let addr = parse_addr(&tok, Family::V4).unwrap();
+            let mut c = Check { canonical: true, addr: &mut buffer };
+            let printed = addr.to_string() == raw;
+            assert_eq!(spelled_as(&mut c, &addr, raw), printed, "{raw}");
+            assert_eq!(printed_as(&mut c, &addr, raw), printed, "{raw}");
+        }
+        // Leading zeros in an octet are not an IPv4 address at all.
+        let tok = Tok { raw: "10.0.0.01", at: 0, quoted: false };
+        assert!(parse_addr(&tok, Family::V4).is_err());
     }
 
     #[test]
@@ -2719,9 +3045,7 @@ mod tests {
     fn rules_parsed_in_chunks_equal_each_line_parsed_alone() {
         let text = synthetic_dump(1000);
         let ruleset = parse(&text, Family::V4).unwrap();
-        let rules =
-            ruleset.tables[0].statements.iter().filter(|s| matches!(s.stmt, Statement::Rule(_)));
-        assert!(rules.count() > 2 * PARSE_CHUNK, "the dump spans several chunks");
+        assert!(text.len() > 8 * PARSE_CHUNK, "the dump spans several chunks");
         let lines: Vec<&str> = text.lines().collect();
         for located in &ruleset.tables[0].statements {
             let line = lines[located.line - 1];
@@ -2732,6 +3056,94 @@ mod tests {
                 other => assert_eq!(other.to_string(), line),
             }
         }
+    }
+
+    /// Three table sections of several chunks each, with comments and blank lines around them.
+    fn sections_across_chunks() -> String {
+        let nat = synthetic_dump(150);
+        let filter: String = (0..5000)
+            .map(|i| format!("-A FORWARD -s 10.0.{}.{}/32 -j ACCEPT\n", i / 250, i % 250))
+            .collect();
+        assert!(nat.len() > 2 * PARSE_CHUNK && filter.len() > 2 * PARSE_CHUNK);
+        format!("# a dump\n\n{nat}  \n*filter\n:FORWARD DROP [0:0]\n# rules\n{filter}COMMIT\n{nat}")
+    }
+
+    #[test]
+    fn sections_across_chunks_keep_their_lines_and_tables() {
+        let text = sections_across_chunks();
+        let ruleset = parse(&text, Family::V4).unwrap();
+        let names: Vec<&str> = ruleset.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["nat", "filter", "nat"]);
+        let lines: Vec<&str> = text.lines().collect();
+        for table in &ruleset.tables {
+            assert_eq!(lines[table.line - 1], format!("*{}", table.name));
+            for located in &table.statements {
+                assert_eq!(located.stmt.to_string(), lines[located.line - 1]);
+            }
+        }
+        let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
+        let skipped = lines
+            .iter()
+            .filter(|l| l.trim().is_empty() || l.starts_with(['#', '*']) || **l == "COMMIT");
+        assert_eq!(statements + skipped.count(), lines.len());
+        let kept: String = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(render(&ruleset) == kept, "render(parse(x)) is x without comments and blanks");
+        // CRLF line ends read the same.
+        assert!(parse(&text.replace('\n', "\r\n"), Family::V4).unwrap() == ruleset, "CRLF");
+    }
+
+    #[test]
+    fn errors_in_later_chunks_name_their_line() {
+        let text = sections_across_chunks();
+        let lines: Vec<&str> = text.lines().collect();
+        let decl = ":KUBE-SVC-0000000000000007 - [0:0]";
+        let first = lines.iter().position(|l| *l == decl).unwrap() + 1;
+        let rule =
+            |from: usize| (from..).find(|&n| lines[n - 1].starts_with("-A KUBE-SEP")).unwrap();
+        // A chain declared again far from its first declaration.
+        let again = rule(first + 1500);
+        let e = err(&replace_line(&text, again, decl));
+        assert_eq!((e.line, e.column), (again, 2), "{e}");
+        assert!(
+            matches!(e.kind, ParseErrorKind::DuplicateChain { first_line, .. } if first_line == first),
+            "{e}"
+        );
+        // Accepted after its deletion, and again in the next section of the table.
+        let deleted = replace_line(&text, rule(first + 1000), "-X KUBE-SVC-0000000000000007");
+        parse(&replace_line(&deleted, again, decl), Family::V4).unwrap();
+        // `-X` of every chain clears them all.
+        let cleared = replace_line(&text, rule(first + 1000), "-X");
+        parse(&replace_line(&cleared, again, decl), Family::V4).unwrap();
+        // Of two chains declared again, the earlier line is reported, whichever comes first
+        // in the text.
+        let other = ":KUBE-SEP-0000000000003001 - [0:0]";
+        let other_first = lines.iter().position(|l| *l == other).unwrap() + 1;
+        let before = rule(first + 900);
+        let two = replace_line(&replace_line(&text, again, decl), before, other);
+        let e = err(&two);
+        assert_eq!(e.line, before, "{e}");
+        assert!(
+            matches!(e.kind, ParseErrorKind::DuplicateChain { first_line, .. } if first_line == other_first),
+            "{e}"
+        );
+        // A rule where the second nat section opened is outside any table.
+        let reopen = lines.iter().rposition(|l| *l == "*nat").unwrap() + 1;
+        let e = err(&replace_line(&text, reopen, "-A X -j ACCEPT"));
+        assert_eq!(e.line, reopen, "{e}");
+        assert!(matches!(e.kind, ParseErrorKind::OutsideTable { .. }), "{e}");
+        // A stray CR far into the text.
+        let cr = replace_line(&text, again, "-A X -m comment --comment \"a\rb\" -j ACCEPT");
+        let e = err(&cr.replace('\n', "\r\n"));
+        assert_eq!((e.line, e.column), (again, 29), "{e}");
+        assert!(matches!(e.kind, ParseErrorKind::StrayCarriageReturn), "{e}");
+        // A NUL byte in a late chunk is found before anything else.
+        let nul = replace_line(&replace_line(&text, 3, "*bad"), again, "-A X\0");
+        let e = err(&nul);
+        assert_eq!((e.line, e.column), (again, 5), "{e}");
     }
 
     #[test]

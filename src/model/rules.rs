@@ -755,6 +755,19 @@ impl Piece {
     }
 }
 
+impl Piece {
+    /// A copy of `text`, for the rules parsed from it (the parser makes one per chunk of a dump it
+    /// reads in parallel, so the copying is parallel too).
+    pub(crate) fn copied(text: &str) -> Arc<Piece> {
+        Arc::new(Piece { text: PieceText::Own(text.to_owned()) })
+    }
+
+    /// The text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
 /// Rule texts gathered into one buffer that the rules then share, as a parsed dump's rules share
 /// its text: a generator that makes many rules moves each one's text in as it finishes the rule
 /// ([`TextArena::adopt`]), so the rules cost no allocation of their own and are freed together.
