@@ -383,12 +383,12 @@ impl NftDataplane {
                         if pending.len() + out.len() + targets.len() > MAX_BRANCHES {
                             return Err(NftError::TooManyBranches { limit: MAX_BRANCHES });
                         }
-                        let share = 1.0 / targets.len() as f64;
+                        let n = targets.len();
                         // Pushed last-first, so that branch 0 is walked (and listed) first.
-                        for t in targets.into_iter().rev() {
+                        for (i, t) in targets.into_iter().enumerate().rev() {
                             let ti = self.chain_index(&t, &c.name)?;
                             let mut b = w.clone();
-                            b.probability *= share;
+                            b.probability *= numgen_share(i, n);
                             pending.push((b, ti, 0, stack.clone()));
                         }
                         break;
@@ -564,6 +564,28 @@ impl NftDataplane {
     }
 }
 
+/// The probability that `numgen random mod n` gives `i`: the kernel scales a 32-bit random
+/// number to `[0, n)` with `reciprocal_scale` (`(r × n) >> 32`, net/netfilter/nft_numgen.c), so
+/// value `i` covers the `r` in `[⌈i·2³²/n⌉, ⌈(i+1)·2³²/n⌉)`: 1/n to within 2⁻³², with
+/// `2³² mod n` of the values one count more than the others.
+///
+/// ```
+/// use svcpath::dataplane::nftables::numgen_share;
+/// assert_eq!(numgen_share(0, 3), 1_431_655_766.0 / 4_294_967_296.0);
+/// assert_eq!(numgen_share(1, 3), 1_431_655_765.0 / 4_294_967_296.0);
+/// assert_eq!(numgen_share(0, 2), 0.5);
+/// ```
+pub fn numgen_share(i: usize, n: usize) -> f64 {
+    if n == 0 || i >= n {
+        return 0.0;
+    }
+    let scale = 1u128 << 32;
+    let (i, n) = (i as u128, n as u128);
+    let lo = (i * scale).div_ceil(n);
+    let hi = ((i + 1) * scale).div_ceil(n);
+    (hi - lo) as f64 / scale as f64
+}
+
 fn verdict_word(v: &Verdict) -> String {
     match v {
         Verdict::Jump(c) => format!("jump {c}"),
@@ -672,13 +694,32 @@ mod tests {
     }
 
     #[test]
+    fn numgen_shares_sum_to_one_and_differ_by_at_most_one_count() {
+        for n in 1..200 {
+            let shares: Vec<f64> = (0..n).map(|i| numgen_share(i, n)).collect();
+            let counts: Vec<u64> = shares.iter().map(|s| (s * 4294967296.0) as u64).collect();
+            assert_eq!(counts.iter().sum::<u64>(), 1 << 32, "n = {n}");
+            let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(max - min <= 1, "n = {n}");
+            let extra = counts.iter().filter(|&&c| c > *min).count() as u64;
+            assert!(extra == (1u64 << 32) % n as u64 || max == min, "n = {n}");
+        }
+    }
+
+    #[test]
     fn numgen_spreads_a_cluster_ip_evenly_over_the_endpoints() {
         let (dp, env) = default_dp();
         let out = dp.trace(&env, &pod_packet("10.96.0.10", 80)).unwrap();
         let eps: Vec<String> = out.iter().map(|o| o.dnat.unwrap().to_string()).collect();
         assert_eq!(eps, ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]);
+        let p: Vec<f64> = out.iter().map(|o| o.probability).collect();
+        // The kernel's reciprocal_scale: 2^32 = 3 × 1431655765 + 1, the extra count to value 0.
+        assert_eq!(
+            p,
+            [1431655766.0 / 4294967296.0, 1431655765.0 / 4294967296.0, 1431655765.0 / 4294967296.0]
+        );
+        assert_eq!(p.iter().sum::<f64>(), 1.0);
         for o in &out {
-            assert!((o.probability - 1.0 / 3.0).abs() < 1e-12);
             assert_eq!(o.fate, Fate::Forward);
             assert!(!o.masquerade, "a pod source is not masqueraded");
         }
