@@ -13,7 +13,7 @@ use svcpath::model::{IpFamily, Protocol};
 use svcpath::render::dist as render;
 use svcpath::study::dist::{
     Backend, ClientDist, DistRequest, DistResult, ModeSpec, client_addresses, run_iptables,
-    run_ipvs,
+    run_ipvs, run_nftables,
 };
 
 use super::input::{InputArgs, LoadedCluster};
@@ -230,6 +230,11 @@ impl DistArgs {
                 bar.set_message(format!("{param}={v} {}", m.name()));
                 let r = match m {
                     ModeSpec::Iptables => run_iptables(&dp, &req, &|_| {})?,
+                    ModeSpec::Nftables => {
+                        let nft =
+                            svcpath::study::nft_trace::dataplane(&lc.cluster, &lc.node, family);
+                        run_nftables(&nft, &dp.local, &req, &|_| {})?
+                    }
                     ModeSpec::Ipvs(kind, flags) => run_ipvs(
                         &backends(&lc, self.dest, proto, family)?,
                         *kind,
@@ -319,6 +324,13 @@ impl DistArgs {
             let progress = |i: u64| bar.set_position(offset + i);
             let r = match m {
                 ModeSpec::Iptables => run_iptables(&dp, &req, &progress)?,
+                ModeSpec::Nftables => {
+                    let lc = lc.as_ref().ok_or_else(|| {
+                        anyhow!("nftables: the mode renders the node's table from the cluster, not an iptables-save dump")
+                    })?;
+                    let nft = svcpath::study::nft_trace::dataplane(&lc.cluster, &lc.node, family);
+                    run_nftables(&nft, &dp.local, &req, &progress)?
+                }
                 ModeSpec::Ipvs(kind, flags) => {
                     let lc = lc.as_ref().ok_or_else(|| {
                         anyhow!("{}: IPVS modes need the cluster (its endpoints), not an iptables-save dump", m.name())

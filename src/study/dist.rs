@@ -28,6 +28,7 @@ use crate::dataplane::ipvs::{ConnState, DestSpec, IpvsService, SchedulerKind, Se
 use crate::dataplane::netfilter::EvalError;
 use crate::dataplane::netfilter::compiled::CompiledNetfilter;
 use crate::dataplane::netfilter::eval::{Env, Origin, Outcome, Packet, Verdict};
+use crate::dataplane::nftables::{Fate as NftFate, NftDataplane, NftEnv, NftPacket};
 use crate::model::Protocol;
 
 /// A proxy mode to simulate.
@@ -37,6 +38,8 @@ pub enum ModeSpec {
     Iptables,
     /// IPVS with a scheduler and its flags.
     Ipvs(SchedulerKind, ServiceFlags),
+    /// kube-proxy's nftables table.
+    Nftables,
 }
 
 impl ModeSpec {
@@ -48,6 +51,7 @@ impl ModeSpec {
         let mut parts = s.split(':');
         match parts.next() {
             Some("iptables") if parts.clone().next().is_none() => Ok(ModeSpec::Iptables),
+            Some("nftables") if parts.clone().next().is_none() => Ok(ModeSpec::Nftables),
             Some("ipvs") => {
                 let kind = match parts.next() {
                     None | Some("") => SchedulerKind::Rr,
@@ -63,7 +67,7 @@ impl ModeSpec {
                 Ok(ModeSpec::Ipvs(kind, flags))
             }
             _ => Err(format!(
-                "unknown mode '{s}' (modes: iptables, ipvs, ipvs:rr, ipvs:wrr, ipvs:lc, ipvs:sh, ipvs:sh:sh-port, …)"
+                "unknown mode '{s}' (modes: iptables, nftables, ipvs, ipvs:rr, ipvs:wrr, ipvs:lc, ipvs:sh, ipvs:sh:sh-port, …)"
             )),
         }
     }
@@ -72,6 +76,7 @@ impl ModeSpec {
     pub fn name(&self) -> String {
         match self {
             ModeSpec::Iptables => "iptables".into(),
+            ModeSpec::Nftables => "nftables".into(),
             ModeSpec::Ipvs(k, f) if f.bits() == 0 => format!("ipvs:{}", k.name()),
             ModeSpec::Ipvs(k, f) => {
                 let mut names = Vec::new();
@@ -428,6 +433,100 @@ pub fn run_iptables(
     ))
 }
 
+/// The nftables mode: each connection lands as the exact walk of its client's packet says
+/// ([`NftDataplane::outcomes`]: `numgen random mod N` as the kernel scales its random number),
+/// drawn in parallel chunks of [`CHUNK`] flows, deterministic for a seed.
+///
+/// # Errors
+/// [`DistError::Input`] for no clients or a table that cannot be walked.
+pub fn run_nftables(
+    dp: &NftDataplane,
+    local: &[IpAddr],
+    req: &DistRequest,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<ModeResult, DistError> {
+    if req.clients.is_empty() {
+        return Err(DistError::Input("no clients".into()));
+    }
+    let env = NftEnv { local: local.to_vec(), ..NftEnv::default() };
+    let picker = ClientPicker::new(req.clients.len(), req.client_dist);
+    // Each client's landings and their cumulative probabilities.
+    let mut per_client: Vec<(Vec<Landing>, Vec<f64>)> = Vec::with_capacity(req.clients.len());
+    for &c in &req.clients {
+        let from_node = c.is_loopback() || local.contains(&c);
+        let pkt = NftPacket {
+            src: c,
+            dst: req.dst,
+            proto: req.proto,
+            dport: req.dport,
+            in_iface: if from_node { String::new() } else { "eth0".into() },
+        };
+        let outs = dp.outcomes(&env, &pkt).map_err(|e| DistError::Input(e.to_string()))?;
+        let mut landings = Vec::with_capacity(outs.len());
+        let mut cdf = Vec::with_capacity(outs.len());
+        let mut acc = 0.0;
+        for o in &outs {
+            landings.push(match (o.fate, o.dnat) {
+                (NftFate::Drop, _) => Landing::Drop,
+                (NftFate::Reject, _) => Landing::Reject,
+                (_, Some(ep)) => Landing::Endpoint(ep),
+                (_, None) => Landing::NotTranslated,
+            });
+            acc += o.probability;
+            cdf.push(acc);
+        }
+        per_client.push((landings, cdf));
+    }
+    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
+    for (i, (landings, cdf)) in per_client.iter().enumerate() {
+        let w = picker.cdf[i] - if i == 0 { 0.0 } else { picker.cdf[i - 1] };
+        for (k, l) in landings.iter().enumerate() {
+            let p = cdf[k] - if k == 0 { 0.0 } else { cdf[k - 1] };
+            *expected.entry(l.label()).or_default() += w * p;
+        }
+    }
+    let done = AtomicU64::new(0);
+    let chunks: Vec<HashMap<Landing, u64>> = (0..req.flows.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| {
+            let mut rng = Pcg64Mcg::seed_from_u64(chunk_seed(req.seed, k));
+            let mut counts: HashMap<Landing, u64> = HashMap::new();
+            let n = CHUNK.min(req.flows - k * CHUNK);
+            for _ in 0..n {
+                let (landings, cdf) = &per_client[picker.pick(&mut rng)];
+                let u: f64 = rng.random::<f64>() * cdf.last().copied().unwrap_or(1.0);
+                let at = cdf.partition_point(|&c| c <= u).min(landings.len().saturating_sub(1));
+                if let Some(l) = landings.get(at) {
+                    *counts.entry(*l).or_default() += 1;
+                }
+            }
+            progress(done.fetch_add(n, Ordering::Relaxed) + n);
+            counts
+        })
+        .collect();
+    let mut counts: BTreeMap<String, u64> = expected.keys().map(|k| (k.clone(), 0)).collect();
+    for chunk in chunks {
+        for (landing, n) in chunk {
+            *counts.entry(landing.label()).or_default() += n;
+        }
+    }
+    let rows = counts
+        .into_iter()
+        .map(|(endpoint, count)| Row {
+            expected: expected.get(&endpoint).copied().unwrap_or(0.0),
+            share: count as f64 / req.flows.max(1) as f64,
+            endpoint,
+            count,
+        })
+        .collect();
+    Ok(summarise(
+        "nftables".into(),
+        "numgen random mod N as the kernel scales it".into(),
+        rows,
+        &|r| r.expected > 0.0 && r.endpoint.contains(':'),
+    ))
+}
+
 /// An IPVS mode: kube-proxy's real servers on one node, connections kept open.
 pub fn run_ipvs(
     backends: &[Backend],
@@ -536,6 +635,37 @@ pub fn client_addresses(base: IpAddr, n: usize) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nftables_dist_matches_the_numgen_shares_and_rejects_other_ports() {
+        let c = crate::model::default::default_cluster();
+        let node = c.node_view(None, &[]).unwrap();
+        let dp = crate::study::nft_trace::dataplane(&c, &node, crate::model::IpFamily::V4);
+        let mut req = DistRequest {
+            dst: "10.96.0.10".parse().unwrap(),
+            dport: 80,
+            proto: Protocol::Tcp,
+            flows: 90_000,
+            clients: client_addresses("10.1.200.1".parse().unwrap(), 10),
+            client_dist: ClientDist::Uniform,
+            seed: 7,
+        };
+        let r = run_nftables(&dp, &node.addresses, &req, &|_| {}).unwrap();
+        assert_eq!(r.rows.len(), 3);
+        assert_eq!(r.rows.iter().map(|r| r.count).sum::<u64>(), 90_000);
+        let shares: Vec<f64> = r.rows.iter().map(|r| r.expected).collect();
+        // Averaged over the clients: the first endpoint one count in 2^32 ahead.
+        assert!((shares[0] - 1431655766.0 / 4294967296.0).abs() < 1e-15, "{shares:?}");
+        assert!(shares[0] > shares[1]);
+        assert!(r.p_value > 1e-4, "{r:?}");
+        // The same seed gives the same counts.
+        let again = run_nftables(&dp, &node.addresses, &req, &|_| {}).unwrap();
+        assert_eq!(again.rows, r.rows);
+        req.dport = 81;
+        let r = run_nftables(&dp, &node.addresses, &req, &|_| {}).unwrap();
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!((r.rows[0].endpoint.as_str(), r.rows[0].count), ("REJECT", 90_000));
+    }
 
     #[test]
     fn chi_square_of_a_perfect_fit_is_zero_with_p_one() {

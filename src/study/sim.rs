@@ -450,6 +450,14 @@ pub fn run(
     progress: &dyn Fn(f64),
 ) -> Result<SimResult, SimError> {
     let mode = ModeSpec::parse(&sc.mode).map_err(|e| err(origin, format!("mode: {e}")))?;
+    if mode == ModeSpec::Nftables {
+        return Err(err(
+            origin,
+            "mode: nftables is not simulated over time yet (trace, dist and cost model it; sim \
+             models iptables and IPVS)"
+                .to_owned(),
+        ));
+    }
     let client_dist = ClientDist::parse(&sc.clients.dist)
         .map_err(|e| err(origin, format!("clients.dist: {e}")))?;
     if sc.nodes == 0
@@ -577,6 +585,9 @@ pub fn run(
                             nodes.push(NodeState::Iptables { dp: Box::new(dp), env });
                         }
                     }
+                }
+                ModeSpec::Nftables => {
+                    return Err(err(origin, "mode: nftables is not simulated".to_owned()));
                 }
                 ModeSpec::Ipvs(kind, flags) => {
                     if nodes.len() <= i {
