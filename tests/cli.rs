@@ -585,3 +585,24 @@ fn trace_a_nodes_nft_json_listing_with_its_affinity_state() {
         .failure()
         .stderr(predicate::str::contains("bad.json").and(predicate::str::contains("line 2")));
 }
+
+/// Without --mode, `trace` and `rules` follow the KubeProxyConfiguration's `mode`, and say so.
+#[test]
+fn the_configured_proxy_mode_is_the_default() {
+    let file = crate::harness::data("kubeproxy-nftables/TestOverallNFTablesRules/cluster.yaml");
+    let file = file.to_str().unwrap();
+    let out = svcpath().args(["trace", "172.30.0.41:80", "--cluster", file]).assert().success();
+    let out = out.get_output();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(nftables)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--mode nftables, from the KubeProxyConfiguration")
+    );
+    let out = svcpath().args(["rules", "--cluster", file]).assert().success();
+    assert!(
+        String::from_utf8_lossy(&out.get_output().stdout).starts_with("add table ip kube-proxy")
+    );
+    // An explicit --mode wins.
+    let text = stdout_of(&["trace", "172.30.0.41:80", "--cluster", file, "--mode", "iptables"]);
+    assert!(text.contains("KUBE-SVC-"), "{text}");
+}

@@ -11,6 +11,8 @@ use svcpath::kubeproxy::iptables::{self, NodeEnv};
 use svcpath::kubeproxy::ipvs::{self as kp_ipvs, IpvsOptions};
 use svcpath::kubeproxy::nftables;
 
+use svcpath::model::ProxyMode;
+
 use super::input::InputArgs;
 
 /// A proxy mode.
@@ -38,9 +40,9 @@ pub enum IpvsFormat {
 pub struct RulesArgs {
     #[command(flatten)]
     input: InputArgs,
-    /// The proxy mode.
-    #[arg(long, value_enum, default_value = "iptables")]
-    mode: ModeArg,
+    /// The proxy mode (default: the KubeProxyConfiguration's `mode`, else iptables).
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
     /// Print only the iptables-restore payload kube-proxy writes (no built-in chains, no jumps
     /// from them; those kube-proxy installs with `iptables -I`).
     #[arg(long)]
@@ -68,7 +70,16 @@ impl RulesArgs {
             );
         };
         let family = self.input.family.into();
-        if self.mode == ModeArg::Ipvs {
+        let mode = self.mode.unwrap_or(match lc.cluster.config.mode {
+            ProxyMode::Iptables => ModeArg::Iptables,
+            ProxyMode::Ipvs => ModeArg::Ipvs,
+            ProxyMode::Nftables => ModeArg::Nftables,
+        });
+        if self.mode.is_none() && mode != ModeArg::Iptables {
+            let name = if mode == ModeArg::Ipvs { "ipvs" } else { "nftables" };
+            eprintln!("svcpath: note: --mode {name}, from the KubeProxyConfiguration");
+        }
+        if mode == ModeArg::Ipvs {
             if let Some(s) = &self.scheduler {
                 SchedulerKind::parse(s).map_err(|e| anyhow!("--scheduler: {e}"))?;
             }
@@ -90,7 +101,7 @@ impl RulesArgs {
             super::print(&text)?;
             return Ok(ExitCode::SUCCESS);
         }
-        if self.mode == ModeArg::Nftables {
+        if mode == ModeArg::Nftables {
             if self.payload || self.ipset || self.iptables || self.scheduler.is_some() {
                 bail!(
                     "--payload, --ipset, --iptables and --scheduler do not go with --mode nftables"

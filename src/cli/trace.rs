@@ -10,7 +10,7 @@ use svcpath::dataplane::netfilter::Env;
 use svcpath::dataplane::nftables::{NftDataplane, NftEnv};
 use svcpath::formats::nft_json;
 use svcpath::kubeproxy::ipvs::IpvsOptions;
-use svcpath::model::{Cluster, IpFamily, Protocol};
+use svcpath::model::{Cluster, IpFamily, Protocol, ProxyMode};
 use svcpath::render::ipvs as ipvs_render;
 use svcpath::render::nft as nft_render;
 use svcpath::render::trace as render;
@@ -80,9 +80,10 @@ pub struct TraceArgs {
     /// on --cluster, the traced packet meets this cluster's rules, with the affinity state carried over.
     #[arg(long, value_name = "FILE", requires = "cluster")]
     changed: Option<std::path::PathBuf>,
-    /// The proxy mode: iptables, ipvs, iptables,ipvs for both side by side, or nftables.
-    #[arg(long, value_name = "MODE", default_value = "iptables")]
-    mode: String,
+    /// The proxy mode: iptables, ipvs, iptables,ipvs for both side by side, or nftables
+    /// (default: the KubeProxyConfiguration's `mode`, else iptables).
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
     /// IPVS: the scheduler (rr, wrr, lc, wlc, sed, nq, sh, dh, mh, fo, ovf).
     #[arg(long, value_name = "SCHED")]
     scheduler: Option<String>,
@@ -305,8 +306,21 @@ impl TraceArgs {
             seed: self.seed,
             in_iface: self.in_iface.clone(),
         };
-        if self.mode.split(',').any(|m| m.trim() == "nftables") || self.nft_json.is_some() {
-            return self.run_nftables(&req, lc.as_ref(), &dp.local, family);
+        let mode = match (&self.mode, &self.nft_json, lc.as_ref().map(|l| l.cluster.config.mode)) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(_), _) => "nftables".to_owned(),
+            (None, None, Some(ProxyMode::Ipvs)) => {
+                eprintln!("svcpath: note: --mode ipvs, from the KubeProxyConfiguration");
+                "ipvs".to_owned()
+            }
+            (None, None, Some(ProxyMode::Nftables)) => {
+                eprintln!("svcpath: note: --mode nftables, from the KubeProxyConfiguration");
+                "nftables".to_owned()
+            }
+            _ => "iptables".to_owned(),
+        };
+        if mode.split(',').any(|m| m.trim() == "nftables") {
+            return self.run_nftables(&mode, &req, lc.as_ref(), &dp.local, family);
         }
         let mut env = Env { local: dp.local.clone(), ..Env::default() };
         let steps = match (&self.after, &self.history) {
@@ -333,7 +347,7 @@ impl TraceArgs {
             }
             None => dp,
         };
-        let modes: Vec<&str> = self.mode.split(',').map(str::trim).collect();
+        let modes: Vec<&str> = mode.split(',').map(str::trim).collect();
         let (want_ipt, want_ipvs) = (modes.contains(&"iptables"), modes.contains(&"ipvs"));
         if let Some(bad) = modes.iter().find(|m| !matches!(**m, "iptables" | "ipvs")) {
             bail!("--mode: unknown mode '{bad}' (iptables, ipvs, iptables,ipvs or nftables)");
@@ -421,13 +435,14 @@ impl TraceArgs {
     /// `--mode nftables`: the packet through the table kube-proxy's nftables proxier writes.
     fn run_nftables(
         &self,
+        mode: &str,
         req: &TraceRequest,
         lc: Option<&LoadedCluster>,
         local: &[IpAddr],
         family: IpFamily,
     ) -> anyhow::Result<ExitCode> {
-        if self.mode.trim() != "nftables" && !(self.nft_json.is_some() && self.mode == "iptables") {
-            bail!("--mode nftables traces on its own (not with '{}')", self.mode);
+        if mode.trim() != "nftables" {
+            bail!("--mode nftables traces on its own (not with '{mode}')");
         }
         if self.after.is_some()
             || self.history.is_some()
