@@ -484,26 +484,13 @@ impl NftDataplane {
                 }
                 Expr::FibLocal(dir) => env.is_local(addr(*dir, w)),
                 Expr::MarkAndZero(m) => w.mark & m == 0,
-                Expr::DestVmap(map) => {
+                Expr::DestVmap(map) | Expr::PortVmap(map) => {
                     w.lookups += 1;
-                    let key = vec![
-                        KeyPart::Addr(w.dst),
-                        KeyPart::Proto(pkt.proto),
-                        KeyPart::Port(w.dport),
-                    ];
-                    match self.maps.get(map).ok_or_else(|| unknown(map))?.get(&key) {
-                        Some(v) => {
-                            w.step(hook, cname, pos, || {
-                                format!("{} → {}", text(), verdict_word(v))
-                            });
-                            return Ok(verdict_flow(v));
-                        }
-                        None => false,
-                    }
-                }
-                Expr::PortVmap(map) => {
-                    w.lookups += 1;
-                    let key = vec![KeyPart::Proto(pkt.proto), KeyPart::Port(w.dport)];
+                    let (proto, port) = (KeyPart::Proto(pkt.proto), KeyPart::Port(w.dport));
+                    let key = match e {
+                        Expr::DestVmap(_) => vec![KeyPart::Addr(w.dst), proto, port],
+                        _ => vec![proto, port],
+                    };
                     match self.maps.get(map).ok_or_else(|| unknown(map))?.get(&key) {
                         Some(v) => {
                             w.step(hook, cname, pos, || {

@@ -358,6 +358,30 @@ impl Landing {
     }
 }
 
+/// One row per landing: every expected one (with a count of 0 if no flow got there) and every
+/// one a flow got to, with its count, share and expected share.
+fn rows_of(
+    expected: &BTreeMap<String, f64>,
+    chunks: Vec<HashMap<Landing, u64>>,
+    flows: u64,
+) -> Vec<Row> {
+    let mut counts: BTreeMap<String, u64> = expected.keys().map(|k| (k.clone(), 0)).collect();
+    for chunk in chunks {
+        for (landing, n) in chunk {
+            *counts.entry(landing.label()).or_default() += n;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(endpoint, count)| Row {
+            expected: expected.get(&endpoint).copied().unwrap_or(0.0),
+            share: count as f64 / flows.max(1) as f64,
+            endpoint,
+            count,
+        })
+        .collect()
+}
+
 /// The iptables mode: one sampled walk per connection, through the compiled evaluator
 /// ([`CompiledNetfilter`]: one 64-bit draw per statistic cascade, the same distribution as the
 /// kernel's draw per rule), in parallel chunks of [`CHUNK`] flows; deterministic for a seed
@@ -410,21 +434,8 @@ pub fn run_iptables(
             Ok(counts)
         })
         .collect();
-    let mut counts: BTreeMap<String, u64> = expected.keys().map(|k| (k.clone(), 0)).collect();
-    for chunk in chunks {
-        for (landing, n) in chunk? {
-            *counts.entry(landing.label()).or_default() += n;
-        }
-    }
-    let rows = counts
-        .into_iter()
-        .map(|(endpoint, count)| Row {
-            expected: expected.get(&endpoint).copied().unwrap_or(0.0),
-            share: count as f64 / req.flows.max(1) as f64,
-            endpoint,
-            count,
-        })
-        .collect();
+    let chunks = chunks.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let rows = rows_of(&expected, chunks, req.flows);
     Ok(summarise(
         "iptables".into(),
         "exact probabilities of the statistic branches".into(),
@@ -504,21 +515,7 @@ pub fn run_nftables(
             counts
         })
         .collect();
-    let mut counts: BTreeMap<String, u64> = expected.keys().map(|k| (k.clone(), 0)).collect();
-    for chunk in chunks {
-        for (landing, n) in chunk {
-            *counts.entry(landing.label()).or_default() += n;
-        }
-    }
-    let rows = counts
-        .into_iter()
-        .map(|(endpoint, count)| Row {
-            expected: expected.get(&endpoint).copied().unwrap_or(0.0),
-            share: count as f64 / req.flows.max(1) as f64,
-            endpoint,
-            count,
-        })
-        .collect();
+    let rows = rows_of(&expected, chunks, req.flows);
     Ok(summarise(
         "nftables".into(),
         "numgen random mod N as the kernel scales it".into(),
