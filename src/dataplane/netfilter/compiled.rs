@@ -1304,20 +1304,36 @@ impl<'a> CompiledNetfilter<'a> {
             return flat;
         }
         flat.entry = Some(e);
-        for i in 0..self.index.slots.len() {
-            let s = self.index.slots[i];
+        // The plan of each slot's first rule, and at most how many records they take (reserved
+        // at once: the records are tens of MB at 100k Services).
+        let plan_of = |s: &IndexSlot| {
             if s.first == EMPTY_SLOT {
-                continue;
+                return None;
             }
-            let Some(r) = self.indexed.get((s.key.rest >> 32) as usize) else { continue };
-            let Some(&id) = s.first.checked_sub(r.start).and_then(|k| r.plans.get(k as usize))
-            else {
-                continue;
+            let r = self.indexed.get((s.key.rest >> 32) as usize)?;
+            let id = *r.plans.get(s.first.checked_sub(r.start)? as usize)?;
+            let branches = match self.plans.plans.get(id as usize)?.end {
+                PlanEnd::Cascade { run, .. } => self.cascades.get(run as usize)?.thresholds.len(),
+                PlanEnd::Then(_) => 1,
+                PlanEnd::Dnat { .. } => return None,
             };
+            Some((id, 1 + branches))
+        };
+        let mut records = 0;
+        let planned: Vec<(usize, u32)> = (self.index.slots.iter().enumerate())
+            .filter_map(|(i, s)| plan_of(s).map(|(id, n)| (i, id, n)))
+            .map(|(i, id, n)| {
+                records += n;
+                (i, id)
+            })
+            .collect();
+        flat.recs.reserve_exact(records);
+        for (i, id) in planned {
             if let Some(at) = self.flat_record(id, &mut flat) {
                 self.index.slots[i].flat = at;
             }
         }
+        flat.recs.shrink_to_fit();
         flat
     }
 
