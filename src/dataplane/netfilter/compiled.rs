@@ -109,6 +109,9 @@ struct IndexSlot {
     first: u32,
     more_start: u32,
     more_len: u32,
+    /// The [`Flat`] record of `first`'s plan ([`NO_FLAT`] for none): in the slot's padding, so
+    /// the probe and the record's place are one cache line.
+    flat: u32,
 }
 
 /// The capture index: open addressing with linear probing over [`IndexKey`]s, at most half
@@ -139,6 +142,7 @@ impl CaptureIndex {
             first: EMPTY_SLOT,
             more_start: 0,
             more_len: 0,
+            flat: NO_FLAT,
         };
         let mut index = CaptureIndex {
             slots: vec![empty; cap],
@@ -154,7 +158,8 @@ impl CaptureIndex {
             while index.slots[i].first != EMPTY_SLOT {
                 i = (i + 1) & mask;
             }
-            index.slots[i] = IndexSlot { key, first, more_start, more_len: group.len() as u32 - 1 };
+            let more_len = group.len() as u32 - 1;
+            index.slots[i] = IndexSlot { key, first, more_start, more_len, flat: NO_FLAT };
         }
         index
     }
@@ -172,27 +177,34 @@ impl CaptureIndex {
         (key.hash() >> self.shift) as usize
     }
 
-    /// The first position at or after `from` of a rule with `key`.
+    /// The slot of `key`, if any rule has it.
     #[inline(always)]
-    fn first_from(&self, key: &IndexKey, from: u32) -> Option<u32> {
+    fn slot(&self, key: &IndexKey) -> Option<&IndexSlot> {
         if self.slots.is_empty() {
             return None;
         }
         let mask = self.slots.len() - 1;
         let mut i = self.home(key);
         loop {
-            let s = &self.slots[i];
+            let s = self.slots.get(i)?;
             if s.first == EMPTY_SLOT {
                 return None;
             }
             if s.key == *key {
-                if s.first >= from {
-                    return Some(s.first);
-                }
-                return self.later(s, from);
+                return Some(s);
             }
             i = (i + 1) & mask;
         }
+    }
+
+    /// The first position at or after `from` of a rule with `key`.
+    #[inline(always)]
+    fn first_from(&self, key: &IndexKey, from: u32) -> Option<u32> {
+        let s = self.slot(key)?;
+        if s.first >= from {
+            return Some(s.first);
+        }
+        self.later(s, from)
     }
 }
 
@@ -288,6 +300,8 @@ pub struct CompiledNetfilter<'a> {
     tails: [Option<Tail>; 6],
     /// The walks after indexed capture rules, solved in advance (sample mode).
     plans: Plans,
+    /// The plans in kube-proxy's shape again, laid out for new flows from elsewhere.
+    flat: Flat,
     /// Whether `sample` tries [`CompiledNetfilter::sample_fast`] (off only in tests).
     fast: bool,
 }
@@ -510,6 +524,85 @@ struct Plans {
 
 /// An indexed rule with no plan.
 const NO_PLAN: u32 = u32::MAX;
+
+/// Plans in kube-proxy's shape, laid out for one new flow from elsewhere to read as few cache
+/// lines as it can ([`CompiledNetfilter::flat_capture`]): the capture's [`IndexSlot`] names the
+/// record of its plan (the `KUBE-SVC-*` chain: at most one step, then a branch table or a single
+/// jump), and the records of the endpoint plans (`KUBE-SEP-*`: at most one step, then an IPv4
+/// `DNAT`) follow it, each with its branch's threshold, so the draw's guess and its two borders
+/// are next to each other.
+#[derive(Debug, Clone, Default)]
+struct Flat {
+    /// `PREROUTING`'s only step, when it is an [`Entry`] into a run of host-and-port captures.
+    entry: Option<Entry>,
+    /// For each planned capture in this shape: its record, then one per endpoint.
+    recs: Vec<FlatRec>,
+    /// What a step's match does: rules added, mark bits cleared then toggled (index 0 does
+    /// nothing).
+    acts: Vec<(u32, u32, u32)>,
+}
+
+/// One record of [`Flat::recs`]: a plan with at most one step (a source test whose match
+/// counts [`Flat::acts`]`[act]` and applies its marks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(32))]
+struct FlatRec {
+    /// In a capture's record, how many endpoint records follow; in an endpoint's, the least
+    /// 53-bit draw that goes past its branch ([`CascadeRun::thresholds`]).
+    threshold: u64,
+    /// Rules counted whatever the packet: the step's, those after it, the end's.
+    count: u32,
+    /// The step holds when `(src ^ addr) & mask == 0` differs from [`flat::NEG`] (no step:
+    /// `mask` 0 and `act` 0).
+    addr: u32,
+    mask: u32,
+    /// An endpoint's `DNAT` address.
+    dnat: u32,
+    /// An endpoint's `DNAT` port (with [`flat::PORT`]).
+    port: u16,
+    /// [`flat`] bits.
+    flags: u8,
+    act: u8,
+}
+
+/// [`FlatRec::flags`].
+mod flat {
+    /// The step's source test is negated.
+    pub const NEG: u8 = 1;
+    /// The `DNAT` sets the port.
+    pub const PORT: u8 = 2;
+    /// The capture's chain draws a branch (else it jumps to its single endpoint).
+    pub const DRAW: u8 = 4;
+}
+
+/// A capture with no [`Flat`] record.
+const NO_FLAT: u32 = u32::MAX;
+
+impl FlatRec {
+    /// Counts the record and applies its step to `evaluated` and `mark` for source `src`.
+    #[inline(always)]
+    fn apply(&self, acts: &[(u32, u32, u32)], src: u32, evaluated: &mut u32, mark: &mut u32) {
+        *evaluated += self.count;
+        if ((src ^ self.addr) & self.mask == 0) != (self.flags & flat::NEG != 0)
+            && let Some(&(extra, clear, xor)) = acts.get(usize::from(self.act))
+        {
+            *evaluated += extra;
+            *mark = (*mark & !clear) ^ xor;
+        }
+    }
+}
+
+/// The branch of the 53-bit draw `x` among endpoint records: [`CascadeRun::branch`] with the
+/// thresholds in the records.
+#[inline(always)]
+fn flat_branch(eps: &[FlatRec], x: u64) -> usize {
+    let guess = ((u128::from(x) * eps.len() as u128) >> 53) as usize;
+    let below = guess.checked_sub(1).is_none_or(|g| eps.get(g).is_some_and(|e| e.threshold <= x));
+    if below && eps.get(guess).is_none_or(|e| e.threshold > x) {
+        return guess;
+    }
+    eps.partition_point(|e| e.threshold <= x)
+}
 /// The deepest chain nesting a plan follows (capture chain, endpoint chain, marking chain).
 const MAX_PLAN_LEVELS: u32 = 4;
 
@@ -1152,6 +1245,7 @@ impl<'a> CompiledNetfilter<'a> {
             summaries: Vec::new(),
             tails: [None; 6],
             plans: Plans::default(),
+            flat: Flat::default(),
             fast: true,
         };
         let mut plans = Plans::default();
@@ -1192,7 +1286,120 @@ impl<'a> CompiledNetfilter<'a> {
                 compiled.tails[phase as usize] = Some(Tail { summary, delivered_local });
             }
         }
+        compiled.flat = compiled.flatten();
         compiled
+    }
+
+    /// The [`Flat`] records of the plans in kube-proxy's shape, each named in its capture's
+    /// index slot, when `PREROUTING` is one [`Entry`] step into a run of host-and-port captures.
+    fn flatten(&mut self) -> Flat {
+        let mut flat = Flat { entry: None, recs: Vec::new(), acts: vec![(0, 0, 0)] };
+        let [root] = self.roots[Hook::Prerouting as usize][..] else { return flat };
+        let Some(e) = root.entry else { return flat };
+        let single_probe = self
+            .indexed
+            .get(e.run as usize)
+            .is_some_and(|r| r.shapes == 1 && r.prefixes.is_empty());
+        if !root.is_nat || !single_probe || self.tails[Phase::Pre as usize].is_some() {
+            return flat;
+        }
+        flat.entry = Some(e);
+        // The plan of each slot's first rule, and at most how many records they take (reserved
+        // at once: the records are tens of MB at 100k Services).
+        let plan_of = |s: &IndexSlot| {
+            if s.first == EMPTY_SLOT {
+                return None;
+            }
+            let r = self.indexed.get((s.key.rest >> 32) as usize)?;
+            let id = *r.plans.get(s.first.checked_sub(r.start)? as usize)?;
+            let branches = match self.plans.plans.get(id as usize)?.end {
+                PlanEnd::Cascade { run, .. } => self.cascades.get(run as usize)?.thresholds.len(),
+                PlanEnd::Then(_) => 1,
+                PlanEnd::Dnat { .. } => return None,
+            };
+            Some((id, 1 + branches))
+        };
+        let mut records = 0;
+        let planned: Vec<(usize, u32)> = (self.index.slots.iter().enumerate())
+            .filter_map(|(i, s)| plan_of(s).map(|(id, n)| (i, id, n)))
+            .map(|(i, id, n)| {
+                records += n;
+                (i, id)
+            })
+            .collect();
+        flat.recs.reserve_exact(records);
+        for (i, id) in planned {
+            if let Some(at) = self.flat_record(id, &mut flat) {
+                self.index.slots[i].flat = at;
+            }
+        }
+        flat.recs.shrink_to_fit();
+        flat
+    }
+
+    /// Adds the records of plan `id` (a capture's) to `flat` if it has kube-proxy's shape; their
+    /// place.
+    fn flat_record(&self, id: u32, flat: &mut Flat) -> Option<u32> {
+        let p = &self.plans;
+        let plan = p.plans.get(id as usize)?;
+        if ENTRY_FRAMES + plan.depth as usize >= MAX_DEPTH {
+            return None;
+        }
+        let (branches, draw): (Vec<(u32, u64)>, u8) = match plan.end {
+            PlanEnd::Cascade { run, branches } => {
+                let c = self.cascades.get(run as usize)?;
+                let ids =
+                    p.branches.get(branches as usize..branches as usize + c.thresholds.len())?;
+                (ids.iter().copied().zip(c.thresholds.iter().copied()).collect(), flat::DRAW)
+            }
+            PlanEnd::Then(next) => (vec![(next, 0)], 0),
+            PlanEnd::Dnat { .. } => return None,
+        };
+        if branches.is_empty() {
+            return None;
+        }
+        let head = self.flat_step(plan, &mut flat.acts)?;
+        let mut recs =
+            vec![FlatRec { threshold: branches.len() as u64, flags: head.flags | draw, ..head }];
+        for (id, threshold) in branches {
+            let ep = p.plans.get(id as usize)?;
+            let PlanEnd::Dnat { ip: IpAddr::V4(dnat), port } = ep.end else { return None };
+            let step = self.flat_step(ep, &mut flat.acts)?;
+            recs.push(FlatRec {
+                threshold,
+                dnat: u32::from(dnat),
+                port: port.unwrap_or(0),
+                flags: step.flags | if port.is_some() { flat::PORT } else { 0 },
+                ..step
+            });
+        }
+        let at = u32::try_from(flat.recs.len()).ok().filter(|&at| at != NO_FLAT)?;
+        flat.recs.extend(recs);
+        Some(at)
+    }
+
+    /// A record of `plan`'s count and step, if it has at most one, testing only the source.
+    fn flat_step(&self, plan: &Plan, acts: &mut Vec<(u32, u32, u32)>) -> Option<FlatRec> {
+        let (s, n) = plan.steps;
+        let steps = self.plans.steps.get(s as usize..(s + n) as usize)?;
+        let mut rec = FlatRec { count: plan.tail, ..FlatRec::default() };
+        let [step] = steps else { return steps.is_empty().then_some(rec) };
+        rec.count += step.count;
+        (rec.addr, rec.mask, rec.flags) = match step.test {
+            StepTest::Always => (0, 0, 0),
+            StepTest::Src4 { addr, mask, neg } => (addr, mask, if neg { flat::NEG } else { 0 }),
+            StepTest::Full(_) => return None,
+        };
+        let act = (step.extra, step.clear, step.xor);
+        let i = match acts.iter().position(|&a| a == act) {
+            Some(i) => i,
+            None => {
+                acts.push(act);
+                acts.len() - 1
+            }
+        };
+        rec.act = u8::try_from(i).ok()?;
+        Some(rec)
     }
 
     /// The [`Entry`] of a hook step: rules that only count (passed over as the walk passes
@@ -1495,6 +1702,44 @@ impl<'a> CompiledNetfilter<'a> {
         Some((count, clear, xor))
     }
 
+    /// `PREROUTING`'s [`Flat::entry`] for a new IPv4 flow in `r` of protocol `proto`: when the
+    /// capture has a [`Flat`] record, its plan taken as [`CompiledNetfilter::run_plan`] takes it
+    /// (the same counts, marks and draw) and `true`; else `false` with nothing taken or drawn.
+    #[inline(always)]
+    fn flat_capture<R: rand::Rng + ?Sized>(&self, proto: u8, rng: &mut R, r: &mut Regs) -> bool {
+        let Some(e) = self.flat.entry else { return false };
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (r.src, r.dst) else { return false };
+        let key = IndexKey::new(u128::from(u32::from(dst)), e.run, r.dport, proto, 0);
+        let Some(slot) = self.index.slot(&key) else { return false };
+        let base = slot.flat as usize;
+        if slot.first < e.at || slot.flat == NO_FLAT {
+            return false;
+        }
+        let Some(head) = self.flat.recs.get(base) else { return false };
+        let Some(eps) = self.flat.recs.get(base + 1..base + 1 + head.threshold as usize) else {
+            return false;
+        };
+        let Some(last) = eps.len().checked_sub(1) else { return false };
+        let (src, acts) = (u32::from(src), &self.flat.acts[..]);
+        let (mut evaluated, mut mark) = (r.evaluated + e.count + (slot.first - e.at) + 1, r.mark);
+        head.apply(acts, src, &mut evaluated, &mut mark);
+        let mut i = 0;
+        if head.flags & flat::DRAW != 0 {
+            // The last cumulative threshold is 1: some branch is always taken.
+            i = flat_branch(eps, rng.next_u64() >> 11).min(last);
+            evaluated += i as u32 + 1;
+        }
+        let ep = &eps[i];
+        ep.apply(acts, src, &mut evaluated, &mut mark);
+        r.dst = IpAddr::V4(ep.dnat.into());
+        if ep.flags & flat::PORT != 0 {
+            r.dport = ep.port;
+        }
+        (r.mark, r.evaluated, r.dnat) = (mark, evaluated, true);
+        r.ct |= ctstate::DNAT;
+        true
+    }
+
     /// Follows the plan `id` (sample mode): counts, marks, draws each cascade's branch, and takes
     /// the final `DNAT`. The caller leaves the hook step.
     #[inline(always)]
@@ -1556,6 +1801,15 @@ impl<'a> CompiledNetfilter<'a> {
         let mut c = self.clone();
         c.indexed.iter_mut().for_each(|r| r.plans.clear());
         c.plans = Plans::default();
+        c.without_flat()
+    }
+
+    /// This without its [`Flat`] records: sampling follows the plans (for tests).
+    #[cfg(test)]
+    fn without_flat(&self) -> CompiledNetfilter<'a> {
+        let mut c = self.clone();
+        c.index.slots.iter_mut().for_each(|s| s.flat = NO_FLAT);
+        c.flat = Flat::default();
         c
     }
 
@@ -1565,6 +1819,16 @@ impl<'a> CompiledNetfilter<'a> {
         let mut c = self.clone();
         c.fast = false;
         c
+    }
+
+    /// Whether `pkt`'s `PREROUTING` step is taken from [`Flat`] records (for tests).
+    #[cfg(test)]
+    fn flat_takes(&self, pkt: &Packet) -> bool {
+        let mut rng = <rand_pcg::Pcg64Mcg as rand::SeedableRng>::seed_from_u64(0);
+        let mut f = Fast::start(pkt);
+        f.phase == Phase::Pre
+            && f.r.ct & ctstate::NEW != 0
+            && self.flat_capture(pkt.proto, &mut rng, &mut f.r)
     }
 
     /// Whether the sampling fast path takes `pkt` to the end of its walk (for tests).
@@ -1628,19 +1892,52 @@ impl<'a> CompiledNetfilter<'a> {
         rng: &mut R,
         f: &mut Fast,
     ) -> bool {
+        // A new flow from elsewhere: PREROUTING is one step, the capture's [`Flat`] records.
+        if f.phase == Phase::Pre
+            && f.r.ct & ctstate::NEW != 0
+            && self.flat_capture(pkt.proto, rng, &mut f.r)
+        {
+            (f.phase, f.delivered_local) = phase_after(Phase::Pre, f.r.dst, false, false, env);
+            if self.take_tail(f) {
+                return true;
+            }
+        }
+        self.fast_steps(env, pkt, rng, f)
+    }
+
+    /// For a packet from elsewhere, the rest of the walk from the start of its phase in one
+    /// [`Tail`] entry, when there is one; `true` when the walk is over.
+    #[inline(always)]
+    fn take_tail(&self, f: &mut Fast) -> bool {
+        if !f.local_origin
+            && let Some(t) = self.tails[f.phase as usize]
+            && let Some(s) = self.summaries.get(t.summary as usize)
+            && let Some(&e) = s.ends.get(s.key(f.r.ct, f.r.mark))
+        {
+            f.r.evaluated += e.evaluated;
+            f.r.mark = (f.r.mark & e.keep) ^ e.set;
+            f.r.ct |= e.ct_set;
+            f.r.masquerade |= e.masquerade;
+            f.drop = e.drop;
+            f.delivered_local = t.delivered_local && !e.drop;
+            f.phase = Phase::Done;
+            return true;
+        }
+        false
+    }
+
+    /// [`CompiledNetfilter::sample_fast`] step by step: each step summarised, entered or a
+    /// tail.
+    #[inline(never)]
+    fn fast_steps<R: rand::Rng + ?Sized>(
+        &self,
+        env: &Env,
+        pkt: &Packet,
+        rng: &mut R,
+        f: &mut Fast,
+    ) -> bool {
         while f.phase != Phase::Done {
-            if !f.local_origin
-                && let Some(t) = self.tails[f.phase as usize]
-                && let Some(s) = self.summaries.get(t.summary as usize)
-                && let Some(&e) = s.ends.get(s.key(f.r.ct, f.r.mark))
-            {
-                f.r.evaluated += e.evaluated;
-                f.r.mark = (f.r.mark & e.keep) ^ e.set;
-                f.r.ct |= e.ct_set;
-                f.r.masquerade |= e.masquerade;
-                f.drop = e.drop;
-                f.delivered_local = t.delivered_local && !e.drop;
-                f.phase = Phase::Done;
+            if self.take_tail(f) {
                 return true;
             }
             let hook = phase_hook(f.phase);
@@ -2619,17 +2916,20 @@ mod tests {
     ) -> Result<(), String> {
         let plain = compiled.without_plans();
         let slow = compiled.without_fast();
+        let unflat = compiled.without_flat();
         let mut a = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
         let mut b = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
         let mut c = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
+        let mut d = rand_pcg::Pcg64Mcg::seed_from_u64(seed);
         for _ in 0..16 {
             let planned = compiled.sample(&r.env, pkt, &mut a);
             let walked = plain.sample(&r.env, pkt, &mut b);
             let stepped = slow.sample(&r.env, pkt, &mut c);
-            if planned != walked || planned != stepped {
+            let unflattened = unflat.sample(&r.env, pkt, &mut d);
+            if planned != walked || planned != stepped || planned != unflattened {
                 return Err(format!(
                     "{pkt:?}:\nplanned {planned:?}\nwalked {walked:?}\nwithout the fast path \
-                     {stepped:?}"
+                     {stepped:?}\nwithout flat records {unflattened:?}"
                 ));
             }
         }
@@ -2754,8 +3054,16 @@ mod tests {
                     let pkt = Packet::tcp(src, synthetic::service_ip(i), 80);
                     agree(&r, &pkt, i as u64).unwrap();
                     // New flows from outside the node: nat PREROUTING's jump, the capture's
-                    // plan, filter FORWARD and nat POSTROUTING without a rule-by-rule walk.
+                    // plan, filter FORWARD and nat POSTROUTING without a rule-by-rule walk;
+                    // PREROUTING through the capture's flat records.
                     assert!(compiled.fast_path_ends(&r.env, &pkt, 1), "{pkt:?}");
+                    assert!(compiled.flat_takes(&pkt), "{pkt:?}");
+                    let mut local = pkt.clone();
+                    local.origin = Origin::Local;
+                    assert!(!compiled.flat_takes(&local), "{local:?}");
+                    let mut established = pkt.clone();
+                    established.established = true;
+                    assert!(!compiled.flat_takes(&established), "{established:?}");
                 }
             }
         }
@@ -3277,7 +3585,7 @@ mod tests {
     /// Some of [`random_service_ruleset`]'s rule sets are planned, some refused.
     #[test]
     fn random_service_rulesets_are_planned_or_refused() {
-        let (mut planned, mut refused) = (0, 0);
+        let (mut planned, mut refused, mut flat) = (0, 0, 0);
         for seed in 0..64 {
             let ruleset = iptables_save::parse(&random_service_ruleset(seed), Family::V4).unwrap();
             let nf = Netfilter::new(&ruleset).unwrap();
@@ -3286,8 +3594,12 @@ mod tests {
             let n = plans.count();
             planned += n;
             refused += 4 - n;
+            let f = compiled.index.slots.iter().filter(|s| s.flat != NO_FLAT).count();
+            assert!(f <= n, "seed {seed}: {f} flat records for {n} plans");
+            flat += f;
         }
         assert!(planned > 40 && refused > 40, "{planned} planned, {refused} refused");
+        assert!(flat > 10 && flat < planned, "{flat} of {planned} plans flat");
     }
 
     /// A random rule set whose `INPUT`, `FORWARD` and `POSTROUTING` steps test only conntrack
@@ -3415,6 +3727,45 @@ mod tests {
             let mut w = Walk::start(&packet);
             (w.ct, w.mark) = state;
             prop_assert_eq!(fast.holds(&packet, &w), t.holds(&packet, &w), "{:?}", t);
+        }
+    }
+
+    proptest! {
+        /// The branch a draw takes among [`Flat`] endpoint records is the cascade's, for even
+        /// tables (exact and rounded like kube-proxy's printed probabilities), uneven ones, and
+        /// draws on and next to every threshold.
+        #[test]
+        fn flat_branch_is_the_cascade_branch(
+            ps in proptest::collection::vec(0u32..=1000, 1..12),
+            even in any::<bool>(),
+            digits in 0i32..12,
+            draws in proptest::collection::vec(0u64..(1 << 53), 8),
+        ) {
+            let n = ps.len();
+            let scale = 10f64.powi(digits);
+            let mut cumulative = Vec::with_capacity(n);
+            let mut survive = 1.0f64;
+            for (k, &p) in ps.iter().enumerate() {
+                let q = if even { 1.0 / (n - k) as f64 } else { f64::from(p) / 1000.0 };
+                let q = if digits > 0 { (q * scale).round() / scale } else { q };
+                survive *= 1.0 - q.clamp(0.0, 1.0);
+                cumulative.push(1.0 - survive);
+            }
+            let c = CascadeRun {
+                start: 0,
+                end: n as u32,
+                p_match: Vec::new(),
+                thresholds: CascadeRun::thresholds(&cumulative),
+            };
+            let eps: Vec<FlatRec> = c
+                .thresholds
+                .iter()
+                .map(|&threshold| FlatRec { threshold, ..FlatRec::default() })
+                .collect();
+            let near = c.thresholds.iter().flat_map(|&t| [t.saturating_sub(1), t, t + 1]);
+            for x in draws.into_iter().chain(near).filter(|&x| x < 1 << 53) {
+                prop_assert_eq!(flat_branch(&eps, x), c.branch(x), "draw {}", x);
+            }
         }
     }
 
