@@ -606,3 +606,31 @@ fn the_configured_proxy_mode_is_the_default() {
     let text = stdout_of(&["trace", "172.30.0.41:80", "--cluster", file, "--mode", "iptables"]);
     assert!(text.contains("KUBE-SVC-"), "{text}");
 }
+
+/// nftables affinity sets hold up to 65,535 clients: the 600 clients of the scenario all keep
+/// their pods (iptables' xt_recent lists keep 100), and during a rolling update a client moves
+/// only when its pod goes away.
+#[test]
+fn nftables_affinity_sets_keep_every_client() {
+    let sim = |name: &str| -> serde_json::Value {
+        let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
+        let out = svcpath()
+            .arg("sim")
+            .arg(&path)
+            .args(["--json", "--quiet", "--mode", "nftables"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    };
+    let many = sim("affinity-many-clients");
+    let a = &many["affinity"];
+    assert!(a["repeats"].as_u64().unwrap() > 5000, "{a}");
+    assert_eq!(a["kept"], a["repeats"], "{a}");
+    let rolling = sim("rolling-update-affinity");
+    let a = &rolling["affinity"];
+    assert_eq!(a["broken"], 0, "{a}");
+    assert!(a["moved"].as_u64().unwrap() > 0, "the rolling update moves some clients: {a}");
+}

@@ -31,6 +31,7 @@ use super::dataplane::Dataplane;
 use super::dist::{ClientDist, ModeSpec, client_addresses};
 use crate::dataplane::ipvs::{ConnId, ConnState, DestSpec, IpvsService, Persistence, Sysctls};
 use crate::dataplane::netfilter::eval::{Env, Origin, Packet};
+use crate::dataplane::nftables::{NftDataplane, NftEnv, NftPacket};
 use crate::kubeproxy::endpoints::service_ports;
 use crate::kubeproxy::iptables::NodeEnv;
 use crate::model::{
@@ -314,7 +315,13 @@ struct Conn {
 enum NodeState {
     Iptables { dp: Box<Dataplane>, env: Env },
     Ipvs(Box<IpvsService>),
+    Nftables { dp: Box<NftDataplane>, env: NftEnv },
 }
+
+/// The most addresses an nftables affinity set holds: nft gives a set that rules update without a
+/// size of its own 65,535 (`nft list` shows `size 65535`), and the kernel's dynset refuses to add
+/// to a full set (it does not evict, unlike xt_recent).
+pub const NFT_DYNAMIC_SET_SIZE: usize = 65_535;
 
 /// Loads a scenario file.
 ///
@@ -450,14 +457,6 @@ pub fn run(
     progress: &dyn Fn(f64),
 ) -> Result<SimResult, SimError> {
     let mode = ModeSpec::parse(&sc.mode).map_err(|e| err(origin, format!("mode: {e}")))?;
-    if mode == ModeSpec::Nftables {
-        return Err(err(
-            origin,
-            "mode: nftables is not simulated over time yet (trace, dist and cost model it; sim \
-             models iptables and IPVS)"
-                .to_owned(),
-        ));
-    }
     let client_dist = ClientDist::parse(&sc.clients.dist)
         .map_err(|e| err(origin, format!("clients.dist: {e}")))?;
     if sc.nodes == 0
@@ -587,7 +586,21 @@ pub fn run(
                     }
                 }
                 ModeSpec::Nftables => {
-                    return Err(err(origin, "mode: nftables is not simulated".to_owned()));
+                    let dp = NftDataplane::new(crate::kubeproxy::nftables::sync(
+                        &cluster, &view, family,
+                    ));
+                    match nodes.get_mut(i) {
+                        Some(NodeState::Nftables { dp: old, env }) => {
+                            // kube-proxy deletes the affinity sets of endpoints that are gone.
+                            env.sets.retain(|name, _| dp.table().set(name).is_some());
+                            env.local = view.addresses.clone();
+                            **old = dp;
+                        }
+                        _ => {
+                            let env = NftEnv { local: view.addresses.clone(), ..NftEnv::default() };
+                            nodes.push(NodeState::Nftables { dp: Box::new(dp), env });
+                        }
+                    }
                 }
                 ModeSpec::Ipvs(kind, flags) => {
                     if nodes.len() <= i {
@@ -895,6 +908,38 @@ pub fn run(
                 }
                 let at = SocketAddr::new(o.dst, o.dport);
                 (o.dnat.then(|| world.pods.iter().position(|p| p.addr == at)).flatten(), None)
+            }
+            NodeState::Nftables { dp, env } => {
+                env.now = now;
+                let pkt = NftPacket {
+                    src: client,
+                    dst: sc.service.ip(),
+                    proto,
+                    dport: sc.service.port(),
+                    in_iface: "eth0".into(),
+                };
+                let outs = dp.outcomes(env, &pkt).map_err(|e| err(origin, e.to_string()))?;
+                let u: f64 = rng.random();
+                let mut acc = 0.0;
+                let picked = outs.iter().find(|o| {
+                    acc += o.probability;
+                    u < acc
+                });
+                let o = picked.or(outs.last());
+                if let Some(o) = o {
+                    for set in &o.updates {
+                        let timeout = dp.table().set(set).and_then(|s| s.timeout).unwrap_or(0);
+                        let entries = env.sets.entry(set.clone()).or_default();
+                        entries.retain(|_, expiry| *expiry > now);
+                        if entries.contains_key(&client) || entries.len() < NFT_DYNAMIC_SET_SIZE {
+                            entries.insert(client, now + f64::from(timeout));
+                        }
+                    }
+                }
+                let pod = o
+                    .and_then(|o| o.dnat)
+                    .and_then(|at| world.pods.iter().position(|p| p.addr == at));
+                (pod, None)
             }
             NodeState::Ipvs(svc) => {
                 let target = now.floor() as u64;
