@@ -113,8 +113,13 @@ impl InputArgs {
             return Ok((dp, None));
         }
         let Some(lc) = self.cluster()? else { bail!("no input") };
-        let dp =
-            Dataplane::from_cluster(&lc.cluster, &lc.origin, &lc.node, family, NodeEnv::default())?;
+        let dp = self.dataplane_of(&lc)?;
         Ok((dp, Some(lc)))
+    }
+
+    /// The compiled iptables rules kube-proxy would write for an already loaded cluster.
+    pub fn dataplane_of(&self, lc: &LoadedCluster) -> anyhow::Result<Dataplane> {
+        let family: IpFamily = self.family.into();
+        Ok(Dataplane::from_cluster(&lc.cluster, &lc.origin, &lc.node, family, NodeEnv::default())?)
     }
 }

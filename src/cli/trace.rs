@@ -237,9 +237,34 @@ impl TraceArgs {
     /// Runs the subcommand.
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let family: IpFamily = self.input.family.into();
-        let (dp, lc) = self.input.dataplane()?;
         // A node's nftables listing is the input: the embedded default cluster is not.
-        let lc = if self.nft_json.is_some() { None } else { lc };
+        let lc = if self.nft_json.is_some() { None } else { self.input.cluster()? };
+        let mode = match (&self.mode, &self.nft_json, lc.as_ref().map(|l| l.cluster.config.mode)) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(_), _) => "nftables".to_owned(),
+            (None, None, Some(ProxyMode::Ipvs)) => {
+                eprintln!("svcpath: note: --mode ipvs, from the KubeProxyConfiguration");
+                "ipvs".to_owned()
+            }
+            (None, None, Some(ProxyMode::Nftables)) => {
+                eprintln!("svcpath: note: --mode nftables, from the KubeProxyConfiguration");
+                "nftables".to_owned()
+            }
+            _ => "iptables".to_owned(),
+        };
+        // nftables mode walks its own table: the iptables rules are not rendered for it.
+        let dp = if mode.split(',').any(|m| m.trim() == "nftables") {
+            None
+        } else if let Some(l) = &lc {
+            Some(self.input.dataplane_of(l)?)
+        } else {
+            Some(self.input.dataplane()?.0)
+        };
+        let local: Vec<IpAddr> = match (&dp, &lc) {
+            (Some(d), _) => d.local.clone(),
+            (None, Some(l)) => l.node.addresses.clone(),
+            (None, None) => self.input.node_ip.clone(),
+        };
         let (dst, port, svc_proto) = match parse_addr(&self.dest) {
             Some((ip, port)) => {
                 if IpFamily::of(&ip) != family {
@@ -272,7 +297,7 @@ impl TraceArgs {
         let proto = self.proto.map(Protocol::from).or(svc_proto).unwrap_or(Protocol::Tcp);
         let (src, src_note) = match self.from {
             Some(ip) => {
-                let note = if dp.local.contains(&ip) || ip.is_loopback() {
+                let note = if local.contains(&ip) || ip.is_loopback() {
                     "--from, a node address"
                 } else {
                     "--from"
@@ -306,22 +331,9 @@ impl TraceArgs {
             seed: self.seed,
             in_iface: self.in_iface.clone(),
         };
-        let mode = match (&self.mode, &self.nft_json, lc.as_ref().map(|l| l.cluster.config.mode)) {
-            (Some(m), _, _) => m.clone(),
-            (None, Some(_), _) => "nftables".to_owned(),
-            (None, None, Some(ProxyMode::Ipvs)) => {
-                eprintln!("svcpath: note: --mode ipvs, from the KubeProxyConfiguration");
-                "ipvs".to_owned()
-            }
-            (None, None, Some(ProxyMode::Nftables)) => {
-                eprintln!("svcpath: note: --mode nftables, from the KubeProxyConfiguration");
-                "nftables".to_owned()
-            }
-            _ => "iptables".to_owned(),
+        let Some(dp) = dp else {
+            return self.run_nftables(&mode, &req, lc.as_ref(), &local, family);
         };
-        if mode.split(',').any(|m| m.trim() == "nftables") {
-            return self.run_nftables(&mode, &req, lc.as_ref(), &dp.local, family);
-        }
         let mut env = Env { local: dp.local.clone(), ..Env::default() };
         let steps = match (&self.after, &self.history) {
             (Some(text), _) => parse_history(text, ",", "--after")?,
@@ -486,7 +498,6 @@ impl TraceArgs {
                 }
                 // Entries expire `left` seconds after the listing was taken, time 0 here.
                 env.sets = listing.affinity;
-                env.local = self.input.node_ip.clone();
                 let origin = path.display().to_string();
                 (NftDataplane::new(table), origin, "(from the listing)".to_owned())
             }
