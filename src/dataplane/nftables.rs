@@ -493,9 +493,7 @@ impl NftDataplane {
                     };
                     match self.maps.get(map).ok_or_else(|| unknown(map))?.get(&key) {
                         Some(v) => {
-                            w.step(hook, cname, pos, || {
-                                format!("{} → {}", text(), verdict_word(v))
-                            });
+                            w.step(hook, cname, pos, || format!("{} → {v}", text()));
                             return Ok(verdict_flow(v));
                         }
                         None => false,
@@ -571,17 +569,6 @@ pub fn numgen_share(i: usize, n: usize) -> f64 {
     let lo = (i * scale).div_ceil(n);
     let hi = ((i + 1) * scale).div_ceil(n);
     (hi - lo) as f64 / scale as f64
-}
-
-fn verdict_word(v: &Verdict) -> String {
-    match v {
-        Verdict::Jump(c) => format!("jump {c}"),
-        Verdict::Goto(c) => format!("goto {c}"),
-        Verdict::Return => "return".into(),
-        Verdict::Accept => "accept".into(),
-        Verdict::Drop => "drop".into(),
-        Verdict::Reject => "reject".into(),
-    }
 }
 
 fn verdict_flow(v: &Verdict) -> Flow {

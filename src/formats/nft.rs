@@ -21,7 +21,7 @@
 
 use std::fmt::Write;
 
-use crate::model::nft::{Element, Expr, KeyPart, KeyType, NftRule, NftTable, Verdict};
+use crate::model::nft::{Element, Expr, KeyPart, KeyType, NftRule, NftTable};
 
 /// The whole table as `nft -f` input, one object a line.
 pub fn render(table: &NftTable) -> String {
@@ -117,17 +117,6 @@ fn quoted(s: &str) -> String {
     format!("\"{s}\"")
 }
 
-fn verdict_text(v: &Verdict) -> String {
-    match v {
-        Verdict::Jump(c) => format!("jump {c}"),
-        Verdict::Goto(c) => format!("goto {c}"),
-        Verdict::Return => "return".into(),
-        Verdict::Drop => "drop".into(),
-        Verdict::Reject => "reject".into(),
-        Verdict::Accept => "accept".into(),
-    }
-}
-
 fn write_element(out: &mut String, e: &Element) {
     for (i, k) in e.key.iter().enumerate() {
         if i > 0 {
@@ -147,8 +136,7 @@ fn write_element(out: &mut String, e: &Element) {
         let _ = write!(out, " comment {}", quoted(c));
     }
     if let Some(v) = &e.verdict {
-        out.push_str(" : ");
-        out.push_str(&verdict_text(v));
+        let _ = write!(out, " : {v}");
     }
 }
 
@@ -196,7 +184,7 @@ fn write_expr(out: &mut String, fam: &str, e: &Expr) {
         }
         Expr::UpdateSource(set) => write!(out, "update @{set} {{ {fam} saddr }}"),
         Expr::Dnat { proto, to } => write!(out, "meta l4proto {} dnat to {to}", proto.as_str()),
-        Expr::Verdict(v) => write!(out, "{}", verdict_text(v)),
+        Expr::Verdict(v) => write!(out, "{v}"),
     };
 }
 

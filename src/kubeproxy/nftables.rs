@@ -397,22 +397,17 @@ fn write_service_port(w: &mut Writer, sp: &SvcPort<'_>, ctx: &Ctx) {
     let key =
         |ip: IpAddr| vec![KeyPart::Addr(ip), KeyPart::Proto(sp.proto), KeyPart::Port(sp.port.port)];
     let cat = categorize(sp);
-    let eps: Vec<(String, &EndpointInfo)> =
-        cat.all_reachable.iter().map(|e| (endpoint_base(sp, e), e)).collect();
-    let ep_chain = |e: &EndpointInfo| {
-        eps.iter()
-            .find(|(_, x)| x.key == e.key)
-            .map(|(b, _)| format!("endpoint-{b}"))
-            .unwrap_or_default()
+    // Each reachable endpoint's chain-name base, hashed once; the cluster and local lists are
+    // subsets of it.
+    let bases: HashMap<&str, String> =
+        cat.all_reachable.iter().map(|e| (e.key.as_str(), endpoint_base(sp, e))).collect();
+    let named = |prefix: &str, e: &EndpointInfo| {
+        bases.get(e.key.as_str()).map(|b| format!("{prefix}-{b}")).unwrap_or_default()
     };
-    let affinity_set = |e: &EndpointInfo| {
-        eps.iter()
-            .find(|(_, x)| x.key == e.key)
-            .map(|(b, _)| format!("affinity-{b}"))
-            .unwrap_or_default()
-    };
-    for (b, _) in &eps {
-        w.ensure_chain(&format!("endpoint-{b}"));
+    let ep_chain = |e: &EndpointInfo| named("endpoint", e);
+    let affinity_set = |e: &EndpointInfo| named("affinity", e);
+    for e in &cat.all_reachable {
+        w.ensure_chain(&ep_chain(e));
     }
     let cluster_chain = format!("service-{base}");
     let local_chain = format!("local-{base}");

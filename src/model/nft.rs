@@ -264,6 +264,20 @@ pub enum Verdict {
     Accept,
 }
 
+impl std::fmt::Display for Verdict {
+    /// As nft writes it: `jump CHAIN`, `goto CHAIN`, `drop`, …
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Jump(c) => write!(f, "jump {c}"),
+            Verdict::Goto(c) => write!(f, "goto {c}"),
+            Verdict::Return => f.write_str("return"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Reject => f.write_str("reject"),
+            Verdict::Accept => f.write_str("accept"),
+        }
+    }
+}
+
 /// Source or destination address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
