@@ -863,13 +863,13 @@ pub fn nftables_row(
         if let Some(svc) = cluster.services.first() {
             let before = knft::sync(&sub_cluster(cluster, Some(0), false), node, family);
             let after = knft::sync(&sub_cluster(one_more_ep, Some(0), false), node, family);
-            sync.endpoint_added = nft_service_transaction(&after, Some(&before), svc);
+            sync.endpoint_added = nft_service_transaction(&after, &before, svc);
         }
         let last = one_more_svc.services.len().checked_sub(1);
         if let Some(svc) = last.and_then(|i| one_more_svc.services.get(i)) {
             let before = knft::sync(&sub_cluster(cluster, None, false), node, family);
             let after = knft::sync(&sub_cluster(one_more_svc, last, false), node, family);
-            sync.service_added = nft_service_transaction(&after, Some(&before), svc);
+            sync.service_added = nft_service_transaction(&after, &before, svc);
         }
     }
     Ok(CostRow {
@@ -892,45 +892,34 @@ pub fn nftables_row(
     })
 }
 
-/// What kube-proxy's partial sync writes for `svc` in the table `after`: `add chain` and
-/// `flush chain` for each of its chains, their rules, its affinity sets, and its elements that
-/// `before` does not hold yet.
+/// What kube-proxy's partial sync writes for `svc`, given the tables of a cluster holding only that
+/// Service before (`before`) and after (`after`) the change: `add chain` and `flush chain` for each
+/// of its chains, their rules, its affinity sets, and the set and map elements `before` lacks.
 fn nft_service_transaction(
     after: &crate::model::nft::NftTable,
-    before: Option<&crate::model::nft::NftTable>,
+    before: &crate::model::nft::NftTable,
     svc: &crate::model::Service,
 ) -> SyncCost {
     use crate::formats::nft;
-    use crate::model::nft::{NftTable, Verdict};
+    use crate::model::nft::NftTable;
+    // The Service's own chains and affinity sets carry `-namespace/name/` in their names; every
+    // other chain is the fixed set-up a partial sync leaves alone.
     let marker = format!("-{}/{}/", svc.namespace, svc.name);
     let mut mini = NftTable::new(after.family, &after.name, None);
     mini.chains = after.chains.iter().filter(|c| c.name.contains(&marker)).cloned().collect();
     mini.sets = after.sets.iter().filter(|s| s.name.contains(&marker)).cloned().collect::<Vec<_>>();
-    let ours = |v: &Option<Verdict>| match v {
-        Some(Verdict::Goto(c) | Verdict::Jump(c)) => c.contains(&marker),
-        _ => false,
-    };
     let is_new = |set: &str, e: &crate::model::nft::Element| {
-        before.is_none_or(|b| {
-            let old = b.set(set).map(|s| &s.elements).or(b.map(set).map(|m| &m.elements));
-            old.is_none_or(|els| !els.contains(e))
-        })
+        let old = before.set(set).map(|s| &s.elements).or(before.map(set).map(|m| &m.elements));
+        old.is_none_or(|els| !els.contains(e))
     };
     for m in &after.maps {
         let mut m2 = m.clone();
-        m2.elements.retain(|e| {
-            (ours(&e.verdict)
-                || e.comment.as_deref().is_some_and(|c| c.starts_with(&svc.namespace)))
-                && is_new(&m.name, e)
-        });
+        m2.elements.retain(|e| is_new(&m.name, e));
         if !m2.elements.is_empty() {
             mini.maps.push(m2);
         }
     }
-    for s in &after.sets {
-        if s.name.contains(&marker) {
-            continue;
-        }
+    for s in after.sets.iter().filter(|s| !s.name.contains(&marker)) {
         let mut s2 = s.clone();
         s2.elements.retain(|e| is_new(&s.name, e));
         if !s2.elements.is_empty() {
