@@ -42,6 +42,16 @@ impl Protocol {
         }
     }
 
+    /// The protocol with IP protocol number `n` (6, 17, 132).
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
     /// Parses `tcp`/`TCP`, `udp`, `sctp` (any case).
     pub fn parse(s: &str) -> Option<Protocol> {
         match s.to_ascii_lowercase().as_str() {

@@ -816,7 +816,7 @@ pub fn nftables_row(
         let p = NftPacket {
             src: pkt.src,
             dst: pkt.dst,
-            proto: Protocol::parse(&pkt.proto.to_string()).unwrap_or(Protocol::Tcp),
+            proto: Protocol::from_number(pkt.proto).unwrap_or(Protocol::Tcp),
             dport: pkt.dport,
             in_iface: "eth0".to_owned(),
         };

@@ -161,12 +161,7 @@ impl IpSets {
         let dim = |i: usize| src_dims.get(i).copied().unwrap_or(false);
         let addr = |i: usize| if dim(i) { src } else { dst };
         let port = |i: usize| if dim(i) { sport } else { dport };
-        let p = match proto {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            132 => Some(Protocol::Sctp),
-            _ => None,
-        };
+        let p = Protocol::from_number(proto);
         let hit = |m: &Member| match (*m, p) {
             (Member::Ip { ip }, _) => ip == addr(0),
             (Member::Net { net }, _) => net.contains(addr(0)),
