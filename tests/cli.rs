@@ -352,22 +352,26 @@ fn dist_rejects_an_unknown_mode() {
     fails_with(&["dist", "10.96.0.10:80", "--mode", "ipvs:xyz"], &[], "--mode");
 }
 
+/// `svcpath sim` on a shipped scenario with `extra` flags, as JSON.
+fn sim_scenario(name: &str, extra: &[&str]) -> serde_json::Value {
+    let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
+    let out = svcpath()
+        .arg("sim")
+        .arg(&path)
+        .args(["--json", "--quiet"])
+        .args(extra)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
 /// Issue #5: every shipped scenario runs, and the effect it ships to show is in its numbers.
 #[test]
 fn shipped_scenarios_show_their_effect() {
-    let run = |name: &str| -> serde_json::Value {
-        let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
-        let out = svcpath()
-            .arg("sim")
-            .arg(&path)
-            .args(["--json", "--quiet"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        serde_json::from_slice(&out).unwrap()
-    };
+    let run = |name: &str| sim_scenario(name, &[]);
     let rr = run("rr-many-nodes");
     let picks: Vec<&str> =
         rr["first_picks"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
@@ -410,17 +414,7 @@ fn shipped_scenarios_show_their_effect() {
 /// With IPVS persistence the same clients keep their pods: the limit is xt_recent's.
 #[test]
 fn affinity_many_clients_keeps_every_client_under_ipvs() {
-    let path = crate::harness::root().join("rulesets/scenarios/affinity-many-clients.yaml");
-    let out = svcpath()
-        .arg("sim")
-        .arg(&path)
-        .args(["--json", "--quiet", "--mode", "ipvs:rr"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = sim_scenario("affinity-many-clients", &["--mode", "ipvs:rr"]);
     let a = &v["affinity"];
     assert!(a["repeats"].as_u64().unwrap() > 5000, "{a}");
     assert_eq!(a["kept"], a["repeats"], "{a}");
@@ -612,19 +606,7 @@ fn the_configured_proxy_mode_is_the_default() {
 /// only when its pod goes away.
 #[test]
 fn nftables_affinity_sets_keep_every_client() {
-    let sim = |name: &str| -> serde_json::Value {
-        let path = crate::harness::root().join(format!("rulesets/scenarios/{name}.yaml"));
-        let out = svcpath()
-            .arg("sim")
-            .arg(&path)
-            .args(["--json", "--quiet", "--mode", "nftables"])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        serde_json::from_slice(&out).unwrap()
-    };
+    let sim = |name: &str| sim_scenario(name, &["--mode", "nftables"]);
     let many = sim("affinity-many-clients");
     let a = &many["affinity"];
     assert!(a["repeats"].as_u64().unwrap() > 5000, "{a}");

@@ -53,3 +53,64 @@ pub fn dirs_with(dir: &Path, file: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// One row of an upstream `runPacketFlowTests` table, transcribed in a `flows.json`.
+#[derive(Debug, serde::Deserialize)]
+pub struct UpstreamFlow {
+    pub name: String,
+    pub source: std::net::IpAddr,
+    pub dest: std::net::IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// Endpoints `ip:port` joined by `, `, or `REJECT` / `DROP` / `ACCEPT`, or empty.
+    pub output: String,
+    pub masq: bool,
+}
+
+impl UpstreamFlow {
+    /// The flows of `dir/flows.json`.
+    pub fn read(dir: &Path) -> Vec<UpstreamFlow> {
+        let text = std::fs::read_to_string(dir.join("flows.json"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    }
+
+    /// `None` when `got` and `masq` are what upstream expects; else a line saying what differs,
+    /// naming `dir` relative to `base`.
+    pub fn mismatch(
+        &self,
+        base: &Path,
+        dir: &Path,
+        got: &std::collections::BTreeSet<String>,
+        masq: bool,
+    ) -> Option<String> {
+        let want: std::collections::BTreeSet<String> =
+            self.output.split(", ").filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        (*got != want || masq != self.masq).then(|| {
+            format!(
+                "{} / {}: {} -> {}:{} {}: expected {:?} masq {}, got {:?} masq {}",
+                dir.strip_prefix(base).unwrap_or(dir).display(),
+                self.name,
+                self.source,
+                self.dest,
+                self.port,
+                self.protocol,
+                want,
+                self.masq,
+                got,
+                masq
+            )
+        })
+    }
+}
+
+/// Fails listing every mismatch, or when fewer than `min` flows were checked.
+pub fn assert_flows_hold(total: usize, min: usize, failures: &[String]) {
+    assert!(total >= min, "only {total} flows found");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} flows differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -20,7 +20,7 @@ use svcpath::model::{Cluster, IpFamily, NodeView, Protocol};
 use svcpath::study::dataplane::Dataplane;
 use svcpath::study::trace::{TraceRequest, trace};
 
-use crate::harness::{data, dirs_with};
+use crate::harness::{UpstreamFlow, assert_flows_hold, data, dirs_with};
 
 /// The fake proxier's environment, adjusted by the case directory's name.
 fn node_env(dir: &Path) -> NodeEnv {
@@ -277,26 +277,13 @@ fn lb_ip_mode_proxy_suppresses_the_capture_rule() {
     assert_eq!(checked, 3);
 }
 
-#[derive(Debug, Deserialize)]
-struct Flow {
-    name: String,
-    source: IpAddr,
-    dest: IpAddr,
-    port: u16,
-    protocol: String,
-    output: String,
-    masq: bool,
-}
-
 /// Every packet-flow expectation of every transcribed test, traced through the netfilter model.
 #[test]
 fn upstream_packet_flows_hold() {
     let mut total = 0;
     let mut failures = Vec::new();
     for dir in dirs_with(&data("kubeproxy"), "flows.json") {
-        let flows: Vec<Flow> =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("flows.json")).unwrap())
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let flows = UpstreamFlow::read(&dir);
         if flows.is_empty() {
             continue;
         }
@@ -335,32 +322,10 @@ fn upstream_packet_flows_hold() {
             };
             let t = trace(&dp, &req, &env).unwrap();
             let (got, masq) = upstream_view(&t);
-            let want: BTreeSet<String> =
-                f.output.split(", ").filter(|s| !s.is_empty()).map(str::to_owned).collect();
-            if got != want || masq != f.masq {
-                failures.push(format!(
-                    "{} / {}: {} -> {}:{} {}: expected {:?} masq {}, got {:?} masq {}",
-                    dir.strip_prefix(data("kubeproxy")).unwrap().display(),
-                    f.name,
-                    f.source,
-                    f.dest,
-                    f.port,
-                    f.protocol,
-                    want,
-                    f.masq,
-                    got,
-                    masq
-                ));
-            }
+            failures.extend(f.mismatch(&data("kubeproxy"), &dir, &got, masq));
         }
     }
-    assert!(total >= 200, "only {total} flows found");
-    assert!(
-        failures.is_empty(),
-        "{} of {total} flows differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_flows_hold(total, 200, &failures);
 }
 
 /// Maps svcpath's outcomes onto the upstream tracer's vocabulary: endpoints, REJECT, DROP, ACCEPT

@@ -8,7 +8,7 @@ use svcpath::formats::nft;
 use svcpath::kubeproxy::nftables;
 use svcpath::model::{IpFamily, load};
 
-use crate::harness::{data, dirs_with};
+use crate::harness::{UpstreamFlow, assert_flows_hold, data, dirs_with};
 
 fn rendered(dir: &std::path::Path) -> String {
     let loaded = load::load_path(&dir.join("cluster.yaml"))
@@ -37,17 +37,6 @@ fn upstream_expected_tables_match_after_the_upstream_sort() {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Flow {
-    name: String,
-    source: std::net::IpAddr,
-    dest: std::net::IpAddr,
-    port: u16,
-    protocol: String,
-    output: String,
-    masq: bool,
-}
-
 /// Every packet-flow expectation of every transcribed nftables test, walked through svcpath's
 /// nftables model (the real hook order, not the upstream tracer's shortcut: see the data README).
 #[test]
@@ -57,9 +46,7 @@ fn upstream_nftables_packet_flows_hold() {
     let mut total = 0;
     let mut failures = Vec::new();
     for dir in dirs_with(&data("kubeproxy-nftables"), "flows.json") {
-        let flows: Vec<Flow> =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("flows.json")).unwrap())
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let flows = UpstreamFlow::read(&dir);
         if flows.is_empty() {
             continue;
         }
@@ -99,32 +86,10 @@ fn upstream_nftables_packet_flows_hold() {
                     (_, None) => {}
                 }
             }
-            let want: BTreeSet<String> =
-                f.output.split(", ").filter(|s| !s.is_empty()).map(str::to_owned).collect();
-            if got != want || masq != f.masq {
-                failures.push(format!(
-                    "{} / {}: {} -> {}:{} {}: expected {:?} masq {}, got {:?} masq {}",
-                    dir.strip_prefix(data("kubeproxy-nftables")).unwrap().display(),
-                    f.name,
-                    f.source,
-                    f.dest,
-                    f.port,
-                    f.protocol,
-                    want,
-                    f.masq,
-                    got,
-                    masq
-                ));
-            }
+            failures.extend(f.mismatch(&data("kubeproxy-nftables"), &dir, &got, masq));
         }
     }
-    assert!(total >= 200, "only {total} flows found");
-    assert!(
-        failures.is_empty(),
-        "{} of {total} flows differ:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_flows_hold(total, 200, &failures);
 }
 
 /// A table in a canonical text: no table or chain comments (`nft -j` in nftables 1.0.6 lists
