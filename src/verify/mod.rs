@@ -243,30 +243,29 @@ pub fn kernel_roundtrip(
     Ok(ns.exec(&save, &[], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
 }
 
-/// Loads `nft -f` input into a fresh namespace and returns what `nft list ruleset` prints back
-/// (the kernel's own view of the tables, sets, maps and chains).
+/// The kernel's view of a loaded nf_tables ruleset, in nft's two listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NftListings {
+    /// `nft list ruleset`.
+    pub text: String,
+    /// `nft -j list ruleset` (what [`crate::formats::nft_json`] reads).
+    pub json: String,
+}
+
+/// Loads `nft -f` input into a fresh namespace and returns how the kernel lists it back.
 ///
 /// # Errors
 /// [`VerifyError::NotRoot`], [`VerifyError::MissingTool`] when `nft` is missing,
 /// [`VerifyError::Restore`] with the line `nft` named when it refuses the input; the errors of
 /// [`Netns::create`].
-pub fn nft_roundtrip(text: &str) -> Result<String, VerifyError> {
+pub fn nft_roundtrip(text: &str) -> Result<NftListings, VerifyError> {
     check_nft_environment()?;
     let ns = Netns::create()?;
     load_nft(&ns, text)?;
-    Ok(ns.exec("nft", &["list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
-}
-
-/// As [`nft_roundtrip`], but returns the kernel's view as `nft -j list ruleset` prints it (the
-/// JSON [`crate::formats::nft_json`] reads).
-///
-/// # Errors
-/// As [`nft_roundtrip`].
-pub fn nft_roundtrip_json(text: &str) -> Result<String, VerifyError> {
-    check_nft_environment()?;
-    let ns = Netns::create()?;
-    load_nft(&ns, text)?;
-    Ok(ns.exec("nft", &["-j", "list", "ruleset"], None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+    let list = |args: &[&str]| -> Result<String, VerifyError> {
+        Ok(ns.exec("nft", args, None, netns::ADMIN_TIMEOUT)?.check()?.stdout)
+    };
+    Ok(NftListings { text: list(&["list", "ruleset"])?, json: list(&["-j", "list", "ruleset"])? })
 }
 
 /// Checks that this process can create namespaces and load nf_tables rules with `nft`.
