@@ -60,13 +60,12 @@ fn upstream_nftables_packet_flows_hold() {
         let env = NftEnv { local: node.addresses.clone(), ..NftEnv::default() };
         for f in flows {
             total += 1;
-            let from_node = env.local.contains(&f.source);
             let pkt = NftPacket {
                 src: f.source,
                 dst: f.dest,
                 proto: svcpath::model::Protocol::parse(&f.protocol).unwrap(),
                 dport: f.port,
-                in_iface: if from_node { String::new() } else { "eth0".into() },
+                in_iface: "eth0".into(),
             };
             let outcomes = dp.trace(&env, &pkt).unwrap();
             let mut got = BTreeSet::new();

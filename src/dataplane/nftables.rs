@@ -34,7 +34,9 @@ pub struct NftPacket {
     pub proto: Protocol,
     /// Destination port.
     pub dport: u16,
-    /// The interface it arrives on (for `iifname`; empty for a packet from the node itself).
+    /// The interface it arrives on from the network (for `iifname`). A packet whose source is a
+    /// node address comes from the node itself, takes the output path and has no input
+    /// interface, whatever this says.
     pub in_iface: String,
 }
 
@@ -50,7 +52,8 @@ pub struct NftEnv {
 }
 
 impl NftEnv {
-    fn is_local(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the node's addresses (loopback always is).
+    pub fn is_local(&self, ip: IpAddr) -> bool {
         ip.is_loopback() || self.local.contains(&ip)
     }
 }
@@ -243,7 +246,7 @@ impl NftDataplane {
         pkt: &NftPacket,
         record: bool,
     ) -> Result<Vec<NftOutcome>, NftError> {
-        let from_node = env.is_local(pkt.src) && pkt.in_iface.is_empty();
+        let from_node = env.is_local(pkt.src);
         let start = Walk {
             dst: pkt.dst,
             dport: pkt.dport,
@@ -476,9 +479,10 @@ impl NftDataplane {
                     static_hit || dynamic_hit
                 }
                 Expr::InIface { neg, name } => {
+                    let iface = if env.is_local(pkt.src) { "" } else { pkt.in_iface.as_str() };
                     let hit = match name.strip_suffix('*') {
-                        Some(prefix) => pkt.in_iface.starts_with(prefix),
-                        None => pkt.in_iface == *name,
+                        Some(prefix) => iface.starts_with(prefix),
+                        None => iface == name,
                     };
                     hit != *neg
                 }

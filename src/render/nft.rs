@@ -69,7 +69,7 @@ pub fn text(t: &NftTrace) -> String {
         t.origin, t.node, t.rules, t.elements
     );
     if !t.source_note.is_empty() {
-        let path = if r.in_iface.is_empty() {
+        let path = if t.from_node {
             "from the node itself: output path"
         } else {
             "arrives from the network: prerouting path"

@@ -464,13 +464,12 @@ pub fn run_nftables(
     // Each client's landings and their cumulative probabilities.
     let mut per_client: Vec<(Vec<Landing>, Vec<f64>)> = Vec::with_capacity(req.clients.len());
     for &c in &req.clients {
-        let from_node = c.is_loopback() || local.contains(&c);
         let pkt = NftPacket {
             src: c,
             dst: req.dst,
             proto: req.proto,
             dport: req.dport,
-            in_iface: if from_node { String::new() } else { "eth0".into() },
+            in_iface: "eth0".into(),
         };
         let outs = dp.outcomes(&env, &pkt).map_err(|e| DistError::Input(e.to_string()))?;
         let mut landings = Vec::with_capacity(outs.len());

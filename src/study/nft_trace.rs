@@ -2,11 +2,9 @@
 //! writes for a cluster ([`crate::kubeproxy::nftables`]), walked by
 //! [`crate::dataplane::nftables`].
 
-use std::net::SocketAddr;
-
 use serde::Serialize;
 
-use crate::dataplane::nftables::{Fate, NftDataplane, NftEnv, NftError, NftOutcome, NftPacket};
+use crate::dataplane::nftables::{NftDataplane, NftEnv, NftError, NftOutcome, NftPacket};
 use crate::kubeproxy::nftables;
 use crate::model::{Cluster, IpFamily, NodeView};
 use crate::study::trace::TraceRequest;
@@ -16,8 +14,10 @@ use crate::study::trace::TraceRequest;
 pub struct NftTrace {
     /// `nftables`.
     pub mode: &'static str,
-    /// The packet (an empty `in_iface` when it comes from the node itself).
+    /// The packet.
     pub packet: NftPacket,
+    /// Whether it comes from the node itself (a node source address: the output path).
+    pub from_node: bool,
     /// Why this source (e.g. "default: a pod address in 10.1.0.0/16").
     pub source_note: String,
     /// Where the rules came from.
@@ -42,21 +42,6 @@ impl NftTrace {
     pub fn mean_lookups(&self) -> f64 {
         self.outcomes.iter().map(|o| o.probability * o.lookups as f64).sum()
     }
-
-    /// The endpoints reached and their probabilities, summed over outcomes, in first-reached
-    /// order.
-    pub fn endpoints(&self) -> Vec<(SocketAddr, f64)> {
-        let mut out: Vec<(SocketAddr, f64)> = Vec::new();
-        for o in &self.outcomes {
-            if let (Some(ep), Fate::Local | Fate::Forward) = (o.dnat, o.fate) {
-                match out.iter_mut().find(|(e, _)| *e == ep) {
-                    Some((_, p)) => *p += o.probability,
-                    None => out.push((ep, o.probability)),
-                }
-            }
-        }
-        out
-    }
 }
 
 /// The node's rules in nftables mode, indexed for tracing.
@@ -76,17 +61,17 @@ pub fn trace(
     node: &str,
     req: &TraceRequest,
 ) -> Result<NftTrace, NftError> {
-    let from_node = req.src.is_loopback() || env.local.contains(&req.src);
     let pkt = NftPacket {
         src: req.src,
         dst: req.dst,
         proto: req.proto,
         dport: req.dport,
-        in_iface: if from_node { String::new() } else { req.in_iface.clone() },
+        in_iface: req.in_iface.clone(),
     };
     let outcomes = dp.trace(env, &pkt)?;
     Ok(NftTrace {
         mode: "nftables",
+        from_node: env.is_local(pkt.src),
         packet: pkt,
         source_note: req.src_note.clone(),
         origin: origin.to_owned(),
