@@ -930,7 +930,10 @@ pub fn run(
                     for set in &o.updates {
                         let timeout = dp.table().set(set).and_then(|s| s.timeout).unwrap_or(0);
                         let entries = env.sets.entry(set.clone()).or_default();
-                        entries.retain(|_, expiry| *expiry > now);
+                        // Expired entries only matter to whether a full set has room.
+                        if !entries.contains_key(&client) && entries.len() >= NFT_DYNAMIC_SET_SIZE {
+                            entries.retain(|_, expiry| *expiry > now);
+                        }
                         if entries.contains_key(&client) || entries.len() < NFT_DYNAMIC_SET_SIZE {
                             entries.insert(client, now + f64::from(timeout));
                         }
