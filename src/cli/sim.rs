@@ -21,7 +21,7 @@ pub struct SimArgs {
     /// Override the scenario's seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Override the scenario's mode (iptables, ipvs:rr, …).
+    /// Override the scenario's mode (iptables, nftables, ipvs:rr, …).
     #[arg(long)]
     mode: Option<String>,
     /// Print JSON.
