@@ -25,8 +25,8 @@ pub struct DistArgs {
     /// The Service: IP:PORT or [IPv6]:PORT.
     #[arg(value_name = "DEST:PORT")]
     dest: SocketAddr,
-    /// Modes, comma-separated: iptables, nftables, ipvs:rr, ipvs:wrr, ipvs:lc, ipvs:wlc, ipvs:sed, ipvs:nq,
-    /// ipvs:sh, ipvs:dh, ipvs:mh (flags after a second colon: ipvs:sh:sh-port+sh-fallback).
+    /// Modes, comma-separated: iptables, nftables, ipvs:rr, ipvs:wrr, ipvs:lc, ipvs:wlc, ipvs:sed,
+    /// ipvs:nq, ipvs:sh, ipvs:dh, ipvs:mh (flags after a second colon: ipvs:sh:sh-port+sh-fallback).
     #[arg(long, value_name = "MODES", default_value = "iptables,ipvs:rr")]
     mode: String,
     /// New connections per mode.
