@@ -111,7 +111,7 @@ use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::model::rules::{
-    Addr, Arg, ChainDecl, Family, Located, Name, NameHasher, Piece, Rule, RuleOp, Ruleset,
+    Addr, Arg, ChainDecl, Family, Located, Name, NameHasher, Piece, Policy, Rule, RuleOp, Ruleset,
     Statement, Table, Values, Word,
 };
 use crate::model::words::{BANG, Tok, tokenize};
@@ -130,8 +130,6 @@ pub const MAX_INTERFACE_NAME_LEN: usize = 15;
 const COMMIT: &str = "COMMIT";
 /// The policy word of a chain that has none (a user chain, or a built-in chain left as it is).
 const NO_POLICY: &str = "-";
-/// The two policies a built-in chain may have.
-const POLICIES: [&str; 2] = ["ACCEPT", "DROP"];
 
 /// The built-in chains of each table (`iptable_filter.c`, `iptable_nat.c`, … in the kernel).
 const BUILTIN_CHAINS: [(&str, &[&str]); 5] = [
@@ -1170,7 +1168,7 @@ fn chain_decl<'a>(
     let builtin = builtin_chains(table).contains(&name);
     let policy = if policy_word == NO_POLICY {
         None
-    } else if POLICIES.contains(&policy_word) {
+    } else if let Some(policy) = Policy::from_word(policy_word) {
         if !builtin {
             let kind = ParseErrorKind::PolicyOnUserChain {
                 chain: name.to_owned(),
@@ -1179,7 +1177,7 @@ fn chain_decl<'a>(
             };
             return err(policy_at, kind);
         }
-        Some(Name::new(policy_word))
+        Some(policy)
     } else {
         return err(policy_at, ParseErrorKind::InvalidPolicy { policy: policy_word.to_owned() });
     };
@@ -1930,7 +1928,7 @@ mod tests {
         roundtrip(KUBE_PROXY_SAVED, Family::V4);
         roundtrip(DOCKER_SAVED_COUNTERS, Family::V4);
         let docker = parse(DOCKER_SAVED_COUNTERS, Family::V4).unwrap();
-        assert!(docker.tables.iter().flat_map(Table::rules).all(|r| r.counters == Some((0, 0))));
+        assert!(docker.tables.iter().flat_map(Table::rules).all(|r| r.counters() == Some((0, 0))));
     }
 
     #[test]
@@ -1972,7 +1970,7 @@ mod tests {
         assert_eq!(nat.statements[0].line, 15);
         assert_eq!(
             nat.statements[0].stmt,
-            Statement::Chain(ChainDecl::builtin("PREROUTING", "ACCEPT"))
+            Statement::Chain(ChainDecl::builtin("PREROUTING", Policy::Accept))
         );
         assert_eq!(ruleset.rule_count(), 64 + 17);
     }
@@ -2159,7 +2157,7 @@ mod tests {
     #[test]
     fn parse_rule_counters() {
         let rule = parse_rule_line("[5:300] -A INPUT -j ACCEPT", Family::V4).unwrap();
-        assert_eq!(rule.counters, Some((5, 300)));
+        assert_eq!(rule.counters(), Some((5, 300)));
         assert_eq!(rule.to_string(), "[5:300] -A INPUT -j ACCEPT");
         let ruleset = parse(COUNTERS, Family::V4).unwrap();
         let filter = ruleset.table("filter").unwrap();
@@ -2168,12 +2166,12 @@ mod tests {
             decl,
             &Statement::Chain(ChainDecl {
                 name: "INPUT".into(),
-                policy: Some("ACCEPT".into()),
+                policy: Some(Policy::Accept),
                 counters: Some((28671, 19282211))
             })
         );
         let max = filter.rules().find(|r| r.chain == "FORWARD").unwrap();
-        assert_eq!(max.counters, Some((u64::MAX, u64::MAX)));
+        assert_eq!(max.counters(), Some((u64::MAX, u64::MAX)));
     }
 
     #[test]
@@ -2908,7 +2906,7 @@ mod tests {
                 .prop_map(|(name, chains, rules, flush, delete_all)| {
                     let mut table = Table::new(name);
                     if let Some(first) = builtin_chains(name).first() {
-                        table.push(Statement::Chain(ChainDecl::builtin(*first, "DROP")));
+                        table.push(Statement::Chain(ChainDecl::builtin(*first, Policy::Drop)));
                     }
                     for (i, chain) in chains.into_iter().enumerate() {
                         if i % 2 == 0 {

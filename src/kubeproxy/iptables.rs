@@ -19,8 +19,8 @@ use smol_str::ToSmolStr;
 use super::endpoints::{SvcPort, categorize_at, service_ports};
 use super::names::*;
 use crate::model::rules::{
-    Addr, ChainDecl, Family, IntoName, Located, Name, Rule, Ruleset, Statement, Table, TextArena,
-    Word,
+    Addr, ChainDecl, Family, IntoName, Located, Name, Policy, Rule, Ruleset, Statement, Table,
+    TextArena, Word,
 };
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
@@ -372,7 +372,7 @@ fn node_table(
     let mut t = Table::new(name);
     t.statements.reserve_exact(len);
     t.statements.extend(
-        builtins.iter().map(|b| located(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")))),
+        builtins.iter().map(|b| located(Statement::Chain(ChainDecl::builtin(*b, Policy::Accept)))),
     );
     for mut part in chains {
         t.statements.append(&mut part);

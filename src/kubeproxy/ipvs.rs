@@ -37,7 +37,7 @@ use crate::model::ipvs::{
     IpSet, IpSetEntry, IpvsTable, Member, PersistenceSpec, RealServer, SetFamily, SetType,
     VirtualServer, VsKey,
 };
-use crate::model::rules::{Addr, Arg, ChainDecl, Family, Rule, Ruleset, Statement, Table};
+use crate::model::rules::{Addr, Arg, ChainDecl, Family, Policy, Rule, Ruleset, Statement, Table};
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
 /// nat and filter: the service dispatch chain.
@@ -305,7 +305,7 @@ impl IpvsSync {
         for (tname, builtins) in BUILTINS {
             let mut t = Table::new(*tname);
             for b in *builtins {
-                t.push(Statement::Chain(ChainDecl::builtin(*b, "ACCEPT")));
+                t.push(Statement::Chain(ChainDecl::builtin(*b, Policy::Accept)));
             }
             if let Some(p) = self.payload.table(tname) {
                 for s in &p.statements {

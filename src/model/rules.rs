@@ -650,8 +650,11 @@ pub enum RuleOp {
 /// holds an unquoted blank, starts with `-` or is `!`) reads back as the words it prints as.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Rule {
-    /// `[packets:bytes]` written before `-A` (iptables-save -c), if any.
-    pub counters: Option<(u64, u64)>,
+    /// `[packets:bytes]` written before `-A` (iptables-save -c), if any: boxed, because few
+    /// rules carry them and every rule would otherwise pay 16 bytes for them (see
+    /// [`Rule::counters`]).
+    #[serde(serialize_with = "serialize_counters")]
+    counters: Option<Box<(u64, u64)>>,
     /// Append or insert.
     pub op: RuleOp,
     /// The chain the rule belongs to.
@@ -659,6 +662,13 @@ pub struct Rule {
     /// Its arguments as text, separated by single spaces.
     #[serde(rename = "args", serialize_with = "serialize_args")]
     text: Text,
+}
+
+fn serialize_counters<S: serde::Serializer>(
+    c: &Option<Box<(u64, u64)>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    c.as_deref().serialize(s)
 }
 
 fn serialize_args<S: serde::Serializer>(text: &Text, s: S) -> Result<S::Ok, S::Error> {
@@ -853,6 +863,16 @@ impl Rule {
         }
     }
 
+    /// The `[packets:bytes]` counters written before the rule (`iptables-save -c`), if any.
+    pub fn counters(&self) -> Option<(u64, u64)> {
+        self.counters.as_deref().copied()
+    }
+
+    /// Sets or clears the counters written before the rule.
+    pub fn set_counters(&mut self, counters: Option<(u64, u64)>) {
+        self.counters = counters.map(Box::new);
+    }
+
     /// An empty rule appended to `chain`, with room for `bytes` of argument text (as printed,
     /// separating spaces included), so that adding arguments that fit allocates once.
     pub fn with_capacity(chain: impl IntoName, bytes: usize) -> Rule {
@@ -879,7 +899,12 @@ impl Rule {
             write_args(scratch, args);
             scratch.as_str().to_owned()
         });
-        Rule { counters, op, chain: chain.into_name(), text: Text::Own(text) }
+        Rule {
+            counters: counters.map(Box::new),
+            op,
+            chain: chain.into_name(),
+            text: Text::Own(text),
+        }
     }
 
     /// A rule whose argument text is already as [`Arg::write_to`] writes the arguments, separated
@@ -893,7 +918,7 @@ impl Rule {
         piece: Option<&Arc<Piece>>,
     ) -> Rule {
         let text = piece.and_then(|p| p.span(text)).unwrap_or_else(|| Text::Own(text.to_owned()));
-        let rule = Rule { counters, op, chain, text };
+        let rule = Rule { counters: counters.map(Box::new), op, chain, text };
         debug_assert_eq!(
             Rule::from_args(Name::default(), op, counters, &rule.args().collect::<Vec<_>>())
                 .text
@@ -1030,7 +1055,7 @@ impl Rule {
     /// # Errors
     /// Only those of `w` (none for a `String`).
     pub fn write_to<W: fmt::Write>(&self, w: &mut W) -> fmt::Result {
-        if let Some((p, b)) = self.counters {
+        if let Some(&(p, b)) = self.counters.as_deref() {
             w.write_char('[')?;
             write_u64(w, p)?;
             w.write_char(':')?;
@@ -1061,13 +1086,43 @@ impl fmt::Display for Rule {
     }
 }
 
+/// A built-in chain's policy: what happens to a packet that reaches the end of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Policy {
+    /// `ACCEPT`.
+    #[serde(rename = "ACCEPT")]
+    Accept,
+    /// `DROP`.
+    #[serde(rename = "DROP")]
+    Drop,
+}
+
+impl Policy {
+    /// The policy `iptables-save` writes as `word`, if it is one.
+    pub fn from_word(word: &str) -> Option<Policy> {
+        match word {
+            "ACCEPT" => Some(Policy::Accept),
+            "DROP" => Some(Policy::Drop),
+            _ => None,
+        }
+    }
+
+    /// The word `iptables-save` writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Accept => "ACCEPT",
+            Policy::Drop => "DROP",
+        }
+    }
+}
+
 /// A chain declaration line: `:NAME POLICY [packets:bytes]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ChainDecl {
     /// The chain name.
     pub name: Name,
-    /// The policy of a built-in chain (`ACCEPT`/`DROP`); `None` for a user chain (`-`).
-    pub policy: Option<Name>,
+    /// The policy of a built-in chain; `None` for a user chain (`-`).
+    pub policy: Option<Policy>,
     /// The counters as written; `None` when the line has none.
     pub counters: Option<(u64, u64)>,
 }
@@ -1079,12 +1134,8 @@ impl ChainDecl {
     }
 
     /// A built-in chain with a policy, `:NAME ACCEPT [0:0]`.
-    pub fn builtin(name: impl IntoName, policy: &str) -> ChainDecl {
-        ChainDecl {
-            name: name.into_name(),
-            policy: Some(Name::new(policy)),
-            counters: Some((0, 0)),
-        }
+    pub fn builtin(name: impl IntoName, policy: Policy) -> ChainDecl {
+        ChainDecl { name: name.into_name(), policy: Some(policy), counters: Some((0, 0)) }
     }
 
     /// Writes the declaration line as `Display` does, straight into `w`.
@@ -1095,7 +1146,7 @@ impl ChainDecl {
         w.write_char(':')?;
         w.write_str(&self.name)?;
         w.write_char(' ')?;
-        w.write_str(self.policy.as_deref().unwrap_or("-"))?;
+        w.write_str(self.policy.map_or("-", Policy::as_str))?;
         if let Some((p, b)) = self.counters {
             w.write_str(" [")?;
             write_u64(w, p)?;
@@ -1317,7 +1368,8 @@ mod tests {
             .opt("random-fully", &[])
             .opt("match-set", &["S", "dst,src"])
             .goto("D");
-        r.counters = Some((12, 3400));
+        r.set_counters(Some((12, 3400)));
+        assert_eq!(r.counters(), Some((12, 3400)));
         let mut out = String::new();
         r.write_to(&mut out).unwrap();
         assert_eq!(

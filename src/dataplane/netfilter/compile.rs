@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use rayon::prelude::*;
 
-use crate::model::rules::{Arg, Family, Name, NameMap, Rule, Ruleset, Statement, Word};
+use crate::model::rules::{Arg, Family, Name, NameMap, Policy, Rule, Ruleset, Statement, Word};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
 ///
@@ -468,7 +468,7 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
             let line = st.line;
             match &st.stmt {
                 Statement::Chain(decl) => {
-                    let policy = decl.policy.as_deref().map(|p| p != "DROP");
+                    let policy = decl.policy.map(|p| p == Policy::Accept);
                     b.declare(&decl.name, policy);
                 }
                 Statement::NewChain(name) => b.declare(name, None),

@@ -175,7 +175,7 @@ impl Packet {
 mod tests {
     use super::eval::{Delivery, Verdict};
     use super::*;
-    use crate::model::rules::{Addr, ChainDecl, Rule, Statement, Table};
+    use crate::model::rules::{Addr, ChainDecl, Policy, Rule, Statement, Table};
 
     fn table(name: &str, chains: &[&str], rules: Vec<Rule>) -> Table {
         let mut t = Table::new(name);
@@ -488,7 +488,7 @@ mod tests {
             0,
             crate::model::rules::Located {
                 line: 1,
-                stmt: Statement::Chain(ChainDecl::builtin("FORWARD", "DROP")),
+                stmt: Statement::Chain(ChainDecl::builtin("FORWARD", Policy::Drop)),
             },
         );
         let nf = Netfilter::new(&Ruleset { family: Family::V4, tables: vec![filter] }).unwrap();
