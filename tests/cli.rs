@@ -260,6 +260,79 @@ fn session_affinity_pins_then_expires_then_moves_off_a_not_ready_endpoint() {
     assert!(moved.iter().all(|(ep, p)| ep != &e && (p - 0.5).abs() < 1e-9), "{moved:?}");
 }
 
+/// The same acceptance in nftables mode: a client recorded in an endpoint's affinity set sticks
+/// until the set's timeout; when that endpoint goes, kube-proxy deletes its set and the client
+/// moves, while a client pinned to an endpoint that stays keeps it.
+#[test]
+fn nftables_session_affinity_pins_then_expires_then_moves_off_a_not_ready_endpoint() {
+    let cluster = crate::harness::root().join("rulesets/affinity/cluster.yaml");
+    let changed = crate::harness::root().join("rulesets/affinity/endpoint-not-ready.yaml");
+    let (c, changed) = (cluster.to_str().unwrap(), changed.to_str().unwrap());
+    let nft_endpoints = |v: &serde_json::Value| -> Vec<(String, f64)> {
+        v["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (o["dnat"].as_str().unwrap_or("-").to_owned(), o["probability"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let history = "10.1.7.7@0,10.1.7.8@0,10.1.7.9@0";
+    let run = |from: &str, extra: &[&str]| {
+        let mut args = vec!["trace", "10.96.0.10:80", "--mode", "nftables", "--json"];
+        args.extend(["--cluster", c, "--from", from, "--after", history]);
+        args.extend(extra);
+        trace_json(&args)
+    };
+    // Each history connection draws one of the three endpoints with its probability.
+    let t = run("10.1.7.7", &["--at", "250"]);
+    let drawn: Vec<(String, String)> = t["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert!((h["probability"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9, "{h}");
+            (h["client"].as_str().unwrap().to_owned(), h["endpoint"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let pinned = |client: &str| drawn.iter().find(|(c, _)| c == client).unwrap().1.clone();
+    // Inside the 300 s timeout the client sticks with probability 1, to the endpoint it drew.
+    assert_eq!(nft_endpoints(&t), vec![(pinned("10.1.7.7"), 1.0)]);
+    assert_eq!(t["sticky"][0]["expires_at"], 300.0);
+    assert_eq!(t["sticky"][0]["endpoint"], pinned("10.1.7.7").as_str());
+    // From t = 300 on the entry is gone from the set's point of view: three endpoints again.
+    let fresh = nft_endpoints(&run("10.1.7.7", &["--at", "300"]));
+    assert_eq!(fresh.len(), 3);
+    assert!(fresh.iter().all(|(_, p)| (p - 1.0 / 3.0).abs() < 1e-9), "{fresh:?}");
+    // A client with no history is not pinned by the others.
+    assert_eq!(nft_endpoints(&run("10.1.7.10", &["--at", "10"])).len(), 3);
+    // 10.1.0.2 turns not ready: the client pinned to it moves to the two others, 1/2 each; the
+    // clients pinned elsewhere keep their endpoint.
+    assert_eq!(pinned("10.1.7.9"), "10.1.0.2:8080", "seed 1 draws 10.1.0.2 for 10.1.7.9");
+    let moved = nft_endpoints(&run("10.1.7.9", &["--at", "10", "--changed", changed]));
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert!(moved.iter().all(|(ep, p)| ep != "10.1.0.2:8080" && (p - 0.5).abs() < 1e-9));
+    for client in ["10.1.7.7", "10.1.7.8"] {
+        let kept = nft_endpoints(&run(client, &["--at", "10", "--changed", changed]));
+        assert_eq!(kept, vec![(pinned(client), 1.0)], "{client}");
+    }
+    // --seed draws one outcome, with its probability.
+    let one = nft_endpoints(&trace_json(&[
+        "trace",
+        "10.96.0.10:80",
+        "--mode",
+        "nftables",
+        "--json",
+        "--cluster",
+        c,
+        "--seed",
+        "7",
+    ]));
+    assert_eq!(one.len(), 1);
+    assert!((one[0].1 - 1.0 / 3.0).abs() < 1e-9, "{one:?}");
+}
+
 #[test]
 fn history_errors_name_the_item() {
     fails_with(

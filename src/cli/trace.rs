@@ -335,22 +335,9 @@ impl TraceArgs {
             return self.run_nftables(&mode, &req, lc.as_ref(), &local, family);
         };
         let mut env = Env { local: dp.local.clone(), ..Env::default() };
-        let steps = match (&self.after, &self.history) {
-            (Some(text), _) => parse_history(text, ",", "--after")?,
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                parse_history(&text, "\n", &path.display().to_string())?
-            }
-            _ => Vec::new(),
-        };
+        let steps = self.history_steps()?;
         let history = replay_history(&dp, &req, &steps, &mut env, self.seed.unwrap_or(1))?;
-        env.now = self.at.or(steps.last().map(|s| s.at)).unwrap_or(0.0);
-        if let Some(last) = steps.last()
-            && env.now < last.at
-        {
-            bail!("--at {} is before the last history packet at {}", env.now, last.at);
-        }
+        env.now = self.traced_at(&steps)?;
         let final_dp = match &self.changed {
             Some(path) => {
                 let mut changed = self.input.clone();
@@ -444,6 +431,30 @@ impl TraceArgs {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// The earlier connections of `--after` or `--history`, in time order.
+    fn history_steps(&self) -> anyhow::Result<Vec<HistoryStep>> {
+        Ok(match (&self.after, &self.history) {
+            (Some(text), _) => parse_history(text, ",", "--after")?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                parse_history(&text, "\n", &path.display().to_string())?
+            }
+            _ => Vec::new(),
+        })
+    }
+
+    /// The time of the traced packet: `--at`, else the last history time, else 0.
+    fn traced_at(&self, steps: &[HistoryStep]) -> anyhow::Result<f64> {
+        let at = self.at.or(steps.last().map(|s| s.at)).unwrap_or(0.0);
+        if let Some(last) = steps.last()
+            && at < last.at
+        {
+            bail!("--at {at} is before the last history packet at {}", last.at);
+        }
+        Ok(at)
+    }
+
     /// `--mode nftables`: the packet through the table kube-proxy's nftables proxier writes.
     fn run_nftables(
         &self,
@@ -455,16 +466,6 @@ impl TraceArgs {
     ) -> anyhow::Result<ExitCode> {
         if mode.trim() != "nftables" {
             bail!("--mode nftables traces on its own (not with '{mode}')");
-        }
-        if self.after.is_some()
-            || self.history.is_some()
-            || self.changed.is_some()
-            || self.seed.is_some()
-            || self.at.is_some()
-        {
-            bail!(
-                "--after, --history, --changed, --seed and --at are not modelled for --mode nftables yet"
-            );
         }
         if self.scheduler.is_some()
             || self.count > 0
@@ -511,7 +512,27 @@ impl TraceArgs {
                  reads a node's listing (--nft-json FILE)"
             ),
         };
-        let t = nft_trace::trace(&dp, &env, &origin, &node, req)?;
+        let steps = self.history_steps()?;
+        let history = nft_trace::replay_history(&dp, req, &steps, &mut env, self.seed.unwrap_or(1))
+            .with_context(|| origin.clone())?;
+        env.now = self.traced_at(&steps)?;
+        let (dp, origin, node) = match &self.changed {
+            Some(path) => {
+                let mut changed = self.input.clone();
+                changed.cluster = vec![path.clone()];
+                let Some(lc) = changed.cluster()? else {
+                    bail!("--changed {}: no cluster in it", path.display());
+                };
+                let dp = nft_trace::dataplane(&lc.cluster, &lc.node, family);
+                // kube-proxy deletes the affinity sets of endpoints that are gone.
+                dp.forget_deleted_sets(&mut env);
+                env.local = lc.node.addresses.clone();
+                (dp, lc.origin, lc.node.name)
+            }
+            None => (dp, origin, node),
+        };
+        let mut t = nft_trace::trace(&dp, &env, &origin, &node, req)?;
+        t.history = history;
         let text = if self.json { nft_render::json(&t) + "\n" } else { nft_render::text(&t) };
         super::print(&text)?;
         Ok(ExitCode::SUCCESS)

@@ -157,6 +157,11 @@ pub const JUMP_STACK: usize = 16;
 /// so a `goto` cycle (which does not grow the jump stack) ends here instead of running forever.
 pub const MAX_RULES_PER_WALK: usize = 100_000;
 
+/// The most addresses an affinity set holds: nft gives a set that rules update without a size of
+/// its own 65,535 (`nft list` shows `size 65535`), and the kernel's dynset refuses to add to a
+/// full set (it does not evict, unlike xt_recent).
+pub const DYNAMIC_SET_SIZE: usize = 65_535;
+
 /// Branches (numgen choices) one trace may follow.
 pub const MAX_BRANCHES: usize = 100_000;
 
@@ -238,6 +243,30 @@ impl NftDataplane {
     /// As [`NftDataplane::trace`].
     pub fn outcomes(&self, env: &NftEnv, pkt: &NftPacket) -> Result<Vec<NftOutcome>, NftError> {
         self.walk(env, pkt, false)
+    }
+
+    /// Records `client` in the affinity sets `outcome` updates (`update @set { ip saddr }`) at
+    /// `env.now`, each entry expiring after its set's timeout. A client already in a set is
+    /// refreshed; a full set ([`DYNAMIC_SET_SIZE`] live entries) takes no new client.
+    pub fn record(&self, env: &mut NftEnv, client: IpAddr, outcome: &NftOutcome) {
+        let now = env.now;
+        for set in &outcome.updates {
+            let timeout = self.table.set(set).and_then(|s| s.timeout).unwrap_or(0);
+            let entries = env.sets.entry(set.clone()).or_default();
+            // Expired entries only matter to whether a full set has room.
+            if !entries.contains_key(&client) && entries.len() >= DYNAMIC_SET_SIZE {
+                entries.retain(|_, expiry| *expiry > now);
+            }
+            if entries.contains_key(&client) || entries.len() < DYNAMIC_SET_SIZE {
+                entries.insert(client, now + f64::from(timeout));
+            }
+        }
+    }
+
+    /// Drops from `env` the affinity sets this table does not have: kube-proxy deletes the set of
+    /// an endpoint that is gone, and its clients with it.
+    pub fn forget_deleted_sets(&self, env: &mut NftEnv) {
+        env.sets.retain(|name, _| self.table.set(name).is_some());
     }
 
     fn walk(
@@ -553,6 +582,20 @@ impl NftDataplane {
     }
 }
 
+/// The outcome a uniform draw `u` in `[0, 1)` picks: outcomes take consecutive parts of the
+/// interval in walk order, each as long as its probability (the last one takes what rounding
+/// leaves).
+pub fn pick(outcomes: &[NftOutcome], u: f64) -> Option<&NftOutcome> {
+    let mut acc = 0.0;
+    outcomes
+        .iter()
+        .find(|o| {
+            acc += o.probability;
+            u < acc
+        })
+        .or(outcomes.last())
+}
+
 /// The probability that `numgen random mod n` gives `i`: the kernel scales a 32-bit random
 /// number to `[0, n)` with `reciprocal_scale` (`(r × n) >> 32`, net/netfilter/nft_numgen.c), so
 /// value `i` covers the `r` in `[⌈i·2³²/n⌉, ⌈(i+1)·2³²/n⌉)`: 1/n to within 2⁻³², with
@@ -848,5 +891,54 @@ mod tests {
         assert_eq!(pinned[0].updates, [set]);
         env.now = 100.5;
         assert_eq!(dp.trace(&env, &pkt).unwrap().len(), 3, "expired");
+    }
+
+    #[test]
+    fn record_pins_refreshes_and_a_full_set_takes_no_new_client() {
+        let mut c = default_cluster();
+        c.services[0].session_affinity =
+            crate::model::SessionAffinity::ClientIp { timeout_seconds: 60 };
+        let node = c.node_view(None, &[]).unwrap();
+        let dp = NftDataplane::new(sync(&c, &node, IpFamily::V4));
+        let pkt = pod_packet("10.96.0.10", 80);
+        let mut env = NftEnv { local: node.addresses.clone(), now: 10.0, ..NftEnv::default() };
+        let outs = dp.trace(&env, &pkt).unwrap();
+        // A draw just below the first outcome's share picks it, one just above the second.
+        assert_eq!(pick(&outs, outs[0].probability - 1e-12), Some(&outs[0]));
+        assert_eq!(pick(&outs, outs[0].probability + 1e-12), Some(&outs[1]));
+        assert_eq!(pick(&outs, 1.0 - 1e-17), outs.last(), "rounding leaves the last outcome");
+        let o = &outs[1];
+        let set = o.updates[0].clone();
+        dp.record(&mut env, pkt.src, o);
+        assert_eq!(env.sets[&set][&pkt.src], 70.0);
+        env.now = 30.0;
+        dp.record(&mut env, pkt.src, o);
+        assert_eq!(env.sets[&set][&pkt.src], 90.0, "refreshed");
+        // Full of live entries: a new client is not added, a client already in is refreshed.
+        let full: HashMap<IpAddr, f64> = (0..DYNAMIC_SET_SIZE as u32)
+            .map(|i| (IpAddr::from(std::net::Ipv4Addr::from(0x0a80_0000 + i)), 1000.0))
+            .collect();
+        env.sets.insert(set.clone(), full);
+        let newcomer: IpAddr = "10.1.200.1".parse().unwrap();
+        dp.record(&mut env, newcomer, o);
+        assert!(!env.sets[&set].contains_key(&newcomer));
+        let member = IpAddr::from(std::net::Ipv4Addr::from(0x0a80_0005));
+        dp.record(&mut env, member, o);
+        assert_eq!(env.sets[&set][&member], 90.0);
+        // Once one entry has expired there is room again.
+        env.sets.get_mut(&set).unwrap().insert(member, 20.0);
+        dp.record(&mut env, newcomer, o);
+        assert_eq!(env.sets[&set][&newcomer], 90.0);
+        assert_eq!(env.sets[&set].len(), DYNAMIC_SET_SIZE);
+        // A table without the set (its endpoint gone) forgets it.
+        let mut gone = c.clone();
+        gone.endpoint_slices[0]
+            .endpoints
+            .retain(|e| !e.addresses.iter().any(|a| a.to_string() == "10.1.0.2"));
+        let dp2 = NftDataplane::new(sync(&gone, &gone.node_view(None, &[]).unwrap(), IpFamily::V4));
+        env.sets.insert("affinity-nonexistent".into(), HashMap::new());
+        dp2.forget_deleted_sets(&mut env);
+        assert!(!env.sets.contains_key("affinity-nonexistent"));
+        assert_eq!(env.sets.contains_key(&set), !set.contains("10.1.0.2/8080"));
     }
 }

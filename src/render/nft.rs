@@ -6,7 +6,7 @@ use crate::dataplane::nftables::{Fate, NftStep};
 use crate::model::nft::Hook;
 use crate::study::nft_trace::NftTrace;
 
-use super::trace::probability;
+use super::trace::{affinity_text, probability};
 
 /// The trace as JSON (pretty-printed).
 pub fn json(t: &NftTrace) -> String {
@@ -76,6 +76,8 @@ pub fn text(t: &NftTrace) -> String {
         };
         let _ = writeln!(out, "  source: {} ({}); {path}", r.src, t.source_note);
     }
+    let _ = writeln!(out, "  mode:   {}", t.sampling);
+    affinity_text(&mut out, r.src, t.at, &t.history, &t.sticky, ("affinity-set entry", "set"));
     out.push_str("\npath\n");
     // The steps every outcome shares at its start and at its end are printed once.
     let all: Vec<&[NftStep]> = t.outcomes.iter().map(|o| o.steps.as_slice()).collect();

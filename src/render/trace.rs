@@ -1,8 +1,9 @@
 //! Text and JSON for [`crate::study::trace::Trace`].
 
 use std::fmt::Write;
+use std::net::IpAddr;
 
-use crate::study::trace::{HopView, TopologyView, Trace};
+use crate::study::trace::{HistoryView, HopView, StickyView, TopologyView, Trace};
 
 /// The trace as JSON (pretty-printed).
 pub fn json(trace: &Trace) -> String {
@@ -101,6 +102,51 @@ pub(crate) fn topology_line(t: &TopologyView) -> String {
     )
 }
 
+/// The history replayed before a traced packet and the affinity entries holding its source at
+/// `at` (`entry` names what holds a client, an `-m recent` entry or an affinity-set entry, and
+/// `holder` where it is, a list or a set).
+pub(crate) fn affinity_text(
+    out: &mut String,
+    src: IpAddr,
+    at: f64,
+    history: &[HistoryView],
+    sticky: &[StickyView],
+    (entry, holder): (&str, &str),
+) {
+    if !history.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "history (earlier new connections, outcomes drawn with the seed)");
+        for h in history {
+            let to = h.endpoint.as_deref().unwrap_or(&h.verdict);
+            let _ = writeln!(
+                out,
+                "  t={:<10} {:<16} → {to} (p = {})",
+                secs(h.at),
+                h.client,
+                probability(h.probability)
+            );
+        }
+    }
+    if !sticky.is_empty() || !history.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "session affinity of {} at t={}", src, secs(at));
+        if sticky.is_empty() {
+            let _ = writeln!(out, "  no {entry}: the client is not pinned");
+        }
+        for st in sticky {
+            let ep = st.endpoint.as_deref().unwrap_or("an endpoint no longer in the rules");
+            let state = match (st.checked, st.expires_at) {
+                (false, _) => format!("no rule checks this {holder} any more"),
+                (true, Some(exp)) if exp >= at => format!("pinned until t={}", secs(exp)),
+                (true, Some(exp)) => format!("expired at t={}", secs(exp)),
+                (true, None) => "checked without --seconds: pinned for good".to_owned(),
+            };
+            let _ =
+                writeln!(out, "  {} → {ep}: last seen t={}, {state}", st.list, secs(st.last_seen));
+        }
+    }
+}
+
 /// The trace as text.
 pub fn text(trace: &Trace) -> String {
     let mut out = String::new();
@@ -118,38 +164,14 @@ pub fn text(trace: &Trace) -> String {
     if let Some(t) = &trace.topology {
         let _ = writeln!(out, "{}", topology_line(t));
     }
-    if !trace.history.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "history (earlier new connections, outcomes drawn with the seed)");
-        for h in &trace.history {
-            let to = h.endpoint.as_deref().unwrap_or(&h.verdict);
-            let _ = writeln!(
-                out,
-                "  t={:<10} {:<16} → {to} (p = {})",
-                secs(h.at),
-                h.client,
-                probability(h.probability)
-            );
-        }
-    }
-    if !trace.sticky.is_empty() || !trace.history.is_empty() {
-        let _ = writeln!(out);
-        let _ = writeln!(out, "session affinity of {} at t={}", p.src, secs(trace.at));
-        if trace.sticky.is_empty() {
-            let _ = writeln!(out, "  no -m recent entry: the client is not pinned");
-        }
-        for st in &trace.sticky {
-            let ep = st.endpoint.as_deref().unwrap_or("an endpoint no longer in the rules");
-            let state = match (st.checked, st.expires_at) {
-                (false, _) => "no rule checks this list any more".to_owned(),
-                (true, Some(exp)) if exp >= trace.at => format!("pinned until t={}", secs(exp)),
-                (true, Some(exp)) => format!("expired at t={}", secs(exp)),
-                (true, None) => "checked without --seconds: pinned for good".to_owned(),
-            };
-            let _ =
-                writeln!(out, "  {} → {ep}: last seen t={}, {state}", st.list, secs(st.last_seen));
-        }
-    }
+    affinity_text(
+        &mut out,
+        p.src,
+        trace.at,
+        &trace.history,
+        &trace.sticky,
+        ("-m recent entry", "list"),
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "path");
     hops_text(&trace.hops, &mut out);

@@ -31,7 +31,7 @@ use super::dataplane::Dataplane;
 use super::dist::{ClientDist, ModeSpec, client_addresses};
 use crate::dataplane::ipvs::{ConnId, ConnState, DestSpec, IpvsService, Persistence, Sysctls};
 use crate::dataplane::netfilter::eval::{Env, Origin, Packet};
-use crate::dataplane::nftables::{NftDataplane, NftEnv, NftPacket};
+use crate::dataplane::nftables::{self, NftDataplane, NftEnv, NftPacket};
 use crate::kubeproxy::endpoints::service_ports;
 use crate::kubeproxy::iptables::NodeEnv;
 use crate::model::{
@@ -318,11 +318,6 @@ enum NodeState {
     Nftables { dp: Box<NftDataplane>, env: NftEnv },
 }
 
-/// The most addresses an nftables affinity set holds: nft gives a set that rules update without a
-/// size of its own 65,535 (`nft list` shows `size 65535`), and the kernel's dynset refuses to add
-/// to a full set (it does not evict, unlike xt_recent).
-pub const NFT_DYNAMIC_SET_SIZE: usize = 65_535;
-
 /// Loads a scenario file.
 ///
 /// # Errors
@@ -592,7 +587,7 @@ pub fn run(
                     match nodes.get_mut(i) {
                         Some(NodeState::Nftables { dp: old, env }) => {
                             // kube-proxy deletes the affinity sets of endpoints that are gone.
-                            env.sets.retain(|name, _| dp.table().set(name).is_some());
+                            dp.forget_deleted_sets(env);
                             env.local = view.addresses.clone();
                             **old = dp;
                         }
@@ -919,25 +914,9 @@ pub fn run(
                     in_iface: "eth0".into(),
                 };
                 let outs = dp.outcomes(env, &pkt).map_err(|e| err(origin, e.to_string()))?;
-                let u: f64 = rng.random();
-                let mut acc = 0.0;
-                let picked = outs.iter().find(|o| {
-                    acc += o.probability;
-                    u < acc
-                });
-                let o = picked.or(outs.last());
+                let o = nftables::pick(&outs, rng.random());
                 if let Some(o) = o {
-                    for set in &o.updates {
-                        let timeout = dp.table().set(set).and_then(|s| s.timeout).unwrap_or(0);
-                        let entries = env.sets.entry(set.clone()).or_default();
-                        // Expired entries only matter to whether a full set has room.
-                        if !entries.contains_key(&client) && entries.len() >= NFT_DYNAMIC_SET_SIZE {
-                            entries.retain(|_, expiry| *expiry > now);
-                        }
-                        if entries.contains_key(&client) || entries.len() < NFT_DYNAMIC_SET_SIZE {
-                            entries.insert(client, now + f64::from(timeout));
-                        }
-                    }
+                    dp.record(env, client, o);
                 }
                 let pod = o
                     .and_then(|o| o.dnat)
