@@ -273,6 +273,95 @@ fn a_wrong_model_makes_verify_fail() {
     }
 }
 
+/// `verify --mode nftables`: kube-proxy's nftables table for a cluster, loaded with `nft -f`,
+/// agrees with svcpath's nftables walk (session affinity held over repeated connections, source
+/// ranges allowed and denied); the same observations judged against a wrong table fail.
+#[test]
+fn verify_nftables_mode_agrees_and_a_wrong_table_fails() {
+    use svcpath::dataplane::nftables::NftDataplane;
+    use svcpath::kubeproxy::nftables;
+    use svcpath::study::verify::NftModel;
+    if let Err(e) = verify::check_nft_environment() {
+        eprintln!("skipped: verify --mode nftables needs root, ip and nft: {e}");
+        return;
+    }
+    let before = host_save();
+    for (file, classes) in [
+        ("rulesets/affinity/cluster.yaml", &["repeat"][..]),
+        (
+            "rulesets/loadbalancer-source-ranges/cluster.yaml",
+            &["external_allowed", "external_denied"][..],
+        ),
+    ] {
+        let out = svcpath()
+            .args(["verify", "--mode", "nftables", "--json", "--timeout-ms", "250", "--cluster"])
+            .arg(root().join(file))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{file}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let run: Value = serde_json::from_str(&stdout).unwrap();
+        assert!(run["backend"].as_str().unwrap().starts_with("nftables"), "{run}");
+        let probes = run["judgement"]["probes"].as_array().unwrap();
+        for class in classes {
+            let of_class: Vec<&Value> = probes.iter().filter(|p| class_of(p) == *class).collect();
+            assert!(!of_class.is_empty(), "{file}: no {class} probe");
+            if *class == "repeat" {
+                // One client, ten connections, one endpoint: the affinity set holds it.
+                for p in of_class {
+                    let reached: Vec<&Value> = p["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| r["observed"].as_u64().unwrap() > 0)
+                        .collect();
+                    assert_eq!(reached.len(), 1, "{file}: {p}");
+                }
+            }
+        }
+    }
+
+    // The default cluster's observations, judged against the right table and two wrong ones.
+    let cluster = default_cluster();
+    let node = cluster.node_view(None, &[]).unwrap();
+    let model_of = |c: &svcpath::model::Cluster| NftModel {
+        dp: NftDataplane::new(nftables::sync(c, &node, IpFamily::V4)),
+        local: node.addresses.clone(),
+    };
+    let right = model_of(&cluster);
+    let text = svcpath::formats::nft::render(right.dp.table());
+    let setting = Setting::from_cluster(&cluster, &node, IpFamily::V4);
+    let agent =
+        AgentCommand { program: PathBuf::from(BIN), prefix: vec!["__agent".to_owned()], env: None };
+    let mut opts = CheckOptions::with_agent(agent);
+    opts.plan = PlanOptions { flows: 60, max_flows: 60 };
+    opts.flow_timeout = Duration::from_millis(250);
+    let obs = verify::observe_nft(&right, &text, &setting, &opts).unwrap();
+    let judged = sv::judge(&right, &obs.plan, &obs.seen).unwrap();
+    assert!(judged.ok(), "{:#?}", judged.probes);
+    // masqueradeAll in the model only: a pod's flows are predicted masqueraded, the kernel keeps
+    // their source.
+    let mut masq_all = cluster.clone();
+    masq_all.config.nft_masquerade_all = true;
+    let judged = sv::judge(&model_of(&masq_all), &obs.plan, &obs.seen).unwrap();
+    let pod = judged.probes.iter().find(|p| p.class == SourceClass::Pod).unwrap();
+    assert!(pod.masquerade_mismatches > 0 && !pod.ok(), "{pod:#?}");
+    // One endpoint missing from the model: the kernel reaches it where svcpath says never.
+    let mut fewer = cluster.clone();
+    for slice in &mut fewer.endpoint_slices {
+        slice.endpoints.retain(|e| !e.addresses.iter().any(|a| a.to_string() == "10.1.0.3"));
+    }
+    let judged = sv::judge(&model_of(&fewer), &obs.plan, &obs.seen).unwrap();
+    assert!(!judged.ok());
+    assert!(
+        judged.probes.iter().all(|p| p.problems.iter().any(|m| m.contains("10.1.0.3:8080"))),
+        "{:#?}",
+        judged.probes
+    );
+    assert_eq!(orphaned_namespaces(), Vec::<String>::new());
+    assert_eq!(before, host_save(), "the host's rules changed");
+}
+
 /// `--calibrate` measures a positive cost per rule on a small synthetic ruleset (loose bounds:
 /// the figure is printed, not pinned).
 #[test]

@@ -8,10 +8,11 @@ use clap::{Args, ValueEnum};
 
 use svcpath::model::IpFamily;
 use svcpath::render::verify as render;
-use svcpath::study::verify::{MAX_FLOWS, PlanOptions, Setting};
+use svcpath::study::verify::{EntryKind, MAX_FLOWS, NftModel, PlanOptions, Setting};
 use svcpath::verify::traffic::AgentCommand;
 use svcpath::verify::{
-    Backend, CalibrateOptions, CheckOptions, calibrate, check, check_environment,
+    Backend, CalibrateOptions, CheckOptions, calibrate, check, check_environment, check_nft,
+    check_nft_environment,
 };
 
 use super::input::InputArgs;
@@ -54,6 +55,11 @@ pub struct VerifyArgs {
     /// The iptables implementation to load the rules with.
     #[arg(long, value_enum, default_value = "nft")]
     iptables: BackendArg,
+    /// The proxy mode whose rules are checked: iptables, or nftables (kube-proxy's nftables table,
+    /// loaded with `nft -f`; needs a cluster input). Default: the KubeProxyConfiguration's mode
+    /// when it is nftables, else iptables.
+    #[arg(long, value_name = "MODE")]
+    mode: Option<String>,
     /// How long a flow waits for an answer before it counts as unanswered (DROP).
     #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 400)]
     timeout_ms: u64,
@@ -92,6 +98,16 @@ impl VerifyArgs {
             bail!("--timeout-ms must be at least 1");
         }
         let backend: Backend = self.iptables.into();
+        if self.mode.as_deref() == Some("nftables")
+            || (self.mode.is_none() && !self.calibrate && self.nftables_by_config()?)
+        {
+            return self.run_nftables();
+        }
+        if let Some(m) = self.mode.as_deref().filter(|m| *m != "iptables") {
+            bail!(
+                "--mode: '{m}' cannot be verified here (iptables or nftables; this kernel has no IPVS)"
+            );
+        }
         check_environment(backend)?;
         let agent = AgentCommand::current_exe()?;
         if self.calibrate {
@@ -153,6 +169,60 @@ impl VerifyArgs {
             plan: PlanOptions { flows: self.flows, max_flows: self.max_flows },
         };
         let run = check(&dp, &setting, &opts)?;
+        let text = if self.json { render::json(&run) + "\n" } else { render::text(&run) };
+        super::print(&text)?;
+        Ok(if run.judgement.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    }
+}
+
+impl VerifyArgs {
+    /// Whether a cluster input's KubeProxyConfiguration says `mode: nftables`.
+    fn nftables_by_config(&self) -> anyhow::Result<bool> {
+        if self.input.iptables_save.is_some() {
+            return Ok(false);
+        }
+        let by_config = self
+            .input
+            .cluster()?
+            .is_some_and(|lc| lc.cluster.config.mode == svcpath::model::ProxyMode::Nftables);
+        if by_config {
+            eprintln!("svcpath: note: --mode nftables, from the KubeProxyConfiguration");
+        }
+        Ok(by_config)
+    }
+
+    /// `--mode nftables`: the table kube-proxy's nftables proxier writes for the cluster, loaded
+    /// with `nft -f`, against svcpath's nftables walk.
+    fn run_nftables(&self) -> anyhow::Result<ExitCode> {
+        if self.calibrate {
+            bail!("--calibrate measures iptables rules; it does not take --mode nftables");
+        }
+        let Some(lc) = self.input.cluster()? else {
+            bail!(
+                "--mode nftables verifies the table rendered from a cluster (--cluster FILE), not a dump"
+            );
+        };
+        check_nft_environment()?;
+        let family: IpFamily = self.input.family.into();
+        let table = svcpath::kubeproxy::nftables::sync(&lc.cluster, &lc.node, family);
+        let text = svcpath::formats::nft::render(&table);
+        let model = NftModel {
+            dp: svcpath::dataplane::nftables::NftDataplane::new(table),
+            local: lc.node.addresses.clone(),
+        };
+        let mut setting = Setting::from_cluster(&lc.cluster, &lc.node, family);
+        // nftables mode has no localhost node ports.
+        setting.entries.retain(|e| e.kind != EntryKind::LocalhostNodePort);
+        if setting.entries.is_empty() {
+            bail!("no Service entry point found in {}: nothing to verify", lc.origin);
+        }
+        let opts = CheckOptions {
+            backend: self.iptables.into(),
+            agent: AgentCommand::current_exe()?,
+            flow_timeout: Duration::from_millis(self.timeout_ms),
+            plan: PlanOptions { flows: self.flows, max_flows: self.max_flows },
+        };
+        let run = check_nft(&model, &text, &lc.origin, &setting, &opts)?;
         let text = if self.json { render::json(&run) + "\n" } else { render::text(&run) };
         super::print(&text)?;
         Ok(if run.judgement.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })

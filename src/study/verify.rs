@@ -59,7 +59,11 @@ use super::trace::{TraceRequest, packet};
 use crate::dataplane::netfilter::compile::{Match, RecentCmd, Target};
 use crate::dataplane::netfilter::eval::{Delivery, Effect, Hook, Outcome, Verdict};
 use crate::dataplane::netfilter::{Env, EvalError};
+use crate::dataplane::nftables::{
+    self as nft, NftDataplane, NftEnv, NftError, NftOutcome, NftPacket,
+};
 use crate::kubeproxy::endpoints::service_ports;
+use crate::model::nft::{Expr, Hook as NftHook};
 use crate::model::rules::{Arg, Rule};
 use crate::model::{Cluster, IpFamily, NodeView, Protocol};
 
@@ -484,6 +488,180 @@ pub fn expectation_of(outcomes: &[Outcome], proto: Protocol, from_node: bool) ->
         .collect()
 }
 
+/// Why svcpath's own walk could not predict a flow.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// The netfilter (iptables mode) walk failed.
+    #[error(transparent)]
+    Netfilter(#[from] EvalError),
+    /// The nftables walk failed.
+    #[error(transparent)]
+    Nftables(#[from] NftError),
+}
+
+/// The walk `verify` holds against the kernel: iptables mode's netfilter model ([`Dataplane`]) or
+/// nftables mode's ([`NftModel`]). Planning and judging only need these questions answered.
+pub trait Model {
+    /// The state flows leave behind (session affinity entries).
+    type State: Clone;
+    /// One way a flow can go.
+    type Outcome;
+    /// Every DNAT target of the rules, sorted: where listeners go.
+    fn endpoints(&self) -> Vec<SocketAddr>;
+    /// Whether any rule records clients (session affinity).
+    fn sticky(&self) -> bool;
+    /// The state before the first flow.
+    fn start(&self) -> Self::State;
+    /// Every way the new connection `req` can go in `state`.
+    ///
+    /// # Errors
+    /// [`ModelError`] when the walk exceeds its bounds or the rules are inconsistent.
+    fn outcomes(
+        &self,
+        state: &Self::State,
+        req: &TraceRequest,
+    ) -> Result<Vec<Self::Outcome>, ModelError>;
+    /// What a socket sees of `o`, with its probability and masquerade.
+    fn predicted(&self, o: &Self::Outcome, proto: Protocol, from_node: bool) -> Predicted;
+    /// Whether `o` records its client for session affinity.
+    fn records(&self, o: &Self::Outcome) -> bool;
+    /// Applies what `o` records about `client` to `state`.
+    fn carry(&self, state: &mut Self::State, o: &Self::Outcome, client: IpAddr);
+}
+
+impl Model for Dataplane {
+    type State = Env;
+    type Outcome = Outcome;
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        dnat_targets(self)
+    }
+
+    fn sticky(&self) -> bool {
+        has_recent_set(self)
+    }
+
+    fn start(&self) -> Env {
+        Env { local: self.local.clone(), ..Env::default() }
+    }
+
+    fn outcomes(&self, env: &Env, req: &TraceRequest) -> Result<Vec<Outcome>, ModelError> {
+        Ok(self.netfilter.evaluate(env, &packet(self, req))?)
+    }
+
+    fn predicted(&self, o: &Outcome, proto: Protocol, from_node: bool) -> Predicted {
+        Predicted {
+            fate: fate_of(o, proto, from_node),
+            probability: o.probability,
+            masquerade: o.masquerade,
+        }
+    }
+
+    fn records(&self, o: &Outcome) -> bool {
+        o.effects.iter().any(|e| matches!(e, Effect::RecentSet { .. }))
+    }
+
+    fn carry(&self, env: &mut Env, o: &Outcome, _client: IpAddr) {
+        for e in &o.effects {
+            env.recent.apply(e, env.now);
+        }
+    }
+}
+
+/// nftables mode's walk with the node's addresses, for [`Model`].
+#[derive(Debug, Clone)]
+pub struct NftModel {
+    /// The node's table.
+    pub dp: NftDataplane,
+    /// The node's addresses.
+    pub local: Vec<IpAddr>,
+}
+
+impl Model for NftModel {
+    type State = NftEnv;
+    type Outcome = NftOutcome;
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .dp
+            .table()
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.exprs)
+            .filter_map(|e| match e {
+                Expr::Dnat { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn sticky(&self) -> bool {
+        let exprs = || self.dp.table().chains.iter().flat_map(|c| &c.rules).flat_map(|r| &r.exprs);
+        exprs().any(|e| matches!(e, Expr::UpdateSource(_)))
+    }
+
+    fn start(&self) -> NftEnv {
+        NftEnv { local: self.local.clone(), ..NftEnv::default() }
+    }
+
+    fn outcomes(&self, env: &NftEnv, req: &TraceRequest) -> Result<Vec<NftOutcome>, ModelError> {
+        let pkt = NftPacket {
+            src: req.src,
+            dst: req.dst,
+            proto: req.proto,
+            dport: req.dport,
+            in_iface: req.in_iface.clone(),
+        };
+        Ok(self.dp.trace(env, &pkt)?)
+    }
+
+    fn predicted(&self, o: &NftOutcome, proto: Protocol, from_node: bool) -> Predicted {
+        let in_output = o.steps.last().is_some_and(|s| s.hook == NftHook::Output);
+        let fate = match (o.fate, o.dnat) {
+            (nft::Fate::Local | nft::Fate::Forward, Some(ep)) => Fate::Endpoint(ep),
+            (nft::Fate::Local, None) => Fate::Refused,
+            (nft::Fate::Forward, None) => Fate::NoAnswer,
+            (nft::Fate::Drop | nft::Fate::Reject, _)
+                if from_node && in_output && proto == Protocol::Udp =>
+            {
+                Fate::SendDenied
+            }
+            (nft::Fate::Drop, _) => Fate::NoAnswer,
+            (nft::Fate::Reject, _) => Fate::Refused,
+        };
+        Predicted { fate, probability: o.probability, masquerade: o.masquerade }
+    }
+
+    fn records(&self, o: &NftOutcome) -> bool {
+        !o.updates.is_empty()
+    }
+
+    fn carry(&self, env: &mut NftEnv, o: &NftOutcome, client: IpAddr) {
+        self.dp.record(env, client, o);
+    }
+}
+
+/// Sums a model's outcomes by (fate, masquerade).
+fn expectation<M: Model>(
+    model: &M,
+    outcomes: &[M::Outcome],
+    proto: Protocol,
+    from_node: bool,
+) -> Expectation {
+    let mut by: BTreeMap<(Fate, bool), f64> = BTreeMap::new();
+    for o in outcomes {
+        let p = model.predicted(o, proto, from_node);
+        *by.entry((p.fate, p.masquerade)).or_default() += p.probability;
+    }
+    by.into_iter()
+        .map(|((fate, masquerade), probability)| Predicted { fate, probability, masquerade })
+        .collect()
+}
+
 /// The flows needed so that an outcome of probability `p_min` is missed with probability below
 /// [`MISS`]: `ceil(ln MISS / ln(1 - p_min))` (1 for a certain outcome).
 pub fn flows_needed(p_min: f64) -> usize {
@@ -605,13 +783,13 @@ fn parse_net(s: &str) -> Option<IpNetwork> {
 /// Plans the probes of a run: every entry of `setting` from every source class.
 ///
 /// # Errors
-/// [`EvalError`] when svcpath's own walk of a packet exceeds its bounds.
-pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan, EvalError> {
+/// [`ModelError`] when svcpath's own walk of a packet fails.
+pub fn plan<M: Model>(model: &M, setting: &Setting, opts: PlanOptions) -> Result<Plan, ModelError> {
     let family = setting.family.unwrap_or(IpFamily::V4);
     let v6 = family == IpFamily::V6;
     let mut out = Plan {
         node_addrs: setting.node_addrs.clone(),
-        endpoints: dnat_targets(dp).into_iter().filter(|a| family.contains(&a.ip())).collect(),
+        endpoints: model.endpoints().into_iter().filter(|a| family.contains(&a.ip())).collect(),
         ..Plan::default()
     };
     let mut used: Vec<IpAddr> = setting.taken.clone();
@@ -651,9 +829,9 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
     let mut per_flow_pool =
         parse_net(if v6 { CLIENT_POOL_V6 } else { CLIENT_POOL_V4 }).map(Pool::new);
     let mut range_pools: BTreeMap<IpNetwork, Pool> = BTreeMap::new();
-    let sticky = has_recent_set(dp);
+    let sticky = model.sticky();
     let primary = setting.node_addrs.first().copied();
-    let env = Env { local: dp.local.clone(), ..Env::default() };
+    let state = model.start();
 
     for entry in &setting.entries {
         let mut classes: Vec<(SourceClass, Option<IpAddr>, bool)> = Vec::new();
@@ -667,11 +845,13 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
         {
             // An endpoint calling its own Service: when it lands on itself the reply would
             // short-cut inside the pod, so kube-proxy masquerades that path (hairpin).
-            let outcomes = dp.netfilter.evaluate(&env, &packet(dp, &request(entry, p)))?;
+            let outcomes = model.outcomes(&state, &request(entry, p))?;
             let mut eps: Vec<IpAddr> = outcomes
                 .iter()
-                .filter(|o| o.dnat && o.verdict == Verdict::Accept)
-                .map(|o| o.dst)
+                .filter_map(|o| match model.predicted(o, entry.proto, false).fate {
+                    Fate::Endpoint(ep) => Some(ep.ip()),
+                    _ => None,
+                })
                 .filter(|ip| !setting.node_addrs.contains(ip) && !ip.is_loopback())
                 .collect();
             eps.sort();
@@ -729,11 +909,9 @@ pub fn plan(dp: &Dataplane, setting: &Setting, opts: PlanOptions) -> Result<Plan
                 }
             };
             let req = request(entry, first_src);
-            let outcomes = dp.netfilter.evaluate(&env, &packet(dp, &req))?;
-            let records = outcomes
-                .iter()
-                .any(|o| o.effects.iter().any(|e| matches!(e, Effect::RecentSet { .. })));
-            let first = expectation_of(&outcomes, entry.proto, from_node);
+            let outcomes = model.outcomes(&state, &req)?;
+            let records = outcomes.iter().any(|o| model.records(o));
+            let first = expectation(model, &outcomes, entry.proto, from_node);
             let p_min = first
                 .iter()
                 .filter(|p| p.probability > 0.0)
@@ -827,14 +1005,14 @@ fn request(entry: &Entry, src: IpAddr) -> TraceRequest {
 /// when `seen` has them), which is how session affinity is predicted.
 ///
 /// # Errors
-/// [`EvalError`] when a walk exceeds its bounds.
-pub fn expectations(
-    dp: &Dataplane,
+/// [`ModelError`] when a walk fails.
+pub fn expectations<M: Model>(
+    model: &M,
     plan: &Plan,
     seen: &[Seen],
-) -> Result<Vec<Expectation>, EvalError> {
-    let mut env = Env { local: dp.local.clone(), ..Env::default() };
-    let stateful = has_recent_set(dp);
+) -> Result<Vec<Expectation>, ModelError> {
+    let mut state = model.start();
+    let stateful = model.sticky();
     let mut cache: BTreeMap<(IpAddr, SocketAddr, Protocol, bool), Expectation> = BTreeMap::new();
     let mut out = Vec::with_capacity(plan.flow_count());
     for (k, (i, src, dst, proto, from_node)) in plan.flows().enumerate() {
@@ -846,21 +1024,19 @@ pub fn expectations(
                 out.push(e.clone());
                 continue;
             }
-            let e =
-                expectation_of(&dp.netfilter.evaluate(&env, &packet(dp, &req))?, proto, from_node);
+            let e = expectation(model, &model.outcomes(&state, &req)?, proto, from_node);
             cache.insert(key, e.clone());
             out.push(e);
             continue;
         }
-        let outcomes = dp.netfilter.evaluate(&env, &packet(dp, &req))?;
-        out.push(expectation_of(&outcomes, proto, from_node));
+        let outcomes = model.outcomes(&state, &req)?;
+        out.push(expectation(model, &outcomes, proto, from_node));
         // Carry the state of the outcome the kernel was seen to take.
         if let Some(s) = seen.get(k)
-            && let Some(o) = outcomes.iter().find(|o| fate_of(o, proto, from_node) == s.fate)
+            && let Some(o) =
+                outcomes.iter().find(|o| model.predicted(o, proto, from_node).fate == s.fate)
         {
-            for e in &o.effects {
-                env.recent.apply(e, env.now);
-            }
+            model.carry(&mut state, o, src);
         }
     }
     Ok(out)
@@ -1043,9 +1219,9 @@ impl Judgement {
 /// Judges every probe of `plan` from the observations of all its flows (in sending order).
 ///
 /// # Errors
-/// [`EvalError`] when a walk exceeds its bounds.
-pub fn judge(dp: &Dataplane, plan: &Plan, seen: &[Seen]) -> Result<Judgement, EvalError> {
-    let exp = expectations(dp, plan, seen)?;
+/// [`ModelError`] when a walk fails.
+pub fn judge<M: Model>(model: &M, plan: &Plan, seen: &[Seen]) -> Result<Judgement, ModelError> {
+    let exp = expectations(model, plan, seen)?;
     let mut probes = Vec::with_capacity(plan.probes.len());
     let mut at = 0;
     for p in &plan.probes {

@@ -9,12 +9,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::traffic::{
-    AgentCommand, Flow, FlowResult, Report, RunOptions, Topology, run_flows_with,
+    AgentCommand, Flow, FlowResult, Report, RunOptions, Topology, run_flows_nft, run_flows_with,
 };
 use super::{Backend, VerifyError};
 use crate::model::{IpFamily, Protocol};
 use crate::study::dataplane::{Dataplane, rules_family};
-use crate::study::verify::{self as sv, Fate, Plan, PlanOptions, Run, Seen, Setting};
+use crate::study::verify::{
+    self as sv, Fate, Judgement, Model, NftModel, Plan, PlanOptions, Run, Seen, Setting,
+};
 
 /// How a check runs.
 #[derive(Debug, Clone)]
@@ -90,6 +92,46 @@ pub fn observe(
     setting: &Setting,
     opts: &CheckOptions,
 ) -> Result<Observation, VerifyError> {
+    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
+    let run_opts = RunOptions {
+        agent: opts.agent.clone(),
+        flow_timeout: opts.flow_timeout,
+        add_kube_jumps: true,
+    };
+    observe_with(dp, setting, opts, |topology, flows| {
+        run_flows_with(&dp.text, family, opts.backend, topology, flows, &run_opts)
+    })
+}
+
+/// [`observe`] for nftables mode: `nft_text` (the table `model` walks, as `nft -f` input) is
+/// loaded instead of an iptables dump.
+///
+/// # Errors
+/// As [`observe`]; [`VerifyError::Restore`] when `nft` refuses the table.
+pub fn observe_nft(
+    model: &NftModel,
+    nft_text: &str,
+    setting: &Setting,
+    opts: &CheckOptions,
+) -> Result<Observation, VerifyError> {
+    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
+    let run_opts = RunOptions {
+        agent: opts.agent.clone(),
+        flow_timeout: opts.flow_timeout,
+        add_kube_jumps: false,
+    };
+    observe_with(model, setting, opts, |topology, flows| {
+        run_flows_nft(nft_text, family, topology, flows, &run_opts)
+    })
+}
+
+/// Plans with `model`, then `send`s the plan's flows through a kernel topology.
+fn observe_with<M: Model>(
+    model: &M,
+    setting: &Setting,
+    opts: &CheckOptions,
+    send: impl FnOnce(&Topology, &[Flow]) -> Result<Report, VerifyError>,
+) -> Result<Observation, VerifyError> {
     if setting.node_addrs.is_empty() {
         return Err(VerifyError::Invalid {
             what: "node".to_owned(),
@@ -97,7 +139,7 @@ pub fn observe(
             hint: "give the node's addresses with --node-ip".to_owned(),
         });
     }
-    let plan = sv::plan(dp, setting, opts.plan)?;
+    let plan = sv::plan(model, setting, opts.plan)?;
     if plan.probes.is_empty() {
         return Err(VerifyError::Invalid {
             what: "plan".to_owned(),
@@ -109,14 +151,7 @@ pub fn observe(
         .flows()
         .map(|(_, src, dst, proto, from_node)| Flow { src, dst, proto, from_node })
         .collect();
-    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
-    let run_opts = RunOptions {
-        agent: opts.agent.clone(),
-        flow_timeout: opts.flow_timeout,
-        add_kube_jumps: true,
-    };
-    let report =
-        run_flows_with(&dp.text, family, opts.backend, &topology(&plan), &flows, &run_opts)?;
+    let report = send(&topology(&plan), &flows)?;
     let seen = report.observed.iter().map(|o| seen_of(&o.result)).collect();
     Ok(Observation { plan, seen, report })
 }
@@ -128,9 +163,35 @@ pub fn observe(
 pub fn check(dp: &Dataplane, setting: &Setting, opts: &CheckOptions) -> Result<Run, VerifyError> {
     let obs = observe(dp, setting, opts)?;
     let judgement = sv::judge(dp, &obs.plan, &obs.seen)?;
-    Ok(Run {
-        rules: dp.origin.clone(),
-        backend: format!("iptables-{}", opts.backend.as_str()),
+    Ok(run_of(&dp.origin, format!("iptables-{}", opts.backend.as_str()), setting, obs, judgement))
+}
+
+/// [`check`] for nftables mode: `model`'s table, as `nft_text`, loaded with `nft -f`.
+///
+/// # Errors
+/// As [`observe_nft`].
+pub fn check_nft(
+    model: &NftModel,
+    nft_text: &str,
+    origin: &str,
+    setting: &Setting,
+    opts: &CheckOptions,
+) -> Result<Run, VerifyError> {
+    let obs = observe_nft(model, nft_text, setting, opts)?;
+    let judgement = sv::judge(model, &obs.plan, &obs.seen)?;
+    Ok(run_of(origin, "nftables (nft -f)".to_owned(), setting, obs, judgement))
+}
+
+fn run_of(
+    origin: &str,
+    backend: String,
+    setting: &Setting,
+    obs: Observation,
+    judgement: Judgement,
+) -> Run {
+    Run {
+        rules: origin.to_owned(),
+        backend,
         family: match setting.family {
             Some(IpFamily::V6) => "IPv6",
             _ => "IPv4",
@@ -141,5 +202,5 @@ pub fn check(dp: &Dataplane, setting: &Setting, opts: &CheckOptions) -> Result<R
         sending_seconds: obs.report.sending.as_secs_f64(),
         flows_per_second: obs.report.flows_per_second(),
         judgement,
-    })
+    }
 }

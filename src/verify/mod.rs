@@ -57,7 +57,7 @@ use crate::model::rules::Family;
 
 pub use agent::run_agent;
 pub use calibrate::{CalibrateOptions, Calibration, calibrate};
-pub use check::{CheckOptions, Observation, check, observe};
+pub use check::{CheckOptions, Observation, check, check_nft, observe, observe_nft};
 pub use netns::{Netns, cleanup_leftovers};
 pub use traffic::{
     AgentCommand, Flow, FlowResult, Observed, Report, RunOptions, Topology, run_flows,
@@ -178,7 +178,13 @@ pub enum VerifyError {
     },
     /// svcpath's own model could not predict a flow.
     #[error("svcpath's model: {0}")]
-    Model(#[from] crate::dataplane::netfilter::EvalError),
+    Model(#[from] crate::study::verify::ModelError),
+}
+
+impl From<crate::dataplane::netfilter::EvalError> for VerifyError {
+    fn from(e: crate::dataplane::netfilter::EvalError) -> VerifyError {
+        VerifyError::Model(e.into())
+    }
 }
 
 fn line_suffix(line: Option<usize>, text: Option<&str>) -> String {
