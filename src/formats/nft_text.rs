@@ -1038,7 +1038,7 @@ impl<'t, 'p> Cursor<'t, 'p> {
         let at = self.at();
         let w = self.word("a priority")?;
         let base = match w.as_str() {
-            "raw" => Some(-300),
+            "raw" => Some(-300i32),
             "mangle" => Some(-150),
             "dstnat" => Some(-100),
             "filter" => Some(0),
@@ -1054,9 +1054,10 @@ impl<'t, 'p> Cursor<'t, 'p> {
                     let neg = sign == "-";
                     self.next();
                     let at = self.at();
-                    let n = i32::try_from(self.number()?)
-                        .map_err(|_| self.bad(at, "priority offset", "too large"))?;
-                    if neg { b - n } else { b + n }
+                    let w = self.word("a priority offset")?;
+                    let n = w.parse::<i32>().ok().filter(|n| *n >= 0);
+                    let p = n.and_then(|n| if neg { b.checked_sub(n) } else { b.checked_add(n) });
+                    p.ok_or_else(|| self.bad(at, "priority offset", &w))?
                 }
                 _ => b,
             },
@@ -1514,6 +1515,9 @@ mod tests {
             base("d"),
             BaseChain { kind: ChainType::Filter, hook: Hook::Forward, priority: 5 }
         );
+        // An offset that overflows the priority is refused, not wrapped.
+        let e = err(&table("\tchain a {\n\t\ttype nat hook input priority raw - 2147483647;\n\t}"));
+        assert!(e.to_string().contains("bad priority offset '2147483647'"), "{e}");
     }
 
     #[test]
