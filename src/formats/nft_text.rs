@@ -190,16 +190,14 @@ pub fn parse(text: &str) -> Result<Listing, NftTextError> {
             other.push(format!("{fam} {name}"));
             continue;
         }
-        let family =
-            match fam.as_str() {
-                "ip" => IpFamily::V4,
-                "ip6" => IpFamily::V6,
-                _ => {
-                    return Err(p.err(fam_at, NftTextErrorKind::Unsupported(format!(
-                    "table {fam} kube-proxy: a kube-proxy table of family ip or ip6 expected"
-                ))));
-                }
-            };
+        let family = match fam.as_str() {
+            "ip" => IpFamily::V4,
+            "ip6" => IpFamily::V6,
+            _ => {
+                let why = format!("table {fam} kube-proxy: a table of family ip or ip6 expected");
+                return Err(p.err(fam_at, NftTextErrorKind::Unsupported(why)));
+            }
+        };
         let table = p.table(family, &mut out.affinity)?;
         out.tables.push(table);
     }
