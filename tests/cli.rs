@@ -653,6 +653,110 @@ fn trace_a_nodes_nft_json_listing_with_its_affinity_state() {
         .stderr(predicate::str::contains("bad.json").and(predicate::str::contains("line 2")));
 }
 
+/// A node's `nft list ruleset` text (plain and with `-a` handles), captured with the setup of
+/// the `nft -j` listing above: every destination and source traces as the JSON listing does
+/// (same endpoints, probabilities, steps and affinity pinning), the other table is named in a
+/// warning, and a listing with a rule outside kube-proxy's vocabulary is an error naming the file
+/// and the line.
+#[test]
+fn trace_a_nodes_nft_text_listing_as_its_json_listing() {
+    let json = crate::harness::data("nft-json/TestOverallNFTablesRules.json");
+    let texts = [
+        crate::harness::data("nft-text/TestOverallNFTablesRules.nft"),
+        crate::harness::data("nft-text/TestOverallNFTablesRules-handles.nft"),
+    ];
+    let trace = |flag: &str, file: &std::path::Path, dest: &str, from: Option<&str>| {
+        let mut args = vec!["trace", dest, flag, file.to_str().unwrap()];
+        args.extend(["--node-ip", "192.168.0.2", "--json"]);
+        if let Some(f) = from {
+            args.extend(["--from", f]);
+        }
+        let out = svcpath().args(&args).assert().success().get_output().clone();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_object_mut().unwrap().remove("origin");
+        (v, stderr)
+    };
+    // `nft -j` lists an affinity entry's expiry in whole seconds, the text in milliseconds
+    // (`expires 1m38s952ms`; the JSON capture says 99): the traces agree to the second.
+    let to_the_second = |mut v: serde_json::Value| {
+        for entry in v["sticky"].as_array_mut().into_iter().flatten() {
+            for k in ["last_seen", "expires_at"] {
+                if let Some(x) = entry[k].as_f64() {
+                    entry[k] = serde_json::json!(x.round());
+                }
+            }
+        }
+        v
+    };
+    let mut checked = 0;
+    for dest in [
+        "172.30.0.41:80",
+        "172.30.0.42:80",
+        "172.30.0.44:80",
+        "172.30.0.45:80",
+        "172.30.0.46:80",
+        "1.2.3.4:80",
+        "5.6.7.8:80",
+        "192.168.0.2:3001",
+        "192.168.0.2:3003",
+    ] {
+        for from in [None, Some("10.0.0.7"), Some("192.168.0.2"), Some("203.0.113.5")] {
+            let (want, _) = trace("--nft-json", &json, dest, from);
+            for text in &texts {
+                let (got, stderr) = trace("--nft", text, dest, from);
+                assert_eq!(
+                    to_the_second(got),
+                    to_the_second(want.clone()),
+                    "{dest} from {from:?}, {}",
+                    text.display()
+                );
+                assert!(
+                    stderr.contains("1 other table(s) not walked") && stderr.contains("ip filter")
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 36);
+    // The facts the comparison rests on: two endpoints at one half each, and the pinned client.
+    let (v, _) = trace("--nft", &texts[0], "172.30.0.44:80", None);
+    let p: Vec<(String, f64)> = v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["dnat"].as_str().unwrap().to_owned(), o["probability"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(p, [("10.180.0.4:80".to_owned(), 0.5), ("10.180.0.5:80".to_owned(), 0.5)]);
+    let (v, _) = trace("--nft", &texts[0], "172.30.0.45:80", Some("10.0.0.7"));
+    let steps = v["outcomes"][0]["steps"].to_string();
+    assert!(steps.contains("ip saddr @affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 goto"));
+    assert_eq!(v["sticky"][0]["expires_at"], 98.952, "{}", v["sticky"]);
+    // A rule added by hand to table kube-proxy: the error names the file, line and token.
+    let listing = std::fs::read_to_string(&texts[0]).unwrap();
+    let bad = listing.replace("\t\tmasquerade fully-random", "\t\ttcp dport 22 masquerade");
+    assert_ne!(bad, listing);
+    let line = bad.lines().position(|l| l.contains("tcp dport 22")).unwrap() + 1;
+    let dir = temp_with(&[("bad.nft", &bad)]);
+    let path = dir.path().join("bad.nft");
+    svcpath()
+        .args(["trace", "172.30.0.44:80", "--nft", path.to_str().unwrap()])
+        .assert()
+        .failure()
+        .code(2)
+        .stderr(
+            predicate::str::contains("bad.nft")
+                .and(predicate::str::contains(format!("line {line}, column 3: 'tcp'"))),
+        );
+    // --nft and --nft-json are two spellings of one input.
+    svcpath()
+        .args(["trace", "172.30.0.44:80", "--nft", path.to_str().unwrap()])
+        .args(["--nft-json", json.to_str().unwrap()])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("cannot be used with"));
+}
+
 /// Without --mode, `trace` and `rules` follow the KubeProxyConfiguration's `mode`, and say so.
 #[test]
 fn the_configured_proxy_mode_is_the_default() {

@@ -299,11 +299,11 @@ fn kernel_recent_list_evicts_like_the_model() {
 
 /// Every cluster's nftables table (kube-proxy's nftables proxier) loads with `nft -f` in a
 /// throwaway namespace; the kernel's `nft list ruleset` has the same chains, sets, maps, DNATs
-/// and map elements, and its `nft -j list ruleset` reads back (svcpath::formats::nft_json) as
-/// the same table.
+/// and map elements, and both its `nft -j list ruleset` (svcpath::formats::nft_json) and its
+/// `nft list ruleset` (svcpath::formats::nft_text) read back as the same table.
 #[test]
 fn kernel_loads_every_nftables_table_and_lists_it_back() {
-    use svcpath::formats::{nft, nft_json};
+    use svcpath::formats::{nft, nft_json, nft_text};
     use svcpath::kubeproxy::nftables;
     use svcpath::model::nft::Expr;
     if let Err(e) = verify::nft_roundtrip("") {
@@ -360,6 +360,28 @@ fn kernel_loads_every_nftables_table_and_lists_it_back() {
             only(&back, &ours),
             only(&ours, &back)
         );
+        // The text listing, read back: the same table as rendered and as the JSON read, with
+        // the table and chain comments that the JSON listing leaves out.
+        let from_text =
+            nft_text::parse(&listed.text).unwrap_or_else(|e| panic!("{}: {e}\n{l}", case.name));
+        assert_eq!(from_text.tables.len(), 1, "{}", case.name);
+        assert!(from_text.warnings.is_empty(), "{}: {:?}", case.name, from_text.warnings);
+        assert!(from_text.affinity.is_empty(), "{}", case.name);
+        let text_back = crate::kubeproxy_nftables::canonical(&from_text.tables[0]);
+        assert!(
+            text_back == ours,
+            "{}: read from the text only {:#?}\nrendered only {:#?}",
+            case.name,
+            only(&text_back, &ours),
+            only(&ours, &text_back)
+        );
+        assert_eq!(text_back, back, "{}", case.name);
+        let t = &from_text.tables[0];
+        assert_eq!(t.comment, table.comment, "{}", case.name);
+        for c in &table.chains {
+            let listed_chain = t.chain(&c.name).map(|lc| (&lc.comment, &lc.base));
+            assert_eq!(listed_chain, Some((&c.comment, &c.base)), "{}: {}", case.name, c.name);
+        }
         checked += 1;
     }
     assert!(checked > 20, "only {checked} clusters checked");

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use svcpath::dataplane::netfilter::Env;
 use svcpath::dataplane::nftables::{NftDataplane, NftEnv};
-use svcpath::formats::nft_json;
+use svcpath::formats::{nft_json, nft_text};
 use svcpath::kubeproxy::ipvs::IpvsOptions;
 use svcpath::model::{Cluster, IpFamily, Protocol, ProxyMode};
 use svcpath::render::ipvs as ipvs_render;
@@ -100,6 +100,9 @@ pub struct TraceArgs {
     /// addresses with --node-ip).
     #[arg(long = "nft-json", value_name = "FILE", conflicts_with_all = ["cluster", "iptables_save"])]
     nft_json: Option<std::path::PathBuf>,
+    /// nftables: a node's `nft list ruleset` text, read as --nft-json reads the JSON listing.
+    #[arg(long = "nft", value_name = "FILE", conflicts_with_all = ["cluster", "iptables_save", "nft_json"])]
+    nft: Option<std::path::PathBuf>,
     /// IPVS: a node's `ipset save` dump.
     #[arg(long = "ipset", value_name = "FILE", requires = "ipvsadm")]
     ipset_file: Option<std::path::PathBuf>,
@@ -238,8 +241,9 @@ impl TraceArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let family: IpFamily = self.input.family.into();
         // A node's nftables listing is the input: the embedded default cluster is not.
-        let lc = if self.nft_json.is_some() { None } else { self.input.cluster()? };
-        let mode = match (&self.mode, &self.nft_json, lc.as_ref().map(|l| l.cluster.config.mode)) {
+        let listing_file = self.nft_json.as_ref().or(self.nft.as_ref());
+        let lc = if listing_file.is_some() { None } else { self.input.cluster()? };
+        let mode = match (&self.mode, listing_file, lc.as_ref().map(|l| l.cluster.config.mode)) {
             (Some(m), _, _) => m.clone(),
             (None, Some(_), _) => "nftables".to_owned(),
             (None, None, Some(ProxyMode::Ipvs)) => {
@@ -475,11 +479,15 @@ impl TraceArgs {
             bail!("--scheduler, --count, --state and --ipvsadm go with --mode ipvs");
         }
         let mut env = NftEnv { local: local.to_vec(), ..NftEnv::default() };
-        let (dp, origin, node) = match (&self.nft_json, lc) {
+        let (dp, origin, node) = match (self.nft_json.as_ref().or(self.nft.as_ref()), lc) {
             (Some(path), _) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                let listing = nft_json::parse(&text).with_context(|| path.display().to_string())?;
+                let listing = if self.nft_json.is_some() {
+                    nft_json::parse(&text).with_context(|| path.display().to_string())?
+                } else {
+                    nft_text::parse(&text).with_context(|| path.display().to_string())?
+                };
                 for w in &listing.warnings {
                     eprintln!("svcpath: warning: {}: {w}", path.display());
                 }
@@ -509,7 +517,7 @@ impl TraceArgs {
             ),
             (None, None) => bail!(
                 "--mode nftables renders the node's table from a cluster (--cluster FILE) or \
-                 reads a node's listing (--nft-json FILE)"
+                 reads a node's listing (--nft FILE or --nft-json FILE)"
             ),
         };
         let steps = self.history_steps()?;

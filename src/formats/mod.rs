@@ -20,3 +20,4 @@ pub mod iptables_save;
 pub mod ipvsadm;
 pub mod nft;
 pub mod nft_json;
+pub mod nft_text;
