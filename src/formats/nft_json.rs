@@ -480,10 +480,13 @@ fn rule(o: &Value, place: &str) -> Result<NftRule, NftJsonError> {
                 } else if left.get("meta").and_then(|m| m.get("key")).and_then(Value::as_str)
                     == Some("iifname")
                 {
+                    // nft lists a wildcard as `veth*` and a literal star as `veth\*`: kube-proxy
+                    // writes only the wildcard (and the `*` of `InIface` is one).
                     let name = right.as_str().ok_or_else(|| bad("an interface name"))?;
-                    let name =
-                        name.strip_suffix("\\*").map_or(name.to_owned(), |p| format!("{p}*"));
-                    Expr::InIface { neg, name }
+                    if name.contains('\\') {
+                        return Err(bad("an interface name with an escaped character"));
+                    }
+                    Expr::InIface { neg, name: name.to_owned() }
                 } else {
                     return Err(bad("a match kube-proxy does not write"));
                 }
@@ -647,6 +650,23 @@ mod tests {
             ]
         );
         assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn an_interface_wildcard_reads_as_one_and_a_literal_star_is_refused() {
+        let rule = |name: &str| {
+            doc(&format!(
+                r#"{{"rule": {{"family": "ip", "table": "kube-proxy", "chain": "services", "handle": 7,
+                   "expr": [{{"match": {{"op": "!=", "left": {{"meta": {{"key": "iifname"}}}}, "right": "{name}"}}}},
+                            {{"accept": null}}]}}}}"#
+            ))
+        };
+        // As `nft -j` lists `iifname != "veth*"` (a prefix) and `iifname != "cbr\*"` (a star).
+        let l = parse(&rule("veth*")).unwrap();
+        let exprs = &l.tables[0].chain("services").unwrap().rules[0].exprs;
+        assert_eq!(exprs[0], Expr::InIface { neg: true, name: "veth*".into() });
+        let e = parse(&rule(r"cbr\\*")).unwrap_err().to_string();
+        assert!(e.contains("escaped character"), "{e}");
     }
 
     #[test]
