@@ -77,6 +77,19 @@ fn unsupported(place: &str, message: &str, v: &Value) -> NftJsonError {
     }
 }
 
+/// The warning that a listing holds tables other than kube-proxy's (named in `other`), which
+/// svcpath does not walk although their rules see the packets too.
+pub(crate) fn other_tables_warning(other: &[String]) -> Option<String> {
+    (!other.is_empty()).then(|| {
+        format!(
+            "{} other table(s) not walked (svcpath reads only table kube-proxy; their rules also \
+             see the packets): {}",
+            other.len(),
+            other.join(", ")
+        )
+    })
+}
+
 /// Reads `nft -j list ruleset` (or `nft -j list table ip kube-proxy`) output.
 ///
 /// # Errors
@@ -160,14 +173,7 @@ pub fn parse(text: &str) -> Result<Listing, NftJsonError> {
             _ => {}
         }
     }
-    if !other.is_empty() {
-        out.warnings.push(format!(
-            "{} other table(s) not walked (svcpath reads only table kube-proxy; their rules also see \
-             the packets): {}",
-            other.len(),
-            other.join(", ")
-        ));
-    }
+    out.warnings.extend(other_tables_warning(&other));
     out.tables = tables;
     Ok(out)
 }

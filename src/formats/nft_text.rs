@@ -62,7 +62,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
-use crate::formats::nft_json::Listing;
+use crate::formats::nft_json::{Listing, other_tables_warning};
 use crate::model::nft::{
     BaseChain, Chain, ChainType, Dir, Element, Expr, Hook, KeyPart, KeyType, Map, NftRule,
     NftTable, Set, Verdict,
@@ -201,14 +201,7 @@ pub fn parse(text: &str) -> Result<Listing, NftTextError> {
         let table = p.table(family, &mut out.affinity)?;
         out.tables.push(table);
     }
-    if !other.is_empty() {
-        out.warnings.push(format!(
-            "{} other table(s) not walked (svcpath reads only table kube-proxy; their rules also see \
-             the packets): {}",
-            other.len(),
-            other.join(", ")
-        ));
-    }
+    out.warnings.extend(other_tables_warning(&other));
     Ok(out)
 }
 
