@@ -13,7 +13,7 @@ use arbitrary::Arbitrary;
 use ipnetwork::IpNetwork;
 use svcpath::formats::iptables_save::TABLES;
 use svcpath::model::rules::{
-    Addr, Arg, ChainDecl, Family, Located, Rule, RuleOp, Ruleset, Statement, Table, Word,
+    Addr, Arg, ChainDecl, Family, Located, Policy, Rule, RuleOp, Ruleset, Statement, Table, Word,
 };
 
 use crate::words::{MAX_CHAIN, MAX_IFACE, bare, quotable};
@@ -294,15 +294,11 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                     continue;
                 }
                 let policy = match (is_builtin, policy % 3) {
-                    (true, 1) => Some("ACCEPT".to_owned()),
-                    (true, 2) => Some("DROP".to_owned()),
+                    (true, 1) => Some(Policy::Accept),
+                    (true, 2) => Some(Policy::Drop),
                     _ => None,
                 };
-                Statement::Chain(ChainDecl {
-                    name: chain.into(),
-                    policy: policy.map(Into::into),
-                    counters: *counters,
-                })
+                Statement::Chain(ChainDecl { name: chain.into(), policy, counters: *counters })
             }
             StatementInput::NewChain(n) => {
                 let chain = n.build(MAX_CHAIN);

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use arbitrary::Arbitrary;
 use svcpath::dataplane::netfilter::eval::Origin;
 use svcpath::dataplane::netfilter::{Env, Packet};
-use svcpath::model::rules::{Addr, ChainDecl, Family, Rule, Ruleset, Statement, Table};
+use svcpath::model::rules::{Addr, ChainDecl, Family, Policy, Rule, Ruleset, Statement, Table};
 
 use crate::roundtrip::builtin_chains;
 
@@ -274,7 +274,7 @@ fn build_table(t: &TableInput, family: Family, randoms: &mut usize) -> Table {
     let users: Vec<String> = (0..t.user_chains % 6).map(|i| format!("USER-{i}")).collect();
     let mut table = Table::new(name);
     for (i, c) in builtin.iter().enumerate() {
-        let policy = if t.drop_policies & (1 << i) != 0 { "DROP" } else { "ACCEPT" };
+        let policy = if t.drop_policies & (1 << i) != 0 { Policy::Drop } else { Policy::Accept };
         table.push(Statement::Chain(ChainDecl::builtin(*c, policy)));
     }
     for u in &users {
