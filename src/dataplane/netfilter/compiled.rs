@@ -748,7 +748,7 @@ type PortTest = (bool, PortRange);
 
 /// A [`PureTest`] whose addresses are IPv4 (or absent), as masks and flag bits: the form the
 /// walk tests (one flag test per absent part, no `Option` unpacking).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Pure4 {
     /// The tests present ([`pure4`] bits).
     has: u8,
@@ -1071,14 +1071,20 @@ impl<'a> CompiledNetfilter<'a> {
         let mut ops: Vec<Op<'a>> = Vec::with_capacity(total as usize);
         let mut pure = Vec::new();
         let mut pure4 = Vec::new();
+        // Rules with the same test share it (kube-proxy's million endpoint `DNAT` rules test
+        // `-p tcp -m tcp` alike).
+        let mut pure4_ids: std::collections::HashMap<Pure4, u32> = Default::default();
         for (ti, table) in nf.tables.iter().enumerate() {
             for chain in &table.chains {
                 for rule in &chain.rules {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
                         Some(t) if let Some(p) = Pure4::of(&t) => {
-                            pure4.push(p);
-                            Quick::Pure4(pure4.len() as u32 - 1)
+                            let id = *pure4_ids.entry(p).or_insert_with(|| {
+                                pure4.push(p);
+                                pure4.len() as u32 - 1
+                            });
+                            Quick::Pure4(id)
                         }
                         Some(t) => {
                             pure.push(t);
@@ -1097,6 +1103,9 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        drop(pure4_ids);
+        pure.shrink_to_fit();
+        pure4.shrink_to_fit();
         // Runs of rules that cannot change the walk, counted from the end of each chain.
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {

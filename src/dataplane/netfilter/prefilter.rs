@@ -95,10 +95,19 @@ impl Pre {
     }
 }
 
-/// The pre-tests of every chain of every table: `[table][chain][rule]`.
+/// The pre-tests of every chain of every table: per table, one array of every chain's rules in
+/// chain order, and where each chain starts in it (one allocation per table, not per chain: a
+/// large dump has a million chains of two rules).
 #[derive(Debug, Clone, Default)]
 pub struct Prefilters {
-    tables: Vec<Vec<Box<[Pre]>>>,
+    tables: Vec<TablePre>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TablePre {
+    pre: Box<[Pre]>,
+    /// Chain `c`'s pre-tests are `pre[starts[c]..starts[c + 1]]`.
+    starts: Box<[u32]>,
 }
 
 impl Prefilters {
@@ -107,10 +116,15 @@ impl Prefilters {
         let tables = tables
             .iter()
             .map(|t| {
-                t.chains
-                    .iter()
-                    .map(|c| c.rules.iter().map(|r| Pre::of(&r.header)).collect())
-                    .collect()
+                let rules = t.chains.iter().map(|c| c.rules.len()).sum();
+                let mut pre = Vec::with_capacity(rules);
+                let mut starts = Vec::with_capacity(t.chains.len() + 1);
+                for c in &t.chains {
+                    starts.push(pre.len() as u32);
+                    pre.extend(c.rules.iter().map(|r| Pre::of(&r.header)));
+                }
+                starts.push(pre.len() as u32);
+                TablePre { pre: pre.into_boxed_slice(), starts: starts.into_boxed_slice() }
             })
             .collect();
         Prefilters { tables }
@@ -119,7 +133,11 @@ impl Prefilters {
     /// The pre-tests of one chain (empty when out of range).
     #[inline]
     pub fn chain(&self, table: usize, chain: usize) -> &[Pre] {
-        self.tables.get(table).and_then(|t| t.get(chain)).map_or(&[], |c| c)
+        let Some(t) = self.tables.get(table) else { return &[] };
+        match (t.starts.get(chain), t.starts.get(chain + 1)) {
+            (Some(&a), Some(&b)) => t.pre.get(a as usize..b as usize).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     /// The first position at or after `from` whose rule may match an IPv4 packet, or `pre.len()`.
