@@ -938,10 +938,11 @@ impl PureTest {
     /// The pure form of `rule`, if it has one.
     fn of(rule: &CompiledRule) -> Option<PureTest> {
         let h = &rule.header;
-        if h.in_iface.is_some() || h.out_iface.is_some() || h.fragment == Some(true) {
+        if h.in_iface().is_some() || h.out_iface().is_some() || h.fragment() == Some(true) {
             return None;
         }
-        let mut t = PureTest { proto: h.proto, src: h.src, dst: h.dst, ..PureTest::default() };
+        let mut t =
+            PureTest { proto: h.proto(), src: h.src(), dst: h.dst(), ..PureTest::default() };
         for m in &rule.matches {
             match m {
                 Match::Always => {}
@@ -1040,8 +1041,11 @@ fn capture_of(
     pos: u32,
 ) -> Option<Capture> {
     let h = &rule.header;
-    let (false, proto) = h.proto? else { return None };
-    if h.src.is_some() || h.in_iface.is_some() || h.out_iface.is_some() || h.fragment == Some(true)
+    let (false, proto) = h.proto()? else { return None };
+    if h.src().is_some()
+        || h.in_iface().is_some()
+        || h.out_iface().is_some()
+        || h.fragment() == Some(true)
     {
         return None;
     }
@@ -1058,7 +1062,7 @@ fn capture_of(
             _ => return None,
         }
     }
-    match h.dst {
+    match h.dst() {
         None => Some(Capture::AnyDst { proto, dport }),
         Some((true, _)) => None,
         Some((false, net)) => match source_host(ruleset, table, rule) {
@@ -1074,12 +1078,12 @@ fn capture_of(
 /// A rule of a statistic cascade: no header test, only comments and at most one random match.
 fn cascade_p(rule: &CompiledRule) -> Option<f64> {
     let h = &rule.header;
-    if h.proto.is_some()
-        || h.src.is_some()
-        || h.dst.is_some()
-        || h.in_iface.is_some()
-        || h.out_iface.is_some()
-        || h.fragment == Some(true)
+    if h.proto().is_some()
+        || h.src().is_some()
+        || h.dst().is_some()
+        || h.in_iface().is_some()
+        || h.out_iface().is_some()
+        || h.fragment() == Some(true)
     {
         return None;
     }

@@ -60,8 +60,8 @@ impl Pre {
             }
             v4
         };
-        let src = net(h.src, NEG_SRC);
-        let dst = net(h.dst, NEG_DST);
+        let src = net(h.src(), NEG_SRC);
+        let dst = net(h.dst(), NEG_DST);
         (pre.src, pre.src_mask) = src.unwrap_or((0, 0));
         if let Some((addr, m)) = dst {
             pre.dst = addr;
@@ -70,7 +70,7 @@ impl Pre {
                 pre.dst_reject = m;
             }
         }
-        if let Some((neg, p)) = h.proto {
+        if let Some((neg, p)) = h.proto() {
             pre.proto = p;
             pre.flags |= HAS_PROTO;
             if neg {
@@ -180,12 +180,7 @@ mod tests {
         src: Option<(bool, &str)>,
         dst: Option<(bool, &str)>,
     ) -> Header {
-        Header {
-            proto,
-            src: src.map(|(n, s)| (n, net(s))),
-            dst: dst.map(|(n, s)| (n, net(s))),
-            ..Header::default()
-        }
+        Header::new(proto, src.map(|(n, s)| (n, net(s))), dst.map(|(n, s)| (n, net(s))))
     }
 
     fn v4(s: &str) -> u32 {
@@ -213,9 +208,9 @@ mod tests {
         for h in &specs {
             let pre = Pre::of(h);
             for (s, d, p) in packets {
-                let full = h.proto.is_none_or(|(neg, q)| (p == q) != neg)
-                    && h.src.is_none_or(|(neg, n)| n.contains(s.parse().unwrap()) != neg)
-                    && h.dst.is_none_or(|(neg, n)| n.contains(d.parse().unwrap()) != neg);
+                let full = h.proto().is_none_or(|(neg, q)| (p == q) != neg)
+                    && h.src().is_none_or(|(neg, n)| n.contains(s.parse().unwrap()) != neg)
+                    && h.dst().is_none_or(|(neg, n)| n.contains(d.parse().unwrap()) != neg);
                 assert_eq!(pre.may_match(v4(s), v4(d), p), full, "{h:?} {s} {d} {p}");
             }
         }
@@ -245,7 +240,7 @@ mod tests {
             let net = |(neg, k, len): (bool, u32, u8)| {
                 (neg, Net::new(std::net::Ipv4Addr::from(spread(k)).into(), len))
             };
-            let h = Header { proto, src: src.map(net), dst: dst.map(net), ..Header::default() };
+            let h = Header::new(proto, src.map(net), dst.map(net));
             let (s, d, p) = (spread(pkt.0), spread(pkt.1), pkt.2);
             let mut packet = super::super::Packet::tcp(
                 std::net::Ipv4Addr::from(s).into(),
