@@ -12,7 +12,9 @@
 //!    each stage; bytes/rule divides that peak by the number of rules of the dump.
 //!
 //! To compare builds on one dump, `SVCPATH_MEM_WRITE=FILE` makes the parent write the dump to
-//! `FILE` and stop; `SVCPATH_MEM_DUMP=FILE` then runs the child's stages alone on it.
+//! `FILE` and stop; `SVCPATH_MEM_DUMP=FILE` then runs the child's stages alone on it. With
+//! `SVCPATH_MEM_LEAK` set the child never frees what it built, so a heap profiler
+//! (`heaptrack`) lists everything resident at the end as leaked, by allocation site.
 
 use std::time::Instant;
 
