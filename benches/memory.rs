@@ -10,6 +10,11 @@
 //! 2. a child process (this executable again, with `SVCPATH_MEM_DUMP` set) reads the file, parses
 //!    it, compiles it and indexes it, printing its peak RSS (`VmHWM` in /proc/self/status) after
 //!    each stage; bytes/rule divides that peak by the number of rules of the dump.
+//!
+//! To compare builds on one dump, `SVCPATH_MEM_WRITE=FILE` makes the parent write the dump to
+//! `FILE` and stop; `SVCPATH_MEM_DUMP=FILE` then runs the child's stages alone on it. With
+//! `SVCPATH_MEM_LEAK` set the child never frees what it built, so a heap profiler
+//! (`heaptrack`) lists everything resident at the end as leaked, by allocation site.
 
 use std::time::Instant;
 
@@ -97,6 +102,12 @@ fn child(path: &str) {
         size_of::<Target>()
     );
     // The text, the rule set and the model stay alive to here, as in `study::Dataplane`.
+    if std::env::var_os("SVCPATH_MEM_LEAK").is_some() {
+        std::mem::forget(compiled);
+        std::mem::forget(nf);
+        std::mem::forget(ruleset);
+        std::mem::forget(text);
+    }
 }
 
 fn main() {
@@ -115,6 +126,10 @@ fn main() {
         .map(|sync| iptables_save::render(&sync.into_node_dump()))
         .unwrap_or_else(|e| fail("rules", e));
     let mut report = vec![stage(t, "rendered (generator, not the user's pipeline)", 0)];
+    if let Ok(path) = std::env::var("SVCPATH_MEM_WRITE") {
+        std::fs::write(&path, &text).unwrap_or_else(|e| fail(&path, e));
+        return;
+    }
     let dump = std::env::temp_dir().join(format!("svcpath-memory-{}.rules", std::process::id()));
     std::fs::write(&dump, &text).unwrap_or_else(|e| fail(&dump.display().to_string(), e));
     drop(text);

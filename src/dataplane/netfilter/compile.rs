@@ -67,7 +67,7 @@ impl Net {
 }
 
 /// A port range `lo:hi` (a single port has lo == hi).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortRange {
     /// Lowest port.
     pub lo: u16,
@@ -293,20 +293,163 @@ pub enum Target {
 }
 
 /// The header part of a rule (checked by the kernel before any match).
+///
+/// Kept small (24 bytes: a large dump has millions of rules): `-p` and IPv4 `-s`/`-d` inline as
+/// flag bits, addresses and prefix lengths; IPv6 addresses and interfaces, which few rules of an
+/// IPv4 dump have, in one optional box. Read through the accessors.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Header {
+    /// [`hdr`] bits.
+    flags: u8,
+    proto: u8,
+    src_len: u8,
+    dst_len: u8,
+    /// The masked IPv4 `-s` address (with [`hdr::SRC`]).
+    src: u32,
+    /// The masked IPv4 `-d` address (with [`hdr::DST`]).
+    dst: u32,
+    extra: Option<Box<HeaderExtra>>,
+}
+
+/// The rare parts of a [`Header`].
+#[derive(Debug, Clone, Default, PartialEq)]
+struct HeaderExtra {
+    /// An IPv6 `-s`.
+    src: Option<(bool, Net)>,
+    /// An IPv6 `-d`.
+    dst: Option<(bool, Net)>,
+    in_iface: Option<(bool, String, bool)>,
+    out_iface: Option<(bool, String, bool)>,
+}
+
+/// [`Header::flags`] bits.
+mod hdr {
+    pub const PROTO: u8 = 1;
+    pub const NEG_PROTO: u8 = 2;
+    pub const SRC: u8 = 4;
+    pub const NEG_SRC: u8 = 8;
+    pub const DST: u8 = 16;
+    pub const NEG_DST: u8 = 32;
+    /// `-f` or `! -f` is present.
+    pub const FRAG: u8 = 64;
+    /// `-f` (fragments only), with [`FRAG`].
+    pub const FRAG_ONLY: u8 = 128;
+}
+
+impl Header {
+    /// A header of `-p`, `-s` and `-d` only.
+    pub fn new(
+        proto: Option<(bool, u8)>,
+        src: Option<(bool, Net)>,
+        dst: Option<(bool, Net)>,
+    ) -> Header {
+        let mut h = Header::default();
+        h.set_proto(proto);
+        h.set_src(src);
+        h.set_dst(dst);
+        h
+    }
+
     /// `-p`: negation and protocol number (`None` = any).
-    pub proto: Option<(bool, u8)>,
+    #[inline]
+    pub fn proto(&self) -> Option<(bool, u8)> {
+        (self.flags & hdr::PROTO != 0).then_some((self.flags & hdr::NEG_PROTO != 0, self.proto))
+    }
+
     /// `-s`.
-    pub src: Option<(bool, Net)>,
+    #[inline]
+    pub fn src(&self) -> Option<(bool, Net)> {
+        if self.flags & hdr::SRC != 0 {
+            let net = Net::new(IpAddr::V4(self.src.into()), self.src_len);
+            return Some((self.flags & hdr::NEG_SRC != 0, net));
+        }
+        self.extra.as_ref().and_then(|e| e.src)
+    }
+
     /// `-d`.
-    pub dst: Option<(bool, Net)>,
+    #[inline]
+    pub fn dst(&self) -> Option<(bool, Net)> {
+        if self.flags & hdr::DST != 0 {
+            let net = Net::new(IpAddr::V4(self.dst.into()), self.dst_len);
+            return Some((self.flags & hdr::NEG_DST != 0, net));
+        }
+        self.extra.as_ref().and_then(|e| e.dst)
+    }
+
     /// `-i` (negation, name, prefix match when written with `+`).
-    pub in_iface: Option<Box<(bool, String, bool)>>,
+    #[inline]
+    pub fn in_iface(&self) -> Option<&(bool, String, bool)> {
+        self.extra.as_ref().and_then(|e| e.in_iface.as_ref())
+    }
+
     /// `-o`.
-    pub out_iface: Option<Box<(bool, String, bool)>>,
-    /// `-f`: matches fragments only (svcpath's packets are never fragments).
-    pub fragment: Option<bool>,
+    #[inline]
+    pub fn out_iface(&self) -> Option<&(bool, String, bool)> {
+        self.extra.as_ref().and_then(|e| e.out_iface.as_ref())
+    }
+
+    /// `-f`: matches fragments only (svcpath's packets are never fragments); `! -f` is
+    /// `Some(false)`.
+    #[inline]
+    pub fn fragment(&self) -> Option<bool> {
+        (self.flags & hdr::FRAG != 0).then_some(self.flags & hdr::FRAG_ONLY != 0)
+    }
+
+    fn extra(&mut self) -> &mut HeaderExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn set_flag(&mut self, bit: u8, on: bool) {
+        if on {
+            self.flags |= bit;
+        } else {
+            self.flags &= !bit;
+        }
+    }
+
+    fn set_proto(&mut self, proto: Option<(bool, u8)>) {
+        self.set_flag(hdr::PROTO, proto.is_some());
+        let (neg, p) = proto.unwrap_or_default();
+        self.set_flag(hdr::NEG_PROTO, neg);
+        self.proto = p;
+    }
+
+    fn set_src(&mut self, src: Option<(bool, Net)>) {
+        self.set_flag(hdr::SRC | hdr::NEG_SRC, false);
+        if let Some(e) = self.extra.as_mut() {
+            e.src = None;
+        }
+        match src {
+            Some((neg, net)) if let Some((addr, _)) = net.v4() => {
+                (self.src, self.src_len) = (addr, net.len);
+                self.set_flag(hdr::SRC, true);
+                self.set_flag(hdr::NEG_SRC, neg);
+            }
+            Some(v6) => self.extra().src = Some(v6),
+            None => {}
+        }
+    }
+
+    fn set_dst(&mut self, dst: Option<(bool, Net)>) {
+        self.set_flag(hdr::DST | hdr::NEG_DST, false);
+        if let Some(e) = self.extra.as_mut() {
+            e.dst = None;
+        }
+        match dst {
+            Some((neg, net)) if let Some((addr, _)) = net.v4() => {
+                (self.dst, self.dst_len) = (addr, net.len);
+                self.set_flag(hdr::DST, true);
+                self.set_flag(hdr::NEG_DST, neg);
+            }
+            Some(v6) => self.extra().dst = Some(v6),
+            None => {}
+        }
+    }
+
+    fn set_fragment(&mut self, frag: Option<bool>) {
+        self.set_flag(hdr::FRAG, frag.is_some());
+        self.set_flag(hdr::FRAG_ONLY, frag == Some(true));
+    }
 }
 
 /// A rule ready to evaluate.
@@ -344,14 +487,37 @@ pub struct CompiledTable {
     pub source: usize,
     /// All chains.
     pub chains: Vec<Chain>,
-    /// Chain index by name.
-    pub by_name: NameMap<usize>,
+    /// Chain indices by name: (the name's [`name_hash`], chain index), sorted. (A map keyed by
+    /// the names took 32 bytes a chain and twice as many slots as chains: some 70 MB for a
+    /// million endpoint chains.)
+    by_name: Box<[(u32, u32)]>,
+}
+
+/// 32 bits of a chain name's hash, for [`CompiledTable`]'s name index.
+fn name_hash(name: &str) -> u32 {
+    use std::hash::BuildHasher;
+    let h = std::hash::BuildHasherDefault::<crate::model::rules::NameHasher>::default();
+    (h.hash_one(name) >> 32) as u32
 }
 
 impl CompiledTable {
+    /// A table of `chains` (indexed by name).
+    fn new(name: String, source: usize, chains: Vec<Chain>) -> CompiledTable {
+        let mut by_name: Vec<(u32, u32)> =
+            (chains.iter().enumerate()).map(|(i, c)| (name_hash(&c.name), i as u32)).collect();
+        by_name.par_sort_unstable();
+        CompiledTable { name, source, chains, by_name: by_name.into_boxed_slice() }
+    }
+
     /// The chain index for a name.
     pub fn chain(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        let h = name_hash(name);
+        let from = self.by_name.partition_point(|&(k, _)| k < h);
+        let same = self.by_name.get(from..).unwrap_or_default();
+        same.iter()
+            .take_while(|&&(k, _)| k == h)
+            .map(|&(_, c)| c as usize)
+            .find(|&c| self.chains.get(c).is_some_and(|ch| ch.name == name))
     }
 }
 
@@ -542,7 +708,11 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
             .collect::<Vec<Result<Chain, CompileError>>>()
             .into_iter()
             .collect::<Result<Vec<Chain>, CompileError>>()?;
-        let ct = CompiledTable { name: table.name.clone(), source: ti, chains, by_name };
+        drop(by_name);
+        // The collection above reuses the vector of results, whose slots are larger.
+        let mut chains = chains;
+        chains.shrink_to_fit();
+        let ct = CompiledTable::new(table.name.clone(), ti, chains);
         check_loops(&ct)?;
         out.push(ct);
     }
@@ -1158,19 +1328,19 @@ fn compile_args(
                         bad("protocol", proto, "expected tcp, udp, sctp, icmp, all or a number")
                     })?)
                 };
-                header.proto = n.map(|n| (*neg, n));
+                header.set_proto(n.map(|n| (*neg, n)));
             }
-            Arg::Source { neg, addr } => header.src = Some((*neg, net_of(addr, family)?)),
-            Arg::Destination { neg, addr } => header.dst = Some((*neg, net_of(addr, family)?)),
+            Arg::Source { neg, addr } => header.set_src(Some((*neg, net_of(addr, family)?))),
+            Arg::Destination { neg, addr } => header.set_dst(Some((*neg, net_of(addr, family)?))),
             Arg::InInterface { neg, name } => {
                 let (n, p) = iface(name);
-                header.in_iface = Some(Box::new((*neg, n, p)));
+                header.extra().in_iface = Some((*neg, n, p));
             }
             Arg::OutInterface { neg, name } => {
                 let (n, p) = iface(name);
-                header.out_iface = Some(Box::new((*neg, n, p)));
+                header.extra().out_iface = Some((*neg, n, p));
             }
-            Arg::Fragment { neg } => header.fragment = Some(!*neg),
+            Arg::Fragment { neg } => header.set_fragment(Some(!*neg)),
             Arg::Match(m) => modules.push(ModuleArgs { name: m.as_str(), opts: Vec::new() }),
             Arg::Jump(t) => target = Some((t.as_str(), false)),
             Arg::Goto(t) => target = Some((t.as_str(), true)),
@@ -1189,7 +1359,7 @@ fn compile_args(
                     Some(m) => m.opts.push((*neg, name.as_str(), values.as_slice())),
                     None => {
                         // iptables loads the protocol's module implicitly (`-p tcp --dport 80`).
-                        let implicit = match header.proto {
+                        let implicit = match header.proto() {
                             Some((false, 6)) => Some("tcp"),
                             Some((false, 17)) => Some("udp"),
                             Some((false, 132)) => Some("sctp"),
@@ -1269,7 +1439,7 @@ mod tests {
                 dport: Some((false, PortRange { lo: 80, hi: 80 }))
             }
         );
-        assert_eq!(c.header.proto, Some((false, 6)));
+        assert_eq!(c.header.proto(), Some((false, 6)));
     }
 
     #[test]
@@ -1352,6 +1522,76 @@ mod tests {
             let e = compile(&set).unwrap_err();
             assert_eq!(e.line, 5000 - 499, "{e}");
         }
+    }
+
+    /// The compact header gives back every part as written: IPv4 addresses inline, IPv6 ones
+    /// and interfaces out of line, negations and `-f` / `! -f`.
+    #[test]
+    fn header_parts_read_back() {
+        let parse = |text: &str, family| {
+            let set = crate::formats::iptables_save::parse(text, family).unwrap();
+            compile(&set).unwrap().remove(0).chains.remove(1).rules
+        };
+        let net = |s: &str| {
+            let (a, l) = s.split_once('/').unwrap();
+            Net::new(a.parse().unwrap(), l.parse().unwrap())
+        };
+        let v4 = parse(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+             -A FORWARD -p udp -s 10.1.2.3/16 ! -d 10.96.0.10/32 -j ACCEPT\n\
+             -A FORWARD ! -p tcp -i eth+ ! -o lo -f -j ACCEPT\n-A FORWARD ! -f\nCOMMIT\n",
+            Family::V4,
+        );
+        let h = &v4[0].header;
+        assert_eq!(h.proto(), Some((false, 17)));
+        assert_eq!(h.src(), Some((false, net("10.1.0.0/16"))));
+        assert_eq!(h.dst(), Some((true, net("10.96.0.10/32"))));
+        assert_eq!((h.in_iface(), h.out_iface(), h.fragment()), (None, None, None));
+        let h = &v4[1].header;
+        assert_eq!((h.proto(), h.src(), h.dst()), (Some((true, 6)), None, None));
+        assert_eq!(h.in_iface(), Some(&(false, "eth".to_owned(), true)));
+        assert_eq!(h.out_iface(), Some(&(true, "lo".to_owned(), false)));
+        assert_eq!(h.fragment(), Some(true));
+        assert_eq!(v4[2].header.fragment(), Some(false));
+        let v6 = parse(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+             -A FORWARD -s fd00::/8 ! -d ::1/128 -j ACCEPT\nCOMMIT\n",
+            Family::V6,
+        );
+        let h = &v6[0].header;
+        assert_eq!(h.src(), Some((false, net("fd00::/8"))));
+        assert_eq!(h.dst(), Some((true, net("::1/128"))));
+        assert_eq!(h.proto(), None);
+        assert_eq!(size_of::<Header>(), 24);
+    }
+
+    /// The name index finds every chain, built-in or not, after deletions renumber them, and
+    /// nothing else (a hash shared by two names only costs a compare).
+    #[test]
+    fn chains_are_found_by_name() {
+        let names: Vec<String> = (0..3000).map(|i| format!("KUBE-SEP-{i:016}")).collect();
+        let chains: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut set = rs(vec![Rule::new(chains[5]).jump("RETURN")], &chains);
+        set.tables[0].push(Statement::DeleteChain(Some(Name::new("KUBE-SEP-0000000000000007"))));
+        let t = &compile(&set).unwrap()[0];
+        assert_eq!(t.chains.len(), 4 + 2999);
+        for (i, c) in t.chains.iter().enumerate() {
+            assert_eq!(t.chain(&c.name), Some(i), "{}", c.name);
+        }
+        assert_eq!(t.chain("PREROUTING"), Some(0));
+        assert_eq!(t.chain("KUBE-SEP-0000000000000007"), None);
+        assert_eq!(t.chain("KUBE-SEP-9999999999999999"), None);
+        assert_eq!(t.chain(""), None);
+        // Two names with one hash are told apart.
+        let t2 = CompiledTable {
+            by_name: vec![(name_hash("A"), 1), (name_hash("A"), 0)].into_boxed_slice(),
+            ..t.clone()
+        };
+        assert_eq!(t2.chain("A"), None);
+        assert_eq!(t2.chain("PREROUTING"), None, "not in this index");
+        let mut t3 = t2.clone();
+        t3.by_name = vec![(name_hash("INPUT"), 0), (name_hash("INPUT"), 1)].into_boxed_slice();
+        assert_eq!(t3.chain("INPUT"), Some(1));
     }
 
     #[test]

@@ -52,6 +52,9 @@ use super::eval::{
 };
 use crate::model::rules::{Arg, Ruleset, Statement};
 
+/// Slots of the cache that lets rules with one [`Pure4`] test share it.
+const PURE4_CACHE: usize = 1 << 16;
+
 /// The shortest run of capture rules worth indexing.
 pub const MIN_INDEXED_RUN: usize = 3;
 /// The shortest statistic cascade compiled into a branch table.
@@ -164,6 +167,22 @@ impl CaptureIndex {
         index
     }
 
+    /// The index of `key`'s slot, if any rule has it (when building).
+    fn position(&self, key: &IndexKey) -> Option<usize> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = self.home(key);
+        loop {
+            let s = self.slots.get(i)?;
+            if s.first == EMPTY_SLOT {
+                return None;
+            }
+            if s.key == *key {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     /// The first of a key's later positions at or after `from`.
     #[inline(never)]
     fn later(&self, s: &IndexSlot, from: u32) -> Option<u32> {
@@ -228,7 +247,8 @@ struct IndexedRun {
     shapes: u8,
     /// Prefix-destination rules, in order.
     prefixes: Vec<PrefixRule>,
-    /// For each rule, the plan of its jump ([`NO_PLAN`] for none); empty when no rule has one.
+    /// For each rule, the plan of its jump ([`NO_PLAN`] for none, [`FLAT_PLAN`] with the index
+    /// of its record when it has a [`Flat`] record); empty when no rule has one.
     plans: Vec<u32>,
 }
 
@@ -524,13 +544,19 @@ struct Plans {
 
 /// An indexed rule with no plan.
 const NO_PLAN: u32 = u32::MAX;
+/// In [`IndexedRun::plans`], an id with this bit (other than [`NO_PLAN`]) names the capture's
+/// [`Flat`] record, at the index in its other bits, instead of a plan: the plan it was made from
+/// is not kept.
+const FLAT_PLAN: u32 = 1 << 31;
 
 /// Plans in kube-proxy's shape, laid out for one new flow from elsewhere to read as few cache
 /// lines as it can ([`CompiledNetfilter::flat_capture`]): the capture's [`IndexSlot`] names the
 /// record of its plan (the `KUBE-SVC-*` chain: at most one step, then a branch table or a single
 /// jump), and the records of the endpoint plans (`KUBE-SEP-*`: at most one step, then an IPv4
 /// `DNAT`) follow it, each with its branch's threshold, so the draw's guess and its two borders
-/// are next to each other.
+/// are next to each other. A capture with records keeps no plan: every other sampling path
+/// (local origin, the rule-by-rule walk reaching the capture) takes the records too
+/// ([`CompiledNetfilter::take_capture`]).
 #[derive(Debug, Clone, Default)]
 struct Flat {
     /// `PREROUTING`'s only step, when it is an [`Entry`] into a run of host-and-port captures.
@@ -543,7 +569,8 @@ struct Flat {
 }
 
 /// One record of [`Flat::recs`]: a plan with at most one step (a source test whose match
-/// counts [`Flat::acts`]`[act]` and applies its marks).
+/// counts [`Flat::acts`]`[act]` and applies its marks). A capture's record keeps its plan's
+/// depth in `port`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C, align(32))]
 struct FlatRec {
@@ -558,7 +585,8 @@ struct FlatRec {
     mask: u32,
     /// An endpoint's `DNAT` address.
     dnat: u32,
-    /// An endpoint's `DNAT` port (with [`flat::PORT`]).
+    /// An endpoint's `DNAT` port (with [`flat::PORT`]); in a capture's record, the most frames
+    /// its plan stacks under the capture's chain ([`Plan::depth`]).
     port: u16,
     /// [`flat`] bits.
     flags: u8,
@@ -579,11 +607,19 @@ mod flat {
 const NO_FLAT: u32 = u32::MAX;
 
 impl FlatRec {
-    /// Counts the record and applies its step to `evaluated` and `mark` for source `src`.
+    /// Counts the record and applies its step to `evaluated` and `mark` for source `src` (`None`
+    /// for an IPv6 source, which fails the address test, as [`StepTest::Src4`]'s).
     #[inline(always)]
-    fn apply(&self, acts: &[(u32, u32, u32)], src: u32, evaluated: &mut u32, mark: &mut u32) {
+    fn apply(
+        &self,
+        acts: &[(u32, u32, u32)],
+        src: Option<u32>,
+        evaluated: &mut u32,
+        mark: &mut u32,
+    ) {
         *evaluated += self.count;
-        if ((src ^ self.addr) & self.mask == 0) != (self.flags & flat::NEG != 0)
+        let test = src.is_some_and(|src| (src ^ self.addr) & self.mask == 0);
+        if test != (self.flags & flat::NEG != 0)
             && let Some(&(extra, clear, xor)) = acts.get(usize::from(self.act))
         {
             *evaluated += extra;
@@ -641,6 +677,26 @@ impl Pure4 {
 }
 
 impl Plans {
+    /// How many plans, steps, tests and branches there are (for [`Plans::truncate`]).
+    fn len(&self) -> [usize; 4] {
+        [self.plans.len(), self.steps.len(), self.tests.len(), self.branches.len()]
+    }
+
+    /// Drops what was added after [`Plans::len`] gave `to`.
+    fn truncate(&mut self, to: [usize; 4]) {
+        self.plans.truncate(to[0]);
+        self.steps.truncate(to[1]);
+        self.tests.truncate(to[2]);
+        self.branches.truncate(to[3]);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.plans.shrink_to_fit();
+        self.steps.shrink_to_fit();
+        self.tests.shrink_to_fit();
+        self.branches.shrink_to_fit();
+    }
+
     fn push(&mut self, steps: Vec<PlanStep>, tail: u32, depth: u32, end: PlanEnd) -> u32 {
         let start = self.steps.len() as u32;
         self.steps.extend(steps);
@@ -748,7 +804,7 @@ type PortTest = (bool, PortRange);
 
 /// A [`PureTest`] whose addresses are IPv4 (or absent), as masks and flag bits: the form the
 /// walk tests (one flag test per absent part, no `Option` unpacking).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Pure4 {
     /// The tests present ([`pure4`] bits).
     has: u8,
@@ -882,10 +938,11 @@ impl PureTest {
     /// The pure form of `rule`, if it has one.
     fn of(rule: &CompiledRule) -> Option<PureTest> {
         let h = &rule.header;
-        if h.in_iface.is_some() || h.out_iface.is_some() || h.fragment == Some(true) {
+        if h.in_iface().is_some() || h.out_iface().is_some() || h.fragment() == Some(true) {
             return None;
         }
-        let mut t = PureTest { proto: h.proto, src: h.src, dst: h.dst, ..PureTest::default() };
+        let mut t =
+            PureTest { proto: h.proto(), src: h.src(), dst: h.dst(), ..PureTest::default() };
         for m in &rule.matches {
             match m {
                 Match::Always => {}
@@ -984,8 +1041,11 @@ fn capture_of(
     pos: u32,
 ) -> Option<Capture> {
     let h = &rule.header;
-    let (false, proto) = h.proto? else { return None };
-    if h.src.is_some() || h.in_iface.is_some() || h.out_iface.is_some() || h.fragment == Some(true)
+    let (false, proto) = h.proto()? else { return None };
+    if h.src().is_some()
+        || h.in_iface().is_some()
+        || h.out_iface().is_some()
+        || h.fragment() == Some(true)
     {
         return None;
     }
@@ -1002,7 +1062,7 @@ fn capture_of(
             _ => return None,
         }
     }
-    match h.dst {
+    match h.dst() {
         None => Some(Capture::AnyDst { proto, dport }),
         Some((true, _)) => None,
         Some((false, net)) => match source_host(ruleset, table, rule) {
@@ -1018,12 +1078,12 @@ fn capture_of(
 /// A rule of a statistic cascade: no header test, only comments and at most one random match.
 fn cascade_p(rule: &CompiledRule) -> Option<f64> {
     let h = &rule.header;
-    if h.proto.is_some()
-        || h.src.is_some()
-        || h.dst.is_some()
-        || h.in_iface.is_some()
-        || h.out_iface.is_some()
-        || h.fragment == Some(true)
+    if h.proto().is_some()
+        || h.src().is_some()
+        || h.dst().is_some()
+        || h.in_iface().is_some()
+        || h.out_iface().is_some()
+        || h.fragment() == Some(true)
     {
         return None;
     }
@@ -1071,14 +1131,26 @@ impl<'a> CompiledNetfilter<'a> {
         let mut ops: Vec<Op<'a>> = Vec::with_capacity(total as usize);
         let mut pure = Vec::new();
         let mut pure4 = Vec::new();
+        // Rules with the same test share it (kube-proxy's million endpoint `DNAT` rules test
+        // `-p tcp -m tcp` alike): a test is looked up in a direct-mapped cache of recent tests by
+        // its hash, so a test repeated often is stored about once, at a fixed cost in memory (a
+        // map of every test was 90 MB at 100k Services, while the index was being built).
+        let mut recent_pure4 = vec![u32::MAX; PURE4_CACHE];
+        let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
         for (ti, table) in nf.tables.iter().enumerate() {
             for chain in &table.chains {
                 for rule in &chain.rules {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
                         Some(t) if let Some(p) = Pure4::of(&t) => {
-                            pure4.push(p);
-                            Quick::Pure4(pure4.len() as u32 - 1)
+                            use std::hash::BuildHasher;
+                            let slot = hasher.hash_one(p) as usize % PURE4_CACHE;
+                            let known = recent_pure4[slot];
+                            if pure4.get(known as usize) != Some(&p) {
+                                pure4.push(p);
+                                recent_pure4[slot] = pure4.len() as u32 - 1;
+                            }
+                            Quick::Pure4(recent_pure4[slot])
                         }
                         Some(t) => {
                             pure.push(t);
@@ -1097,6 +1169,9 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        drop(recent_pure4);
+        pure.shrink_to_fit();
+        pure4.shrink_to_fit();
         // Runs of rules that cannot change the walk, counted from the end of each chain.
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
@@ -1117,7 +1192,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut cascades = Vec::new();
         let mut index_entries: Vec<(IndexKey, u32)> = Vec::new();
         // Capture rules of a host address: (run, position, what a match tells).
-        let mut host_captures: Vec<(u32, u32, Facts)> = Vec::new();
+        let mut host_captures: Vec<(u32, u32, Facts, IndexKey)> = Vec::new();
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
                 let b = base[ti][ci];
@@ -1140,10 +1215,11 @@ impl<'a> CompiledNetfilter<'a> {
                         let mut prefixes = Vec::new();
                         for (k, c) in caps.into_iter().enumerate() {
                             let pos = b + (i + k) as u32;
+                            let mut host = None;
                             let (dst, dport, proto, s) = match c {
                                 Capture::Host { addr, v6, proto, dport } => {
                                     let dst4 = (!v6).then_some(addr as u32);
-                                    host_captures.push((id, pos, Facts { dst4, proto, dport }));
+                                    host = Some(Facts { dst4, proto, dport });
                                     let s = if dport.is_none() { shape::ANY_PORT } else { 0 };
                                     (addr, dport, proto, s | if v6 { shape::V6 } else { 0 })
                                 }
@@ -1160,6 +1236,9 @@ impl<'a> CompiledNetfilter<'a> {
                             shapes |= 1 << (s & (shape::ANY_DST | shape::ANY_PORT));
                             let key = IndexKey::new(dst, id, dport.unwrap_or(0), proto, s);
                             index_entries.push((key, pos));
+                            if let Some(facts) = host {
+                                host_captures.push((id, pos, facts, key));
+                            }
                         }
                         ops[(b as usize + i)..(b as usize + j)]
                             .iter_mut()
@@ -1248,20 +1327,36 @@ impl<'a> CompiledNetfilter<'a> {
             flat: Flat::default(),
             fast: true,
         };
+        // The plans of captures, and the flat records of those in kube-proxy's shape, whose plans
+        // are then dropped at once (a million endpoint plans are some 75 MB).
         let mut plans = Plans::default();
-        for (run, pos, facts) in host_captures {
+        let mut flat = Flat { entry: None, recs: Vec::new(), acts: vec![(0, 0, 0)] };
+        for (run, pos, facts, key) in host_captures {
             let op = &compiled.ops[pos as usize];
             if op.act != Act::Jump || op.to.0 == op.to.1 {
                 continue;
             }
-            let Some(id) = compiled.plan(op.to, &facts, 0, &mut plans) else { continue };
+            let before = plans.len();
+            let Some(mut id) = compiled.plan(op.to, &facts, 0, &mut plans) else { continue };
+            // Records stand for the plan of the first capture of a key (the one the probe finds).
+            if let Some(i) = compiled.index.position(&key)
+                && compiled.index.slots[i].first == pos
+                && let Some(at) = compiled.flat_record(&plans, id, &mut flat)
+            {
+                compiled.index.slots[i].flat = at;
+                plans.truncate(before);
+                id = FLAT_PLAN | at;
+            }
             let r = &mut compiled.indexed[run as usize];
             if r.plans.is_empty() {
                 r.plans = vec![NO_PLAN; (r.end - r.start) as usize];
             }
             r.plans[(pos - r.start) as usize] = id;
         }
+        flat.recs.shrink_to_fit();
+        plans.shrink_to_fit();
         compiled.plans = plans;
+        compiled.flat = flat;
         for h in 0..compiled.roots.len() {
             for i in 0..compiled.roots[h].len() {
                 if let Some(s) = compiled.summarize(compiled.roots[h][i]) {
@@ -1286,61 +1381,25 @@ impl<'a> CompiledNetfilter<'a> {
                 compiled.tails[phase as usize] = Some(Tail { summary, delivered_local });
             }
         }
-        compiled.flat = compiled.flatten();
+        compiled.flat.entry = compiled.flat_entry();
         compiled
     }
 
-    /// The [`Flat`] records of the plans in kube-proxy's shape, each named in its capture's
-    /// index slot, when `PREROUTING` is one [`Entry`] step into a run of host-and-port captures.
-    fn flatten(&mut self) -> Flat {
-        let mut flat = Flat { entry: None, recs: Vec::new(), acts: vec![(0, 0, 0)] };
-        let [root] = self.roots[Hook::Prerouting as usize][..] else { return flat };
-        let Some(e) = root.entry else { return flat };
+    /// `PREROUTING`'s only step, when it is an [`Entry`] into a run of host-and-port captures
+    /// (no other key shape, no prefix rule): [`Flat::entry`].
+    fn flat_entry(&self) -> Option<Entry> {
+        let [root] = self.roots[Hook::Prerouting as usize][..] else { return None };
+        let e = root.entry?;
         let single_probe = self
             .indexed
             .get(e.run as usize)
             .is_some_and(|r| r.shapes == 1 && r.prefixes.is_empty());
-        if !root.is_nat || !single_probe || self.tails[Phase::Pre as usize].is_some() {
-            return flat;
-        }
-        flat.entry = Some(e);
-        // The plan of each slot's first rule, and at most how many records they take (reserved
-        // at once: the records are tens of MB at 100k Services).
-        let plan_of = |s: &IndexSlot| {
-            if s.first == EMPTY_SLOT {
-                return None;
-            }
-            let r = self.indexed.get((s.key.rest >> 32) as usize)?;
-            let id = *r.plans.get(s.first.checked_sub(r.start)? as usize)?;
-            let branches = match self.plans.plans.get(id as usize)?.end {
-                PlanEnd::Cascade { run, .. } => self.cascades.get(run as usize)?.thresholds.len(),
-                PlanEnd::Then(_) => 1,
-                PlanEnd::Dnat { .. } => return None,
-            };
-            Some((id, 1 + branches))
-        };
-        let mut records = 0;
-        let planned: Vec<(usize, u32)> = (self.index.slots.iter().enumerate())
-            .filter_map(|(i, s)| plan_of(s).map(|(id, n)| (i, id, n)))
-            .map(|(i, id, n)| {
-                records += n;
-                (i, id)
-            })
-            .collect();
-        flat.recs.reserve_exact(records);
-        for (i, id) in planned {
-            if let Some(at) = self.flat_record(id, &mut flat) {
-                self.index.slots[i].flat = at;
-            }
-        }
-        flat.recs.shrink_to_fit();
-        flat
+        (root.is_nat && single_probe && self.tails[Phase::Pre as usize].is_none()).then_some(e)
     }
 
     /// Adds the records of plan `id` (a capture's) to `flat` if it has kube-proxy's shape; their
     /// place.
-    fn flat_record(&self, id: u32, flat: &mut Flat) -> Option<u32> {
-        let p = &self.plans;
+    fn flat_record(&self, p: &Plans, id: u32, flat: &mut Flat) -> Option<u32> {
         let plan = p.plans.get(id as usize)?;
         if ENTRY_FRAMES + plan.depth as usize >= MAX_DEPTH {
             return None;
@@ -1358,13 +1417,13 @@ impl<'a> CompiledNetfilter<'a> {
         if branches.is_empty() {
             return None;
         }
-        let head = self.flat_step(plan, &mut flat.acts)?;
+        let head = flat_step(p, plan, &mut flat.acts)?;
         let mut recs =
             vec![FlatRec { threshold: branches.len() as u64, flags: head.flags | draw, ..head }];
         for (id, threshold) in branches {
             let ep = p.plans.get(id as usize)?;
             let PlanEnd::Dnat { ip: IpAddr::V4(dnat), port } = ep.end else { return None };
-            let step = self.flat_step(ep, &mut flat.acts)?;
+            let step = flat_step(p, ep, &mut flat.acts)?;
             recs.push(FlatRec {
                 threshold,
                 dnat: u32::from(dnat),
@@ -1373,33 +1432,10 @@ impl<'a> CompiledNetfilter<'a> {
                 ..step
             });
         }
-        let at = u32::try_from(flat.recs.len()).ok().filter(|&at| at != NO_FLAT)?;
+        let at = u32::try_from(flat.recs.len()).ok().filter(|&at| at < FLAT_PLAN)?;
+        recs[0].port = u16::try_from(plan.depth).ok()?;
         flat.recs.extend(recs);
         Some(at)
-    }
-
-    /// A record of `plan`'s count and step, if it has at most one, testing only the source.
-    fn flat_step(&self, plan: &Plan, acts: &mut Vec<(u32, u32, u32)>) -> Option<FlatRec> {
-        let (s, n) = plan.steps;
-        let steps = self.plans.steps.get(s as usize..(s + n) as usize)?;
-        let mut rec = FlatRec { count: plan.tail, ..FlatRec::default() };
-        let [step] = steps else { return steps.is_empty().then_some(rec) };
-        rec.count += step.count;
-        (rec.addr, rec.mask, rec.flags) = match step.test {
-            StepTest::Always => (0, 0, 0),
-            StepTest::Src4 { addr, mask, neg } => (addr, mask, if neg { flat::NEG } else { 0 }),
-            StepTest::Full(_) => return None,
-        };
-        let act = (step.extra, step.clear, step.xor);
-        let i = match acts.iter().position(|&a| a == act) {
-            Some(i) => i,
-            None => {
-                acts.push(act);
-                acts.len() - 1
-            }
-        };
-        rec.act = u8::try_from(i).ok()?;
-        Some(rec)
     }
 
     /// The [`Entry`] of a hook step: rules that only count (passed over as the walk passes
@@ -1711,17 +1747,32 @@ impl<'a> CompiledNetfilter<'a> {
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (r.src, r.dst) else { return false };
         let key = IndexKey::new(u128::from(u32::from(dst)), e.run, r.dport, proto, 0);
         let Some(slot) = self.index.slot(&key) else { return false };
-        let base = slot.flat as usize;
         if slot.first < e.at || slot.flat == NO_FLAT {
             return false;
         }
+        self.run_flat(slot.flat, Some(u32::from(src)), e.count + (slot.first - e.at) + 1, rng, r)
+    }
+
+    /// Takes the capture whose [`Flat`] record is at `base` for a packet from `src` (`None` for
+    /// an IPv6 source) as [`CompiledNetfilter::run_plan`] takes its plan, after counting
+    /// `before` rules; `false` with nothing taken or drawn when the record is not there.
+    #[inline(always)]
+    fn run_flat<R: rand::Rng + ?Sized>(
+        &self,
+        base: u32,
+        src: Option<u32>,
+        before: u32,
+        rng: &mut R,
+        r: &mut Regs,
+    ) -> bool {
+        let base = base as usize;
         let Some(head) = self.flat.recs.get(base) else { return false };
         let Some(eps) = self.flat.recs.get(base + 1..base + 1 + head.threshold as usize) else {
             return false;
         };
         let Some(last) = eps.len().checked_sub(1) else { return false };
-        let (src, acts) = (u32::from(src), &self.flat.acts[..]);
-        let (mut evaluated, mut mark) = (r.evaluated + e.count + (slot.first - e.at) + 1, r.mark);
+        let acts = &self.flat.acts[..];
+        let (mut evaluated, mut mark) = (r.evaluated + before, r.mark);
         head.apply(acts, src, &mut evaluated, &mut mark);
         let mut i = 0;
         if head.flags & flat::DRAW != 0 {
@@ -1738,6 +1789,40 @@ impl<'a> CompiledNetfilter<'a> {
         (r.mark, r.evaluated, r.dnat) = (mark, evaluated, true);
         r.ct |= ctstate::DNAT;
         true
+    }
+
+    /// The most frames the walk after capture `id` (an [`IndexedRun::plans`] entry) stacks
+    /// under the capture's chain, when it has a plan or a record.
+    #[inline(always)]
+    fn capture_depth(&self, id: u32) -> Option<u32> {
+        if id != NO_PLAN && id & FLAT_PLAN != 0 {
+            self.flat.recs.get((id & !FLAT_PLAN) as usize).map(|head| u32::from(head.port))
+        } else {
+            self.plans.plans.get(id as usize).map(|p| p.depth)
+        }
+    }
+
+    /// Takes capture `id` (with a [`CompiledNetfilter::capture_depth`]) from its record or its
+    /// plan, after counting `before` rules.
+    #[inline(always)]
+    fn take_capture<R: rand::Rng + ?Sized>(
+        &self,
+        id: u32,
+        before: u32,
+        rng: &mut R,
+        pkt: &Packet,
+        r: &mut Regs,
+    ) {
+        if id & FLAT_PLAN != 0 {
+            let src = match r.src {
+                IpAddr::V4(a) => Some(u32::from(a)),
+                IpAddr::V6(_) => None,
+            };
+            self.run_flat(id & !FLAT_PLAN, src, before, rng, r);
+        } else {
+            r.evaluated += before;
+            self.run_plan(id, rng, pkt, r);
+        }
     }
 
     /// Follows the plan `id` (sample mode): counts, marks, draws each cascade's branch, and takes
@@ -1804,7 +1889,8 @@ impl<'a> CompiledNetfilter<'a> {
         c.without_flat()
     }
 
-    /// This without its [`Flat`] records: sampling follows the plans (for tests).
+    /// This without its [`Flat`] records: sampling walks the rules after the captures that had
+    /// one (their plans are not kept) and follows the other plans (for tests).
     #[cfg(test)]
     fn without_flat(&self) -> CompiledNetfilter<'a> {
         let mut c = self.clone();
@@ -1970,12 +2056,11 @@ impl<'a> CompiledNetfilter<'a> {
                     return false;
                 };
                 let Some(&id) = run.plans.get((q - run.start) as usize) else { return false };
-                let Some(plan) = self.plans.plans.get(id as usize) else { return false };
-                if ENTRY_FRAMES + plan.depth as usize >= MAX_DEPTH {
+                let Some(depth) = self.capture_depth(id) else { return false };
+                if ENTRY_FRAMES + depth as usize >= MAX_DEPTH {
                     return false;
                 }
-                f.r.evaluated += e.count + (q - e.at) + 1;
-                self.run_plan(id, rng, pkt, &mut f.r);
+                self.take_capture(id, e.count + (q - e.at) + 1, rng, pkt, &mut f.r);
                 f.step += 1;
             }
             f.step = 0;
@@ -2110,11 +2195,11 @@ impl<'a> CompiledNetfilter<'a> {
                                     w.evaluated += q - pos as u32 + 1;
                                     if let Draw::Sample(rng) = draw
                                         && let Some(&id) = r.plans.get((q - r.start) as usize)
-                                        && let Some(plan) = self.plans.plans.get(id as usize)
-                                        && w.stack.len() + (plan.depth as usize) < MAX_DEPTH
+                                        && let Some(depth) = self.capture_depth(id)
+                                        && w.stack.len() + (depth as usize) < MAX_DEPTH
                                     {
                                         let mut regs = Regs::of(w);
-                                        self.run_plan(id, &mut **rng, pkt, &mut regs);
+                                        self.take_capture(id, 0, &mut **rng, pkt, &mut regs);
                                         regs.store(w);
                                         return Ok(next_step(w));
                                     }
@@ -2301,6 +2386,30 @@ impl<'a> CompiledNetfilter<'a> {
         }
         best
     }
+}
+
+/// A record of `plan`'s count and step, if it has at most one, testing only the source.
+fn flat_step(p: &Plans, plan: &Plan, acts: &mut Vec<(u32, u32, u32)>) -> Option<FlatRec> {
+    let (s, n) = plan.steps;
+    let steps = p.steps.get(s as usize..(s + n) as usize)?;
+    let mut rec = FlatRec { count: plan.tail, ..FlatRec::default() };
+    let [step] = steps else { return steps.is_empty().then_some(rec) };
+    rec.count += step.count;
+    (rec.addr, rec.mask, rec.flags) = match step.test {
+        StepTest::Always => (0, 0, 0),
+        StepTest::Src4 { addr, mask, neg } => (addr, mask, if neg { flat::NEG } else { 0 }),
+        StepTest::Full(_) => return None,
+    };
+    let act = (step.extra, step.clear, step.xor);
+    let i = match acts.iter().position(|&a| a == act) {
+        Some(i) => i,
+        None => {
+            acts.push(act);
+            acts.len() - 1
+        }
+    };
+    rec.act = u8::try_from(i).ok()?;
+    Some(rec)
 }
 
 /// Resolves a cascade entered at its start: the matching rule's position, or `None` when the walk
@@ -3049,6 +3158,8 @@ mod tests {
                 .filter(|&&id| id != NO_PLAN)
                 .count();
             assert!(planned >= 12, "{endpoints} endpoints: {planned} capture rules planned");
+            // Every capture has kube-proxy's shape: it keeps its flat records, not its plans.
+            assert!(compiled.plans.plans.is_empty(), "{} plans kept", compiled.plans.plans.len());
             for i in 0..12 {
                 for src in [synthetic::pod_ip(i, 0, endpoints), ip("10.255.255.254")] {
                     let pkt = Packet::tcp(src, synthetic::service_ip(i), 80);

@@ -1079,22 +1079,22 @@ pub(super) fn header_matches(
     local_origin: bool,
     hook: Hook,
 ) -> bool {
-    if let Some((neg, p)) = h.proto
+    if let Some((neg, p)) = h.proto()
         && (pkt.proto == p) == neg
     {
         return false;
     }
-    if let Some((neg, net)) = &h.src
-        && net.contains(src) == *neg
+    if let Some((neg, net)) = h.src()
+        && net.contains(src) == neg
     {
         return false;
     }
-    if let Some((neg, net)) = &h.dst
-        && net.contains(dst) == *neg
+    if let Some((neg, net)) = h.dst()
+        && net.contains(dst) == neg
     {
         return false;
     }
-    if let Some(spec) = &h.in_iface {
+    if let Some(spec) = h.in_iface() {
         let iface = match (&pkt.origin, hook) {
             (_, Hook::Output) => return false,
             (Origin::Local, _) => "lo",
@@ -1104,7 +1104,7 @@ pub(super) fn header_matches(
             return false;
         }
     }
-    if let Some(spec) = &h.out_iface {
+    if let Some(spec) = h.out_iface() {
         let iface = match hook {
             Hook::Prerouting | Hook::Input => return false,
             _ if local_origin && dst.is_loopback() => "lo",
@@ -1114,7 +1114,7 @@ pub(super) fn header_matches(
             return false;
         }
     }
-    if let Some(frag) = h.fragment
+    if let Some(frag) = h.fragment()
         && frag
     {
         return false;

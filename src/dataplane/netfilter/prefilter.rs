@@ -60,8 +60,8 @@ impl Pre {
             }
             v4
         };
-        let src = net(h.src, NEG_SRC);
-        let dst = net(h.dst, NEG_DST);
+        let src = net(h.src(), NEG_SRC);
+        let dst = net(h.dst(), NEG_DST);
         (pre.src, pre.src_mask) = src.unwrap_or((0, 0));
         if let Some((addr, m)) = dst {
             pre.dst = addr;
@@ -70,7 +70,7 @@ impl Pre {
                 pre.dst_reject = m;
             }
         }
-        if let Some((neg, p)) = h.proto {
+        if let Some((neg, p)) = h.proto() {
             pre.proto = p;
             pre.flags |= HAS_PROTO;
             if neg {
@@ -95,10 +95,19 @@ impl Pre {
     }
 }
 
-/// The pre-tests of every chain of every table: `[table][chain][rule]`.
+/// The pre-tests of every chain of every table: per table, one array of every chain's rules in
+/// chain order, and where each chain starts in it (one allocation per table, not per chain: a
+/// large dump has a million chains of two rules).
 #[derive(Debug, Clone, Default)]
 pub struct Prefilters {
-    tables: Vec<Vec<Box<[Pre]>>>,
+    tables: Vec<TablePre>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TablePre {
+    pre: Box<[Pre]>,
+    /// Chain `c`'s pre-tests are `pre[starts[c]..starts[c + 1]]`.
+    starts: Box<[u32]>,
 }
 
 impl Prefilters {
@@ -107,10 +116,15 @@ impl Prefilters {
         let tables = tables
             .iter()
             .map(|t| {
-                t.chains
-                    .iter()
-                    .map(|c| c.rules.iter().map(|r| Pre::of(&r.header)).collect())
-                    .collect()
+                let rules = t.chains.iter().map(|c| c.rules.len()).sum();
+                let mut pre = Vec::with_capacity(rules);
+                let mut starts = Vec::with_capacity(t.chains.len() + 1);
+                for c in &t.chains {
+                    starts.push(pre.len() as u32);
+                    pre.extend(c.rules.iter().map(|r| Pre::of(&r.header)));
+                }
+                starts.push(pre.len() as u32);
+                TablePre { pre: pre.into_boxed_slice(), starts: starts.into_boxed_slice() }
             })
             .collect();
         Prefilters { tables }
@@ -119,7 +133,11 @@ impl Prefilters {
     /// The pre-tests of one chain (empty when out of range).
     #[inline]
     pub fn chain(&self, table: usize, chain: usize) -> &[Pre] {
-        self.tables.get(table).and_then(|t| t.get(chain)).map_or(&[], |c| c)
+        let Some(t) = self.tables.get(table) else { return &[] };
+        match (t.starts.get(chain), t.starts.get(chain + 1)) {
+            (Some(&a), Some(&b)) => t.pre.get(a as usize..b as usize).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     /// The first position at or after `from` whose rule may match an IPv4 packet, or `pre.len()`.
@@ -162,12 +180,7 @@ mod tests {
         src: Option<(bool, &str)>,
         dst: Option<(bool, &str)>,
     ) -> Header {
-        Header {
-            proto,
-            src: src.map(|(n, s)| (n, net(s))),
-            dst: dst.map(|(n, s)| (n, net(s))),
-            ..Header::default()
-        }
+        Header::new(proto, src.map(|(n, s)| (n, net(s))), dst.map(|(n, s)| (n, net(s))))
     }
 
     fn v4(s: &str) -> u32 {
@@ -195,9 +208,9 @@ mod tests {
         for h in &specs {
             let pre = Pre::of(h);
             for (s, d, p) in packets {
-                let full = h.proto.is_none_or(|(neg, q)| (p == q) != neg)
-                    && h.src.is_none_or(|(neg, n)| n.contains(s.parse().unwrap()) != neg)
-                    && h.dst.is_none_or(|(neg, n)| n.contains(d.parse().unwrap()) != neg);
+                let full = h.proto().is_none_or(|(neg, q)| (p == q) != neg)
+                    && h.src().is_none_or(|(neg, n)| n.contains(s.parse().unwrap()) != neg)
+                    && h.dst().is_none_or(|(neg, n)| n.contains(d.parse().unwrap()) != neg);
                 assert_eq!(pre.may_match(v4(s), v4(d), p), full, "{h:?} {s} {d} {p}");
             }
         }
@@ -227,7 +240,7 @@ mod tests {
             let net = |(neg, k, len): (bool, u32, u8)| {
                 (neg, Net::new(std::net::Ipv4Addr::from(spread(k)).into(), len))
             };
-            let h = Header { proto, src: src.map(net), dst: dst.map(net), ..Header::default() };
+            let h = Header::new(proto, src.map(net), dst.map(net));
             let (s, d, p) = (spread(pkt.0), spread(pkt.1), pkt.2);
             let mut packet = super::super::Packet::tcp(
                 std::net::Ipv4Addr::from(s).into(),
