@@ -1,7 +1,9 @@
 //! `verify`'s reasoning: which flows to send, what svcpath predicts for each, and whether what the
 //! kernel did agrees.
 //!
-//! This module never touches a kernel (that is [`crate::verify`]'s job); it plans and judges:
+//! This module never touches a kernel (that is [`crate::verify`]'s job); it plans and judges,
+//! for either proxy mode's walk ([`Model`]: iptables mode's [`Dataplane`], nftables mode's
+//! [`NftModel`], whose affinity sets play the part of the `-m recent` lists below):
 //!
 //! 1. [`Setting`]: the Service entry points ([`Entry`]: cluster IP, node port on the node's
 //!    primary address, localhost node port, external IPs, load-balancer IPs), the node's
