@@ -384,7 +384,7 @@ fn rows_of(
 
 /// The iptables mode: one sampled walk per connection, through the compiled evaluator
 /// ([`CompiledNetfilter`]: one 64-bit draw per statistic cascade, the same distribution as the
-/// kernel's draw per rule), in parallel chunks of [`CHUNK`] flows; deterministic for a seed
+/// kernel's draw per rule), in parallel chunks of `CHUNK` (65,536) flows; deterministic for a seed
 /// whatever the number of threads. `progress` receives the number of flows done so far.
 ///
 /// # Errors
@@ -446,7 +446,7 @@ pub fn run_iptables(
 
 /// The nftables mode: each connection lands as the exact walk of its client's packet says
 /// ([`NftDataplane::outcomes`]: `numgen random mod N` as the kernel scales its random number),
-/// drawn in parallel chunks of [`CHUNK`] flows, deterministic for a seed.
+/// drawn in parallel chunks of `CHUNK` (65,536) flows, deterministic for a seed.
 ///
 /// # Errors
 /// [`DistError::Input`] for no clients or a table that cannot be walked.

@@ -299,7 +299,7 @@ impl CascadeRun {
 
 /// The faithful model compiled into lookups; borrows the [`Netfilter`] it was built from.
 ///
-/// Every rule of every chain is one [`Op`] in a single array, chain after chain, so a walk is a
+/// Every rule of every chain is one `Op` in a single array, chain after chain, so a walk is a
 /// position in that array and a stack of (position, end of chain) frames.
 #[derive(Debug, Clone)]
 pub struct CompiledNetfilter<'a> {
