@@ -286,6 +286,9 @@ fn set(o: &Value, place: &str) -> Result<(Set, HashMap<IpAddr, f64>), NftJsonErr
         .and_then(Value::as_array)
         .map(|f| f.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
+    if let Some(f) = flags.iter().find(|f| !matches!(**f, "dynamic" | "timeout")) {
+        return Err(unsupported(&place, &format!("a set flag kube-proxy does not use ({f})"), o));
+    }
     let timeout = o.get("timeout").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok());
     // The listing drops `dynamic`; a set with a timeout is one kube-proxy's rules update.
     let flags = if flags.contains(&"timeout") { vec!["dynamic", "timeout"] } else { Vec::new() };
@@ -365,6 +368,15 @@ fn network(v: &Value) -> Option<IpNetwork> {
     let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
     let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
     IpNetwork::new(addr, len).ok()
+}
+
+/// Whether a `reject` statement's body is a plain `reject`, which nft -j spells out as the
+/// family's default: ICMP port unreachable.
+fn is_plain_reject(body: &Value) -> bool {
+    let default_type =
+        matches!(body.get("type").and_then(Value::as_str), Some("icmp" | "icmpv6" | "icmpx"));
+    body.is_null()
+        || (default_type && body.get("expr").and_then(Value::as_str) == Some("port-unreachable"))
 }
 
 fn is_meta(v: &Value, key: &str) -> bool {
@@ -565,7 +577,10 @@ fn rule(o: &Value, place: &str) -> Result<NftRule, NftJsonError> {
                     Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
                     _ => Vec::new(),
                 };
-                Expr::Masquerade { fully_random: flags.contains(&"fully-random") }
+                if flags.iter().any(|f| *f != "fully-random") {
+                    return Err(bad("a masquerade flag other than kube-proxy's `fully-random`"));
+                }
+                Expr::Masquerade { fully_random: !flags.is_empty() }
             }
             "set" => {
                 let op = body.get("op").and_then(Value::as_str);
@@ -577,6 +592,9 @@ fn rule(o: &Value, place: &str) -> Result<NftRule, NftJsonError> {
                 }
             }
             "dnat" => return Err(bad("a dnat without kube-proxy's `meta l4proto` before it")),
+            "reject" if !is_plain_reject(body) => {
+                return Err(bad("a `reject with …` (kube-proxy writes a plain `reject`)"));
+            }
             "jump" | "goto" | "return" | "drop" | "accept" | "reject" => {
                 Expr::Verdict(verdict(e).ok_or_else(|| bad("a verdict without a target"))?)
             }
@@ -673,6 +691,35 @@ mod tests {
         assert_eq!(exprs[0], Expr::InIface { neg: true, name: "veth*".into() });
         let e = parse(&rule(r"cbr\\*")).unwrap_err().to_string();
         assert!(e.contains("escaped character"), "{e}");
+    }
+
+    #[test]
+    fn what_kube_proxy_never_writes_is_refused_not_read_past() {
+        let rule = |expr: &str| {
+            doc(&format!(
+                r#"{{"rule": {{"family": "ip", "table": "kube-proxy", "chain": "services", "handle": 7,
+                   "expr": [{expr}]}}}}"#
+            ))
+        };
+        let l = parse(&rule(r#"{"masquerade": {"flags": "fully-random"}}"#)).unwrap();
+        let exprs = &l.tables[0].chain("services").unwrap().rules[0].exprs;
+        assert_eq!(exprs[0], Expr::Masquerade { fully_random: true });
+        let e = parse(&rule(r#"{"masquerade": {"flags": ["fully-random", "persistent"]}}"#));
+        assert!(e.unwrap_err().to_string().contains("masquerade flag"));
+        assert!(parse(&rule(r#"{"reject": null}"#)).is_ok());
+        let plain = r#"{"reject": {"type": "icmp", "expr": "port-unreachable"}}"#;
+        assert!(parse(&rule(plain)).is_ok(), "how nft -j lists a plain reject");
+        let e = parse(&rule(r#"{"reject": {"type": "tcp reset"}}"#)).unwrap_err();
+        assert!(e.to_string().contains("reject with"), "{e}");
+        let set = |flags: &str| {
+            doc(&format!(
+                r#"{{"set": {{"family": "ip", "name": "s", "table": "kube-proxy", "type": "ipv4_addr",
+                   "handle": 9, "flags": [{flags}]}}}}"#
+            ))
+        };
+        assert!(parse(&set(r#""timeout""#)).is_ok());
+        let e = parse(&set(r#""interval""#)).unwrap_err();
+        assert!(e.to_string().contains("set flag kube-proxy does not use (interval)"), "{e}");
     }
 
     #[test]
