@@ -479,17 +479,6 @@ pub fn fate_of(o: &Outcome, proto: Protocol, from_node: bool) -> Fate {
     }
 }
 
-/// Sums a walk's outcomes by (fate, masquerade).
-pub fn expectation_of(outcomes: &[Outcome], proto: Protocol, from_node: bool) -> Expectation {
-    let mut by: BTreeMap<(Fate, bool), f64> = BTreeMap::new();
-    for o in outcomes {
-        *by.entry((fate_of(o, proto, from_node), o.masquerade)).or_default() += o.probability;
-    }
-    by.into_iter()
-        .map(|((fate, masquerade), probability)| Predicted { fate, probability, masquerade })
-        .collect()
-}
-
 /// Why svcpath's own walk could not predict a flow.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
@@ -648,7 +637,7 @@ impl Model for NftModel {
 }
 
 /// Sums a model's outcomes by (fate, masquerade).
-fn expectation<M: Model>(
+pub fn expectation<M: Model>(
     model: &M,
     outcomes: &[M::Outcome],
     proto: Protocol,
