@@ -12,6 +12,7 @@ use super::traffic::{
     AgentCommand, Flow, FlowResult, Report, RunOptions, Topology, run_flows_nft, run_flows_with,
 };
 use super::{Backend, VerifyError};
+use crate::model::rules::Family;
 use crate::model::{IpFamily, Protocol};
 use crate::study::dataplane::{Dataplane, rules_family};
 use crate::study::verify::{
@@ -92,14 +93,8 @@ pub fn observe(
     setting: &Setting,
     opts: &CheckOptions,
 ) -> Result<Observation, VerifyError> {
-    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
-    let run_opts = RunOptions {
-        agent: opts.agent.clone(),
-        flow_timeout: opts.flow_timeout,
-        add_kube_jumps: true,
-    };
-    observe_with(dp, setting, opts, |topology, flows| {
-        run_flows_with(&dp.text, family, opts.backend, topology, flows, &run_opts)
+    observe_with(dp, setting, opts, true, |family, topology, flows, run_opts| {
+        run_flows_with(&dp.text, family, opts.backend, topology, flows, run_opts)
     })
 }
 
@@ -114,23 +109,19 @@ pub fn observe_nft(
     setting: &Setting,
     opts: &CheckOptions,
 ) -> Result<Observation, VerifyError> {
-    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
-    let run_opts = RunOptions {
-        agent: opts.agent.clone(),
-        flow_timeout: opts.flow_timeout,
-        add_kube_jumps: false,
-    };
-    observe_with(model, setting, opts, |topology, flows| {
-        run_flows_nft(nft_text, family, topology, flows, &run_opts)
+    observe_with(model, setting, opts, false, |family, topology, flows, run_opts| {
+        run_flows_nft(nft_text, family, topology, flows, run_opts)
     })
 }
 
-/// Plans with `model`, then `send`s the plan's flows through a kernel topology.
+/// Plans with `model`, then `send`s the plan's flows through a kernel topology (with the rules'
+/// family and the run options; `add_kube_jumps` for an iptables dump's missing jumps).
 fn observe_with<M: Model>(
     model: &M,
     setting: &Setting,
     opts: &CheckOptions,
-    send: impl FnOnce(&Topology, &[Flow]) -> Result<Report, VerifyError>,
+    add_kube_jumps: bool,
+    send: impl FnOnce(Family, &Topology, &[Flow], &RunOptions) -> Result<Report, VerifyError>,
 ) -> Result<Observation, VerifyError> {
     if setting.node_addrs.is_empty() {
         return Err(VerifyError::Invalid {
@@ -151,7 +142,10 @@ fn observe_with<M: Model>(
         .flows()
         .map(|(_, src, dst, proto, from_node)| Flow { src, dst, proto, from_node })
         .collect();
-    let report = send(&topology(&plan), &flows)?;
+    let family = rules_family(setting.family.unwrap_or(IpFamily::V4));
+    let run_opts =
+        RunOptions { agent: opts.agent.clone(), flow_timeout: opts.flow_timeout, add_kube_jumps };
+    let report = send(family, &topology(&plan), &flows, &run_opts)?;
     let seen = report.observed.iter().map(|o| seen_of(&o.result)).collect();
     Ok(Observation { plan, seen, report })
 }
