@@ -196,7 +196,9 @@ impl CaptureIndex {
         (key.hash() >> self.shift) as usize
     }
 
-    /// The slot of `key`, if any rule has it.
+    /// The slot of `key`, if any rule has it. The probe loop repeats `position`'s on
+    /// purpose: written as `self.slots.get(self.position(key)?)` the compiled lookup measured
+    /// 66 ns instead of 43 ns at 10 Services (criterion, 2026-11-28, same session).
     #[inline(always)]
     fn slot(&self, key: &IndexKey) -> Option<&IndexSlot> {
         if self.slots.is_empty() {
