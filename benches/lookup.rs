@@ -24,7 +24,7 @@ fn services_sweep(c: &mut Criterion) {
     for services in [10usize, 1_000, 10_000, 100_000] {
         let n = common::node(services, 10);
         let flows = common::flows(services, FLOWS);
-        let compiled = CompiledNetfilter::new(&n.nf, &n.ruleset);
+        let compiled = CompiledNetfilter::new(&n.nf);
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(1);
         g.throughput(Throughput::Elements(1));
         g.measurement_time(Duration::from_secs(if services >= 10_000 { 4 } else { 2 }));
@@ -76,7 +76,7 @@ fn endpoints_sweep(c: &mut Criterion) {
         let services = 100;
         let n = common::node(services, endpoints);
         let flows = common::flows(services, FLOWS);
-        let compiled = CompiledNetfilter::new(&n.nf, &n.ruleset);
+        let compiled = CompiledNetfilter::new(&n.nf);
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(2);
         let mut k = 0usize;
         g.throughput(Throughput::Elements(1));

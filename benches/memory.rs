@@ -84,7 +84,7 @@ fn child(path: &str) {
     let _ = stage(t, "parsed", rules);
     let nf = Netfilter::new(&ruleset).unwrap_or_else(|e| fail(path, e));
     let _ = stage(t, "compiled", rules);
-    let compiled = CompiledNetfilter::new(&nf, &ruleset);
+    let compiled = CompiledNetfilter::new(&nf);
     let _ = stage(t, "indexed", rules);
     println!(
         "memory/summary: {rules} rules, {lines} lines, {} text bytes, {:?}",

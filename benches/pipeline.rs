@@ -83,7 +83,7 @@ fn sim(c: &mut Criterion) {
     let services = 1_000;
     let n = common::node(services, 10);
     let flows = common::flows(services, 1024);
-    let compiled = CompiledNetfilter::new(&n.nf, &n.ruleset);
+    let compiled = CompiledNetfilter::new(&n.nf);
     g.throughput(Throughput::Elements(flows.len() as u64));
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
     g.bench_function(BenchmarkId::new("faithful_1k_x10", flows.len()), |b| {

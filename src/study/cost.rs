@@ -409,7 +409,7 @@ pub fn walk_costs(
     rules: &Priced<'_>,
     packets: &[(usize, Packet)],
 ) -> Result<(Spread, f64, Spread), CostError> {
-    let compiled = CompiledNetfilter::new(rules.netfilter, rules.ruleset);
+    let compiled = CompiledNetfilter::new(rules.netfilter);
     let mut first = Vec::with_capacity(packets.len());
     let mut est = Vec::with_capacity(packets.len());
     let mut last = (0usize, 0.0f64);
@@ -691,7 +691,7 @@ pub fn ipvs_row_rendered(
         ipsets: IpSets::new(state.ipsets.iter().cloned()),
         ..Env::default()
     };
-    let compiled = CompiledNetfilter::new(&state.iptables.netfilter, &state.iptables.ruleset);
+    let compiled = CompiledNetfilter::new(&state.iptables.netfilter);
     let (mut first, mut est) = (Vec::new(), Vec::new());
     let (mut lookups, mut steps, mut last) = (0u32, 0u32, 0.0f64);
     let t1 = Instant::now();

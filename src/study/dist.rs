@@ -413,7 +413,7 @@ pub fn run_iptables(
             *expected.entry(Landing::of(&o).label()).or_default() += w * o.probability;
         }
     }
-    let compiled = CompiledNetfilter::new(&dp.netfilter, &dp.ruleset);
+    let compiled = CompiledNetfilter::new(&dp.netfilter);
     let packets: Vec<Packet> = req.clients.iter().map(|&c| packet(dp, req, c, 0)).collect();
     let done = AtomicU64::new(0);
     let chunks: Vec<Result<HashMap<Landing, u64>, EvalError>> = (0..req.flows.div_ceil(CHUNK))

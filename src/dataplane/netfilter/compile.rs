@@ -55,6 +55,16 @@ impl Net {
         v6 == self.v6 && (a & self.mask()) == u128::from_be_bytes(self.addr)
     }
 
+    /// The address, when the prefix is a single host (`/32` or `/128`).
+    pub fn host(&self) -> Option<IpAddr> {
+        let a = u128::from_be_bytes(self.addr);
+        match (self.v6, self.len) {
+            (false, 32) => Some(IpAddr::V4((a as u32).into())),
+            (true, 128) => Some(IpAddr::V6(a.into())),
+            _ => None,
+        }
+    }
+
     /// An IPv4 prefix as (masked address, mask); `None` for IPv6.
     #[inline]
     pub fn v4(&self) -> Option<(u32, u32)> {

@@ -37,20 +37,18 @@
 //!   but the same distribution; a cascade entered in its middle (after a `RETURN` from a rule's
 //!   chain) is walked rule by rule.
 //!
-//! The index needs the destination address of each rule, which the compiled header keeps in a
-//! private form, so [`CompiledNetfilter::new`] also takes the [`Ruleset`] the model was compiled
-//! from; a rule whose source does not agree with its compiled header is simply not indexed.
+//! The index reads everything from the compiled model (a host destination is a full-length
+//! prefix of its header), so it needs neither the rule set nor its text.
 
 use std::net::IpAddr;
 
 use super::Netfilter;
-use super::compile::{CompiledRule, CompiledTable, Match, Net, PortRange, Target, ctstate};
+use super::compile::{CompiledRule, Match, Net, PortRange, Target, ctstate};
 use super::eval::{Cursor, Test, header_matches, test_match};
 use super::eval::{
     Delivery, Effect, Env, EvalError, Hook, HookMap, MAX_DEPTH, MAX_EXACT_BYTES, MAX_OUTCOMES,
     Origin, Outcome, Packet, Verdict,
 };
-use crate::model::rules::{Arg, Ruleset, Statement};
 
 /// Slots of the cache that lets rules with one [`Pure4`] test share it.
 const PURE4_CACHE: usize = 1 << 16;
@@ -1021,27 +1019,7 @@ enum Capture {
     AnyDst { proto: u8, dport: Option<u16> },
 }
 
-/// The destination written in the rule's source, when it is a host address.
-fn source_host(ruleset: &Ruleset, table: &CompiledTable, rule: &CompiledRule) -> Option<IpAddr> {
-    let stmt = ruleset.tables.get(table.source)?.statements.get(rule.stmt as usize)?;
-    let Statement::Rule(r) = &stmt.stmt else { return None };
-    r.args()
-        .filter_map(|a| match a {
-            Arg::Destination { neg: false, addr } => {
-                let full = if addr.net.ip().is_ipv4() { 32 } else { 128 };
-                (addr.net.prefix() == full).then(|| addr.net.ip())
-            }
-            _ => None,
-        })
-        .last()
-}
-
-fn capture_of(
-    ruleset: &Ruleset,
-    table: &CompiledTable,
-    rule: &CompiledRule,
-    pos: u32,
-) -> Option<Capture> {
+fn capture_of(rule: &CompiledRule, pos: u32) -> Option<Capture> {
     let h = &rule.header;
     let (false, proto) = h.proto()? else { return None };
     if h.src().is_some()
@@ -1067,8 +1045,8 @@ fn capture_of(
     match h.dst() {
         None => Some(Capture::AnyDst { proto, dport }),
         Some((true, _)) => None,
-        Some((false, net)) => match source_host(ruleset, table, rule) {
-            Some(ip) if Net::new(ip, if ip.is_ipv4() { 32 } else { 128 }) == net => {
+        Some((false, net)) => match net.host() {
+            Some(ip) => {
                 let (addr, v6) = addr_key(ip);
                 Some(Capture::Host { addr, v6, proto, dport })
             }
@@ -1111,9 +1089,8 @@ fn addr_key(ip: IpAddr) -> (u128, bool) {
 }
 
 impl<'a> CompiledNetfilter<'a> {
-    /// Compiles `nf`, which must have been built from `ruleset` (rules whose source disagrees are
-    /// evaluated one by one instead of indexed).
-    pub fn new(nf: &'a Netfilter, ruleset: &Ruleset) -> CompiledNetfilter<'a> {
+    /// Compiles `nf` into its index.
+    pub fn new(nf: &'a Netfilter) -> CompiledNetfilter<'a> {
         // Where each chain starts in the flat array.
         let mut base: Vec<Vec<u32>> = Vec::with_capacity(nf.tables.len());
         let mut total = 0u32;
@@ -1205,7 +1182,7 @@ impl<'a> CompiledNetfilter<'a> {
                     let mut j = i;
                     let mut caps = Vec::new();
                     while j < n {
-                        match capture_of(ruleset, table, &chain.rules[j], b + j as u32) {
+                        match capture_of(&chain.rules[j], b + j as u32) {
                             Some(c) => caps.push(c),
                             None => break,
                         }
@@ -2945,7 +2922,7 @@ mod tests {
     use super::*;
     use crate::formats::iptables_save;
     use crate::kubeproxy::iptables::{NodeEnv, sync};
-    use crate::model::rules::Family;
+    use crate::model::rules::{Arg, Family, Ruleset};
     use crate::model::{Cluster, IpFamily, NodeView};
     use crate::study::synthetic::{self, Shape};
 
@@ -2991,7 +2968,7 @@ mod tests {
 
     /// Checks exact agreement and that samples land on exact outcomes; returns a failure text.
     fn agree(r: &Rules, pkt: &Packet, seed: u64) -> Result<(), String> {
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         let faithful = sorted(&r.nf.evaluate(&r.env, pkt).map_err(|e| e.to_string())?);
         let fast = sorted(&compiled.exact(&r.env, pkt).map_err(|e| e.to_string())?);
         if faithful.len() != fast.len() {
@@ -3117,7 +3094,7 @@ mod tests {
             synthetic::uniform(Shape { services: 20, endpoints: 5, node_ports: false }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
         let r = rules_of(&c, &node);
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         let s = compiled.stats();
         assert!(s.indexed_rules >= 20, "{s:?}");
         assert_eq!(s.cascades, 20, "{s:?}");
@@ -3130,7 +3107,7 @@ mod tests {
             synthetic::uniform(Shape { services: 50, endpoints: 1, node_ports: false }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
         let r = rules_of(&c, &node);
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         let first = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(0), 80);
         let last = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(49), 80);
         let a = compiled.exact(&r.env, &first).unwrap();
@@ -3152,7 +3129,7 @@ mod tests {
             let c = synthetic::uniform(shape).unwrap();
             let node = c.node_view(None, &[]).unwrap();
             let r = rules_of(&c, &node);
-            let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+            let compiled = CompiledNetfilter::new(&r.nf);
             let planned: usize = compiled
                 .indexed
                 .iter()
@@ -3226,7 +3203,7 @@ mod tests {
         let nf = Netfilter::new(&ruleset).unwrap();
         let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
         let r = Rules { ruleset, nf, env };
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         assert!(!compiled.summaries.is_empty(), "nat POSTROUTING is summarised");
         let mut local = Packet::tcp(ip("192.168.0.10"), ip("192.168.0.10"), 80);
         local.origin = Origin::Local;
@@ -3264,7 +3241,7 @@ mod tests {
         let nf = Netfilter::new(&ruleset).unwrap();
         let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
         let r = Rules { ruleset, nf, env };
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         assert_eq!(compiled.stats().indexed_rules, 9, "{:?}", compiled.stats());
         for (dst, port, proto, mark, rules) in [
             ("10.96.0.1", 80, 6, 0x13f, 12),
@@ -3292,7 +3269,7 @@ mod tests {
         let c = synthetic::uniform(Shape { services: 3, endpoints: 4, node_ports: false }).unwrap();
         let node = c.node_view(None, &[]).unwrap();
         let r = rules_of(&c, &node);
-        let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+        let compiled = CompiledNetfilter::new(&r.nf);
         let pkt = Packet::tcp(ip("10.200.0.1"), synthetic::service_ip(1), 80);
         let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(11);
         let mut counts = std::collections::BTreeMap::new();
@@ -3702,7 +3679,7 @@ mod tests {
         for seed in 0..64 {
             let ruleset = iptables_save::parse(&random_service_ruleset(seed), Family::V4).unwrap();
             let nf = Netfilter::new(&ruleset).unwrap();
-            let compiled = CompiledNetfilter::new(&nf, &ruleset);
+            let compiled = CompiledNetfilter::new(&nf);
             let plans = compiled.indexed.iter().flat_map(|r| &r.plans).filter(|&&p| p != NO_PLAN);
             let n = plans.count();
             planned += n;
@@ -3778,7 +3755,7 @@ mod tests {
             let nf = Netfilter::new(&ruleset).unwrap();
             let env = Env { local: vec![ip("192.168.0.10")], ..Env::default() };
             let r = Rules { ruleset, nf, env };
-            let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+            let compiled = CompiledNetfilter::new(&r.nf);
             composed += compiled.tails.iter().flatten().count();
             for dst in ["192.168.0.10", "10.96.0.1"] {
                 for mark in [0u32, 0x1, 0x5, 0x10b, 0xffff_ffff] {
@@ -4040,7 +4017,7 @@ mod tests {
                     match r.nf.evaluate(&r.env, &p) {
                         Err(EvalError::TooManyBranches { .. }) => continue,
                         Err(e) => {
-                            let compiled = CompiledNetfilter::new(&r.nf, &r.ruleset);
+                            let compiled = CompiledNetfilter::new(&r.nf);
                             let fast = compiled.exact(&r.env, &p).map(|o| o.len());
                             prop_assert!(fast.is_err(), "faithful: {e}; compiled: {fast:?}");
                             continue;
