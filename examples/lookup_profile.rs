@@ -41,7 +41,7 @@ fn main() -> Result<(), String> {
     let (services, rounds, count) = (arg(1, 1000)?, arg(2, 2000)?, arg(3, 64)?);
     let n = common::node(services, 10);
     let flows = common::flows(services, count);
-    let compiled = CompiledNetfilter::new(&n.nf, &n.ruleset);
+    let compiled = CompiledNetfilter::new(&n.nf);
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
     let mut rules = 0u64;
     let t = Instant::now();
