@@ -1,15 +1,16 @@
 //! Peak resident memory per rule of the pipeline a user runs (not a criterion benchmark).
 //!
-//! `svcpath trace --iptables-save DUMP` reads the dump, parses it, compiles the netfilter model
-//! and keeps all three (the text, the parsed rule set and the model: `study::Dataplane`); the cost
-//! sweeps also build the compiled index. This benchmark measures exactly that, in a fresh process:
+//! `svcpath trace --iptables-save DUMP` reads the dump, parses it and compiles the netfilter model
+//! (`study::Dataplane::from_text`, which keeps the text and the model and drops the parsed rules);
+//! the cost sweeps and `sim` also build the compiled index. This benchmark measures exactly that,
+//! in a fresh process:
 //!
 //! 1. the parent builds the uniform cluster of `SVCPATH_MEM_SERVICES` (default 100 000) Services ×
 //!    `SVCPATH_MEM_ENDPOINTS` (default 10) endpoints, renders kube-proxy's dump into a temporary
 //!    file and reports its own peak (rendering is not part of the user's pipeline);
-//! 2. a child process (this executable again, with `SVCPATH_MEM_DUMP` set) reads the file, parses
-//!    it, compiles it and indexes it, printing its peak RSS (`VmHWM` in /proc/self/status) after
-//!    each stage; bytes/rule divides that peak by the number of rules of the dump.
+//! 2. a child process (this executable again, with `SVCPATH_MEM_DUMP` set) reads the file, makes
+//!    the `Dataplane` of it and indexes it, printing its peak RSS (`VmHWM` in /proc/self/status)
+//!    after each stage; bytes/rule divides that peak by the number of rules of the dump.
 //!
 //! To compare builds on one dump, `SVCPATH_MEM_WRITE=FILE` makes the parent write the dump to
 //! `FILE` and stop; `SVCPATH_MEM_DUMP=FILE` then runs the child's stages alone on it. With
@@ -18,13 +19,13 @@
 
 use std::time::Instant;
 
-use svcpath::dataplane::netfilter::Netfilter;
 use svcpath::dataplane::netfilter::compile::{CompiledRule, Header, Match, Target};
 use svcpath::dataplane::netfilter::compiled::CompiledNetfilter;
 use svcpath::formats::iptables_save;
 use svcpath::kubeproxy::iptables::NodeEnv;
 use svcpath::model::IpFamily;
 use svcpath::model::rules::{Arg, Family, Located, Rule};
+use svcpath::study::dataplane::Dataplane;
 use svcpath::study::synthetic::{self, Shape};
 
 /// The variable that puts this executable in child mode: the dump to read.
@@ -74,21 +75,15 @@ fn child(path: &str) {
         .map_err(|e| e.to_string())
         .and_then(|b| String::from_utf8(b).map_err(|e| e.to_string()))
         .unwrap_or_else(|e| fail(path, e));
-    // As `study::Dataplane` keeps it: one copy, which the parsed rules share.
-    let text = std::sync::Arc::<str>::from(text);
-    let lines = text.lines().count();
+    let (lines, bytes) = (text.lines().count(), text.len());
     let _ = stage(t, "read", 0);
-    let ruleset = iptables_save::parse_shared(std::sync::Arc::clone(&text), Family::V4)
-        .unwrap_or_else(|e| fail(path, e));
-    let rules = ruleset.rule_count();
-    let _ = stage(t, "parsed", rules);
-    let nf = Netfilter::new(&ruleset).unwrap_or_else(|e| fail(path, e));
-    let _ = stage(t, "compiled", rules);
-    let compiled = CompiledNetfilter::new(&nf);
+    let dp = Dataplane::from_text(text, path, Family::V4, vec![]).unwrap_or_else(|e| fail(path, e));
+    let rules = dp.rules;
+    let _ = stage(t, "dataplane (parsed, compiled, parsed rules dropped)", rules);
+    let compiled = CompiledNetfilter::new(&dp.netfilter);
     let _ = stage(t, "indexed", rules);
     println!(
-        "memory/summary: {rules} rules, {lines} lines, {} text bytes, {:?}",
-        text.len(),
+        "memory/summary: {rules} rules, {lines} lines, {bytes} text bytes, {:?}",
         compiled.stats()
     );
     println!(
@@ -101,12 +96,10 @@ fn child(path: &str) {
         size_of::<Match>(),
         size_of::<Target>()
     );
-    // The text, the rule set and the model stay alive to here, as in `study::Dataplane`.
+    // The text, the model and the index stay alive to here, as in a study.
     if std::env::var_os("SVCPATH_MEM_LEAK").is_some() {
         std::mem::forget(compiled);
-        std::mem::forget(nf);
-        std::mem::forget(ruleset);
-        std::mem::forget(text);
+        std::mem::forget(dp);
     }
 }
 
@@ -147,7 +140,7 @@ fn main() {
     print!("{child_report}");
     report.push(format!(
         "memory/shape: {services} services x {endpoints} endpoints; the stages after 'rendered' \
-         are a fresh process running read → parse → compile → index on the dump file"
+         are a fresh process running read → dataplane (parse, compile) → index on the dump file"
     ));
     report.extend(child_report.lines().map(str::to_owned));
     let mut text = report.join("\n");

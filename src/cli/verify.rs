@@ -156,7 +156,7 @@ impl VerifyArgs {
                         "a dump needs the node's addresses: add --node-ip IP (the address node ports answer on)"
                     );
                 }
-                Setting::from_rules(&dp, family, &self.input.node_ip)
+                Setting::from_rules(&dp, family, &self.input.node_ip)?
             }
         };
         if setting.entries.is_empty() {

@@ -392,8 +392,6 @@ pub fn pod_source(cluster: &Cluster, family: IpFamily) -> IpAddr {
 
 /// The rules a study runs on: a node's dump, compiled, with what it is for.
 pub struct Priced<'a> {
-    /// The parsed dump.
-    pub ruleset: &'a Ruleset,
     /// Its netfilter model.
     pub netfilter: &'a Netfilter,
     /// The node's addresses.
@@ -554,8 +552,7 @@ pub fn iptables_row(
     let env = Env { local: node.addresses.clone(), ..Env::default() };
     let packets = entry_packets(cluster, node, family, pod_source(cluster, family));
     let t3 = Instant::now();
-    let (first, last, est) =
-        walk_costs(&Priced { ruleset: &ruleset, netfilter: &nf, env: &env }, &packets)?;
+    let (first, last, est) = walk_costs(&Priced { netfilter: &nf, env: &env }, &packets)?;
     let walk_ms = ms(t3);
     let mut costs = SyncCosts { full, ..SyncCosts::default() };
     if let Some(((one_more_ep, one_more_svc), unchanged)) = changes {
@@ -732,7 +729,7 @@ pub fn ipvs_row_rendered(
     let per = endpoints_per_service(cluster).round().max(0.0) as usize;
     let ports: usize = state.table.services.len();
     let real_servers: usize = state.table.services.iter().map(|v| v.real_servers.len()).sum();
-    let iptables_rules = state.iptables.ruleset.rule_count();
+    let iptables_rules = state.iptables.rules;
     let ipvsadm = crate::formats::ipvsadm::render_save(&state.table);
     let ipset = crate::formats::ipset::render(&state.ipsets);
     let dump_lines =
@@ -753,14 +750,7 @@ pub fn ipvs_row_rendered(
         sched_steps: steps,
         first_packet_ns: ns,
         rules: iptables_rules + ports + real_servers,
-        chains: state
-            .iptables
-            .ruleset
-            .tables
-            .iter()
-            .flat_map(|t| &t.statements)
-            .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
-            .count(),
+        chains: state.iptables.user_chains,
         dump_lines,
         dump_bytes,
         sync: SyncCosts {
@@ -1026,8 +1016,7 @@ pub fn price_dump(text: &str, family: Family, local: Vec<IpAddr>) -> Result<Cost
     }
     let env = Env { local, ..Env::default() };
     let t3 = Instant::now();
-    let (first, last, est) =
-        walk_costs(&Priced { ruleset: &ruleset, netfilter: &nf, env: &env }, &packets)?;
+    let (first, last, est) = walk_costs(&Priced { netfilter: &nf, env: &env }, &packets)?;
     let walk_ms = ms(t3);
     let w = whole(&ruleset);
     Ok(CostRow {

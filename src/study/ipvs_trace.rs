@@ -408,7 +408,7 @@ pub enum IpvsTraceError {
 
 /// The companion rules with only the built-in chains in `keep` populated (user chains kept).
 fn restricted(dp: &Dataplane, keep: &[(&str, &str)]) -> Result<Dataplane, IpvsTraceError> {
-    let mut rs: Ruleset = dp.ruleset.clone();
+    let mut rs: Ruleset = dp.ruleset().map_err(|e| IpvsTraceError::Compile(e.to_string()))?;
     for t in &mut rs.tables {
         let builtins = crate::dataplane::netfilter::compile::builtin_chains(&t.name);
         let tname = t.name.clone();
@@ -421,17 +421,7 @@ fn restricted(dp: &Dataplane, keep: &[(&str, &str)]) -> Result<Dataplane, IpvsTr
         });
     }
     let nf = Netfilter::new(&rs).map_err(|e| IpvsTraceError::Compile(e.to_string()))?;
-    // Field by field: `..dp.clone()` would copy the rule set, the model and the cluster only to
-    // drop them.
-    Ok(Dataplane {
-        origin: dp.origin.clone(),
-        text: std::sync::Arc::clone(&dp.text),
-        ruleset: rs,
-        netfilter: nf,
-        local: dp.local.clone(),
-        node: dp.node.clone(),
-        cluster: None,
-    })
+    Ok(dp.edited(&rs, nf))
 }
 
 const BEFORE_REMOTE: &[(&str, &str)] = &[

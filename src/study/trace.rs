@@ -363,7 +363,7 @@ pub fn hop_view(dp: &Dataplane, h: &Hop) -> HopView {
         && let Some(rule) = t.chains.get(h.chain).and_then(|c| c.rules.get(r))
     {
         v.line = Some(rule.line as usize);
-        v.text = Some(dp.statement_text(t.source, rule.stmt as usize));
+        v.text = Some(dp.rule_text(rule.line as usize));
     }
     match &h.event {
         Event::Enter => v.event = "enter".into(),
@@ -479,7 +479,7 @@ pub fn trace(dp: &Dataplane, req: &TraceRequest, env: &Env) -> Result<Trace, Eva
         rules_evaluated: expected,
         rules_evaluated_min: min,
         rules_evaluated_max: max,
-        rules_total: dp.ruleset.rule_count(),
+        rules_total: dp.rules,
         hops: common,
         at: env.now,
         history: Vec::new(),

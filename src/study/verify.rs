@@ -55,7 +55,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use super::dataplane::Dataplane;
+use super::dataplane::{Dataplane, DataplaneError};
 use super::dist::chi_square;
 use super::trace::{TraceRequest, packet};
 use crate::dataplane::netfilter::compile::{Match, RecentCmd, Target};
@@ -247,12 +247,20 @@ impl Setting {
     /// `KUBE-NODEPORTS`, `KUBE-EXTERNAL-SERVICES`), the source ranges of its `KUBE-FW-*` chains and
     /// the cluster CIDR of its `! -s CIDR … -j KUBE-MARK-MASQ` rules. `node_addrs` are the node's
     /// addresses (`--node-ip`).
-    pub fn from_rules(dp: &Dataplane, family: IpFamily, node_addrs: &[IpAddr]) -> Setting {
+    ///
+    /// # Errors
+    /// None in practice: the rules are parsed again from the dataplane's text, which parsed once.
+    pub fn from_rules(
+        dp: &Dataplane,
+        family: IpFamily,
+        node_addrs: &[IpAddr],
+    ) -> Result<Setting, DataplaneError> {
+        let ruleset = dp.ruleset()?;
         let node_addrs: Vec<IpAddr> =
             node_addrs.iter().copied().filter(|a| family.contains(a) && !a.is_loopback()).collect();
         let mut ranges: BTreeMap<String, Vec<IpNetwork>> = BTreeMap::new();
         let mut pod_cidrs = Vec::new();
-        for table in &dp.ruleset.tables {
+        for table in &ruleset.tables {
             for r in table.rules() {
                 if r.chain.starts_with(FW_PREFIX)
                     && r.target().is_some_and(|t| t.starts_with(EXT_PREFIX))
@@ -272,7 +280,7 @@ impl Setting {
         }
         let mut entries = Vec::new();
         let mut taken = Vec::new();
-        for table in &dp.ruleset.tables {
+        for table in &ruleset.tables {
             for r in table.rules() {
                 let chain = r.chain.as_str();
                 if ![KUBE_SERVICES, KUBE_NODEPORTS, KUBE_EXTERNAL_SERVICES].contains(&chain) {
@@ -333,7 +341,7 @@ impl Setting {
         }
         taken.extend(dnat_targets(dp).into_iter().map(|a| a.ip()));
         dedup_entries(&mut entries);
-        Setting { family: Some(family), node_addrs, pod_cidrs, entries, taken }
+        Ok(Setting { family: Some(family), node_addrs, pod_cidrs, entries, taken })
     }
 }
 
@@ -1472,7 +1480,7 @@ mod tests {
     fn rules_of_a_dump_give_the_same_entries_and_source_ranges() {
         let (dp, from_cluster) = setup(LB);
         let node: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap()];
-        let from_rules = Setting::from_rules(&dp, IpFamily::V4, &node);
+        let from_rules = Setting::from_rules(&dp, IpFamily::V4, &node).unwrap();
         let key = |s: &Setting| {
             let mut v: Vec<(EntryKind, SocketAddr)> =
                 s.entries.iter().map(|e| (e.kind, e.dst)).collect();

@@ -274,7 +274,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Calibration, VerifyError> {
     Ok(Calibration {
         backend: format!("iptables-{}", opts.backend.as_str()),
         services: opts.services,
-        rules_total: dp.ruleset.rule_count(),
+        rules_total: dp.rules,
         rules_first,
         rules_last,
         flows: opts.flows,

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use rayon::prelude::*;
 
-use crate::model::rules::{Arg, Family, Name, NameMap, Policy, Rule, Ruleset, Statement, Word};
+use crate::model::rules::{
+    Arg, Family, Located, Name, NameMap, Policy, Rule, Ruleset, Statement, Word,
+};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
 ///
@@ -597,16 +599,15 @@ fn err(line: usize, kind: CompileErrorKind) -> CompileError {
     CompileError { line, kind }
 }
 
-/// A chain being built: name, policy, and its rules (borrowed from the rule set) with their line
-/// and statement index.
-type ChainBuild<'r> = (Name, Option<bool>, Vec<(usize, usize, &'r Rule)>);
+/// A chain being built: name, policy, and its rules as (line, index of the statement).
+type ChainBuild = (Name, Option<bool>, Vec<(u32, u32)>);
 
-struct Builder<'r> {
-    chains: Vec<ChainBuild<'r>>,
+struct Builder {
+    chains: Vec<ChainBuild>,
     by_name: NameMap<usize>,
 }
 
-impl Builder<'_> {
+impl Builder {
     fn chain_mut(&mut self, name: &str, table: &str, line: usize) -> Result<usize, CompileError> {
         self.by_name.get(name).copied().ok_or_else(|| {
             err(line, CompileErrorKind::NoSuchChain(name.to_owned(), table.to_owned()))
@@ -628,105 +629,206 @@ impl Builder<'_> {
     }
 }
 
+/// A table's statements while they are compiled: borrowed, or owned and then freed from the end
+/// as the chains that read them are done.
+enum Statements<'r> {
+    Borrowed(&'r [Located]),
+    Owned(Vec<Located>),
+}
+
+impl Statements<'_> {
+    fn get(&self) -> &[Located] {
+        match self {
+            Statements::Borrowed(s) => s,
+            Statements::Owned(v) => v,
+        }
+    }
+
+    /// Frees every statement from `keep` on (when owned), giving their memory back.
+    fn release(&mut self, keep: usize) {
+        if let Statements::Owned(v) = self
+            && keep < v.len()
+        {
+            v.truncate(keep);
+            v.shrink_to_fit();
+        }
+    }
+}
+
 /// Compiles every table of a rule set.
 ///
 /// # Errors
 /// What `iptables-restore` would refuse: jumps to missing chains, loops, NAT targets outside the nat
 /// table, malformed option values.
 pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
+    let tables =
+        ruleset.tables.iter().map(|t| (t.name.as_str(), Statements::Borrowed(&t.statements)));
+    compile_tables(ruleset.family, tables)
+}
+
+/// Compiles every table of a rule set that is not needed afterwards, freeing the parsed rules as
+/// their chains are compiled: the model and the whole parsed rule set are never resident at
+/// once (for a dump whose chains are written in one piece each, as `iptables-save` writes them).
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_owned(ruleset: Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
+    let Ruleset { family, tables } = ruleset;
+    let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let tables = tables
+        .into_iter()
+        .zip(&names)
+        .map(|(t, name)| (name.as_str(), Statements::Owned(t.statements)));
+    compile_tables(family, tables)
+}
+
+fn compile_tables<'r>(
+    family: Family,
+    tables: impl Iterator<Item = (&'r str, Statements<'r>)>,
+) -> Result<Vec<CompiledTable>, CompileError> {
     let mut out: Vec<CompiledTable> = Vec::new();
-    for (ti, table) in ruleset.tables.iter().enumerate() {
-        let mut b = Builder { chains: Vec::new(), by_name: NameMap::default() };
-        for name in builtin_chains(&table.name) {
-            b.declare(&Name::new_static(name), Some(true));
-        }
-        for (si, st) in table.statements.iter().enumerate() {
-            let line = st.line;
-            match &st.stmt {
-                Statement::Chain(decl) => {
-                    let policy = decl.policy.map(|p| p == Policy::Accept);
-                    b.declare(&decl.name, policy);
-                }
-                Statement::NewChain(name) => b.declare(name, None),
-                Statement::FlushChain(Some(name)) => {
-                    let i = b.chain_mut(name, &table.name, line)?;
-                    b.chains[i].2.clear();
-                }
-                Statement::FlushChain(None) => b.chains.iter_mut().for_each(|c| c.2.clear()),
-                Statement::DeleteChain(Some(name)) => {
-                    let i = b.chain_mut(name, &table.name, line)?;
-                    if b.chains[i].1.is_some() {
-                        return Err(err(
-                            line,
-                            CompileErrorKind::CannotDelete(
-                                name.to_string(),
-                                "it is a built-in chain",
-                            ),
-                        ));
-                    }
-                    b.chains.remove(i);
-                    b.by_name =
-                        b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
-                }
-                Statement::DeleteChain(None) => {
-                    b.chains.retain(|c| c.1.is_some());
-                    b.by_name =
-                        b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
-                }
-                Statement::Rule(rule) => {
-                    let i = b.chain_mut(&rule.chain, &table.name, line)?;
-                    let rules = &mut b.chains[i].2;
-                    match rule.op {
-                        crate::model::rules::RuleOp::Append => rules.push((line, si, rule)),
-                        crate::model::rules::RuleOp::Insert(pos) => {
-                            let at = pos.unwrap_or(1).saturating_sub(1) as usize;
-                            if at > rules.len() {
-                                return Err(err(
-                                    line,
-                                    CompileErrorKind::BadValue {
-                                        option: "insert".into(),
-                                        value: at.to_string(),
-                                        hint: "index past the end of the chain",
-                                    },
-                                ));
-                            }
-                            rules.insert(at, (line, si, rule));
-                        }
-                    }
-                }
-            }
-        }
-        let by_name = std::mem::take(&mut b.by_name);
-        // Rules compile independently, so chains compile in parallel; the error reported is the
-        // one a walk in chain order meets first.
-        let compile_chain = |(name, policy, rules): ChainBuild<'_>| {
-            let mut compiled = Vec::with_capacity(rules.len());
-            for (line, stmt, rule) in rules {
-                let mut c = compile_rule(rule, ruleset.family, &by_name, &table.name)
-                    .map_err(|kind| err(line, kind))?;
-                c.line = u32::try_from(line).unwrap_or(u32::MAX);
-                c.stmt = u32::try_from(stmt).unwrap_or(u32::MAX);
-                compiled.push(c);
-            }
-            Ok(Chain { name, policy, rules: compiled })
-        };
-        let chains = b
-            .chains
-            .into_par_iter()
-            .with_min_len(64)
-            .map(compile_chain)
-            .collect::<Vec<Result<Chain, CompileError>>>()
-            .into_iter()
-            .collect::<Result<Vec<Chain>, CompileError>>()?;
-        drop(by_name);
-        // The collection above reuses the vector of results, whose slots are larger.
-        let mut chains = chains;
-        chains.shrink_to_fit();
-        let ct = CompiledTable::new(table.name.clone(), ti, chains);
+    for (ti, (name, statements)) in tables.enumerate() {
+        let ct = compile_table(family, ti, name, statements)?;
         check_loops(&ct)?;
         out.push(ct);
     }
     Ok(out)
+}
+
+/// How many batches the chains of a large table compile in: after each, the statements only
+/// later batches read are freed.
+const RELEASE_BATCHES: usize = 32;
+
+fn compile_table(
+    family: Family,
+    ti: usize,
+    name: &str,
+    mut statements: Statements<'_>,
+) -> Result<CompiledTable, CompileError> {
+    let mut b = Builder { chains: Vec::new(), by_name: NameMap::default() };
+    for chain in builtin_chains(name) {
+        b.declare(&Name::new_static(chain), Some(true));
+    }
+    for (si, st) in statements.get().iter().enumerate() {
+        let line = st.line;
+        match &st.stmt {
+            Statement::Chain(decl) => {
+                let policy = decl.policy.map(|p| p == Policy::Accept);
+                b.declare(&decl.name, policy);
+            }
+            Statement::NewChain(chain) => b.declare(chain, None),
+            Statement::FlushChain(Some(chain)) => {
+                let i = b.chain_mut(chain, name, line)?;
+                b.chains[i].2.clear();
+            }
+            Statement::FlushChain(None) => b.chains.iter_mut().for_each(|c| c.2.clear()),
+            Statement::DeleteChain(Some(chain)) => {
+                let i = b.chain_mut(chain, name, line)?;
+                if b.chains[i].1.is_some() {
+                    return Err(err(
+                        line,
+                        CompileErrorKind::CannotDelete(chain.to_string(), "it is a built-in chain"),
+                    ));
+                }
+                b.chains.remove(i);
+                b.by_name = b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
+            }
+            Statement::DeleteChain(None) => {
+                b.chains.retain(|c| c.1.is_some());
+                b.by_name = b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
+            }
+            Statement::Rule(rule) => {
+                let i = b.chain_mut(&rule.chain, name, line)?;
+                let rules = &mut b.chains[i].2;
+                let at = (u32::try_from(line).unwrap_or(u32::MAX), si as u32);
+                match rule.op {
+                    crate::model::rules::RuleOp::Append => rules.push(at),
+                    crate::model::rules::RuleOp::Insert(pos) => {
+                        let to = pos.unwrap_or(1).saturating_sub(1) as usize;
+                        if to > rules.len() {
+                            return Err(err(
+                                line,
+                                CompileErrorKind::BadValue {
+                                    option: "insert".into(),
+                                    value: to.to_string(),
+                                    hint: "index past the end of the chain",
+                                },
+                            ));
+                        }
+                        rules.insert(to, at);
+                    }
+                }
+            }
+        }
+    }
+    let Builder { chains: builds, by_name } = b;
+    // Chains are compiled from the one whose last rule comes latest, in batches run in parallel
+    // (rules compile independently). After a batch, no chain left reads a statement past the
+    // latest rule of the chains left, so those statements are freed.
+    let last = |c: &ChainBuild| c.2.iter().map(|&(_, si)| si as usize + 1).max().unwrap_or(0);
+    let mut order: Vec<(usize, usize)> = builds.iter().map(last).zip(0..).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let total_rules: usize = builds.iter().map(|c| c.2.len()).sum();
+    let batch_rules = total_rules.div_ceil(RELEASE_BATCHES).max(4096);
+    let mut slots: Vec<Option<ChainBuild>> = builds.into_iter().map(Some).collect();
+    let mut done: Vec<Option<Result<Chain, CompileError>>> =
+        (0..slots.len()).map(|_| None).collect();
+    let mut at = 0;
+    while at < order.len() {
+        let mut end = at;
+        let mut rules = 0;
+        while end < order.len() && (end == at || rules < batch_rules) {
+            rules += slots[order[end].1].as_ref().map_or(0, |c| c.2.len());
+            end += 1;
+        }
+        let batch: Vec<(usize, ChainBuild)> =
+            order[at..end].iter().filter_map(|&(_, c)| Some((c, slots[c].take()?))).collect();
+        let source = statements.get();
+        let compiled: Vec<(usize, Result<Chain, CompileError>)> = batch
+            .into_par_iter()
+            .with_min_len(64)
+            .map(|(c, build)| (c, compile_chain(build, source, family, &by_name, name)))
+            .collect();
+        for (c, result) in compiled {
+            done[c] = Some(result);
+        }
+        at = end;
+        statements.release(order.get(at).map_or(0, |&(last, _)| last));
+    }
+    drop(statements);
+    drop(by_name);
+    // The error reported is the one a walk in chain order meets first.
+    let chains = done
+        .into_iter()
+        .map(|c| c.unwrap_or_else(|| unreachable!("every chain is in one batch")))
+        .collect::<Result<Vec<Chain>, CompileError>>()?;
+    // The collection above reuses the vector of results, whose slots are larger.
+    let mut chains = chains;
+    chains.shrink_to_fit();
+    Ok(CompiledTable::new(name.to_owned(), ti, chains))
+}
+
+/// Compiles one chain's rules, read from the table's `statements`.
+fn compile_chain(
+    (name, policy, rules): ChainBuild,
+    statements: &[Located],
+    family: Family,
+    by_name: &NameMap<usize>,
+    table: &str,
+) -> Result<Chain, CompileError> {
+    let mut compiled = Vec::with_capacity(rules.len());
+    for (line, stmt) in rules {
+        let Some(Located { stmt: Statement::Rule(rule), .. }) = statements.get(stmt as usize)
+        else {
+            unreachable!("a chain's rules are rule statements not yet freed")
+        };
+        let mut c =
+            compile_rule(rule, family, by_name, table).map_err(|kind| err(line as usize, kind))?;
+        c.line = line;
+        c.stmt = stmt;
+        compiled.push(c);
+    }
+    Ok(Chain { name, policy, rules: compiled })
 }
 
 /// Depth-first search over jumps; a back edge is a loop.
@@ -1663,5 +1765,84 @@ mod tests {
         );
         let bad = Rule::new("X").module("set").opt("match-set", &["S", "dst,up"]).jump("ACCEPT");
         assert!(compile_rule(&bad, Family::V4, &NameMap::default(), "filter").is_err());
+    }
+}
+
+#[cfg(test)]
+mod owned_tests {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::model::rules::{ChainDecl, Table};
+
+    /// A nat table of `chains` user chains whose `rules` rules land in random chains in random
+    /// order (appends and inserts), with jumps between chains in index order (no loops), a
+    /// flush and a deletion: enough rules for many release batches, and chains spread over the
+    /// whole table so that freeing from the end must wait for them.
+    fn scattered(seed: u64, chains: usize, rules: usize) -> Ruleset {
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let mut t = Table::new("nat");
+        for c in 0..chains {
+            t.push(Statement::Chain(ChainDecl::user(format!("C{c}"))));
+        }
+        t.push(Statement::Chain(ChainDecl::user("GONE")));
+        t.push(Statement::Rule(Rule::new("GONE").jump("ACCEPT")));
+        let mut len = vec![0u32; chains];
+        for i in 0..rules {
+            let c = rng.random_range(0..chains);
+            let mut rule =
+                Rule::new(format!("C{c}")).proto("tcp").opt1("dport", (i % 60000).to_string());
+            if c + 1 < chains && rng.random_range(0..4) == 0 {
+                rule = rule.jump(format!("C{}", rng.random_range(c + 1..chains)));
+            } else {
+                rule = rule
+                    .jump("DNAT")
+                    .opt1("to-destination", format!("10.1.{}.{}:80", i / 250 % 250, i % 250));
+            }
+            if len[c] > 0 && rng.random_range(0..8) == 0 {
+                rule.op = crate::model::rules::RuleOp::Insert(Some(rng.random_range(1..=len[c])));
+            }
+            len[c] += 1;
+            t.push(Statement::Rule(rule));
+            if i == rules / 2 && chains > 3 {
+                t.push(Statement::FlushChain(Some(Name::new("C3"))));
+                len[3] = 0;
+            }
+        }
+        t.push(Statement::FlushChain(Some(Name::new("GONE"))));
+        t.push(Statement::DeleteChain(Some(Name::new("GONE"))));
+        t.push(Statement::Rule(Rule::new("PREROUTING").jump("C0")));
+        Ruleset { family: Family::V4, tables: vec![Table::new("filter"), t] }
+    }
+
+    #[test]
+    fn an_owned_rule_set_compiles_to_the_same_model() {
+        for seed in 0..4 {
+            let rs = scattered(seed, 1 + 40 * seed as usize, 20_000);
+            let borrowed = compile(&rs).unwrap();
+            // Every rule but the flushed ones, in many release batches.
+            let rules: usize = borrowed[1].chains.iter().map(|c| c.rules.len()).sum();
+            assert!(rules > 8 * 4096 / 4 && rules <= 20_001, "{rules}");
+            assert!(borrowed[1].chain("GONE").is_none());
+            assert_eq!(compile_owned(rs).unwrap(), borrowed, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn the_error_reported_is_the_first_in_chain_order_wherever_its_line_is() {
+        let mut rs = scattered(7, 30, 10_000);
+        let bad =
+            |chain: &str| Rule::new(chain).proto("tcp").opt1("dport", "http-ish").jump("ACCEPT");
+        let nat = &mut rs.tables[1];
+        nat.statements.insert(40, Located { line: 41, stmt: Statement::Rule(bad("C5")) });
+        nat.push(Statement::Rule(bad("C1")));
+        let last = nat.statements.len();
+        for (i, s) in nat.statements.iter_mut().enumerate() {
+            s.line = i + 1;
+        }
+        let e = compile(&rs).unwrap_err();
+        assert_eq!(e.line, last, "{e}");
+        assert!(matches!(e.kind, CompileErrorKind::BadValue { .. }), "{e}");
+        assert_eq!(compile_owned(rs).unwrap_err(), e);
     }
 }
