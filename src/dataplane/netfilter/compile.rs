@@ -11,9 +11,7 @@ use std::net::IpAddr;
 
 use rayon::prelude::*;
 
-use crate::model::rules::{
-    Arg, Family, Located, Name, NameMap, Policy, Rule, Ruleset, Statement, Word,
-};
+use crate::model::rules::{Arg, Family, Located, Name, Policy, Rule, Ruleset, Statement, Word};
 
 /// An address prefix in a form that is cheap to test: both families as 128-bit values.
 ///
@@ -599,33 +597,83 @@ fn err(line: usize, kind: CompileErrorKind) -> CompileError {
     CompileError { line, kind }
 }
 
-/// A chain being built: name, policy, and its rules as (line, index of the statement).
-type ChainBuild = (Name, Option<bool>, Vec<(u32, u32)>);
+/// A chain being built: its policy and its rules as indexes of their statements.
+type ChainBuild = (Option<bool>, Vec<u32>);
+
+/// A table's chain names and their indexes while it compiles: 4 bytes a chain in the hash table
+/// (a map keyed by the names took 32, with as many again in empty slots: some 70 MB for a
+/// million endpoint chains, at the moment the compile peaks).
+#[derive(Default)]
+pub(crate) struct ChainNames {
+    names: Vec<Name>,
+    index: hashbrown::HashTable<u32>,
+}
+
+impl ChainNames {
+    fn hash(name: &str) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<crate::model::rules::NameHasher>::default().hash_one(name)
+    }
+
+    /// The index of chain `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<usize> {
+        let names = &self.names;
+        (self.index.find(Self::hash(name), |&i| names[i as usize] == name)).map(|&i| i as usize)
+    }
+
+    /// Adds chain `name`, which is not there yet, and gives its index.
+    fn push(&mut self, name: Name) -> usize {
+        let at = self.names.len();
+        let names = &self.names;
+        self.index.insert_unique(Self::hash(&name), at as u32, |&i| Self::hash(&names[i as usize]));
+        self.names.push(name);
+        at
+    }
+
+    /// Indexes the names again (after some were removed).
+    fn reindex(&mut self) {
+        let names = std::mem::take(&mut self.names);
+        self.index.clear();
+        for name in names {
+            self.push(name);
+        }
+    }
+}
 
 struct Builder {
     chains: Vec<ChainBuild>,
-    by_name: NameMap<usize>,
+    by_name: ChainNames,
 }
 
 impl Builder {
     fn chain_mut(&mut self, name: &str, table: &str, line: usize) -> Result<usize, CompileError> {
-        self.by_name.get(name).copied().ok_or_else(|| {
+        self.by_name.get(name).ok_or_else(|| {
             err(line, CompileErrorKind::NoSuchChain(name.to_owned(), table.to_owned()))
         })
     }
 
     fn declare(&mut self, name: &Name, policy: Option<bool>) {
         match self.by_name.get(name) {
-            Some(&i) => {
+            Some(i) => {
                 if policy.is_some() {
-                    self.chains[i].1 = policy;
+                    self.chains[i].0 = policy;
                 }
             }
             None => {
-                self.by_name.insert(name.clone(), self.chains.len());
-                self.chains.push((name.clone(), policy, Vec::new()));
+                self.by_name.push(name.clone());
+                self.chains.push((policy, Vec::new()));
             }
         }
+    }
+
+    /// Removes the chains `gone` says to (by index and build).
+    fn remove(&mut self, gone: impl Fn(usize, &ChainBuild) -> bool) {
+        let keep: Vec<bool> = self.chains.iter().enumerate().map(|(i, c)| !gone(i, c)).collect();
+        let mut flags = keep.iter();
+        self.chains.retain(|_| flags.next().copied().unwrap_or(true));
+        let mut flags = keep.iter();
+        self.by_name.names.retain(|_| flags.next().copied().unwrap_or(true));
+        self.by_name.reindex();
     }
 }
 
@@ -705,8 +753,17 @@ fn compile_table(
     name: &str,
     mut statements: Statements<'_>,
 ) -> Result<CompiledTable, CompileError> {
-    let mut b = Builder { chains: Vec::new(), by_name: NameMap::default() };
-    for chain in builtin_chains(name) {
+    let builtins = builtin_chains(name);
+    let declared =
+        (statements.get().iter()).filter(|s| matches!(s.stmt, Statement::Chain(_))).count();
+    let mut b = Builder {
+        chains: Vec::with_capacity(builtins.len() + declared),
+        by_name: ChainNames {
+            names: Vec::with_capacity(builtins.len() + declared),
+            index: hashbrown::HashTable::with_capacity(builtins.len() + declared),
+        },
+    };
+    for chain in builtins {
         b.declare(&Name::new_static(chain), Some(true));
     }
     for (si, st) in statements.get().iter().enumerate() {
@@ -719,28 +776,24 @@ fn compile_table(
             Statement::NewChain(chain) => b.declare(chain, None),
             Statement::FlushChain(Some(chain)) => {
                 let i = b.chain_mut(chain, name, line)?;
-                b.chains[i].2.clear();
+                b.chains[i].1.clear();
             }
-            Statement::FlushChain(None) => b.chains.iter_mut().for_each(|c| c.2.clear()),
+            Statement::FlushChain(None) => b.chains.iter_mut().for_each(|c| c.1.clear()),
             Statement::DeleteChain(Some(chain)) => {
                 let i = b.chain_mut(chain, name, line)?;
-                if b.chains[i].1.is_some() {
+                if b.chains[i].0.is_some() {
                     return Err(err(
                         line,
                         CompileErrorKind::CannotDelete(chain.to_string(), "it is a built-in chain"),
                     ));
                 }
-                b.chains.remove(i);
-                b.by_name = b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
+                b.remove(|j, _| j == i);
             }
-            Statement::DeleteChain(None) => {
-                b.chains.retain(|c| c.1.is_some());
-                b.by_name = b.chains.iter().enumerate().map(|(i, c)| (c.0.clone(), i)).collect();
-            }
+            Statement::DeleteChain(None) => b.remove(|_, c| c.0.is_none()),
             Statement::Rule(rule) => {
                 let i = b.chain_mut(&rule.chain, name, line)?;
-                let rules = &mut b.chains[i].2;
-                let at = (u32::try_from(line).unwrap_or(u32::MAX), si as u32);
+                let rules = &mut b.chains[i].1;
+                let at = si as u32;
                 match rule.op {
                     crate::model::rules::RuleOp::Append => rules.push(at),
                     crate::model::rules::RuleOp::Insert(pos) => {
@@ -765,66 +818,76 @@ fn compile_table(
     // Chains are compiled from the one whose last rule comes latest, in batches run in parallel
     // (rules compile independently). After a batch, no chain left reads a statement past the
     // latest rule of the chains left, so those statements are freed.
-    let last = |c: &ChainBuild| c.2.iter().map(|&(_, si)| si as usize + 1).max().unwrap_or(0);
-    let mut order: Vec<(usize, usize)> = builds.iter().map(last).zip(0..).collect();
+    let last = |c: &ChainBuild| c.1.iter().map(|&si| si + 1).max().unwrap_or(0);
+    let mut order: Vec<(u32, u32)> = builds.iter().map(last).zip(0..).collect();
     order.sort_unstable_by(|a, b| b.cmp(a));
-    let total_rules: usize = builds.iter().map(|c| c.2.len()).sum();
+    let total_rules: usize = builds.iter().map(|c| c.1.len()).sum();
     let batch_rules = total_rules.div_ceil(RELEASE_BATCHES).max(4096);
     let mut slots: Vec<Option<ChainBuild>> = builds.into_iter().map(Some).collect();
-    let mut done: Vec<Option<Result<Chain, CompileError>>> =
-        (0..slots.len()).map(|_| None).collect();
+    let mut done: Vec<Option<Chain>> = (0..slots.len()).map(|_| None).collect();
+    // The error reported is the one a walk in chain order meets first.
+    let mut first_error: Option<(usize, CompileError)> = None;
     let mut at = 0;
     while at < order.len() {
         let mut end = at;
         let mut rules = 0;
         while end < order.len() && (end == at || rules < batch_rules) {
-            rules += slots[order[end].1].as_ref().map_or(0, |c| c.2.len());
+            rules += slots[order[end].1 as usize].as_ref().map_or(0, |c| c.1.len());
             end += 1;
         }
-        let batch: Vec<(usize, ChainBuild)> =
-            order[at..end].iter().filter_map(|&(_, c)| Some((c, slots[c].take()?))).collect();
+        let batch: Vec<(usize, ChainBuild)> = (order[at..end].iter())
+            .filter_map(|&(_, c)| Some((c as usize, slots[c as usize].take()?)))
+            .collect();
         let source = statements.get();
         let compiled: Vec<(usize, Result<Chain, CompileError>)> = batch
             .into_par_iter()
             .with_min_len(64)
-            .map(|(c, build)| (c, compile_chain(build, source, family, &by_name, name)))
+            .map(|(c, build)| {
+                let chain_name = by_name.names[c].clone();
+                (c, compile_chain(chain_name, build, source, family, &by_name, name))
+            })
             .collect();
         for (c, result) in compiled {
-            done[c] = Some(result);
+            match result {
+                Ok(chain) => done[c] = Some(chain),
+                Err(e) if first_error.as_ref().is_none_or(|(f, _)| c < *f) => {
+                    first_error = Some((c, e));
+                }
+                Err(_) => {}
+            }
         }
         at = end;
-        statements.release(order.get(at).map_or(0, |&(last, _)| last));
+        statements.release(order.get(at).map_or(0, |&(last, _)| last as usize));
     }
     drop(statements);
     drop(by_name);
-    // The error reported is the one a walk in chain order meets first.
-    let chains = done
+    if let Some((_, e)) = first_error {
+        return Err(e);
+    }
+    let chains: Vec<Chain> = done
         .into_iter()
         .map(|c| c.unwrap_or_else(|| unreachable!("every chain is in one batch")))
-        .collect::<Result<Vec<Chain>, CompileError>>()?;
-    // The collection above reuses the vector of results, whose slots are larger.
-    let mut chains = chains;
-    chains.shrink_to_fit();
+        .collect();
     Ok(CompiledTable::new(name.to_owned(), ti, chains))
 }
 
 /// Compiles one chain's rules, read from the table's `statements`.
 fn compile_chain(
-    (name, policy, rules): ChainBuild,
+    name: Name,
+    (policy, rules): ChainBuild,
     statements: &[Located],
     family: Family,
-    by_name: &NameMap<usize>,
+    by_name: &ChainNames,
     table: &str,
 ) -> Result<Chain, CompileError> {
     let mut compiled = Vec::with_capacity(rules.len());
-    for (line, stmt) in rules {
-        let Some(Located { stmt: Statement::Rule(rule), .. }) = statements.get(stmt as usize)
+    for stmt in rules {
+        let Some(Located { line, stmt: Statement::Rule(rule) }) = statements.get(stmt as usize)
         else {
             unreachable!("a chain's rules are rule statements not yet freed")
         };
-        let mut c =
-            compile_rule(rule, family, by_name, table).map_err(|kind| err(line as usize, kind))?;
-        c.line = line;
+        let mut c = compile_rule(rule, family, by_name, table).map_err(|kind| err(*line, kind))?;
+        c.line = u32::try_from(*line).unwrap_or(u32::MAX);
         c.stmt = stmt;
         compiled.push(c);
     }
@@ -1293,7 +1356,7 @@ fn build_target(
     name: &str,
     opts: &[(bool, &str, &[Word])],
     family: Family,
-    chains: &NameMap<usize>,
+    chains: &ChainNames,
     table: &str,
     goto: bool,
 ) -> Result<Target, CompileErrorKind> {
@@ -1301,7 +1364,7 @@ fn build_target(
     if goto {
         return chains
             .get(name)
-            .map(|&i| Target::Goto(i))
+            .map(Target::Goto)
             .ok_or_else(|| CompileErrorKind::MissingChain(name.to_owned()));
     }
     Ok(match name {
@@ -1371,7 +1434,7 @@ fn build_target(
         "LOG" | "NFLOG" | "ULOG" | "TRACE" | "CONNMARK" | "CHECKSUM" | "AUDIT"
         | "NFQUEUE-bypass" => Target::Continue(name.into()),
         chain => match chains.get(chain) {
-            Some(&i) => Target::Jump(i),
+            Some(i) => Target::Jump(i),
             None if UNMODELLED_TARGETS.contains(&chain) => {
                 Target::Unmodelled(format!("target '{chain}'").into())
             }
@@ -1401,10 +1464,10 @@ fn net_of(addr: &crate::model::rules::Addr, family: Family) -> Result<Net, Compi
 /// # Errors
 /// Malformed values, unknown options after a modelled module, jumps to missing chains, NAT targets
 /// outside the nat table.
-pub fn compile_rule(
+pub(crate) fn compile_rule(
     rule: &Rule,
     family: Family,
-    chains: &NameMap<usize>,
+    chains: &ChainNames,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
     // The arguments read back from the rule's text, into a buffer each thread keeps.
@@ -1423,7 +1486,7 @@ pub fn compile_rule(
 fn compile_args(
     args: &[Arg],
     family: Family,
-    chains: &NameMap<usize>,
+    chains: &ChainNames,
     table: &str,
 ) -> Result<CompiledRule, CompileErrorKind> {
     let mut header = Header::default();
@@ -1541,7 +1604,7 @@ mod tests {
             .dst(Addr::host("10.96.0.10".parse().unwrap()))
             .opt("dport", &["80"])
             .jump("ACCEPT");
-        let c = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap();
+        let c = compile_rule(&r, Family::V4, &ChainNames::default(), "filter").unwrap();
         assert_eq!(c.matches[0], Match::Always);
         assert_eq!(
             c.matches[1],
@@ -1562,7 +1625,7 @@ mod tests {
         assert!(size_of::<Target>() <= 24, "Target is {} bytes", size_of::<Target>());
         assert!(size_of::<CompiledRule>() <= 112, "{} bytes", size_of::<CompiledRule>());
         let two = Rule::new("C").comment("x").module("tcp").proto("tcp").opt("dport", &["80"]);
-        let c = compile_rule(&two, Family::V4, &NameMap::default(), "nat").unwrap();
+        let c = compile_rule(&two, Family::V4, &ChainNames::default(), "nat").unwrap();
         assert_eq!(c.matches.len(), 2);
     }
 
@@ -1572,14 +1635,14 @@ mod tests {
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["0.3333333333"]);
-        let c = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap();
+        let c = compile_rule(&r, Family::V4, &ChainNames::default(), "nat").unwrap();
         assert_eq!(c.matches[0], Match::Random { neg: false, threshold: 715827883 });
         let r2 = Rule::new("C")
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["0.33333333349"]);
         assert_eq!(
-            compile_rule(&r2, Family::V4, &NameMap::default(), "nat").unwrap().matches,
+            compile_rule(&r2, Family::V4, &ChainNames::default(), "nat").unwrap().matches,
             c.matches
         );
     }
@@ -1590,17 +1653,17 @@ mod tests {
             .module("statistic")
             .opt("mode", &["random"])
             .opt("probability", &["1.5"]);
-        let e = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap_err();
+        let e = compile_rule(&r, Family::V4, &ChainNames::default(), "nat").unwrap_err();
         assert!(e.to_string().contains("within [0, 1]"), "{e}");
     }
 
     #[test]
     fn mark_target_forms_reduce_to_clear_and_xor() {
         let or = Rule::new("C").jump("MARK").opt("or-mark", &["0x4000"]);
-        let c = compile_rule(&or, Family::V4, &NameMap::default(), "nat").unwrap();
+        let c = compile_rule(&or, Family::V4, &ChainNames::default(), "nat").unwrap();
         assert_eq!(c.target, Target::Mark { clear: 0x4000, xor: 0x4000 });
         let sx = Rule::new("C").jump("MARK").opt("set-xmark", &["0x4000/0x0"]);
-        let c = compile_rule(&sx, Family::V4, &NameMap::default(), "nat").unwrap();
+        let c = compile_rule(&sx, Family::V4, &ChainNames::default(), "nat").unwrap();
         assert_eq!(c.target, Target::Mark { clear: 0, xor: 0x4000 });
     }
 
@@ -1721,7 +1784,7 @@ mod tests {
     #[test]
     fn dnat_outside_nat_is_refused() {
         let r = Rule::new("INPUT").jump("DNAT").opt("to-destination", &["10.1.0.1:80"]);
-        let e = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap_err();
+        let e = compile_rule(&r, Family::V4, &ChainNames::default(), "filter").unwrap_err();
         assert!(matches!(e, CompileErrorKind::WrongTable(..)));
     }
 
@@ -1742,7 +1805,7 @@ mod tests {
     #[test]
     fn unknown_module_is_kept_as_unmodelled() {
         let r = Rule::new("C").module("foo").opt("bar", &["1"]).jump("ACCEPT");
-        let c = compile_rule(&r, Family::V4, &NameMap::default(), "filter").unwrap();
+        let c = compile_rule(&r, Family::V4, &ChainNames::default(), "filter").unwrap();
         assert_eq!(*c.matches, [Match::Unmodelled("match module 'foo'".into())]);
     }
 
@@ -1753,7 +1816,7 @@ mod tests {
             .not_opt("match-set", &["KUBE-LOOP-BACK", "dst,dst,src"])
             .opt("return-nomatch", &[])
             .jump("MASQUERADE");
-        let c = compile_rule(&r, Family::V4, &NameMap::default(), "nat").unwrap();
+        let c = compile_rule(&r, Family::V4, &ChainNames::default(), "nat").unwrap();
         assert_eq!(
             *c.matches,
             [Match::Set(Box::new(SetMatch {
@@ -1764,7 +1827,7 @@ mod tests {
             }))]
         );
         let bad = Rule::new("X").module("set").opt("match-set", &["S", "dst,up"]).jump("ACCEPT");
-        assert!(compile_rule(&bad, Family::V4, &NameMap::default(), "filter").is_err());
+        assert!(compile_rule(&bad, Family::V4, &ChainNames::default(), "filter").is_err());
     }
 }
 
