@@ -824,7 +824,9 @@ fn compile_table(
     let total_rules: usize = builds.iter().map(|c| c.1.len()).sum();
     let batch_rules = total_rules.div_ceil(RELEASE_BATCHES).max(4096);
     let mut slots: Vec<Option<ChainBuild>> = builds.into_iter().map(Some).collect();
-    let mut done: Vec<Option<Chain>> = (0..slots.len()).map(|_| None).collect();
+    // The chains in the order they are done, put in chain order at the end (in place: a vector of
+    // every chain made up front would add its size while all statements are still held).
+    let mut done: Vec<(u32, Chain)> = Vec::new();
     // The error reported is the one a walk in chain order meets first.
     let mut first_error: Option<(usize, CompileError)> = None;
     let mut at = 0;
@@ -849,7 +851,7 @@ fn compile_table(
             .collect();
         for (c, result) in compiled {
             match result {
-                Ok(chain) => done[c] = Some(chain),
+                Ok(chain) => done.push((c as u32, chain)),
                 Err(e) if first_error.as_ref().is_none_or(|(f, _)| c < *f) => {
                     first_error = Some((c, e));
                 }
@@ -864,10 +866,10 @@ fn compile_table(
     if let Some((_, e)) = first_error {
         return Err(e);
     }
-    let chains: Vec<Chain> = done
-        .into_iter()
-        .map(|c| c.unwrap_or_else(|| unreachable!("every chain is in one batch")))
-        .collect();
+    done.par_sort_unstable_by_key(|&(c, _)| c);
+    debug_assert!(done.iter().enumerate().all(|(i, &(c, _))| i == c as usize));
+    let mut chains: Vec<Chain> = done.into_iter().map(|(_, chain)| chain).collect();
+    chains.shrink_to_fit();
     Ok(CompiledTable::new(name.to_owned(), ti, chains))
 }
 
