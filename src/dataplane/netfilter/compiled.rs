@@ -1309,7 +1309,12 @@ impl<'a> CompiledNetfilter<'a> {
         // The plans of captures, and the flat records of those in kube-proxy's shape, whose plans
         // are then dropped at once (a million endpoint plans are some 75 MB).
         let mut plans = Plans::default();
-        let mut flat = Flat { entry: None, recs: Vec::new(), acts: vec![(0, 0, 0)] };
+        // The records are reserved at once and never shrunk: `FlatRec` is over-aligned, and Rust
+        // reallocates an over-aligned block by copying it, so growing or shrinking the vector
+        // held two copies at once (a 33 MiB transient that set the peak at 100k Services).
+        // Capacity past the records is never written, so it is not resident.
+        let most = host_captures.iter().map(|&(_, pos, _, _)| compiled.most_records(pos)).sum();
+        let mut flat = Flat { entry: None, recs: Vec::with_capacity(most), acts: vec![(0, 0, 0)] };
         for (run, pos, facts, key) in host_captures {
             let op = &compiled.ops[pos as usize];
             if op.act != Act::Jump || op.to.0 == op.to.1 {
@@ -1332,7 +1337,6 @@ impl<'a> CompiledNetfilter<'a> {
             }
             r.plans[(pos - r.start) as usize] = id;
         }
-        flat.recs.shrink_to_fit();
         plans.shrink_to_fit();
         compiled.plans = plans;
         compiled.flat = flat;
@@ -1374,6 +1378,21 @@ impl<'a> CompiledNetfilter<'a> {
             .get(e.run as usize)
             .is_some_and(|r| r.shapes == 1 && r.prefixes.is_empty());
         (root.is_nat && single_probe && self.tails[Phase::Pre as usize].is_none()).then_some(e)
+    }
+
+    /// The most [`Flat`] records the capture at `pos` can have: its own, then one per branch of
+    /// the first cascade of the chain it jumps to (where its plan ends), or one endpoint.
+    fn most_records(&self, pos: u32) -> usize {
+        let Some(op) = self.ops.get(pos as usize) else { return 0 };
+        if op.act != Act::Jump || op.to.0 == op.to.1 {
+            return 0;
+        }
+        let chain = self.ops.get(op.to.0 as usize..op.to.1 as usize).unwrap_or_default();
+        let branches = chain.iter().find_map(|o| match o.test {
+            Quick::Cascade(run) => self.cascades.get(run as usize).map(|c| c.thresholds.len()),
+            _ => None,
+        });
+        1 + branches.unwrap_or(1).max(1)
     }
 
     /// Adds the records of plan `id` (a capture's) to `flat` if it has kube-proxy's shape; their
