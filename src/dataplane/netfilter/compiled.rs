@@ -720,16 +720,63 @@ impl StepTest {
     }
 }
 
-/// One rule, placed in the flat array.
+/// One rule, placed in the flat array: 24 bytes (a rule per op, 3.2 million at 100k Services),
+/// so its [`Quick`] test and its [`Act`] are kept as kind bytes and payload words, read back
+/// by [`Op::test`] and [`Op::act`].
 #[derive(Debug, Clone, Copy)]
 struct Op<'a> {
     rule: &'a CompiledRule,
-    /// How the walk tests the rule.
-    test: Quick,
-    /// What a match does, for the targets the walk takes without reading the rule.
-    act: Act,
-    /// For `-j`/`-g CHAIN`: the target chain's first rule and one past its last.
+    /// For `-j`/`-g CHAIN`: the target chain's first rule and one past its last; for `MARK`, the
+    /// bits cleared, then toggled ([`Act::Mark`]); `(0, 0)` otherwise.
     to: (u32, u32),
+    /// The payload of [`Op::test`].
+    arg: u32,
+    /// The kind of [`Op::test`] ([`Quick::pack`]).
+    kind: u8,
+    /// The kind of [`Op::act`] ([`Act::pack`]).
+    act: u8,
+}
+
+impl<'a> Op<'a> {
+    fn new(rule: &'a CompiledRule, test: Quick, act: Act, to: (u32, u32)) -> Op<'a> {
+        let (kind, arg) = test.pack();
+        let (act, mark) = act.pack();
+        let to = mark.unwrap_or(to);
+        Op { rule, to, arg, kind, act }
+    }
+
+    /// How the walk tests the rule.
+    #[inline(always)]
+    fn test(&self) -> Quick {
+        match self.kind {
+            0 => Quick::Always,
+            1 => Quick::Pure(self.arg),
+            2 => Quick::Pure4(self.arg),
+            4 => Quick::Skip(self.arg),
+            5 => Quick::Indexed(self.arg),
+            6 => Quick::Cascade(self.arg),
+            _ => Quick::General,
+        }
+    }
+
+    fn set_test(&mut self, test: Quick) {
+        (self.kind, self.arg) = test.pack();
+    }
+
+    /// What a match does, for the targets the walk takes without reading the rule.
+    #[inline(always)]
+    fn act(&self) -> Act {
+        match self.act {
+            0 => Act::Continue,
+            1 => Act::Accept,
+            2 => Act::Drop,
+            3 => Act::Return,
+            4 => Act::Jump,
+            5 => Act::Goto,
+            6 => Act::Mark(self.to.0, self.to.1),
+            _ => Act::Other,
+        }
+    }
 }
 
 /// How the walk tests a rule.
@@ -754,6 +801,21 @@ enum Quick {
     Cascade(u32),
 }
 
+impl Quick {
+    /// The kind byte and payload word [`Op::test`] reads back.
+    fn pack(self) -> (u8, u32) {
+        match self {
+            Quick::Always => (0, 0),
+            Quick::Pure(i) => (1, i),
+            Quick::Pure4(i) => (2, i),
+            Quick::General => (3, 0),
+            Quick::Skip(n) => (4, n),
+            Quick::Indexed(i) => (5, i),
+            Quick::Cascade(i) => (6, i),
+        }
+    }
+}
+
 /// A matched rule's target, pre-decoded for the common cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
@@ -771,6 +833,20 @@ enum Act {
 }
 
 impl Act {
+    /// The kind byte [`Op::act`] reads back, and `MARK`'s bits (kept in [`Op::to`]).
+    fn pack(self) -> (u8, Option<(u32, u32)>) {
+        match self {
+            Act::Continue => (0, None),
+            Act::Accept => (1, None),
+            Act::Drop => (2, None),
+            Act::Return => (3, None),
+            Act::Jump => (4, None),
+            Act::Goto => (5, None),
+            Act::Mark(clear, xor) => (6, Some((clear, xor))),
+            Act::Other => (7, None),
+        }
+    }
+
     fn of(target: &Target) -> Act {
         match target {
             Target::None | Target::Continue(_) => Act::Continue,
@@ -1144,7 +1220,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         _ => (0, 0),
                     };
-                    ops.push(Op { rule, test: quick, act: Act::of(&rule.target), to });
+                    ops.push(Op::new(rule, quick, Act::of(&rule.target), to));
                 }
             }
         }
@@ -1157,12 +1233,13 @@ impl<'a> CompiledNetfilter<'a> {
                 let b = base[ti][ci] as usize;
                 let mut after = 0u32;
                 for op in ops[b..b + chain.rules.len()].iter_mut().rev() {
-                    let pure = matches!(op.test, Quick::Always | Quick::Pure(_) | Quick::Pure4(_));
+                    let pure =
+                        matches!(op.test(), Quick::Always | Quick::Pure(_) | Quick::Pure4(_));
                     let no_op =
-                        op.act == Act::Continue || (op.act == Act::Jump && op.to.0 == op.to.1);
+                        op.act() == Act::Continue || (op.act() == Act::Jump && op.to.0 == op.to.1);
                     after = if pure && no_op { after + 1 } else { 0 };
                     if after > 0 {
-                        op.test = Quick::Skip(after);
+                        op.set_test(Quick::Skip(after));
                     }
                 }
             }
@@ -1221,7 +1298,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         ops[(b as usize + i)..(b as usize + j)]
                             .iter_mut()
-                            .for_each(|o| o.test = Quick::Indexed(id));
+                            .for_each(|o| o.set_test(Quick::Indexed(id)));
                         indexed.push(IndexedRun {
                             start: b + i as u32,
                             end: b + j as u32,
@@ -1258,7 +1335,7 @@ impl<'a> CompiledNetfilter<'a> {
                             survive *= 1.0 - q;
                             cumulative.push(1.0 - survive);
                         }
-                        ops[b as usize + i].test = Quick::Cascade(id);
+                        ops[b as usize + i].set_test(Quick::Cascade(id));
                         cascades.push(CascadeRun {
                             start: b + i as u32,
                             end: b + j as u32,
@@ -1317,7 +1394,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut flat = Flat { entry: None, recs: Vec::with_capacity(most), acts: vec![(0, 0, 0)] };
         for (run, pos, facts, key) in host_captures {
             let op = &compiled.ops[pos as usize];
-            if op.act != Act::Jump || op.to.0 == op.to.1 {
+            if op.act() != Act::Jump || op.to.0 == op.to.1 {
                 continue;
             }
             let before = plans.len();
@@ -1384,11 +1461,11 @@ impl<'a> CompiledNetfilter<'a> {
     /// the first cascade of the chain it jumps to (where its plan ends), or one endpoint.
     fn most_records(&self, pos: u32) -> usize {
         let Some(op) = self.ops.get(pos as usize) else { return 0 };
-        if op.act != Act::Jump || op.to.0 == op.to.1 {
+        if op.act() != Act::Jump || op.to.0 == op.to.1 {
             return 0;
         }
         let chain = self.ops.get(op.to.0 as usize..op.to.1 as usize).unwrap_or_default();
-        let branches = chain.iter().find_map(|o| match o.test {
+        let branches = chain.iter().find_map(|o| match o.test() {
             Quick::Cascade(run) => self.cascades.get(run as usize).map(|c| c.thresholds.len()),
             _ => None,
         });
@@ -1444,7 +1521,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = root.start;
         while pos < root.end {
             let op = self.ops.get(pos as usize)?;
-            match op.test {
+            match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1455,7 +1532,7 @@ impl<'a> CompiledNetfilter<'a> {
             }
             count += 1;
             pos += 1;
-            match op.act {
+            match op.act() {
                 Act::Continue => continue,
                 Act::Jump if op.to.0 == op.to.1 => continue,
                 Act::Jump => {}
@@ -1463,7 +1540,7 @@ impl<'a> CompiledNetfilter<'a> {
             }
             let mut at = op.to.0;
             while at < op.to.1 {
-                match self.ops.get(at as usize)?.test {
+                match self.ops.get(at as usize)?.test() {
                     Quick::Skip(n) => {
                         count += n;
                         at += n;
@@ -1550,7 +1627,7 @@ impl<'a> CompiledNetfilter<'a> {
         while let Some((start, end)) = chains.pop() {
             for op in self.ops.get(start as usize..end as usize)? {
                 rules += 1;
-                match op.test {
+                match op.test() {
                     Quick::Always | Quick::Skip(_) => {}
                     Quick::Pure4(i) => {
                         let t = &self.pure4[i as usize];
@@ -1566,7 +1643,7 @@ impl<'a> CompiledNetfilter<'a> {
                     }
                     _ => return None,
                 }
-                match op.act {
+                match op.act() {
                     Act::Continue | Act::Accept | Act::Drop | Act::Return | Act::Mark(..) => {}
                     Act::Jump | Act::Goto => {
                         if !seen.contains(&op.to) {
@@ -1638,7 +1715,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = to.0;
         while pos < to.1 {
             let op = self.ops.get(pos as usize)?;
-            let test = match op.test {
+            let test = match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1653,7 +1730,7 @@ impl<'a> CompiledNetfilter<'a> {
                     let mut branches = Vec::with_capacity((c.end - c.start) as usize);
                     for b in c.start..c.end {
                         let op = self.ops.get(b as usize)?;
-                        if op.act != Act::Jump || op.to.0 == op.to.1 {
+                        if op.act() != Act::Jump || op.to.0 == op.to.1 {
                             return None;
                         }
                         let id = self.plan(op.to, facts, level + 1, out)?;
@@ -1673,7 +1750,7 @@ impl<'a> CompiledNetfilter<'a> {
             pos += 1;
             // A rule that cannot match here is only counted.
             let Some(test) = test else { continue };
-            let (extra, clear, xor) = match op.act {
+            let (extra, clear, xor) = match op.act() {
                 Act::Continue => continue,
                 Act::Jump if op.to.0 == op.to.1 => continue,
                 Act::Mark(clear, xor) => (0, clear, xor),
@@ -1711,7 +1788,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = to.0;
         while pos < to.1 {
             let op = self.ops.get(pos as usize)?;
-            match op.test {
+            match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1721,7 +1798,7 @@ impl<'a> CompiledNetfilter<'a> {
                 _ => return None,
             }
             pos += 1;
-            match op.act {
+            match op.act() {
                 Act::Continue => {}
                 Act::Jump if op.to.0 == op.to.1 => {}
                 Act::Mark(c, x) => {
@@ -2173,7 +2250,7 @@ impl<'a> CompiledNetfilter<'a> {
                     w.resume = Resume::Fresh;
                     (resumed == Resume::Match).then_some(pos)
                 } else {
-                    match op.test {
+                    match op.test() {
                         Quick::Always => {
                             w.evaluated += 1;
                             Some(pos)
@@ -2240,7 +2317,7 @@ impl<'a> CompiledNetfilter<'a> {
                 };
                 pos = at + 1;
                 let op = &self.ops[at];
-                match op.act {
+                match op.act() {
                     Act::Continue => continue,
                     Act::Mark(clear, xor) => {
                         w.mark = (w.mark & !clear) ^ xor;
@@ -2285,7 +2362,7 @@ impl<'a> CompiledNetfilter<'a> {
                     | Target::Return
                     | Target::Jump(_)
                     | Target::Goto(_)
-                    | Target::Mark { .. } => {} // taken through `op.act` above
+                    | Target::Mark { .. } => {} // taken through `op.act()` above
                     Target::Unmodelled(what) => {
                         w.warnings.push(format!(
                             "line {}: {what} is not modelled; assumed to let the packet continue",
@@ -2944,6 +3021,45 @@ mod tests {
     use crate::model::rules::{Arg, Family, Ruleset};
     use crate::model::{Cluster, IpFamily, NodeView};
     use crate::study::synthetic::{self, Shape};
+
+    /// An op is 24 bytes, and its test and target read back as they were packed, payloads
+    /// included (`MARK`'s bits share the jump's words).
+    #[test]
+    fn ops_are_small_and_read_back_as_packed() {
+        assert_eq!(size_of::<Op<'_>>(), 24);
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
+        let nf = Netfilter::new(&iptables_save::parse(text, Family::V4).unwrap()).unwrap();
+        let rule = nf.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules).next().unwrap();
+        let tests = [
+            Quick::Always,
+            Quick::Pure(7),
+            Quick::Pure4(u32::MAX - 1),
+            Quick::General,
+            Quick::Skip(3),
+            Quick::Indexed(9),
+            Quick::Cascade(11),
+        ];
+        let acts = [
+            Act::Continue,
+            Act::Accept,
+            Act::Drop,
+            Act::Return,
+            Act::Jump,
+            Act::Goto,
+            Act::Mark(0x4000, 0x4000),
+            Act::Other,
+        ];
+        for &test in &tests {
+            for &act in &acts {
+                let mut op = Op::new(rule, test, act, (5, 8));
+                assert_eq!((op.test(), op.act()), (test, act));
+                let to = if matches!(act, Act::Mark(..)) { (0x4000, 0x4000) } else { (5, 8) };
+                assert_eq!(op.to, to);
+                op.set_test(Quick::Skip(2));
+                assert_eq!((op.test(), op.act()), (Quick::Skip(2), act));
+            }
+        }
+    }
 
     /// Everything an outcome says except its probability, as a sortable text.
     fn key(o: &Outcome) -> String {
