@@ -735,14 +735,16 @@ struct Op<'a> {
     kind: u8,
     /// The kind of [`Op::act`] ([`Act::pack`]).
     act: u8,
+    /// The rest of [`Op::test`]'s payload ([`Quick::Src4`]'s prefix length and negation).
+    aux: u8,
 }
 
 impl<'a> Op<'a> {
     fn new(rule: &'a CompiledRule, test: Quick, act: Act, to: (u32, u32)) -> Op<'a> {
-        let (kind, arg) = test.pack();
+        let (kind, arg, aux) = test.pack();
         let (act, mark) = act.pack();
         let to = mark.unwrap_or(to);
-        Op { rule, to, arg, kind, act }
+        Op { rule, to, arg, kind, act, aux }
     }
 
     /// How the walk tests the rule.
@@ -755,12 +757,13 @@ impl<'a> Op<'a> {
             4 => Quick::Skip(self.arg),
             5 => Quick::Indexed(self.arg),
             6 => Quick::Cascade(self.arg),
+            7 => Quick::Src4 { addr: self.arg, len: self.aux & 0x3f, neg: self.aux & 0x80 != 0 },
             _ => Quick::General,
         }
     }
 
     fn set_test(&mut self, test: Quick) {
-        (self.kind, self.arg) = test.pack();
+        (self.kind, self.arg, self.aux) = test.pack();
     }
 
     /// What a match does, for the targets the walk takes without reading the rule.
@@ -788,6 +791,9 @@ enum Quick {
     Pure(u32),
     /// A [`Pure4`] test, in [`CompiledNetfilter::pure4`] at this index.
     Pure4(u32),
+    /// A [`Pure4`] test of the IPv4 source alone, kept in the op: it holds when the source is
+    /// IPv4 and its first `len` bits are `addr`'s, unless `neg` ([`src4_holds`]).
+    Src4 { addr: u32, len: u8, neg: bool },
     /// Anything else: the general evaluator ([`eval_rule`]).
     General,
     /// This rule and the `n - 1` after it in its chain do nothing whether they match or not
@@ -802,17 +808,30 @@ enum Quick {
 }
 
 impl Quick {
-    /// The kind byte and payload word [`Op::test`] reads back.
-    fn pack(self) -> (u8, u32) {
+    /// The kind byte, payload word and payload byte [`Op::test`] reads back.
+    fn pack(self) -> (u8, u32, u8) {
         match self {
-            Quick::Always => (0, 0),
-            Quick::Pure(i) => (1, i),
-            Quick::Pure4(i) => (2, i),
-            Quick::General => (3, 0),
-            Quick::Skip(n) => (4, n),
-            Quick::Indexed(i) => (5, i),
-            Quick::Cascade(i) => (6, i),
+            Quick::Always => (0, 0, 0),
+            Quick::Pure(i) => (1, i, 0),
+            Quick::Pure4(i) => (2, i, 0),
+            Quick::General => (3, 0, 0),
+            Quick::Skip(n) => (4, n, 0),
+            Quick::Indexed(i) => (5, i, 0),
+            Quick::Cascade(i) => (6, i, 0),
+            Quick::Src4 { addr, len, neg } => (7, addr, len.min(32) | if neg { 0x80 } else { 0 }),
         }
+    }
+
+    /// The [`Quick::Src4`] form of a test of the IPv4 source alone (kube-proxy's hairpin
+    /// `-s podIP`, a million of them at 100k Services, each a distinct [`Pure4`] otherwise).
+    fn src4(p: &Pure4) -> Option<Quick> {
+        (p.has == pure4::SRC && p.src_mask.leading_ones() == p.src_mask.count_ones()).then(|| {
+            Quick::Src4 {
+                addr: p.src,
+                len: p.src_mask.count_ones() as u8,
+                neg: p.neg & pure4::SRC != 0,
+            }
+        })
     }
 }
 
@@ -912,25 +931,27 @@ mod pure4 {
 }
 
 impl Pure4 {
+    /// The test with no part: it always holds.
+    const TRUE: Pure4 = Pure4 {
+        has: 0,
+        neg: 0,
+        proto: 0,
+        ct: 0,
+        port_proto: 0,
+        src: 0,
+        src_mask: 0,
+        dst: 0,
+        dst_mask: 0,
+        mark_value: 0,
+        mark_mask: 0,
+        sport: PortRange { lo: 0, hi: u16::MAX },
+        dport: PortRange { lo: 0, hi: u16::MAX },
+    };
+
     /// The IPv4 form of `t`, unless it tests an IPv6 address.
     fn of(t: &PureTest) -> Option<Pure4> {
         use pure4::*;
-        let any = PortRange { lo: 0, hi: u16::MAX };
-        let mut p = Pure4 {
-            has: 0,
-            neg: 0,
-            proto: 0,
-            ct: 0,
-            port_proto: 0,
-            src: 0,
-            src_mask: 0,
-            dst: 0,
-            dst_mask: 0,
-            mark_value: 0,
-            mark_mask: 0,
-            sport: any,
-            dport: any,
-        };
+        let mut p = Pure4::TRUE;
         let mut set = |bit: u8, neg: bool| {
             p.has |= bit;
             if neg {
@@ -1008,6 +1029,32 @@ impl Pure4 {
                     && ok(SPORT, self.sport.contains(pkt.sport))
                     && ok(DPORT, self.dport.contains(dport)))
     }
+}
+
+impl Pure4 {
+    /// The test of the IPv4 source alone that [`Quick::Src4`] keeps.
+    fn src(addr: u32, len: u8, neg: bool) -> Pure4 {
+        Pure4 {
+            has: pure4::SRC,
+            neg: if neg { pure4::SRC } else { 0 },
+            src: addr,
+            src_mask: prefix_mask(len),
+            ..Pure4::TRUE
+        }
+    }
+}
+
+/// The IPv4 mask of a prefix of `len` bits.
+#[inline(always)]
+fn prefix_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
+}
+
+/// [`Quick::Src4`]'s test: as [`Pure4::holds`] of [`Pure4::src`].
+#[inline(always)]
+fn src4_holds(src: IpAddr, addr: u32, len: u8, neg: bool) -> bool {
+    let IpAddr::V4(a) = src else { return neg };
+    ((u32::from(a) ^ addr) & prefix_mask(len) == 0) != neg
 }
 
 impl PureTest {
@@ -1197,6 +1244,12 @@ impl<'a> CompiledNetfilter<'a> {
                 for rule in &chain.rules {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
+                        Some(t)
+                            if let Some(p) = Pure4::of(&t)
+                                && let Some(q) = Quick::src4(&p) =>
+                        {
+                            q
+                        }
                         Some(t) if let Some(p) = Pure4::of(&t) => {
                             use std::hash::BuildHasher;
                             let slot = hasher.hash_one(p) as usize % PURE4_CACHE;
@@ -1233,8 +1286,10 @@ impl<'a> CompiledNetfilter<'a> {
                 let b = base[ti][ci] as usize;
                 let mut after = 0u32;
                 for op in ops[b..b + chain.rules.len()].iter_mut().rev() {
-                    let pure =
-                        matches!(op.test(), Quick::Always | Quick::Pure(_) | Quick::Pure4(_));
+                    let pure = matches!(
+                        op.test(),
+                        Quick::Always | Quick::Pure(_) | Quick::Pure4(_) | Quick::Src4 { .. }
+                    );
                     let no_op =
                         op.act() == Act::Continue || (op.act() == Act::Jump && op.to.0 == op.to.1);
                     after = if pure && no_op { after + 1 } else { 0 };
@@ -1744,6 +1799,7 @@ impl<'a> CompiledNetfilter<'a> {
                 }
                 Quick::Always => Some(Pure4::of(&PureTest::default())?),
                 Quick::Pure4(i) => self.pure4.get(i as usize)?.given(facts),
+                Quick::Src4 { addr, len, neg } => Pure4::src(addr, len, neg).given(facts),
                 _ => return None,
             };
             count += 1;
@@ -2258,6 +2314,10 @@ impl<'a> CompiledNetfilter<'a> {
                         Quick::Pure4(i) => {
                             w.evaluated += 1;
                             self.pure4[i as usize].holds(pkt, w).then_some(pos)
+                        }
+                        Quick::Src4 { addr, len, neg } => {
+                            w.evaluated += 1;
+                            src4_holds(w.src, addr, len, neg).then_some(pos)
                         }
                         Quick::Pure(i) => {
                             w.evaluated += 1;
@@ -3038,6 +3098,9 @@ mod tests {
             Quick::Skip(3),
             Quick::Indexed(9),
             Quick::Cascade(11),
+            Quick::Src4 { addr: 0x0af4_0105, len: 32, neg: false },
+            Quick::Src4 { addr: 0x0a00_0000, len: 8, neg: true },
+            Quick::Src4 { addr: 0, len: 0, neg: true },
         ];
         let acts = [
             Act::Continue,
@@ -3952,6 +4015,40 @@ mod tests {
             let mut w = Walk::start(&packet);
             (w.ct, w.mark) = state;
             prop_assert_eq!(fast.holds(&packet, &w), t.holds(&packet, &w), "{:?}", t);
+        }
+    }
+
+    proptest! {
+        /// A test of the IPv4 source alone is kept in the op ([`Quick::Src4`]) and holds
+        /// exactly when its [`Pure4`] does, for IPv4 and IPv6 sources, negated or not, every
+        /// prefix length; tests of anything more keep their [`Pure4`].
+        #[test]
+        fn src4_holds_exactly_when_its_pure4_does(
+            k in 0u32..4,
+            len in 0u8..=32,
+            neg in any::<bool>(),
+            pkt in 0u32..4,
+            v6 in any::<bool>(),
+            proto in proptest::option::of((any::<bool>(), Just(6u8))),
+        ) {
+            let addr = |k: u32| std::net::Ipv4Addr::from(k.wrapping_mul(0x4100_0101));
+            let t = PureTest {
+                proto,
+                src: Some((neg, Net::new(addr(k).into(), len))),
+                ..PureTest::default()
+            };
+            let Some(p) = Pure4::of(&t) else {
+                return Err(TestCaseError::fail("IPv4 tests have an IPv4 form"));
+            };
+            let q = Quick::src4(&p);
+            prop_assert_eq!(q.is_some(), proto.is_none());
+            let Some(Quick::Src4 { addr: a, len: l, neg: n }) = q else { return Ok(()) };
+            let src: IpAddr =
+                if v6 { "fd00::1".parse().unwrap() } else { addr(pkt).into() };
+            let packet = Packet::tcp(src, addr(1).into(), 80);
+            let w = Walk::start(&packet);
+            prop_assert_eq!(src4_holds(src, a, l, n), p.holds(&packet, &w), "{:?}", t);
+            prop_assert_eq!(Pure4::src(a, l, n), p);
         }
     }
 
