@@ -259,8 +259,10 @@ struct CascadeRun {
     start: u32,
     /// One past the last rule.
     end: u32,
-    /// The probability that each rule matches when reached (1 for an unconditional rule).
-    p_match: Vec<f64>,
+    /// Whether the last rule always matches when reached. (The probability of each rule is
+    /// read from the rule, [`cascade_p`], when the exact mode forks: kept here it was 12 MB at
+    /// 100k Services.)
+    certain_last: bool,
     /// Entered at `start`, the probability `c` that the walk stops at or before each rule, as
     /// the least 53-bit draw `x` with `c <= x * 2^-53` (`ceil(c * 2^53)`; `2^53` for 1).
     thresholds: Vec<u64>,
@@ -1394,7 +1396,7 @@ impl<'a> CompiledNetfilter<'a> {
                         cascades.push(CascadeRun {
                             start: b + i as u32,
                             end: b + j as u32,
-                            p_match,
+                            certain_last: p_match.last().is_some_and(|&p| p >= 1.0),
                             thresholds: CascadeRun::thresholds(&cumulative),
                         });
                         i = j;
@@ -1404,6 +1406,7 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        cascades.shrink_to_fit();
         let index = CaptureIndex::new(index_entries);
         let hooks = HookMap::new(&nf.tables);
         let roots = std::array::from_fn(|h| {
@@ -1779,7 +1782,7 @@ impl<'a> CompiledNetfilter<'a> {
                 Quick::Cascade(run) => {
                     let c = self.cascades.get(run as usize)?;
                     // Every draw must pick a branch: the last rule always matches.
-                    if c.p_match.last().is_none_or(|&p| p < 1.0) {
+                    if !c.certain_last {
                         return None;
                     }
                     let mut branches = Vec::with_capacity((c.end - c.start) as usize);
@@ -2350,7 +2353,8 @@ impl<'a> CompiledNetfilter<'a> {
                         Quick::Cascade(run) => {
                             let c = &self.cascades[run as usize];
                             w.set_pos(pos as u32);
-                            match cascade(draw, w, pending, c) {
+                            let rules = &self.ops[c.start as usize..c.end as usize];
+                            match cascade(draw, w, pending, c, rules) {
                                 Some(q) => Some(q as usize),
                                 None => {
                                     pos = c.end as usize;
@@ -2548,18 +2552,20 @@ fn flat_step(p: &Plans, plan: &Plan, acts: &mut Vec<(u32, u32, u32)>) -> Option<
 }
 
 /// Resolves a cascade entered at its start: the matching rule's position, or `None` when the walk
-/// goes on after the cascade (the position is already set). Forks every branch in exact mode.
+/// goes on after the cascade (the position is already set). Forks every branch in exact mode,
+/// with each rule's probability read from `rules` (the cascade's ops).
 fn cascade<R: rand::Rng + ?Sized>(
     draw: &mut Draw<'_, R>,
     w: &mut Walk,
     pending: &mut Vec<Walk>,
     run: &CascadeRun,
+    rules: &[Op<'_>],
 ) -> Option<u32> {
-    let CascadeRun { start, end, ref p_match, .. } = *run;
+    let CascadeRun { start, end, .. } = *run;
     match draw {
         Draw::Sample(rng) => {
             let i = run.pick(&mut **rng);
-            if i < p_match.len() {
+            if i < rules.len() {
                 w.evaluated += i as u32 + 1;
                 w.set_pos(start + i as u32);
                 Some(start + i as u32)
@@ -2575,7 +2581,8 @@ fn cascade<R: rand::Rng + ?Sized>(
             let mut rest = w.prob;
             let mut branches: Vec<(u32, f64)> = Vec::new();
             let mut through = true;
-            for (k, &q) in p_match.iter().enumerate() {
+            for (k, op) in rules.iter().enumerate() {
+                let q = cascade_p(op.rule).unwrap_or(1.0);
                 if q <= 0.0 {
                     continue;
                 }
@@ -4076,7 +4083,7 @@ mod tests {
             let c = CascadeRun {
                 start: 0,
                 end: n as u32,
-                p_match: Vec::new(),
+                certain_last: false,
                 thresholds: CascadeRun::thresholds(&cumulative),
             };
             let eps: Vec<FlatRec> = c
@@ -4160,7 +4167,7 @@ mod tests {
             let run = CascadeRun {
                 start: 0,
                 end: n as u32,
-                p_match: Vec::new(),
+                certain_last: false,
                 thresholds: CascadeRun::thresholds(&cumulative),
             };
             let mut xs: Vec<u64> = draws.iter().map(|d| d >> 11).collect();
