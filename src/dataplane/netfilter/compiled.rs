@@ -259,8 +259,10 @@ struct CascadeRun {
     start: u32,
     /// One past the last rule.
     end: u32,
-    /// The probability that each rule matches when reached (1 for an unconditional rule).
-    p_match: Vec<f64>,
+    /// Whether the last rule always matches when reached. (The probability of each rule is
+    /// read from the rule, [`cascade_p`], when the exact mode forks: kept here it was 12 MB at
+    /// 100k Services.)
+    certain_last: bool,
     /// Entered at `start`, the probability `c` that the walk stops at or before each rule, as
     /// the least 53-bit draw `x` with `c <= x * 2^-53` (`ceil(c * 2^53)`; `2^53` for 1).
     thresholds: Vec<u64>,
@@ -720,16 +722,66 @@ impl StepTest {
     }
 }
 
-/// One rule, placed in the flat array.
+/// One rule, placed in the flat array: 24 bytes (a rule per op, 3.2 million at 100k Services),
+/// so its [`Quick`] test and its [`Act`] are kept as kind bytes and payload words, read back
+/// by [`Op::test`] and [`Op::act`].
 #[derive(Debug, Clone, Copy)]
 struct Op<'a> {
     rule: &'a CompiledRule,
-    /// How the walk tests the rule.
-    test: Quick,
-    /// What a match does, for the targets the walk takes without reading the rule.
-    act: Act,
-    /// For `-j`/`-g CHAIN`: the target chain's first rule and one past its last.
+    /// For `-j`/`-g CHAIN`: the target chain's first rule and one past its last; for `MARK`, the
+    /// bits cleared, then toggled ([`Act::Mark`]); `(0, 0)` otherwise.
     to: (u32, u32),
+    /// The payload of [`Op::test`].
+    arg: u32,
+    /// The kind of [`Op::test`] ([`Quick::pack`]).
+    kind: u8,
+    /// The kind of [`Op::act`] ([`Act::pack`]).
+    act: u8,
+    /// The rest of [`Op::test`]'s payload ([`Quick::Src4`]'s prefix length and negation).
+    aux: u8,
+}
+
+impl<'a> Op<'a> {
+    fn new(rule: &'a CompiledRule, test: Quick, act: Act, to: (u32, u32)) -> Op<'a> {
+        let (kind, arg, aux) = test.pack();
+        let (act, mark) = act.pack();
+        let to = mark.unwrap_or(to);
+        Op { rule, to, arg, kind, act, aux }
+    }
+
+    /// How the walk tests the rule.
+    #[inline(always)]
+    fn test(&self) -> Quick {
+        match self.kind {
+            0 => Quick::Always,
+            1 => Quick::Pure(self.arg),
+            2 => Quick::Pure4(self.arg),
+            4 => Quick::Skip(self.arg),
+            5 => Quick::Indexed(self.arg),
+            6 => Quick::Cascade(self.arg),
+            7 => Quick::Src4 { addr: self.arg, len: self.aux & 0x3f, neg: self.aux & 0x80 != 0 },
+            _ => Quick::General,
+        }
+    }
+
+    fn set_test(&mut self, test: Quick) {
+        (self.kind, self.arg, self.aux) = test.pack();
+    }
+
+    /// What a match does, for the targets the walk takes without reading the rule.
+    #[inline(always)]
+    fn act(&self) -> Act {
+        match self.act {
+            0 => Act::Continue,
+            1 => Act::Accept,
+            2 => Act::Drop,
+            3 => Act::Return,
+            4 => Act::Jump,
+            5 => Act::Goto,
+            6 => Act::Mark(self.to.0, self.to.1),
+            _ => Act::Other,
+        }
+    }
 }
 
 /// How the walk tests a rule.
@@ -741,6 +793,9 @@ enum Quick {
     Pure(u32),
     /// A [`Pure4`] test, in [`CompiledNetfilter::pure4`] at this index.
     Pure4(u32),
+    /// A [`Pure4`] test of the IPv4 source alone, kept in the op: it holds when the source is
+    /// IPv4 and its first `len` bits are `addr`'s, unless `neg` ([`src4_holds`]).
+    Src4 { addr: u32, len: u8, neg: bool },
     /// Anything else: the general evaluator ([`eval_rule`]).
     General,
     /// This rule and the `n - 1` after it in its chain do nothing whether they match or not
@@ -752,6 +807,34 @@ enum Quick {
     /// The first rule of the cascade `cascades[i]`: one draw picks the branch. (The cascade's other
     /// rules, reached only after a `RETURN` into its middle, keep their own test.)
     Cascade(u32),
+}
+
+impl Quick {
+    /// The kind byte, payload word and payload byte [`Op::test`] reads back.
+    fn pack(self) -> (u8, u32, u8) {
+        match self {
+            Quick::Always => (0, 0, 0),
+            Quick::Pure(i) => (1, i, 0),
+            Quick::Pure4(i) => (2, i, 0),
+            Quick::General => (3, 0, 0),
+            Quick::Skip(n) => (4, n, 0),
+            Quick::Indexed(i) => (5, i, 0),
+            Quick::Cascade(i) => (6, i, 0),
+            Quick::Src4 { addr, len, neg } => (7, addr, len.min(32) | if neg { 0x80 } else { 0 }),
+        }
+    }
+
+    /// The [`Quick::Src4`] form of a test of the IPv4 source alone (kube-proxy's hairpin
+    /// `-s podIP`, a million of them at 100k Services, each a distinct [`Pure4`] otherwise).
+    fn src4(p: &Pure4) -> Option<Quick> {
+        (p.has == pure4::SRC && p.src_mask.leading_ones() == p.src_mask.count_ones()).then(|| {
+            Quick::Src4 {
+                addr: p.src,
+                len: p.src_mask.count_ones() as u8,
+                neg: p.neg & pure4::SRC != 0,
+            }
+        })
+    }
 }
 
 /// A matched rule's target, pre-decoded for the common cases.
@@ -771,6 +854,20 @@ enum Act {
 }
 
 impl Act {
+    /// The kind byte [`Op::act`] reads back, and `MARK`'s bits (kept in [`Op::to`]).
+    fn pack(self) -> (u8, Option<(u32, u32)>) {
+        match self {
+            Act::Continue => (0, None),
+            Act::Accept => (1, None),
+            Act::Drop => (2, None),
+            Act::Return => (3, None),
+            Act::Jump => (4, None),
+            Act::Goto => (5, None),
+            Act::Mark(clear, xor) => (6, Some((clear, xor))),
+            Act::Other => (7, None),
+        }
+    }
+
     fn of(target: &Target) -> Act {
         match target {
             Target::None | Target::Continue(_) => Act::Continue,
@@ -836,25 +933,27 @@ mod pure4 {
 }
 
 impl Pure4 {
+    /// The test with no part: it always holds.
+    const TRUE: Pure4 = Pure4 {
+        has: 0,
+        neg: 0,
+        proto: 0,
+        ct: 0,
+        port_proto: 0,
+        src: 0,
+        src_mask: 0,
+        dst: 0,
+        dst_mask: 0,
+        mark_value: 0,
+        mark_mask: 0,
+        sport: PortRange { lo: 0, hi: u16::MAX },
+        dport: PortRange { lo: 0, hi: u16::MAX },
+    };
+
     /// The IPv4 form of `t`, unless it tests an IPv6 address.
     fn of(t: &PureTest) -> Option<Pure4> {
         use pure4::*;
-        let any = PortRange { lo: 0, hi: u16::MAX };
-        let mut p = Pure4 {
-            has: 0,
-            neg: 0,
-            proto: 0,
-            ct: 0,
-            port_proto: 0,
-            src: 0,
-            src_mask: 0,
-            dst: 0,
-            dst_mask: 0,
-            mark_value: 0,
-            mark_mask: 0,
-            sport: any,
-            dport: any,
-        };
+        let mut p = Pure4::TRUE;
         let mut set = |bit: u8, neg: bool| {
             p.has |= bit;
             if neg {
@@ -932,6 +1031,32 @@ impl Pure4 {
                     && ok(SPORT, self.sport.contains(pkt.sport))
                     && ok(DPORT, self.dport.contains(dport)))
     }
+}
+
+impl Pure4 {
+    /// The test of the IPv4 source alone that [`Quick::Src4`] keeps.
+    fn src(addr: u32, len: u8, neg: bool) -> Pure4 {
+        Pure4 {
+            has: pure4::SRC,
+            neg: if neg { pure4::SRC } else { 0 },
+            src: addr,
+            src_mask: prefix_mask(len),
+            ..Pure4::TRUE
+        }
+    }
+}
+
+/// The IPv4 mask of a prefix of `len` bits.
+#[inline(always)]
+fn prefix_mask(len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
+}
+
+/// [`Quick::Src4`]'s test: as [`Pure4::holds`] of [`Pure4::src`].
+#[inline(always)]
+fn src4_holds(src: IpAddr, addr: u32, len: u8, neg: bool) -> bool {
+    let IpAddr::V4(a) = src else { return neg };
+    ((u32::from(a) ^ addr) & prefix_mask(len) == 0) != neg
 }
 
 impl PureTest {
@@ -1121,6 +1246,12 @@ impl<'a> CompiledNetfilter<'a> {
                 for rule in &chain.rules {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
+                        Some(t)
+                            if let Some(p) = Pure4::of(&t)
+                                && let Some(q) = Quick::src4(&p) =>
+                        {
+                            q
+                        }
                         Some(t) if let Some(p) = Pure4::of(&t) => {
                             use std::hash::BuildHasher;
                             let slot = hasher.hash_one(p) as usize % PURE4_CACHE;
@@ -1144,7 +1275,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         _ => (0, 0),
                     };
-                    ops.push(Op { rule, test: quick, act: Act::of(&rule.target), to });
+                    ops.push(Op::new(rule, quick, Act::of(&rule.target), to));
                 }
             }
         }
@@ -1157,12 +1288,15 @@ impl<'a> CompiledNetfilter<'a> {
                 let b = base[ti][ci] as usize;
                 let mut after = 0u32;
                 for op in ops[b..b + chain.rules.len()].iter_mut().rev() {
-                    let pure = matches!(op.test, Quick::Always | Quick::Pure(_) | Quick::Pure4(_));
+                    let pure = matches!(
+                        op.test(),
+                        Quick::Always | Quick::Pure(_) | Quick::Pure4(_) | Quick::Src4 { .. }
+                    );
                     let no_op =
-                        op.act == Act::Continue || (op.act == Act::Jump && op.to.0 == op.to.1);
+                        op.act() == Act::Continue || (op.act() == Act::Jump && op.to.0 == op.to.1);
                     after = if pure && no_op { after + 1 } else { 0 };
                     if after > 0 {
-                        op.test = Quick::Skip(after);
+                        op.set_test(Quick::Skip(after));
                     }
                 }
             }
@@ -1221,7 +1355,7 @@ impl<'a> CompiledNetfilter<'a> {
                         }
                         ops[(b as usize + i)..(b as usize + j)]
                             .iter_mut()
-                            .for_each(|o| o.test = Quick::Indexed(id));
+                            .for_each(|o| o.set_test(Quick::Indexed(id)));
                         indexed.push(IndexedRun {
                             start: b + i as u32,
                             end: b + j as u32,
@@ -1258,11 +1392,11 @@ impl<'a> CompiledNetfilter<'a> {
                             survive *= 1.0 - q;
                             cumulative.push(1.0 - survive);
                         }
-                        ops[b as usize + i].test = Quick::Cascade(id);
+                        ops[b as usize + i].set_test(Quick::Cascade(id));
                         cascades.push(CascadeRun {
                             start: b + i as u32,
                             end: b + j as u32,
-                            p_match,
+                            certain_last: p_match.last().is_some_and(|&p| p >= 1.0),
                             thresholds: CascadeRun::thresholds(&cumulative),
                         });
                         i = j;
@@ -1272,6 +1406,7 @@ impl<'a> CompiledNetfilter<'a> {
                 }
             }
         }
+        cascades.shrink_to_fit();
         let index = CaptureIndex::new(index_entries);
         let hooks = HookMap::new(&nf.tables);
         let roots = std::array::from_fn(|h| {
@@ -1309,10 +1444,15 @@ impl<'a> CompiledNetfilter<'a> {
         // The plans of captures, and the flat records of those in kube-proxy's shape, whose plans
         // are then dropped at once (a million endpoint plans are some 75 MB).
         let mut plans = Plans::default();
-        let mut flat = Flat { entry: None, recs: Vec::new(), acts: vec![(0, 0, 0)] };
+        // The records are reserved at once and never shrunk: `FlatRec` is over-aligned, and Rust
+        // reallocates an over-aligned block by copying it, so growing or shrinking the vector
+        // held two copies at once (a 33 MiB transient that set the peak at 100k Services).
+        // Capacity past the records is never written, so it is not resident.
+        let most = host_captures.iter().map(|&(_, pos, _, _)| compiled.most_records(pos)).sum();
+        let mut flat = Flat { entry: None, recs: Vec::with_capacity(most), acts: vec![(0, 0, 0)] };
         for (run, pos, facts, key) in host_captures {
             let op = &compiled.ops[pos as usize];
-            if op.act != Act::Jump || op.to.0 == op.to.1 {
+            if op.act() != Act::Jump || op.to.0 == op.to.1 {
                 continue;
             }
             let before = plans.len();
@@ -1332,7 +1472,6 @@ impl<'a> CompiledNetfilter<'a> {
             }
             r.plans[(pos - r.start) as usize] = id;
         }
-        flat.recs.shrink_to_fit();
         plans.shrink_to_fit();
         compiled.plans = plans;
         compiled.flat = flat;
@@ -1374,6 +1513,21 @@ impl<'a> CompiledNetfilter<'a> {
             .get(e.run as usize)
             .is_some_and(|r| r.shapes == 1 && r.prefixes.is_empty());
         (root.is_nat && single_probe && self.tails[Phase::Pre as usize].is_none()).then_some(e)
+    }
+
+    /// The most [`Flat`] records the capture at `pos` can have: its own, then one per branch of
+    /// the first cascade of the chain it jumps to (where its plan ends), or one endpoint.
+    fn most_records(&self, pos: u32) -> usize {
+        let Some(op) = self.ops.get(pos as usize) else { return 0 };
+        if op.act() != Act::Jump || op.to.0 == op.to.1 {
+            return 0;
+        }
+        let chain = self.ops.get(op.to.0 as usize..op.to.1 as usize).unwrap_or_default();
+        let branches = chain.iter().find_map(|o| match o.test() {
+            Quick::Cascade(run) => self.cascades.get(run as usize).map(|c| c.thresholds.len()),
+            _ => None,
+        });
+        1 + branches.unwrap_or(1).max(1)
     }
 
     /// Adds the records of plan `id` (a capture's) to `flat` if it has kube-proxy's shape; their
@@ -1425,7 +1579,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = root.start;
         while pos < root.end {
             let op = self.ops.get(pos as usize)?;
-            match op.test {
+            match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1436,7 +1590,7 @@ impl<'a> CompiledNetfilter<'a> {
             }
             count += 1;
             pos += 1;
-            match op.act {
+            match op.act() {
                 Act::Continue => continue,
                 Act::Jump if op.to.0 == op.to.1 => continue,
                 Act::Jump => {}
@@ -1444,7 +1598,7 @@ impl<'a> CompiledNetfilter<'a> {
             }
             let mut at = op.to.0;
             while at < op.to.1 {
-                match self.ops.get(at as usize)?.test {
+                match self.ops.get(at as usize)?.test() {
                     Quick::Skip(n) => {
                         count += n;
                         at += n;
@@ -1531,7 +1685,7 @@ impl<'a> CompiledNetfilter<'a> {
         while let Some((start, end)) = chains.pop() {
             for op in self.ops.get(start as usize..end as usize)? {
                 rules += 1;
-                match op.test {
+                match op.test() {
                     Quick::Always | Quick::Skip(_) => {}
                     Quick::Pure4(i) => {
                         let t = &self.pure4[i as usize];
@@ -1547,7 +1701,7 @@ impl<'a> CompiledNetfilter<'a> {
                     }
                     _ => return None,
                 }
-                match op.act {
+                match op.act() {
                     Act::Continue | Act::Accept | Act::Drop | Act::Return | Act::Mark(..) => {}
                     Act::Jump | Act::Goto => {
                         if !seen.contains(&op.to) {
@@ -1619,7 +1773,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = to.0;
         while pos < to.1 {
             let op = self.ops.get(pos as usize)?;
-            let test = match op.test {
+            let test = match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1628,13 +1782,13 @@ impl<'a> CompiledNetfilter<'a> {
                 Quick::Cascade(run) => {
                     let c = self.cascades.get(run as usize)?;
                     // Every draw must pick a branch: the last rule always matches.
-                    if c.p_match.last().is_none_or(|&p| p < 1.0) {
+                    if !c.certain_last {
                         return None;
                     }
                     let mut branches = Vec::with_capacity((c.end - c.start) as usize);
                     for b in c.start..c.end {
                         let op = self.ops.get(b as usize)?;
-                        if op.act != Act::Jump || op.to.0 == op.to.1 {
+                        if op.act() != Act::Jump || op.to.0 == op.to.1 {
                             return None;
                         }
                         let id = self.plan(op.to, facts, level + 1, out)?;
@@ -1648,13 +1802,14 @@ impl<'a> CompiledNetfilter<'a> {
                 }
                 Quick::Always => Some(Pure4::of(&PureTest::default())?),
                 Quick::Pure4(i) => self.pure4.get(i as usize)?.given(facts),
+                Quick::Src4 { addr, len, neg } => Pure4::src(addr, len, neg).given(facts),
                 _ => return None,
             };
             count += 1;
             pos += 1;
             // A rule that cannot match here is only counted.
             let Some(test) = test else { continue };
-            let (extra, clear, xor) = match op.act {
+            let (extra, clear, xor) = match op.act() {
                 Act::Continue => continue,
                 Act::Jump if op.to.0 == op.to.1 => continue,
                 Act::Mark(clear, xor) => (0, clear, xor),
@@ -1692,7 +1847,7 @@ impl<'a> CompiledNetfilter<'a> {
         let mut pos = to.0;
         while pos < to.1 {
             let op = self.ops.get(pos as usize)?;
-            match op.test {
+            match op.test() {
                 Quick::Skip(n) => {
                     count += n;
                     pos += n;
@@ -1702,7 +1857,7 @@ impl<'a> CompiledNetfilter<'a> {
                 _ => return None,
             }
             pos += 1;
-            match op.act {
+            match op.act() {
                 Act::Continue => {}
                 Act::Jump if op.to.0 == op.to.1 => {}
                 Act::Mark(c, x) => {
@@ -2154,7 +2309,7 @@ impl<'a> CompiledNetfilter<'a> {
                     w.resume = Resume::Fresh;
                     (resumed == Resume::Match).then_some(pos)
                 } else {
-                    match op.test {
+                    match op.test() {
                         Quick::Always => {
                             w.evaluated += 1;
                             Some(pos)
@@ -2162,6 +2317,10 @@ impl<'a> CompiledNetfilter<'a> {
                         Quick::Pure4(i) => {
                             w.evaluated += 1;
                             self.pure4[i as usize].holds(pkt, w).then_some(pos)
+                        }
+                        Quick::Src4 { addr, len, neg } => {
+                            w.evaluated += 1;
+                            src4_holds(w.src, addr, len, neg).then_some(pos)
                         }
                         Quick::Pure(i) => {
                             w.evaluated += 1;
@@ -2194,7 +2353,8 @@ impl<'a> CompiledNetfilter<'a> {
                         Quick::Cascade(run) => {
                             let c = &self.cascades[run as usize];
                             w.set_pos(pos as u32);
-                            match cascade(draw, w, pending, c) {
+                            let rules = &self.ops[c.start as usize..c.end as usize];
+                            match cascade(draw, w, pending, c, rules) {
                                 Some(q) => Some(q as usize),
                                 None => {
                                     pos = c.end as usize;
@@ -2221,7 +2381,7 @@ impl<'a> CompiledNetfilter<'a> {
                 };
                 pos = at + 1;
                 let op = &self.ops[at];
-                match op.act {
+                match op.act() {
                     Act::Continue => continue,
                     Act::Mark(clear, xor) => {
                         w.mark = (w.mark & !clear) ^ xor;
@@ -2266,7 +2426,7 @@ impl<'a> CompiledNetfilter<'a> {
                     | Target::Return
                     | Target::Jump(_)
                     | Target::Goto(_)
-                    | Target::Mark { .. } => {} // taken through `op.act` above
+                    | Target::Mark { .. } => {} // taken through `op.act()` above
                     Target::Unmodelled(what) => {
                         w.warnings.push(format!(
                             "line {}: {what} is not modelled; assumed to let the packet continue",
@@ -2392,18 +2552,20 @@ fn flat_step(p: &Plans, plan: &Plan, acts: &mut Vec<(u32, u32, u32)>) -> Option<
 }
 
 /// Resolves a cascade entered at its start: the matching rule's position, or `None` when the walk
-/// goes on after the cascade (the position is already set). Forks every branch in exact mode.
+/// goes on after the cascade (the position is already set). Forks every branch in exact mode,
+/// with each rule's probability read from `rules` (the cascade's ops).
 fn cascade<R: rand::Rng + ?Sized>(
     draw: &mut Draw<'_, R>,
     w: &mut Walk,
     pending: &mut Vec<Walk>,
     run: &CascadeRun,
+    rules: &[Op<'_>],
 ) -> Option<u32> {
-    let CascadeRun { start, end, ref p_match, .. } = *run;
+    let CascadeRun { start, end, .. } = *run;
     match draw {
         Draw::Sample(rng) => {
             let i = run.pick(&mut **rng);
-            if i < p_match.len() {
+            if i < rules.len() {
                 w.evaluated += i as u32 + 1;
                 w.set_pos(start + i as u32);
                 Some(start + i as u32)
@@ -2419,7 +2581,8 @@ fn cascade<R: rand::Rng + ?Sized>(
             let mut rest = w.prob;
             let mut branches: Vec<(u32, f64)> = Vec::new();
             let mut through = true;
-            for (k, &q) in p_match.iter().enumerate() {
+            for (k, op) in rules.iter().enumerate() {
+                let q = cascade_p(op.rule).unwrap_or(1.0);
                 if q <= 0.0 {
                     continue;
                 }
@@ -2925,6 +3088,48 @@ mod tests {
     use crate::model::rules::{Arg, Family, Ruleset};
     use crate::model::{Cluster, IpFamily, NodeView};
     use crate::study::synthetic::{self, Shape};
+
+    /// An op is 24 bytes, and its test and target read back as they were packed, payloads
+    /// included (`MARK`'s bits share the jump's words).
+    #[test]
+    fn ops_are_small_and_read_back_as_packed() {
+        assert_eq!(size_of::<Op<'_>>(), 24);
+        let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
+        let nf = Netfilter::new(&iptables_save::parse(text, Family::V4).unwrap()).unwrap();
+        let rule = nf.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules).next().unwrap();
+        let tests = [
+            Quick::Always,
+            Quick::Pure(7),
+            Quick::Pure4(u32::MAX - 1),
+            Quick::General,
+            Quick::Skip(3),
+            Quick::Indexed(9),
+            Quick::Cascade(11),
+            Quick::Src4 { addr: 0x0af4_0105, len: 32, neg: false },
+            Quick::Src4 { addr: 0x0a00_0000, len: 8, neg: true },
+            Quick::Src4 { addr: 0, len: 0, neg: true },
+        ];
+        let acts = [
+            Act::Continue,
+            Act::Accept,
+            Act::Drop,
+            Act::Return,
+            Act::Jump,
+            Act::Goto,
+            Act::Mark(0x4000, 0x4000),
+            Act::Other,
+        ];
+        for &test in &tests {
+            for &act in &acts {
+                let mut op = Op::new(rule, test, act, (5, 8));
+                assert_eq!((op.test(), op.act()), (test, act));
+                let to = if matches!(act, Act::Mark(..)) { (0x4000, 0x4000) } else { (5, 8) };
+                assert_eq!(op.to, to);
+                op.set_test(Quick::Skip(2));
+                assert_eq!((op.test(), op.act()), (Quick::Skip(2), act));
+            }
+        }
+    }
 
     /// Everything an outcome says except its probability, as a sortable text.
     fn key(o: &Outcome) -> String {
@@ -3821,6 +4026,40 @@ mod tests {
     }
 
     proptest! {
+        /// A test of the IPv4 source alone is kept in the op ([`Quick::Src4`]) and holds
+        /// exactly when its [`Pure4`] does, for IPv4 and IPv6 sources, negated or not, every
+        /// prefix length; tests of anything more keep their [`Pure4`].
+        #[test]
+        fn src4_holds_exactly_when_its_pure4_does(
+            k in 0u32..4,
+            len in 0u8..=32,
+            neg in any::<bool>(),
+            pkt in 0u32..4,
+            v6 in any::<bool>(),
+            proto in proptest::option::of((any::<bool>(), Just(6u8))),
+        ) {
+            let addr = |k: u32| std::net::Ipv4Addr::from(k.wrapping_mul(0x4100_0101));
+            let t = PureTest {
+                proto,
+                src: Some((neg, Net::new(addr(k).into(), len))),
+                ..PureTest::default()
+            };
+            let Some(p) = Pure4::of(&t) else {
+                return Err(TestCaseError::fail("IPv4 tests have an IPv4 form"));
+            };
+            let q = Quick::src4(&p);
+            prop_assert_eq!(q.is_some(), proto.is_none());
+            let Some(Quick::Src4 { addr: a, len: l, neg: n }) = q else { return Ok(()) };
+            let src: IpAddr =
+                if v6 { "fd00::1".parse().unwrap() } else { addr(pkt).into() };
+            let packet = Packet::tcp(src, addr(1).into(), 80);
+            let w = Walk::start(&packet);
+            prop_assert_eq!(src4_holds(src, a, l, n), p.holds(&packet, &w), "{:?}", t);
+            prop_assert_eq!(Pure4::src(a, l, n), p);
+        }
+    }
+
+    proptest! {
         /// The branch a draw takes among [`Flat`] endpoint records is the cascade's, for even
         /// tables (exact and rounded like kube-proxy's printed probabilities), uneven ones, and
         /// draws on and next to every threshold.
@@ -3844,7 +4083,7 @@ mod tests {
             let c = CascadeRun {
                 start: 0,
                 end: n as u32,
-                p_match: Vec::new(),
+                certain_last: false,
                 thresholds: CascadeRun::thresholds(&cumulative),
             };
             let eps: Vec<FlatRec> = c
@@ -3928,7 +4167,7 @@ mod tests {
             let run = CascadeRun {
                 start: 0,
                 end: n as u32,
-                p_match: Vec::new(),
+                certain_last: false,
                 thresholds: CascadeRun::thresholds(&cumulative),
             };
             let mut xs: Vec<u64> = draws.iter().map(|d| d >> 11).collect();
