@@ -98,10 +98,17 @@ impl Pre {
 /// The pre-tests of every chain of every table: per table, one array of every chain's rules in
 /// chain order, and where each chain starts in it (one allocation per table, not per chain: a
 /// large dump has a million chains of two rules).
+///
+/// A chain shorter than [`MIN_RULES`] has none (an empty slice): a walk through two or three
+/// rules gains nothing from skipping them in a loop, and kube-proxy's million two-rule endpoint
+/// chains would otherwise take 40 MB of pre-tests at 100k Services.
 #[derive(Debug, Clone, Default)]
 pub struct Prefilters {
     tables: Vec<TablePre>,
 }
+
+/// The fewest rules a chain has pre-tests for.
+pub const MIN_RULES: usize = 4;
 
 #[derive(Debug, Clone, Default)]
 struct TablePre {
@@ -116,12 +123,15 @@ impl Prefilters {
         let tables = tables
             .iter()
             .map(|t| {
-                let rules = t.chains.iter().map(|c| c.rules.len()).sum();
+                let rules =
+                    (t.chains.iter().map(|c| c.rules.len())).filter(|&n| n >= MIN_RULES).sum();
                 let mut pre = Vec::with_capacity(rules);
                 let mut starts = Vec::with_capacity(t.chains.len() + 1);
-                for c in &t.chains {
+                for c in t.chains.iter() {
                     starts.push(pre.len() as u32);
-                    pre.extend(c.rules.iter().map(|r| Pre::of(&r.header)));
+                    if c.rules.len() >= MIN_RULES {
+                        pre.extend(c.rules.iter().map(|r| Pre::of(&r.header)));
+                    }
                 }
                 starts.push(pre.len() as u32);
                 TablePre { pre: pre.into_boxed_slice(), starts: starts.into_boxed_slice() }
@@ -130,7 +140,7 @@ impl Prefilters {
         Prefilters { tables }
     }
 
-    /// The pre-tests of one chain (empty when out of range).
+    /// The pre-tests of one chain (empty when out of range or shorter than [`MIN_RULES`]).
     #[inline]
     pub fn chain(&self, table: usize, chain: usize) -> &[Pre] {
         let Some(t) = self.tables.get(table) else { return &[] };
@@ -260,5 +270,28 @@ mod tests {
             proptest::prop_assert_eq!(pres[0].may_match(s, d, p), full);
             proptest::prop_assert_eq!(Prefilters::skip(&pres, 0, s, d, p) == 0, full);
         }
+    }
+
+    #[test]
+    fn only_chains_of_at_least_min_rules_have_pre_tests() {
+        let mut text =
+            String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:SHORT - [0:0]\n:LONG - [0:0]\n");
+        for i in 0..MIN_RULES - 1 {
+            text.push_str(&format!("-A SHORT -d 10.0.0.{i}/32 -j ACCEPT\n"));
+        }
+        for i in 0..MIN_RULES {
+            text.push_str(&format!("-A LONG -d 10.0.1.{i}/32 -j ACCEPT\n"));
+        }
+        text.push_str("COMMIT\n");
+        let rs =
+            crate::formats::iptables_save::parse(&text, crate::model::rules::Family::V4).unwrap();
+        let tables = super::super::compile::compile(&rs).unwrap();
+        let pre = Prefilters::new(&tables);
+        let (short, long) = (tables[0].chain("SHORT").unwrap(), tables[0].chain("LONG").unwrap());
+        assert!(pre.chain(0, short).is_empty());
+        assert_eq!(pre.chain(0, long).len(), MIN_RULES);
+        // The long chain's pre-tests are its own rules': a packet to its third address skips two.
+        let skip = Prefilters::skip(pre.chain(0, long), 0, v4("10.9.9.9"), v4("10.0.1.2"), 6);
+        assert_eq!(skip, 2);
     }
 }
