@@ -198,6 +198,14 @@ impl Part {
     }
 }
 
+/// A finished [`Part`], its nat rules sharing their text.
+struct Written {
+    filter_chains: Vec<Located>,
+    filter_rules: Vec<Located>,
+    nat_chains: Vec<Located>,
+    nat_rules: ArenaRules,
+}
+
 /// A table's rules in parts, in order: finished statements, or the parallel parts' arenas.
 enum Rules {
     Built(Vec<Located>),
@@ -472,7 +480,7 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
     };
     // Service ports are written in parallel, a chunk at a time, and joined in order: the same
     // rules in the same order as one sequential pass.
-    let parts: Vec<Part> = ports
+    let parts: Vec<Written> = ports
         .par_chunks(PORTS_PER_TASK)
         .map(|chunk| {
             let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
@@ -486,7 +494,13 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
             for sp in chunk {
                 write_service_port(&mut part, sp, &ctx);
             }
-            part
+            // The arena's text is shared from here, on the worker (which also allocates it).
+            Written {
+                filter_chains: part.filter_chains,
+                filter_rules: part.filter_rules,
+                nat_chains: part.nat_chains,
+                nat_rules: part.nat_rules.into_rules(),
+            }
         })
         .collect();
     let head = b;
@@ -542,7 +556,7 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
         filter_chains.push(part.filter_chains);
         filter_rules.push(Rules::Built(part.filter_rules));
         nat_chains.push(part.nat_chains);
-        arenas.push(part.nat_rules.into_rules());
+        arenas.push(part.nat_rules);
     }
     filter_chains.push(tail.filter_chains);
     filter_rules.push(Rules::Built(tail.filter_rules));
