@@ -625,7 +625,7 @@ pub fn render(ruleset: &Ruleset) -> String {
 }
 
 /// Chunks [`render`] prints in parallel before copying them into the result.
-const RENDER_BATCH: usize = 4;
+const RENDER_BATCH: usize = 16;
 
 /// The length of a statement's line, newline not included.
 fn statement_len(stmt: &Statement) -> usize {
@@ -1931,10 +1931,11 @@ mod tests {
 
     #[test]
     fn render_of_a_large_table_is_the_lines_in_order() {
-        // More statements than one render chunk, so the parallel path runs and is joined.
+        // More statements than one batch of render chunks, so the parallel path runs, in more
+        // than one batch, and is joined.
         let mut nat = Table::new("nat");
         let mut filter = Table::new("filter");
-        for i in 0..(2 * RENDER_CHUNK + 17) {
+        for i in 0..(RENDER_CHUNK * RENDER_BATCH / 2 + 17) {
             let chain = format!("KUBE-SEP-{i:016}");
             nat.push(Statement::Chain(ChainDecl::user(chain.as_str())));
             nat.push(Statement::Rule(Rule::new(chain.as_str()).jump("KUBE-MARK-MASQ")));
