@@ -16,13 +16,14 @@
 //! Go map again), svcpath keeps `ip:port` order.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rayon::prelude::*;
 
 use super::names::endpoint_string;
-use crate::model::rules::Name;
+use crate::model::rules::{Name, NameHasher};
 use crate::model::{
     AddressType, Cluster, EndpointSlice, IpFamily, IpMode, NodeView, Protocol, Service,
     ServicePort, ServiceType, SessionAffinity, TrafficPolicy,
@@ -321,7 +322,8 @@ pub fn service_ports<'a>(
 ) -> Vec<SvcPort<'a>> {
     let node_hints = cluster.config.prefer_same_traffic_distribution;
     // The slices of each Service, found once (a scan per Service would be quadratic).
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>, BuildHasherDefault<NameHasher>> =
+        HashMap::default();
     for s in &cluster.endpoint_slices {
         slices.entry((s.namespace.as_str(), s.service_name.as_str())).or_default().push(s);
     }

@@ -14,13 +14,12 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use rayon::prelude::*;
-use smol_str::ToSmolStr;
 
 use super::endpoints::{SvcPort, categorize_at, service_ports};
 use super::names::*;
 use crate::model::rules::{
-    Addr, ChainDecl, Family, IntoName, Located, Name, Policy, Rule, Ruleset, Statement, Table,
-    TextArena, Word,
+    Addr, ArenaRule, ArenaRules, ChainDecl, Family, IntoName, Located, Name, Policy, Rule, Ruleset,
+    Statement, Table, TextArena, Word, WriteArgs,
 };
 use crate::model::{Cluster, DetectLocalMode, IpFamily, NodeView, Protocol};
 
@@ -140,7 +139,7 @@ impl IptablesSync {
                     let rules = statements.split_off(split);
                     (statements, rules)
                 };
-                node_table(tname, vec![chains], vec![rules], &jumps)
+                node_table(tname, vec![chains], vec![Rules::Built(rules)], &jumps)
             })
             .collect();
         Ruleset { family, tables }
@@ -154,8 +153,6 @@ struct Buffers {
     filter_rules: Vec<Located>,
     nat_chains: Vec<Located>,
     nat_rules: Vec<Located>,
-    /// Where the nat rules' texts go, when the buffers gather them (the per-service parts).
-    nat_text: Option<TextArena>,
 }
 
 impl Buffers {
@@ -171,19 +168,63 @@ impl Buffers {
         self.nat_chains.push(located(Statement::Chain(ChainDecl::user(name))));
     }
 
-    fn nat(&mut self, mut rule: Rule) {
-        if let Some(arena) = &mut self.nat_text {
-            arena.adopt(&mut rule, self.nat_rules.len());
-        }
+    fn nat(&mut self, rule: Rule) {
         self.nat_rules.push(located(Statement::Rule(rule)));
     }
+}
 
-    /// Gives the nat rules their gathered texts back.
-    fn finish(mut self) -> Buffers {
-        if let Some(arena) = self.nat_text.take() {
-            arena.finish(&mut self.nat_rules);
+/// What one parallel task writes for its service ports: [`Buffers`], except that the nat rules
+/// (most of a sync) are written straight into one shared text and become statements only in
+/// their table.
+struct Part {
+    filter_chains: Vec<Located>,
+    filter_rules: Vec<Located>,
+    nat_chains: Vec<Located>,
+    nat_rules: TextArena,
+}
+
+impl Part {
+    fn filter(&mut self, rule: Rule) {
+        self.filter_rules.push(located(Statement::Rule(rule)));
+    }
+
+    fn nat_chain(&mut self, name: impl IntoName) {
+        self.nat_chains.push(located(Statement::Chain(ChainDecl::user(name))));
+    }
+
+    /// A nat rule in `chain`, written as its builders are called and added when dropped.
+    fn nat<C: AsRef<str> + IntoName>(&mut self, chain: C) -> ArenaRule<'_> {
+        self.nat_rules.rule(chain)
+    }
+}
+
+/// A finished [`Part`], its nat rules sharing their text.
+struct Written {
+    filter_chains: Vec<Located>,
+    filter_rules: Vec<Located>,
+    nat_chains: Vec<Located>,
+    nat_rules: ArenaRules,
+}
+
+/// A table's rules in parts, in order: finished statements, or the parallel parts' arenas.
+enum Rules {
+    Built(Vec<Located>),
+    Written(Vec<ArenaRules>),
+}
+
+impl Rules {
+    fn len(&self) -> usize {
+        match self {
+            Rules::Built(v) => v.len(),
+            Rules::Written(parts) => parts.iter().map(ArenaRules::len).sum(),
         }
-        self
+    }
+
+    fn append_to(self, out: &mut Vec<Located>) {
+        match self {
+            Rules::Built(mut v) => out.append(&mut v),
+            Rules::Written(parts) => ArenaRules::append_all(&parts, out),
+        }
     }
 }
 
@@ -193,11 +234,12 @@ fn located(stmt: Statement) -> Located {
 }
 
 /// One table: `chains` parts then `rules` parts, moved into one vector.
-fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Vec<Located>>) -> Table {
-    let len = chains.iter().chain(&rules).map(Vec::len).sum::<usize>();
+fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Rules>) -> Table {
+    let len = chains.iter().map(Vec::len).chain(rules.iter().map(Rules::len)).sum::<usize>();
     let mut t = Table::new(name);
     t.statements.reserve_exact(len);
-    chains.into_iter().chain(rules).for_each(|mut part| t.statements.append(&mut part));
+    chains.into_iter().for_each(|mut part| t.statements.append(&mut part));
+    rules.into_iter().for_each(|part| part.append_to(&mut t.statements));
     t
 }
 
@@ -244,7 +286,7 @@ impl LocalDetector {
         !matches!(self, LocalDetector::None)
     }
 
-    fn add(&self, r: Rule, negate: bool) -> Rule {
+    fn add<R: WriteArgs>(&self, r: R, negate: bool) -> R {
         use crate::model::rules::Arg;
         match self {
             LocalDetector::None => r,
@@ -262,40 +304,24 @@ fn canonical(n: &IpNetwork) -> Addr {
 
 /// A rule in `chain` starting `-m comment --comment TEXT` (quoted when spaced).
 fn commented(chain: impl IntoName, text: &str) -> Rule {
-    sized_commented(chain, &Word::quote_if_spaced(text), OTHER_ROOM)
+    let word = Word::quote_if_spaced(text);
+    Rule::with_capacity(chain, COMMENT_ROOM + word.as_raw().len() + 1 + OTHER_ROOM)
+        .comment_word(&word)
 }
 
-/// A rule in `chain` starting with the comment `word`, with room for `bytes` of arguments after
-/// it (so that writing them allocates once instead of growing the text by doubling).
-fn sized_commented(chain: impl IntoName, word: &Word, bytes: usize) -> Rule {
-    Rule::with_capacity(chain, COMMENT_ROOM + word.as_raw().len() + 1 + bytes).comment_word(word)
-}
-
-// Upper bounds on the text of arguments, for `Rule::with_capacity`: each counts its separating
-// space.
 /// `-m comment --comment ` before the comment word.
 const COMMENT_ROOM: usize = "-m comment --comment ".len();
-/// `-m sctp -p sctp`, the longest protocol match.
-const PROTO_ROOM: usize = "-m sctp -p sctp ".len();
-/// ` --dport 65535`.
-const DPORT_ROOM: usize = " --dport 65535".len();
-/// `-d`/`-s` with a host or network address of either family (`! -s ffff:…:ffff/128`).
-const ADDR_ROOM: usize = " ! -s ".len() + "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128".len();
-/// `-m statistic --mode random --probability 0.0000000000 `.
-const STATISTIC_ROOM: usize = "-m statistic --mode random --probability 0.0000000000 ".len();
-/// `-m recent --name KUBE-SEP-… --rcheck --seconds 4294967295 --reap `.
-const RECENT_ROOM: usize =
-    "-m recent --name KUBE-SEP-0123456789ABCDEF --rcheck --seconds 4294967295 --reap ".len();
-/// Rules off the per-endpoint paths: room for a few arguments.
+/// Rules off the per-service-port paths: room for a few arguments after the comment (an upper
+/// bound for `Rule::with_capacity`, so that writing them allocates once).
 const OTHER_ROOM: usize = 80;
 
-/// ` -j TARGET`.
-fn jump_room(target: &str) -> usize {
-    " -j ".len() + target.len()
+fn proto_match<R: WriteArgs>(r: R, p: Protocol) -> R {
+    r.module(p.as_str()).proto(p.as_str())
 }
 
-fn proto_match(r: Rule, p: Protocol) -> Rule {
-    r.module(p.as_str()).proto(p.as_str())
+/// kube-proxy's match of a service port's destination: protocol, address, port.
+fn dest<R: WriteArgs>(r: R, p: Protocol, ip: IpAddr, port: &str) -> R {
+    proto_match(r, p).dst(Addr::host(ip)).opt1("dport", port)
 }
 
 /// Runs one full sync of kube-proxy's iptables proxier for `node` and `family`.
@@ -341,7 +367,7 @@ pub fn sync_node_dump(
 fn node_table(
     name: &'static str,
     chains: Vec<Vec<Located>>,
-    rules: Vec<Vec<Located>>,
+    rules: Vec<Rules>,
     jumps: &[(&'static str, Rule)],
 ) -> Table {
     let builtins = BUILTINS.iter().find(|(t, _)| *t == name).map_or(&[][..], |(_, b)| *b);
@@ -368,7 +394,8 @@ fn node_table(
     let len = builtins.len()
         + extra.len()
         + table_jumps.clone().count()
-        + chains.iter().chain(&rules).map(Vec::len).sum::<usize>();
+        + chains.iter().map(Vec::len).sum::<usize>()
+        + rules.iter().map(Rules::len).sum::<usize>();
     let mut t = Table::new(name);
     t.statements.reserve_exact(len);
     t.statements.extend(
@@ -379,8 +406,8 @@ fn node_table(
     }
     t.statements.extend(extra.into_iter().map(|c| located(Statement::Chain(ChainDecl::user(c)))));
     t.statements.extend(table_jumps.map(|(_, r)| located(Statement::Rule(r.clone()))));
-    for mut part in rules {
-        t.statements.append(&mut part);
+    for part in rules {
+        part.append_to(&mut t.statements);
     }
     t
 }
@@ -389,9 +416,9 @@ fn node_table(
 struct SyncParts {
     family: Family,
     filter_chains: Vec<Vec<Located>>,
-    filter_rules: Vec<Vec<Located>>,
+    filter_rules: Vec<Rules>,
     nat_chains: Vec<Vec<Located>>,
-    nat_rules: Vec<Vec<Located>>,
+    nat_rules: Vec<Rules>,
 }
 
 fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv) -> SyncParts {
@@ -453,21 +480,27 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
     };
     // Service ports are written in parallel, a chunk at a time, and joined in order: the same
     // rules in the same order as one sequential pass.
-    let parts: Vec<Buffers> = ports
+    let parts: Vec<Written> = ports
         .par_chunks(PORTS_PER_TASK)
         .map(|chunk| {
             let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
             let rules = chunk.len() * 3 + eps * 3;
-            let mut part = Buffers {
-                nat_text: Some(TextArena::with_capacity(rules * TEXT_PER_RULE)),
-                ..Buffers::default()
+            let mut part = Part {
+                filter_chains: Vec::new(),
+                filter_rules: Vec::new(),
+                nat_chains: Vec::with_capacity(chunk.len() + eps),
+                nat_rules: TextArena::with_capacity(rules * TEXT_PER_RULE, rules),
             };
-            part.nat_rules.reserve(rules);
-            part.nat_chains.reserve(chunk.len() + eps);
             for sp in chunk {
                 write_service_port(&mut part, sp, &ctx);
             }
-            part.finish()
+            // The arena's text is shared from here, on the worker (which also allocates it).
+            Written {
+                filter_chains: part.filter_chains,
+                filter_rules: part.filter_rules,
+                nat_chains: part.nat_chains,
+                nat_rules: part.nat_rules.into_rules(),
+            }
         })
         .collect();
     let head = b;
@@ -516,15 +549,20 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
 
     let tail = b;
     let mut filter_chains = vec![head.filter_chains];
-    let mut filter_rules = vec![head.filter_rules];
+    let mut filter_rules = vec![Rules::Built(head.filter_rules)];
     let mut nat_chains = vec![head.nat_chains];
-    let mut nat_rules = vec![head.nat_rules];
-    for part in parts.into_iter().chain([tail]) {
+    let mut arenas = Vec::with_capacity(parts.len());
+    for part in parts {
         filter_chains.push(part.filter_chains);
-        filter_rules.push(part.filter_rules);
+        filter_rules.push(Rules::Built(part.filter_rules));
         nat_chains.push(part.nat_chains);
-        nat_rules.push(part.nat_rules);
+        arenas.push(part.nat_rules);
     }
+    filter_chains.push(tail.filter_chains);
+    filter_rules.push(Rules::Built(tail.filter_rules));
+    nat_chains.push(tail.nat_chains);
+    let nat_rules =
+        vec![Rules::Built(head.nat_rules), Rules::Written(arenas), Rules::Built(tail.nat_rules)];
     SyncParts {
         family: if is_v6 { Family::V6 } else { Family::V4 },
         filter_chains,
@@ -589,15 +627,9 @@ impl NodePortAddresses {
 
 /// kube-proxy's `appendServiceCommentLocked`: per-endpoint comments vanish in large clusters.
 /// The comment is `parts` joined (quoted as [`Word::quote_if_spaced`] would), written straight
-/// into the rule; `bytes` is the room the arguments the caller adds need.
-fn maybe_comment(chain: impl IntoName, large: bool, bytes: usize, parts: &[&str]) -> Rule {
-    if large {
-        Rule::with_capacity(chain, bytes)
-    } else {
-        let text: usize = parts.iter().map(|p| p.len()).sum();
-        // Quotes, and a backslash for a character that needs one (rare), counted generously.
-        Rule::with_capacity(chain, COMMENT_ROOM + text + 3 + bytes).comment_parts(parts)
-    }
+/// into the rule.
+fn maybe_comment<R: WriteArgs>(r: R, large: bool, parts: &[&str]) -> R {
+    if large { r } else { r.comment_parts(parts) }
 }
 
 /// The per-node facts every service port's rules depend on.
@@ -611,13 +643,14 @@ struct Ctx {
     masquerade_all: bool,
 }
 
-fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
+fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     let Ctx { detector, primary_ip, localhost_node_ports, is_v6, env, large, masquerade_all } = ctx;
     let (primary_ip, localhost_node_ports, is_v6, large) =
         (*primary_ip, *localhost_node_ports, *is_v6, *large);
     let spn = sp.spn.as_str();
     let p = sp.proto;
-    let port = Name::new(itoa::Buffer::new().format(sp.port.port));
+    let mut port_text = itoa::Buffer::new();
+    let port = port_text.format(sp.port.port);
     let cat = categorize_at(sp);
     let chains = LazyPortChains::new(spn, p);
     let svc_chain = chains.svc();
@@ -650,80 +683,63 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         (internal_comment.as_str(), external_comment.as_str());
     // Written on the cluster IP capture and its masquerade rule.
     let cluster_ip_comment = Word::quote_if_spaced(&format!("{spn} cluster IP"));
-    let dest = |r: Rule, ip: IpAddr| proto_match(r, p).dst(Addr::host(ip)).opt1("dport", &port);
-    let dest_room = PROTO_ROOM + ADDR_ROOM + DPORT_ROOM;
 
     // Capture of the cluster IP.
     if has_internal {
-        b.nat(
-            dest(
-                sized_commented(
-                    KUBE_SERVICES,
-                    &cluster_ip_comment,
-                    dest_room + jump_room(internal_chain),
-                ),
-                sp.cluster_ip,
-            )
-            .jump(internal_chain),
-        );
+        dest(b.nat(KUBE_SERVICES).comment_word(&cluster_ip_comment), p, sp.cluster_ip, port)
+            .jump(internal_chain);
     } else {
         b.filter(
-            dest(commented(KUBE_SERVICES, internal_comment), sp.cluster_ip).jump(internal_filter),
+            dest(commented(KUBE_SERVICES, internal_comment), p, sp.cluster_ip, port)
+                .jump(internal_filter),
         );
     }
     // External IPs.
     for &ip in &sp.external_ips {
         if has_endpoints {
-            b.nat(
-                dest(commented(KUBE_SERVICES, &format!("{spn} external IP")), ip)
-                    .jump(chains.ext()),
-            );
+            dest(b.nat(KUBE_SERVICES).comment(&format!("{spn} external IP")), p, ip, port)
+                .jump(chains.ext());
         }
         if !has_external {
             b.filter(
-                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
+                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), p, ip, port)
+                    .jump(external_filter),
             );
         }
     }
     // Load-balancer IPs.
     for &ip in &sp.lb_vips {
         if has_endpoints {
-            b.nat(
-                dest(commented(KUBE_SERVICES, &format!("{spn} loadbalancer IP")), ip)
-                    .jump(lb_chain()),
-            );
+            dest(b.nat(KUBE_SERVICES).comment(&format!("{spn} loadbalancer IP")), p, ip, port)
+                .jump(lb_chain());
         }
         if uses_fw {
             let c = format!("{spn} traffic not accepted by {}", chains.fw());
-            b.filter(dest(commented(KUBE_PROXY_FIREWALL, &c), ip).jump("DROP"));
+            b.filter(dest(commented(KUBE_PROXY_FIREWALL, &c), p, ip, port).jump("DROP"));
         }
     }
     if !has_external {
         for &ip in &sp.lb_vips {
             b.filter(
-                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), ip).jump(external_filter),
+                dest(commented(KUBE_EXTERNAL_SERVICES, external_comment), p, ip, port)
+                    .jump(external_filter),
             );
         }
     }
     // NodePort.
     if let Some(np) = sp.node_port {
-        let np = np.to_smolstr();
+        let mut np_text = itoa::Buffer::new();
+        let np = np_text.format(np);
         if has_endpoints {
             if localhost_node_ports && !is_v6 && env.nfacct {
-                b.nat(
-                    proto_match(commented(KUBE_NODEPORTS, spn), p)
-                        .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
-                        .opt1("dport", &np)
-                        .module("nfacct")
-                        .opt("nfacct-name", &[NFACCT_LOCALHOST_NODEPORTS])
-                        .jump(chains.ext()),
-                );
+                proto_match(b.nat(KUBE_NODEPORTS).comment(spn), p)
+                    .dst(Addr::net("127.0.0.0/8".parse().expect("literal CIDR")))
+                    .opt1("dport", np)
+                    .module("nfacct")
+                    .opt("nfacct-name", &[NFACCT_LOCALHOST_NODEPORTS])
+                    .jump(chains.ext());
             }
-            b.nat(
-                proto_match(commented(KUBE_NODEPORTS, spn), p)
-                    .opt1("dport", &np)
-                    .jump(chains.ext()),
-            );
+            proto_match(b.nat(KUBE_NODEPORTS).comment(spn), p).opt1("dport", np).jump(chains.ext());
         }
         if !has_external {
             b.filter(
@@ -733,7 +749,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
                         .opt("dst-type", &["LOCAL"]),
                     p,
                 )
-                .opt1("dport", &np)
+                .opt1("dport", np)
                 .jump(external_filter),
             );
         }
@@ -745,7 +761,7 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
                 commented(KUBE_NODEPORTS, &format!("{spn} health check node port")),
                 Protocol::Tcp,
             )
-            .opt1("dport", hc.to_smolstr())
+            .opt1("dport", itoa::Buffer::new().format(hc))
             .jump("ACCEPT"),
         );
     }
@@ -753,13 +769,13 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         return;
     }
     // Masquerade of off-cluster traffic to the cluster IP.
-    if has_internal {
-        let room = dest_room + ADDR_ROOM + jump_room(KUBE_MARK_MASQ);
-        let r = dest(sized_commented(internal_chain, &cluster_ip_comment, room), sp.cluster_ip);
+    if has_internal && (*masquerade_all || detector.implemented()) {
+        let r =
+            dest(b.nat(internal_chain).comment_word(&cluster_ip_comment), p, sp.cluster_ip, port);
         if *masquerade_all {
-            b.nat(r.jump(KUBE_MARK_MASQ));
-        } else if detector.implemented() {
-            b.nat(detector.add(r, true).jump(KUBE_MARK_MASQ));
+            r.jump(KUBE_MARK_MASQ);
+        } else {
+            detector.add(r, true).jump(KUBE_MARK_MASQ);
         }
     }
     // The external traffic chain.
@@ -768,29 +784,27 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         b.nat_chain(ext_chain);
         if !sp.external_local {
             let c = format!("masquerade traffic for {spn} external destinations");
-            b.nat(commented(ext_chain, &c).jump(KUBE_MARK_MASQ));
+            b.nat(ext_chain).comment(&c).jump(KUBE_MARK_MASQ);
         } else {
             if detector.implemented() {
                 let c = format!("pod traffic for {spn} external destinations");
-                b.nat(detector.add(commented(ext_chain, &c), false).jump(svc_chain));
+                detector.add(b.nat(ext_chain).comment(&c), false).jump(svc_chain);
             }
             let c = format!("masquerade LOCAL traffic for {spn} external destinations");
-            b.nat(
-                commented(ext_chain, &c)
-                    .module("addrtype")
-                    .opt("src-type", &["LOCAL"])
-                    .jump(KUBE_MARK_MASQ),
-            );
+            b.nat(ext_chain)
+                .comment(&c)
+                .module("addrtype")
+                .opt("src-type", &["LOCAL"])
+                .jump(KUBE_MARK_MASQ);
             let c = format!("route LOCAL traffic for {spn} external destinations");
-            b.nat(
-                commented(ext_chain, &c)
-                    .module("addrtype")
-                    .opt("src-type", &["LOCAL"])
-                    .jump(svc_chain),
-            );
+            b.nat(ext_chain)
+                .comment(&c)
+                .module("addrtype")
+                .opt("src-type", &["LOCAL"])
+                .jump(svc_chain);
         }
         if has_external {
-            b.nat(Rule::with_capacity(ext_chain, 32).jump(external_policy_chain()));
+            b.nat(ext_chain).jump(external_policy_chain());
         }
     }
     // The load-balancer firewall chain.
@@ -800,18 +814,18 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
         let lb_comment = format!("{spn} loadbalancer IP");
         let mut allow_from_node = false;
         for cidr in &sp.source_ranges {
-            b.nat(commented(fw_chain, &lb_comment).src(canonical(cidr)).jump(ext_chain));
+            b.nat(fw_chain).comment(&lb_comment).src(canonical(cidr)).jump(ext_chain);
             if primary_ip.is_some_and(|ip| cidr.contains(ip)) {
                 allow_from_node = true;
             }
         }
         if allow_from_node {
             for &ip in &sp.lb_vips {
-                b.nat(commented(fw_chain, &lb_comment).src(Addr::host(ip)).jump(ext_chain));
+                b.nat(fw_chain).comment(&lb_comment).src(Addr::host(ip)).jump(ext_chain);
             }
         }
         let c = format!("other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL");
-        b.nat(commented(fw_chain, &c));
+        b.nat(fw_chain).comment(&c);
     }
     if uses_cluster_chain {
         b.nat_chain(svc_chain);
@@ -825,22 +839,19 @@ fn write_service_port(b: &mut Buffers, sp: &SvcPort<'_>, ctx: &Ctx) {
     for &i in cat.all_reachable() {
         let (ep, sep) = (&sp.endpoints[i], &seps[i]);
         b.nat_chain(sep);
-        let room = ADDR_ROOM + jump_room(KUBE_MARK_MASQ);
-        b.nat(maybe_comment(sep, large, room, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ));
-        let affinity = if sp.affinity.is_some() { RECENT_ROOM } else { 0 };
-        let room = affinity + PROTO_ROOM + " -j DNAT --to-destination ".len() + ep.key.len();
-        let mut r = maybe_comment(sep, large, room, &[spn]);
+        maybe_comment(b.nat(sep), large, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ);
+        let mut r = maybe_comment(b.nat(sep), large, &[spn]);
         if sp.affinity.is_some() {
             r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
-        b.nat(proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key));
+        proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key);
     }
 }
 
 /// kube-proxy's `writeServiceToEndpointRules`: affinity checks, then the statistic cascade.
 /// `eps` are positions in `sp.endpoints`, and `seps` their chain names by position.
 fn write_endpoint_rules(
-    b: &mut Buffers,
+    b: &mut Part,
     sp: &SvcPort<'_>,
     chain: &Name,
     eps: &[usize],
@@ -848,36 +859,29 @@ fn write_endpoint_rules(
     seps: &[Name],
 ) {
     if let Some(timeout) = sp.affinity {
-        let t = timeout.to_smolstr();
+        let mut t = itoa::Buffer::new();
+        let t = t.format(timeout);
         for &i in eps {
             let sep = &seps[i];
-            b.nat(
-                maybe_comment(
-                    chain,
-                    large,
-                    RECENT_ROOM + jump_room(sep),
-                    &[&sp.spn, " -> ", &sp.endpoints[i].key],
-                )
+            maybe_comment(b.nat(chain), large, &[&sp.spn, " -> ", &sp.endpoints[i].key])
                 .module("recent")
                 .opt1("name", sep)
                 .opt("rcheck", &[])
-                .opt1("seconds", &t)
+                .opt1("seconds", t)
                 .opt("reap", &[])
-                .jump(sep),
-            );
+                .jump(sep);
         }
     }
     let n = eps.len();
     for (k, &i) in eps.iter().enumerate() {
-        let room = if k + 1 < n { STATISTIC_ROOM } else { 0 } + jump_room(&seps[i]);
-        let mut r = maybe_comment(chain, large, room, &[&sp.spn, " -> ", &sp.endpoints[i].key]);
+        let mut r = maybe_comment(b.nat(chain), large, &[&sp.spn, " -> ", &sp.endpoints[i].key]);
         if k + 1 < n {
             r = r
                 .module("statistic")
                 .opt("mode", &["random"])
                 .opt1("probability", probability_text(n - k));
         }
-        b.nat(r.jump(&seps[i]));
+        r.jump(&seps[i]);
     }
 }
 

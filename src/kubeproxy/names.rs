@@ -60,15 +60,54 @@ pub const NFACCT_LOCALHOST_NODEPORTS: &str = "localhost_nps_accepted_pkts";
 /// The first 16 characters of `base32(sha256(parts concatenated))`: base32 turns each 5 bytes
 /// into 8 characters, so they come from the first 10 bytes of the digest.
 fn hash16(parts: &[&[u8]]) -> [u8; 16] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut digest = [0u8; 10];
+    if len <= ONE_BLOCK {
+        // The padded message is one block: compressed once, without the hasher's buffering
+        // (service port names and endpoints are this short, and a sync hashes one per endpoint).
+        let mut block = [0u8; 64];
+        let mut at = 0;
+        for p in parts {
+            block[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        // FIPS 180-4, 5.1.1: a 1 bit, zeros, then the length in bits as 64 bits big-endian.
+        block[at] = 0x80;
+        block[56..].copy_from_slice(&(len as u64 * 8).to_be_bytes());
+        let mut state = SHA256_H0;
+        sha2::block_api::compress256(&mut state, std::slice::from_ref(&block));
+        let mut first = [0u8; 12];
+        for (out, word) in first.chunks_exact_mut(4).zip(state) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        digest.copy_from_slice(&first[..10]);
+    } else {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(p);
+        }
+        digest.copy_from_slice(&h.finalize()[..10]);
     }
-    let digest = h.finalize();
     let mut out = [b'A'; 16];
-    data_encoding::BASE32.encode_mut(&digest[..10], &mut out);
+    data_encoding::BASE32.encode_mut(&digest, &mut out);
     out
 }
+
+/// The longest message whose padding fits one SHA-256 block (64 bytes less the 0x80 byte and
+/// the 8-byte length).
+const ONE_BLOCK: usize = 55;
+
+/// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
+const SHA256_H0: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
 
 /// nftables mode's chain-name base (`hashAndTruncate` in pkg/proxy/nftables/proxier.go): the
 /// first 8 characters of `base32(sha256(name))`, `-`, then `name`, cut to 240 characters (the
@@ -272,6 +311,22 @@ pub fn probability_text(n: usize) -> Name {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash16_of_one_block_or_more_is_sha256_base32() {
+        // Every length up to and past one block, split into parts at different places.
+        let text: Vec<u8> = (0..130u8).map(|i| b'0' + i % 75).collect();
+        for len in 0..text.len() {
+            let msg = &text[..len];
+            let digest = Sha256::digest(msg);
+            let mut want = [b'A'; 16];
+            data_encoding::BASE32.encode_mut(&digest[..10], &mut want);
+            let (a, rest) = msg.split_at(len / 3);
+            let (b, c) = rest.split_at(rest.len() / 2);
+            assert_eq!(hash16(&[a, b, c]), want, "{len} bytes");
+            assert_eq!(hash16(&[msg]), want, "{len} bytes in one part");
+        }
+    }
 
     #[test]
     fn chain_hashes_match_kube_proxy_test_data() {

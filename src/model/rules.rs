@@ -778,68 +778,162 @@ impl Piece {
     }
 }
 
-/// Rule texts gathered into one buffer that the rules then share, as a parsed dump's rules share
-/// its text: a generator that makes many rules moves each one's text in as it finishes the rule
-/// ([`TextArena::adopt`]), so the rules cost no allocation of their own and are freed together.
+/// Rule texts written into one buffer that the rules then share, as a parsed dump's rules share
+/// its text: a generator that makes many rules writes each one's arguments straight into the
+/// arena ([`TextArena::rule`]), so a rule costs no allocation of its own, its text is written
+/// once, and the rules are freed together. The rules become statements only when they reach
+/// their table ([`ArenaRules::append_all`]).
 ///
 /// ```
-/// use svcpath::model::rules::{Located, Rule, Statement, TextArena};
-/// let mut arena = TextArena::with_capacity(64);
-/// let mut statements = Vec::new();
+/// use svcpath::model::rules::{ArenaRules, Statement, TextArena, WriteArgs};
+/// let mut arena = TextArena::with_capacity(64, 2);
 /// for port in ["80", "443"] {
-///     let mut rule = Rule::new("C").proto("tcp").opt("dport", &[port]).jump("ACCEPT");
-///     arena.adopt(&mut rule, statements.len());
-///     statements.push(Located { line: 0, stmt: Statement::Rule(rule) });
+///     // The rule takes its place in the arena when the writer is dropped.
+///     arena.rule("C").proto("tcp").opt("dport", &[port]).jump("ACCEPT");
 /// }
-/// arena.finish(&mut statements);
+/// let mut statements = Vec::new();
+/// ArenaRules::append_all(&[arena.into_rules()], &mut statements);
 /// let Statement::Rule(r) = &statements[1].stmt else { unreachable!() };
 /// assert_eq!(r.to_string(), "-A C -p tcp --dport 443 -j ACCEPT");
 /// ```
 #[derive(Debug, Default)]
 pub struct TextArena {
     buf: String,
-    /// (statement index, start, length) of each adopted text.
-    spans: Vec<(usize, u32, u32)>,
+    /// The chains of the rules, each once per run of rules in it.
+    chains: Vec<Name>,
+    /// Each rule written, in order: its chain in `chains` and where its text lies in `buf`.
+    rules: Vec<(u32, u32, u32)>,
+    /// The texts that 32-bit offsets do not reach, kept as their rules' own: (rule, text).
+    own: Vec<(usize, String)>,
 }
 
 impl TextArena {
-    /// An arena with room for `bytes` of text.
-    pub fn with_capacity(bytes: usize) -> TextArena {
-        TextArena { buf: String::with_capacity(bytes), spans: Vec::new() }
+    /// An arena with room for `bytes` of text and `rules` rules.
+    pub fn with_capacity(bytes: usize, rules: usize) -> TextArena {
+        TextArena {
+            buf: String::with_capacity(bytes),
+            chains: Vec::new(),
+            rules: Vec::with_capacity(rules),
+            own: Vec::new(),
+        }
     }
 
-    /// Moves `rule`'s text into the arena; `index` is where the rule will be among the
-    /// statements given to [`TextArena::finish`], which gives the text back. Until then the rule
-    /// has no arguments. A text that does not fit 32-bit offsets stays the rule's own.
-    pub fn adopt(&mut self, rule: &mut Rule, index: usize) {
-        let Text::Own(text) = &rule.text else { return };
-        let (Ok(start), Ok(len)) = (u32::try_from(self.buf.len()), u32::try_from(text.len()))
-        else {
-            return;
-        };
-        if start.checked_add(len).is_none() {
-            return;
+    /// Starts a rule appended to `chain`, its arguments written into the arena by the
+    /// [`WriteArgs`] builders; it is the arena's next rule once the writer is dropped.
+    pub fn rule<C: AsRef<str> + IntoName>(&mut self, chain: C) -> ArenaRule<'_> {
+        if self.chains.last().is_none_or(|c| c.as_str() != chain.as_ref()) {
+            self.chains.push(chain.into_name());
         }
-        self.buf.push_str(text);
-        self.spans.push((index, start, len));
-        rule.text = Text::Own(String::new());
+        let start = self.buf.len();
+        ArenaRule { arena: self, start }
     }
 
-    /// Gives every adopted rule among `statements` its text back, as a span of the arena.
-    pub fn finish(self, statements: &mut [Located]) {
-        let TextArena { buf, spans } = self;
-        if spans.is_empty() {
-            return;
+    /// The number of rules written.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether no rule was written.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules written, sharing the arena's text.
+    pub fn into_rules(self) -> ArenaRules {
+        let TextArena { buf, chains, rules, own } = self;
+        ArenaRules { piece: Arc::new(Piece { text: PieceText::Own(buf) }), chains, rules, own }
+    }
+}
+
+/// A rule being written into a [`TextArena`]: the arena's next rule once it is dropped.
+pub struct ArenaRule<'a> {
+    arena: &'a mut TextArena,
+    /// Where the rule's text starts in the arena.
+    start: usize,
+}
+
+impl WriteArgs for ArenaRule<'_> {
+    fn next_arg(&mut self) -> &mut String {
+        let buf = &mut self.arena.buf;
+        if buf.len() > self.start {
+            buf.push(' ');
         }
-        let piece = Arc::new(Piece { text: PieceText::Own(buf) });
-        for (index, start, len) in spans {
-            if let Some(Located { stmt: Statement::Rule(rule), .. }) = statements.get_mut(index) {
-                debug_assert!(rule.text.as_str().is_empty(), "an adopted rule changed");
-                rule.text = Text::Span { piece: Arc::clone(&piece), start, len };
-            }
+        buf
+    }
+}
+
+impl Drop for ArenaRule<'_> {
+    fn drop(&mut self) {
+        let arena = &mut *self.arena;
+        // `rule` pushed the chain, so there is one; 32 bits count the chains of any arena that
+        // 32-bit offsets reach.
+        let chain = u32::try_from(arena.chains.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let end = arena.buf.len();
+        if let (Ok(start), Ok(len), Ok(_)) =
+            (u32::try_from(self.start), u32::try_from(end - self.start), u32::try_from(end))
+        {
+            arena.rules.push((chain, start, len));
+        } else {
+            let text = arena.buf.split_off(self.start);
+            arena.own.push((arena.rules.len(), text));
+            arena.rules.push((chain, 0, 0));
         }
     }
 }
+
+/// The rules of a [`TextArena`], sharing its text.
+pub struct ArenaRules {
+    piece: Arc<Piece>,
+    chains: Vec<Name>,
+    rules: Vec<(u32, u32, u32)>,
+    own: Vec<(usize, String)>,
+}
+
+impl ArenaRules {
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule at `i`: its chain and text shared with the arena.
+    fn rule(&self, i: usize) -> Rule {
+        let (chain, start, len) = self.rules[i];
+        let text = match self.own.binary_search_by_key(&i, |(at, _)| *at) {
+            Ok(k) => Text::Own(self.own[k].1.clone()),
+            Err(_) => Text::Span { piece: Arc::clone(&self.piece), start, len },
+        };
+        let chain = self.chains.get(chain as usize).cloned().unwrap_or_default();
+        Rule { counters: None, op: RuleOp::Append, chain, text }
+    }
+
+    /// Appends the rules of `parts` to `out` as generated statements, in order. Each statement
+    /// is made in its place in `out`, on every thread of the rayon pool, each thread taking
+    /// whole runs of one part (so two threads seldom count references to one text or chain).
+    pub fn append_all(parts: &[ArenaRules], out: &mut Vec<Located>) {
+        use rayon::prelude::*;
+        // The first rule of each part, counting all parts' rules.
+        let mut firsts = Vec::with_capacity(parts.len());
+        let mut total = 0;
+        for p in parts {
+            firsts.push(total);
+            total += p.len();
+        }
+        out.par_extend((0..total).into_par_iter().with_min_len(RULES_PER_TASK).map(|i| {
+            // The last part starting at or before `i` that has rules.
+            let k = firsts.partition_point(|&f| f <= i).saturating_sub(1);
+            let part = &parts[k];
+            Located { line: 0, stmt: Statement::Rule(part.rule(i - firsts[k])) }
+        }));
+    }
+}
+
+/// The fewest statements one task of [`ArenaRules::append_all`] makes.
+const RULES_PER_TASK: usize = 4096;
 
 impl fmt::Debug for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -930,15 +1024,14 @@ impl Rule {
     }
 
     /// Adds any argument.
-    pub fn arg(mut self, arg: Arg) -> Rule {
-        self.push(&arg);
-        self
+    pub fn arg(self, arg: Arg) -> Rule {
+        WriteArgs::arg(self, arg)
     }
 
     /// Adds any argument in place.
     pub fn push(&mut self, arg: &Arg) {
         // Writing into a String cannot fail.
-        let _ = arg.write_to(next_arg(self.text.own()));
+        let _ = arg.write_to(self.next_arg());
     }
 
     /// Replaces the arguments.
@@ -954,84 +1047,63 @@ impl Rule {
     }
 
     /// `-m MODULE`.
-    pub fn module(mut self, name: &str) -> Rule {
-        self.push_word("-m ", name);
-        self
-    }
-
-    /// Writes a short option and its one-word value straight into the text.
-    fn push_word(&mut self, option: &str, value: &str) {
-        let out = next_arg(self.text.own());
-        out.push_str(option);
-        // Writing into a String cannot fail.
-        let _ = write_token(out, value);
+    pub fn module(self, name: &str) -> Rule {
+        WriteArgs::module(self, name)
     }
 
     /// `--name v1 v2…` (values written bare).
-    pub fn opt(mut self, name: &str, values: &[&str]) -> Rule {
-        self.push_opt(false, name, values);
-        self
+    pub fn opt(self, name: &str, values: &[&str]) -> Rule {
+        WriteArgs::opt(self, name, values)
     }
 
     /// `--name VALUE` with one value.
-    pub fn opt1(mut self, name: &str, value: impl AsRef<str>) -> Rule {
-        self.push_opt(false, name, &[value.as_ref()]);
-        self
+    pub fn opt1(self, name: &str, value: impl AsRef<str>) -> Rule {
+        WriteArgs::opt1(self, name, value)
     }
 
     /// `! --name v1 v2…`.
-    pub fn not_opt(mut self, name: &str, values: &[&str]) -> Rule {
-        self.push_opt(true, name, values);
-        self
-    }
-
-    /// Writes an option with raw values straight into the text.
-    fn push_opt(&mut self, neg: bool, name: &str, values: &[&str]) {
-        // Writing into a String cannot fail.
-        let _ = write_opt(next_arg(self.text.own()), neg, name, values.iter().copied());
+    pub fn not_opt(self, name: &str, values: &[&str]) -> Rule {
+        WriteArgs::not_opt(self, name, values)
     }
 
     /// `-m comment --comment TEXT`, quoted when the text has spaces (kube-proxy's style).
     pub fn comment(self, text: &str) -> Rule {
-        self.comment_word(&Word::quote_if_spaced(text))
+        WriteArgs::comment(self, text)
     }
 
     /// `-p PROTO`.
-    pub fn proto(mut self, proto: &str) -> Rule {
-        self.push_word("-p ", proto);
-        self
+    pub fn proto(self, proto: &str) -> Rule {
+        WriteArgs::proto(self, proto)
     }
 
     /// `-s ADDR`.
     pub fn src(self, addr: Addr) -> Rule {
-        self.arg(Arg::Source { neg: false, addr })
+        WriteArgs::src(self, addr)
     }
 
     /// `! -s ADDR`.
     pub fn not_src(self, addr: Addr) -> Rule {
-        self.arg(Arg::Source { neg: true, addr })
+        WriteArgs::not_src(self, addr)
     }
 
     /// `-d ADDR`.
     pub fn dst(self, addr: Addr) -> Rule {
-        self.arg(Arg::Destination { neg: false, addr })
+        WriteArgs::dst(self, addr)
     }
 
     /// `! -d ADDR`.
     pub fn not_dst(self, addr: Addr) -> Rule {
-        self.arg(Arg::Destination { neg: true, addr })
+        WriteArgs::not_dst(self, addr)
     }
 
     /// `-j TARGET`.
-    pub fn jump(mut self, target: impl AsRef<str>) -> Rule {
-        self.push_word("-j ", target.as_ref());
-        self
+    pub fn jump(self, target: impl AsRef<str>) -> Rule {
+        WriteArgs::jump(self, target)
     }
 
     /// `-g CHAIN`.
-    pub fn goto(mut self, chain: impl AsRef<str>) -> Rule {
-        self.push_word("-g ", chain.as_ref());
-        self
+    pub fn goto(self, chain: impl AsRef<str>) -> Rule {
+        WriteArgs::goto(self, chain)
     }
 
     /// The `-j`/`-g` target name, if any.
@@ -1274,8 +1346,60 @@ impl Ruleset {
 impl Rule {
     /// [`Rule::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and shared by
     /// several rules.
-    pub fn comment_word(mut self, word: &Word) -> Rule {
-        let out = next_arg(self.text.own());
+    pub fn comment_word(self, word: &Word) -> Rule {
+        WriteArgs::comment_word(self, word)
+    }
+
+    /// `-m comment --comment` with `parts` joined, quoted as [`Word::quote_if_spaced`] quotes
+    /// the joined text, written without making the text or the word first.
+    pub fn comment_parts(self, parts: &[&str]) -> Rule {
+        WriteArgs::comment_parts(self, parts)
+    }
+}
+
+/// The builders of a rule's arguments, shared by [`Rule`] (which writes into a text of its own)
+/// and [`ArenaRule`] (which writes straight into a [`TextArena`]): each writes its argument as
+/// [`Arg::write_to`] does, after a space when arguments came before it.
+pub trait WriteArgs: Sized {
+    /// The rule's text, ready for its next argument (a separating space added when needed).
+    fn next_arg(&mut self) -> &mut String;
+
+    /// Adds any argument.
+    fn arg(mut self, arg: Arg) -> Self {
+        // Writing into a String cannot fail.
+        let _ = arg.write_to(self.next_arg());
+        self
+    }
+
+    /// `-m MODULE`.
+    fn module(self, name: &str) -> Self {
+        self.word("-m ", name)
+    }
+
+    /// `--name v1 v2…` (values written bare).
+    fn opt(self, name: &str, values: &[&str]) -> Self {
+        self.option(false, name, values)
+    }
+
+    /// `--name VALUE` with one value.
+    fn opt1(self, name: &str, value: impl AsRef<str>) -> Self {
+        self.option(false, name, &[value.as_ref()])
+    }
+
+    /// `! --name v1 v2…`.
+    fn not_opt(self, name: &str, values: &[&str]) -> Self {
+        self.option(true, name, values)
+    }
+
+    /// `-m comment --comment TEXT`, quoted when the text has spaces (kube-proxy's style).
+    fn comment(self, text: &str) -> Self {
+        self.comment_word(&Word::quote_if_spaced(text))
+    }
+
+    /// [`WriteArgs::comment`] with a comment word made once ([`Word::quote_if_spaced`]) and
+    /// shared by several rules.
+    fn comment_word(mut self, word: &Word) -> Self {
+        let out = self.next_arg();
         out.push_str("-m comment --comment ");
         out.push_str(word.as_raw());
         self
@@ -1283,8 +1407,8 @@ impl Rule {
 
     /// `-m comment --comment` with `parts` joined, quoted as [`Word::quote_if_spaced`] quotes
     /// the joined text, written without making the text or the word first.
-    pub fn comment_parts(mut self, parts: &[&str]) -> Rule {
-        let out = next_arg(self.text.own());
+    fn comment_parts(mut self, parts: &[&str]) -> Self {
+        let out = self.next_arg();
         out.push_str("-m comment --comment ");
         if parts.iter().all(|p| p.is_empty()) || parts.iter().any(|p| p.contains(QUOTE_IF)) {
             out.push('"');
@@ -1296,6 +1420,65 @@ impl Rule {
             parts.iter().for_each(|p| out.push_str(p));
         }
         self
+    }
+
+    /// `-p PROTO`.
+    fn proto(self, proto: &str) -> Self {
+        self.word("-p ", proto)
+    }
+
+    /// `-s ADDR`.
+    fn src(self, addr: Addr) -> Self {
+        self.arg(Arg::Source { neg: false, addr })
+    }
+
+    /// `! -s ADDR`.
+    fn not_src(self, addr: Addr) -> Self {
+        self.arg(Arg::Source { neg: true, addr })
+    }
+
+    /// `-d ADDR`.
+    fn dst(self, addr: Addr) -> Self {
+        self.arg(Arg::Destination { neg: false, addr })
+    }
+
+    /// `! -d ADDR`.
+    fn not_dst(self, addr: Addr) -> Self {
+        self.arg(Arg::Destination { neg: true, addr })
+    }
+
+    /// `-j TARGET`.
+    fn jump(self, target: impl AsRef<str>) -> Self {
+        self.word("-j ", target.as_ref())
+    }
+
+    /// `-g CHAIN`.
+    fn goto(self, chain: impl AsRef<str>) -> Self {
+        self.word("-g ", chain.as_ref())
+    }
+
+    /// A short option and its one-word value.
+    #[doc(hidden)]
+    fn word(mut self, option: &str, value: &str) -> Self {
+        let out = self.next_arg();
+        out.push_str(option);
+        // Writing into a String cannot fail.
+        let _ = write_token(out, value);
+        self
+    }
+
+    /// An option with raw values.
+    #[doc(hidden)]
+    fn option(mut self, neg: bool, name: &str, values: &[&str]) -> Self {
+        // Writing into a String cannot fail.
+        let _ = write_opt(self.next_arg(), neg, name, values.iter().copied());
+        self
+    }
+}
+
+impl WriteArgs for Rule {
+    fn next_arg(&mut self) -> &mut String {
+        next_arg(self.text.own())
     }
 }
 
@@ -1319,6 +1502,47 @@ mod tests {
             let got = Rule::new("C").comment_parts(parts);
             assert_eq!(got.to_string(), want.to_string(), "{parts:?}");
             assert_eq!(got.comment_text(), Some(joined));
+        }
+    }
+
+    #[test]
+    fn arena_rules_become_the_statements_their_builders_make_in_order() {
+        // Parts of different sizes, an empty one among them, and more rules than one task takes.
+        let sizes = [3, 0, RULES_PER_TASK + 7, 1];
+        let mut parts = Vec::new();
+        let mut want = Vec::new();
+        for (p, &n) in sizes.iter().enumerate() {
+            let mut arena = TextArena::with_capacity(8, 0);
+            for i in 0..n {
+                let chain = format!("KUBE-SEP-PART{p}-CHAIN{}", i / 2);
+                let port = i.to_string();
+                let built = Rule::new(chain.as_str())
+                    .comment_parts(&["ns/svc", " -> ", &port])
+                    .proto("tcp")
+                    .opt1("dport", &port)
+                    .jump("ACCEPT");
+                arena
+                    .rule(chain.as_str())
+                    .comment_parts(&["ns/svc", " -> ", &port])
+                    .proto("tcp")
+                    .opt1("dport", &port)
+                    .jump("ACCEPT");
+                want.push(Located { line: 0, stmt: Statement::Rule(built) });
+            }
+            // A rule with no arguments.
+            if n == 1 {
+                arena.rule("EMPTY");
+                want.push(Located { line: 0, stmt: Statement::Rule(Rule::new("EMPTY")) });
+            }
+            parts.push(arena.into_rules());
+        }
+        let mut got = vec![Located { line: 7, stmt: Statement::NewChain(Name::new("FIRST")) }];
+        ArenaRules::append_all(&parts, &mut got);
+        assert_eq!(got.remove(0).line, 7);
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w);
+            assert_eq!(g.stmt.to_string(), w.stmt.to_string());
         }
     }
 
