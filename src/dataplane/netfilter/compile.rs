@@ -473,8 +473,6 @@ pub struct CompiledRule {
     pub target: Target,
     /// The source line (0 for generated rules).
     pub line: u32,
-    /// The index of the rule's statement in its table (to print the rule).
-    pub stmt: u32,
 }
 
 /// A chain: built-in (with a policy) or user-defined.
@@ -890,7 +888,6 @@ fn compile_chain(
         };
         let mut c = compile_rule(rule, family, by_name, table).map_err(|kind| err(*line, kind))?;
         c.line = u32::try_from(*line).unwrap_or(u32::MAX);
-        c.stmt = stmt;
         compiled.push(c);
     }
     Ok(Chain { name, policy, rules: compiled })
@@ -1569,7 +1566,7 @@ fn compile_args(
         None => Target::None,
         Some((name, goto)) => build_target(name, &target_opts, family, chains, table, goto)?,
     };
-    Ok(CompiledRule { header, matches: matches.into_boxed_slice(), target, line: 0, stmt: 0 })
+    Ok(CompiledRule { header, matches: matches.into_boxed_slice(), target, line: 0 })
 }
 
 #[cfg(test)]
