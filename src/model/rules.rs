@@ -1341,6 +1341,13 @@ impl Ruleset {
     pub fn rule_count(&self) -> usize {
         self.tables.iter().map(|t| t.rules().count()).sum()
     }
+
+    /// The number of user-defined chains declared (`:CHAIN -` lines) in all tables.
+    pub fn user_chain_count(&self) -> usize {
+        (self.tables.iter().flat_map(|t| &t.statements))
+            .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
+            .count()
+    }
 }
 
 impl Rule {

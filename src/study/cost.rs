@@ -576,12 +576,7 @@ pub fn iptables_row(
         first_packet_ns: first.mean * PER_RULE_NS,
         // The dump read back: the same statements as the node dump that was printed.
         rules: ruleset.rule_count(),
-        chains: ruleset
-            .tables
-            .iter()
-            .flat_map(|t| &t.statements)
-            .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
-            .count(),
+        chains: ruleset.user_chain_count(),
         dump_lines: text.lines().count(),
         dump_bytes: text.len(),
         sync: costs,
@@ -1031,12 +1026,7 @@ pub fn price_dump(text: &str, family: Family, local: Vec<IpAddr>) -> Result<Cost
         sched_steps: 0,
         first_packet_ns: first.mean * PER_RULE_NS,
         rules: ruleset.rule_count(),
-        chains: ruleset
-            .tables
-            .iter()
-            .flat_map(|t| &t.statements)
-            .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
-            .count(),
+        chains: ruleset.user_chain_count(),
         dump_lines: text.lines().count(),
         dump_bytes: text.len(),
         sync: SyncCosts { full: w, ..SyncCosts::default() },

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use crate::dataplane::netfilter::{CompileError, Netfilter};
 use crate::formats::iptables_save::{self, ParseError};
 use crate::kubeproxy::iptables::{self as kp, NodeEnv};
-use crate::model::rules::{Family, Ruleset, Statement};
+use crate::model::rules::{Family, Ruleset};
 use crate::model::{Cluster, IpFamily, NodeView};
 
 /// A compiled rule set plus what is known about where it came from.
@@ -30,7 +30,7 @@ pub struct Dataplane {
     pub netfilter: Netfilter,
     /// The number of rules the text adds (`-A`/`-I` lines), as [`Ruleset::rule_count`] counts them.
     pub rules: usize,
-    /// The number of user-defined chains the text declares.
+    /// The number of user-defined chains the text declares, as [`Ruleset::user_chain_count`] counts them.
     pub user_chains: usize,
     /// The node's own addresses.
     pub local: Vec<IpAddr>,
@@ -87,7 +87,7 @@ impl Dataplane {
         let ruleset = iptables_save::parse_shared(Arc::clone(&text), family).map_err(|error| {
             DataplaneError::Parse { origin: origin.to_owned(), error: Box::new(error) }
         })?;
-        let (rules, user_chains) = counts(&ruleset);
+        let (rules, user_chains) = (ruleset.rule_count(), ruleset.user_chain_count());
         let netfilter = Netfilter::from_ruleset(ruleset).map_err(|error| {
             DataplaneError::Compile { origin: origin.to_owned(), error: Box::new(error) }
         })?;
@@ -108,7 +108,7 @@ impl Dataplane {
     /// `self`'s text and then edited, and its model `netfilter`. Line numbers still refer to the
     /// text.
     pub(crate) fn edited(&self, ruleset: &Ruleset, netfilter: Netfilter) -> Dataplane {
-        let (rules, user_chains) = counts(ruleset);
+        let (rules, user_chains) = (ruleset.rule_count(), ruleset.user_chain_count());
         Dataplane {
             origin: self.origin.clone(),
             text: Arc::clone(&self.text),
@@ -183,14 +183,6 @@ impl Dataplane {
     }
 }
 
-/// The rules and user-defined chains a rule set adds.
-fn counts(ruleset: &Ruleset) -> (usize, usize) {
-    let chains = (ruleset.tables.iter().flat_map(|t| &t.statements))
-        .filter(|s| matches!(&s.stmt, Statement::Chain(c) if c.policy.is_none()))
-        .count();
-    (ruleset.rule_count(), chains)
-}
-
 /// The offset of every line of `text` (empty when an offset would not fit 32 bits).
 fn line_starts(text: &str) -> Box<[u32]> {
     if u32::try_from(text.len()).is_err() {
@@ -204,6 +196,7 @@ fn line_starts(text: &str) -> Box<[u32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::rules::Statement;
 
     const DUMP: &str = "*nat\r\n:PREROUTING ACCEPT [0:0]\r\n:SVC - [0:0]\r\n\
         [3:180] -A PREROUTING  -d 10.96.0.10/32 -j SVC\r\n\
