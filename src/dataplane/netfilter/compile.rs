@@ -683,7 +683,7 @@ enum Statements<'r> {
 }
 
 impl Statements<'_> {
-    fn get(&self) -> &[Located] {
+    fn as_slice(&self) -> &[Located] {
         match self {
             Statements::Borrowed(s) => s,
             Statements::Owned(v) => v,
@@ -707,9 +707,11 @@ impl Statements<'_> {
 /// What `iptables-restore` would refuse: jumps to missing chains, loops, NAT targets outside the nat
 /// table, malformed option values.
 pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
-    let tables =
-        ruleset.tables.iter().map(|t| (t.name.as_str(), Statements::Borrowed(&t.statements)));
-    compile_tables(ruleset.family, tables)
+    (ruleset.tables.iter().enumerate())
+        .map(|(ti, t)| {
+            compile_table(ruleset.family, ti, t.name.clone(), Statements::Borrowed(&t.statements))
+        })
+        .collect()
 }
 
 /// Compiles every table of a rule set that is not needed afterwards, freeing the parsed rules as
@@ -719,41 +721,27 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
 /// # Errors
 /// As [`compile`].
 pub fn compile_owned(ruleset: Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
-    let Ruleset { family, tables } = ruleset;
-    let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-    let tables = tables
-        .into_iter()
-        .zip(&names)
-        .map(|(t, name)| (name.as_str(), Statements::Owned(t.statements)));
-    compile_tables(family, tables)
-}
-
-fn compile_tables<'r>(
-    family: Family,
-    tables: impl Iterator<Item = (&'r str, Statements<'r>)>,
-) -> Result<Vec<CompiledTable>, CompileError> {
-    let mut out: Vec<CompiledTable> = Vec::new();
-    for (ti, (name, statements)) in tables.enumerate() {
-        let ct = compile_table(family, ti, name, statements)?;
-        check_loops(&ct)?;
-        out.push(ct);
-    }
-    Ok(out)
+    let family = ruleset.family;
+    (ruleset.tables.into_iter().enumerate())
+        .map(|(ti, t)| compile_table(family, ti, t.name, Statements::Owned(t.statements)))
+        .collect()
 }
 
 /// How many batches the chains of a large table compile in: after each, the statements only
 /// later batches read are freed.
 const RELEASE_BATCHES: usize = 32;
 
+/// Compiles one table (`ti` is its index in the rule set) and checks it for jump loops.
 fn compile_table(
     family: Family,
     ti: usize,
-    name: &str,
+    table: String,
     mut statements: Statements<'_>,
 ) -> Result<CompiledTable, CompileError> {
+    let name = table.as_str();
     let builtins = builtin_chains(name);
     let declared =
-        (statements.get().iter()).filter(|s| matches!(s.stmt, Statement::Chain(_))).count();
+        (statements.as_slice().iter()).filter(|s| matches!(s.stmt, Statement::Chain(_))).count();
     let mut b = Builder {
         chains: Vec::with_capacity(builtins.len() + declared),
         by_name: ChainNames {
@@ -764,7 +752,7 @@ fn compile_table(
     for chain in builtins {
         b.declare(&Name::new_static(chain), Some(true));
     }
-    for (si, st) in statements.get().iter().enumerate() {
+    for (si, st) in statements.as_slice().iter().enumerate() {
         let line = st.line;
         match &st.stmt {
             Statement::Chain(decl) => {
@@ -838,7 +826,7 @@ fn compile_table(
         let batch: Vec<(usize, ChainBuild)> = (order[at..end].iter())
             .filter_map(|&(_, c)| Some((c as usize, slots[c as usize].take()?)))
             .collect();
-        let source = statements.get();
+        let source = statements.as_slice();
         let compiled: Vec<(usize, Result<Chain, CompileError>)> = batch
             .into_par_iter()
             .with_min_len(64)
@@ -868,7 +856,9 @@ fn compile_table(
     debug_assert!(done.iter().enumerate().all(|(i, &(c, _))| i == c as usize));
     let mut chains: Vec<Chain> = done.into_iter().map(|(_, chain)| chain).collect();
     chains.shrink_to_fit();
-    Ok(CompiledTable::new(name.to_owned(), ti, chains))
+    let ct = CompiledTable::new(table, ti, chains);
+    check_loops(&ct)?;
+    Ok(ct)
 }
 
 /// Compiles one chain's rules, read from the table's `statements`.

@@ -127,7 +127,7 @@ impl Prefilters {
                     (t.chains.iter().map(|c| c.rules.len())).filter(|&n| n >= MIN_RULES).sum();
                 let mut pre = Vec::with_capacity(rules);
                 let mut starts = Vec::with_capacity(t.chains.len() + 1);
-                for c in t.chains.iter() {
+                for c in &t.chains {
                     starts.push(pre.len() as u32);
                     if c.rules.len() >= MIN_RULES {
                         pre.extend(c.rules.iter().map(|r| Pre::of(&r.header)));
