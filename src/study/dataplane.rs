@@ -28,9 +28,10 @@ pub struct Dataplane {
     pub text: Arc<str>,
     /// The compiled netfilter model.
     pub netfilter: Netfilter,
-    /// The number of rules the text adds (`-A`/`-I` lines), as [`Ruleset::rule_count`] counts them.
+    /// The number of rules (`-A`/`-I` lines) of the rule set the model was compiled from, as
+    /// [`Ruleset::rule_count`] counts them.
     pub rules: usize,
-    /// The number of user-defined chains the text declares, as [`Ruleset::user_chain_count`] counts them.
+    /// The number of user-defined chains it declares ([`Ruleset::user_chain_count`]).
     pub user_chains: usize,
     /// The node's own addresses.
     pub local: Vec<IpAddr>,

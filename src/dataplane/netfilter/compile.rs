@@ -1872,9 +1872,9 @@ mod owned_tests {
         for seed in 0..4 {
             let rs = scattered(seed, 1 + 40 * seed as usize, 20_000);
             let borrowed = compile(&rs).unwrap();
-            // Every rule but the flushed ones, in many release batches.
+            // Every rule but the flushed ones: enough for at least four release batches.
             let rules: usize = borrowed[1].chains.iter().map(|c| c.rules.len()).sum();
-            assert!(rules > 8 * 4096 / 4 && rules <= 20_001, "{rules}");
+            assert!(rules > 3 * 4096 && rules <= 20_001, "{rules}");
             assert!(borrowed[1].chain("GONE").is_none());
             assert_eq!(compile_owned(rs).unwrap(), borrowed, "seed {seed}");
         }
