@@ -207,9 +207,9 @@ mod tests {
     fn rules_print_from_their_line_of_the_text() {
         let dp = Dataplane::from_text(DUMP.to_owned(), "t", Family::V4, vec![]).unwrap();
         assert_eq!((dp.rules, dp.user_chains), (2, 1));
-        let lines: Vec<usize> = (dp.netfilter.tables[0].chains.iter())
-            .flat_map(|c| c.rules.iter().map(|r| r.line as usize))
-            .collect();
+        let t = &dp.netfilter.tables[0];
+        let lines: Vec<usize> =
+            (t.chains.iter()).flat_map(|c| t.rules_of(c).iter().map(|r| r.line as usize)).collect();
         assert_eq!(lines, [4, 5]);
         // As the parser reads the line: counters kept, the double space gone, no CR.
         assert_eq!(dp.rule_text(4), "[3:180] -A PREROUTING -d 10.96.0.10/32 -j SVC");

@@ -236,7 +236,7 @@ fn recent_lists(dp: &Dataplane) -> BTreeMap<String, (Option<u32>, Option<String>
     let mut out: BTreeMap<String, (Option<u32>, Option<String>)> = BTreeMap::new();
     for t in &dp.netfilter.tables {
         for c in &t.chains {
-            for r in &c.rules {
+            for r in t.rules_of(c) {
                 for m in &r.matches {
                     if let Match::Recent(recent) = m
                         && let RecentCmd::Check | RecentCmd::Update = recent.cmd
@@ -248,7 +248,7 @@ fn recent_lists(dp: &Dataplane) -> BTreeMap<String, (Option<u32>, Option<String>
         }
         for c in &t.chains {
             if let Some(entry) = out.get_mut(c.name.as_str()) {
-                entry.1 = c.rules.iter().find_map(|r| match r.target {
+                entry.1 = t.rules_of(c).iter().find_map(|r| match r.target {
                     Target::Dnat { ip, port } => Some(match port {
                         Some(p) => SocketAddr::new(ip, p).to_string(),
                         None => ip.to_string(),
@@ -360,7 +360,7 @@ pub fn hop_view(dp: &Dataplane, h: &Hop) -> HopView {
         evaluated: h.evaluated,
     };
     if let (Some(t), Some(r)) = (dp.netfilter.tables.get(h.table), h.rule)
-        && let Some(rule) = t.chains.get(h.chain).and_then(|c| c.rules.get(r))
+        && let Some(rule) = t.chains.get(h.chain).and_then(|c| t.rules_of(c).get(r))
     {
         v.line = Some(rule.line as usize);
         v.text = Some(dp.rule_text(rule.line as usize));

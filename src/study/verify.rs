@@ -397,13 +397,9 @@ fn rule_dport(r: &Rule) -> Option<u16> {
 /// Every `DNAT --to-destination IP:PORT` target of the rules, sorted: where listeners go.
 pub fn dnat_targets(dp: &Dataplane) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
-    for t in &dp.netfilter.tables {
-        for c in &t.chains {
-            for r in &c.rules {
-                if let Target::Dnat { ip, port: Some(port) } = r.target {
-                    out.push(SocketAddr::new(ip, port));
-                }
-            }
+    for r in dp.netfilter.tables.iter().flat_map(|t| t.all_rules()) {
+        if let Target::Dnat { ip, port: Some(port) } = r.target {
+            out.push(SocketAddr::new(ip, port));
         }
     }
     out.sort();
@@ -413,7 +409,7 @@ pub fn dnat_targets(dp: &Dataplane) -> Vec<SocketAddr> {
 
 /// Whether any rule records clients in a `-m recent` list (session affinity).
 fn has_recent_set(dp: &Dataplane) -> bool {
-    dp.netfilter.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules).any(|r| {
+    dp.netfilter.tables.iter().flat_map(|t| t.all_rules()).any(|r| {
         r.matches
             .iter()
             .any(|m| matches!(m, Match::Recent(r) if matches!(r.cmd, RecentCmd::Set | RecentCmd::Update)))

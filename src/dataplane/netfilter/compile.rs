@@ -475,19 +475,45 @@ pub struct CompiledRule {
     pub line: u32,
 }
 
-/// A chain: built-in (with a policy) or user-defined.
-#[derive(Debug, Clone, PartialEq)]
+/// A chain: built-in (with a policy) or user-defined. Its rules are read from its table
+/// ([`CompiledTable::rules_of`]).
+#[derive(Debug, Clone)]
 pub struct Chain {
     /// The name.
     pub name: Name,
     /// The policy of a built-in chain: `true` = ACCEPT, `false` = DROP.
     pub policy: Option<bool>,
-    /// The rules in order.
-    pub rules: Vec<CompiledRule>,
+    /// Where its rules are in the table's rules.
+    rules: RuleSpan,
+}
+
+/// Where a chain's rules are in its table: a part of one of the table's rule arrays.
+#[derive(Debug, Clone, Copy, Default)]
+struct RuleSpan {
+    array: u32,
+    start: u32,
+    len: u32,
+}
+
+impl Chain {
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len as usize
+    }
+
+    /// Whether the chain has no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.len == 0
+    }
 }
 
 /// A table: its chains by index, and the built-in chains by hook.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The chains' rules are in arrays of a few hundred rules, each chain's together in one: a
+/// vector per chain cost a million allocations and 16 bytes more a chain for a 100k-Service dump
+/// (some 35 MB). The arrays are small rather than one for the table, which would be mapped anew
+/// beside the memory the parse freed.
+#[derive(Debug, Clone)]
 pub struct CompiledTable {
     /// `filter`, `nat`, …
     pub name: String,
@@ -495,10 +521,25 @@ pub struct CompiledTable {
     pub source: usize,
     /// All chains.
     pub chains: Vec<Chain>,
+    /// Every chain's rules, in no particular order of chains.
+    rules: Vec<Box<[CompiledRule]>>,
     /// Chain indices by name: (the name's [`name_hash`], chain index), sorted. (A map keyed by
     /// the names took 32 bytes a chain and twice as many slots as chains: some 70 MB for a
     /// million endpoint chains.)
     by_name: Box<[(u32, u32)]>,
+}
+
+impl PartialEq for CompiledTable {
+    /// Tables are equal when their names, sources and chains (names, policies and rules) are,
+    /// wherever the chains' rules lie in the rule array.
+    fn eq(&self, other: &CompiledTable) -> bool {
+        self.name == other.name
+            && self.source == other.source
+            && self.chains.len() == other.chains.len()
+            && (self.chains.iter().zip(&other.chains)).all(|(a, b)| {
+                a.name == b.name && a.policy == b.policy && self.rules_of(a) == other.rules_of(b)
+            })
+    }
 }
 
 /// 32 bits of a chain name's hash, for [`CompiledTable`]'s name index.
@@ -509,12 +550,30 @@ fn name_hash(name: &str) -> u32 {
 }
 
 impl CompiledTable {
-    /// A table of `chains` (indexed by name).
-    fn new(name: String, source: usize, chains: Vec<Chain>) -> CompiledTable {
+    /// A table of `chains` (indexed by name) whose rules are in `rules`.
+    fn new(
+        name: String,
+        source: usize,
+        chains: Vec<Chain>,
+        rules: Vec<Box<[CompiledRule]>>,
+    ) -> CompiledTable {
         let mut by_name: Vec<(u32, u32)> =
             (chains.iter().enumerate()).map(|(i, c)| (name_hash(&c.name), i as u32)).collect();
         by_name.par_sort_unstable();
-        CompiledTable { name, source, chains, by_name: by_name.into_boxed_slice() }
+        CompiledTable { name, source, chains, rules, by_name: by_name.into_boxed_slice() }
+    }
+
+    /// The rules of `chain` (one of this table's chains), in order.
+    pub fn rules_of(&self, chain: &Chain) -> &[CompiledRule] {
+        let RuleSpan { array, start, len } = chain.rules;
+        let array = self.rules.get(array as usize).map_or(&[][..], |a| a);
+        array.get(start as usize..(start + len) as usize).unwrap_or_default()
+    }
+
+    /// Every rule of the table, chain by chain in no particular order of chains (for questions
+    /// about all of them).
+    pub fn all_rules(&self) -> impl Iterator<Item = &CompiledRule> {
+        self.rules.iter().flat_map(|a| a.iter())
     }
 
     /// The chain index for a name.
@@ -598,48 +657,49 @@ fn err(line: usize, kind: CompileErrorKind) -> CompileError {
 /// A chain being built: its policy and its rules.
 type ChainBuild = (Option<bool>, RuleList);
 
-/// No statement: the end of a [`RuleList`].
-const NO_STATEMENT: u32 = u32::MAX;
+/// No rule: the end of a [`RuleList`].
+const NO_RULE: u32 = u32::MAX;
 
-/// A chain's rules while its table compiles: a list of statement indexes linked through
-/// [`Pending::next`], so a chain costs 16 bytes and no allocation of its own (a vector per chain
-/// took some 64 bytes: 70 MB for a million endpoint chains, at the moment the compile peaks).
+/// A chain's rules while its table compiles: a list of rule ordinals (see [`Statements`])
+/// linked through [`Pending::next`], so a chain costs 16 bytes and no allocation of its own (a
+/// vector per chain took some 64 bytes: 70 MB for a million endpoint chains, at the moment the
+/// compile peaks).
 #[derive(Clone, Copy, Debug)]
 struct RuleList {
     head: u32,
     tail: u32,
     len: u32,
-    /// One past the latest statement in the list (0 when empty): statements are added in order,
+    /// One past the latest rule in the list (0 when empty): rules are added in order,
     /// so it is the one added last.
     end: u32,
 }
 
 impl RuleList {
-    const EMPTY: RuleList = RuleList { head: NO_STATEMENT, tail: NO_STATEMENT, len: 0, end: 0 };
+    const EMPTY: RuleList = RuleList { head: NO_RULE, tail: NO_RULE, len: 0, end: 0 };
 }
 
-/// The links of every chain's [`RuleList`]: for each statement, the next statement of its chain.
+/// The links of every chain's [`RuleList`]: for each rule, the next rule of its chain.
 struct Pending {
     next: Vec<u32>,
 }
 
 impl Pending {
-    fn new(statements: usize) -> Pending {
-        Pending { next: vec![NO_STATEMENT; statements] }
+    fn new(rules: usize) -> Pending {
+        Pending { next: vec![NO_RULE; rules] }
     }
 
-    /// Appends statement `si` (later than any in a list) to `list`.
+    /// Appends rule `si` (later than any in a list) to `list`.
     fn push(&mut self, list: &mut RuleList, si: u32) {
         self.insert(list, list.len as usize, si);
     }
 
-    /// Inserts statement `si` (later than any in a list) at position `to` of `list`, which is at
+    /// Inserts rule `si` (later than any in a list) at position `to` of `list`, which is at
     /// most its length.
     fn insert(&mut self, list: &mut RuleList, to: usize, si: u32) {
         debug_assert!(to <= list.len as usize && si >= list.end);
         if to == list.len as usize {
             match list.tail {
-                NO_STATEMENT => list.head = si,
+                NO_RULE => list.head = si,
                 tail => self.next[tail as usize] = si,
             }
             list.tail = si;
@@ -647,7 +707,7 @@ impl Pending {
             self.next[si as usize] = list.head;
             list.head = si;
         } else {
-            let before = self.iter(*list).nth(to - 1).unwrap_or(NO_STATEMENT);
+            let before = self.iter(*list).nth(to - 1).unwrap_or(NO_RULE);
             self.next[si as usize] = self.next[before as usize];
             self.next[before as usize] = si;
         }
@@ -655,13 +715,13 @@ impl Pending {
         list.end = si + 1;
     }
 
-    /// The statements of `list` in chain order.
+    /// The rules of `list` in chain order.
     fn iter(&self, list: RuleList) -> ListIter<'_> {
         ListIter { next: &self.next, at: list.head, left: list.len }
     }
 }
 
-/// The statements of a [`RuleList`] in order.
+/// The rules of a [`RuleList`] in order.
 struct ListIter<'p> {
     next: &'p [u32],
     at: u32,
@@ -767,16 +827,49 @@ impl Builder {
 
 /// A table's statements while they are compiled: borrowed, or owned and then freed from the end
 /// as the chains that read them are done.
+///
+/// Chains list their rules by ordinal (the `n`th rule statement of the table), so that once the
+/// chains are known, an owned table keeps its rule statements only ([`Statements::keep_rules`]):
+/// the declarations of a million endpoint chains are 80 MB.
 enum Statements<'r> {
-    Borrowed(&'r [Located]),
+    /// The statements, and where each rule is among them.
+    Borrowed(&'r [Located], Vec<u32>),
+    /// Every statement until [`Statements::keep_rules`], then the rules only.
     Owned(Vec<Located>),
 }
 
 impl Statements<'_> {
+    /// Every statement (before [`Statements::keep_rules`]).
     fn as_slice(&self) -> &[Located] {
         match self {
-            Statements::Borrowed(s) => s,
+            Statements::Borrowed(s, _) => s,
             Statements::Owned(v) => v,
+        }
+    }
+
+    /// Drops every statement but the rules (when owned); records where the rules are (when
+    /// borrowed).
+    fn keep_rules(&mut self) {
+        let is_rule = |s: &Located| matches!(s.stmt, Statement::Rule(_));
+        match self {
+            Statements::Borrowed(all, at) => {
+                *at = (all.iter().enumerate())
+                    .filter(|(_, s)| is_rule(s))
+                    .map(|(i, _)| i as u32)
+                    .collect();
+            }
+            Statements::Owned(v) => {
+                v.retain(is_rule);
+                v.shrink_to_fit();
+            }
+        }
+    }
+
+    /// The rule statement with ordinal `rule` (after [`Statements::keep_rules`]), if not freed.
+    fn rule(&self, rule: u32) -> Option<&Located> {
+        match self {
+            Statements::Borrowed(all, at) => all.get(*at.get(rule as usize)? as usize),
+            Statements::Owned(v) => v.get(rule as usize),
         }
     }
 
@@ -792,7 +885,8 @@ impl Statements<'_> {
         }
     }
 
-    /// Frees every statement from `keep` on (when owned), giving their memory back.
+    /// Frees every rule from ordinal `keep` on (when owned, after [`Statements::keep_rules`]),
+    /// giving their memory back.
     fn release(&mut self, keep: usize) {
         if let Statements::Owned(v) = self
             && keep < v.len()
@@ -811,7 +905,8 @@ impl Statements<'_> {
 pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
     (ruleset.tables.iter().enumerate())
         .map(|(ti, t)| {
-            compile_table(ruleset.family, ti, t.name.clone(), Statements::Borrowed(&t.statements))
+            let statements = Statements::Borrowed(&t.statements, Vec::new());
+            compile_table(ruleset.family, ti, t.name.clone(), statements)
         })
         .collect()
 }
@@ -829,6 +924,14 @@ pub fn compile_owned(ruleset: Ruleset) -> Result<Vec<CompiledTable>, CompileErro
         .collect()
 }
 
+/// How many rules a rule array of a table holds, unless one chain has more.
+///
+/// Small arrays, each made on the thread that fills it, take the memory the parse freed on that
+/// thread; large ones are mapped beside it. On the memory bench's 100k-Service dump, resident
+/// memory after the compile was 751 MiB with 256 rules an array, 789 with 4096, 797 with 65,536
+/// and 833 with one array for the table, for the same model.
+const ARRAY_RULES: usize = 256;
+
 /// How many batches the chains of a large table compile in: after each, the statements only
 /// later batches read are freed.
 const RELEASE_BATCHES: usize = 32;
@@ -842,8 +945,14 @@ fn compile_table(
 ) -> Result<CompiledTable, CompileError> {
     let name = table.as_str();
     let builtins = builtin_chains(name);
-    let declared =
-        (statements.as_slice().iter()).filter(|s| matches!(s.stmt, Statement::Chain(_))).count();
+    let (mut declared, mut rule_count) = (0, 0);
+    for s in statements.as_slice() {
+        match s.stmt {
+            Statement::Chain(_) => declared += 1,
+            Statement::Rule(_) => rule_count += 1,
+            _ => {}
+        }
+    }
     let mut b = Builder {
         chains: Vec::with_capacity(builtins.len() + declared),
         by_name: ChainNames {
@@ -854,7 +963,8 @@ fn compile_table(
     for chain in builtins {
         b.declare(&Name::new_static(chain), Some(true));
     }
-    let mut pending = Pending::new(statements.as_slice().len());
+    let mut pending = Pending::new(rule_count);
+    let mut ordinal = 0u32;
     for si in 0..statements.as_slice().len() {
         let st = &statements.as_slice()[si];
         let line = st.line;
@@ -885,7 +995,8 @@ fn compile_table(
             Statement::Rule(rule) => {
                 let i = b.chain_mut(&rule.chain, name, line)?;
                 let rules = &mut b.chains[i].1;
-                let at = si as u32;
+                let at = ordinal;
+                ordinal += 1;
                 match rule.op {
                     crate::model::rules::RuleOp::Append => pending.push(rules, at),
                     crate::model::rules::RuleOp::Insert(pos) => {
@@ -907,88 +1018,133 @@ fn compile_table(
             }
         }
     }
+    statements.keep_rules();
     let Builder { chains: builds, by_name } = b;
     // Chains are compiled from the one whose last rule comes latest, in batches run in parallel
-    // (rules compile independently). After a batch, no chain left reads a statement past the
-    // latest rule of the chains left, so those statements are freed.
+    // (rules compile independently). After a batch, no chain left reads a rule past the latest
+    // rule of the chains left, so those rules are freed.
     let mut order: Vec<(u32, u32)> = builds.iter().map(|c| c.1.end).zip(0..).collect();
     order.sort_unstable_by(|a, b| b.cmp(a));
     let total_rules: usize = builds.iter().map(|c| c.1.len as usize).sum();
     let batch_rules = total_rules.div_ceil(RELEASE_BATCHES).max(4096);
-    let mut slots: Vec<Option<ChainBuild>> = builds.into_iter().map(Some).collect();
-    // The chains in the order they are done, put in chain order at the end (in place: a vector of
-    // every chain made up front would add its size while all statements are still held).
-    let mut done: Vec<(u32, Chain)> = Vec::new();
+    let policies: Vec<Option<bool>> = builds.iter().map(|c| c.0).collect();
+    let mut slots: Vec<Option<RuleList>> = builds.into_iter().map(|c| Some(c.1)).collect();
+    // The rules of each batch, and where each chain's are.
+    let mut rules: Vec<Box<[CompiledRule]>> = Vec::new();
+    let mut spans: Vec<RuleSpan> = vec![RuleSpan::default(); slots.len()];
     // The error reported is the one a walk in chain order meets first.
     let mut first_error: Option<(usize, CompileError)> = None;
     let mut at = 0;
     while at < order.len() {
         let mut end = at;
-        let mut rules = 0;
-        while end < order.len() && (end == at || rules < batch_rules) {
-            rules += slots[order[end].1 as usize].as_ref().map_or(0, |c| c.1.len as usize);
+        let mut in_batch = 0;
+        while end < order.len() && (end == at || in_batch < batch_rules) {
+            in_batch += slots[order[end].1 as usize].map_or(0, |l| l.len as usize);
             end += 1;
         }
-        let batch: Vec<(usize, ChainBuild)> = (order[at..end].iter())
+        let batch: Vec<(usize, RuleList)> = (order[at..end].iter())
             .filter_map(|&(_, c)| Some((c as usize, slots[c as usize].take()?)))
             .collect();
-        let source = statements.as_slice();
-        let compiled: Vec<(usize, Result<Chain, CompileError>)> = batch
-            .into_par_iter()
-            .with_min_len(64)
-            .map(|(c, build)| {
-                let chain_name = by_name.names[c].clone();
-                let rules = pending.iter(build.1);
-                (c, compile_chain(chain_name, build.0, rules, source, family, &by_name, name))
-            })
+        // Groups of chains with about `ARRAY_RULES` rules, each compiled into one array by one
+        // thread (made on the thread that fills it, it takes the memory the parse freed there).
+        let mut groups: Vec<&[(usize, RuleList)]> = Vec::new();
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let (mut n, mut in_group) = (0, 0);
+            while n < rest.len() && (n == 0 || in_group + rest[n].1.len as usize <= ARRAY_RULES) {
+                in_group += rest[n].1.len as usize;
+                n += 1;
+            }
+            let (group, after) = rest.split_at(n);
+            groups.push(group);
+            rest = after;
+        }
+        let source = &statements;
+        let compiled: Vec<Group> = (groups.into_par_iter())
+            .map(|group| compile_group(group, &pending, source, family, &by_name, name))
             .collect();
-        for (c, result) in compiled {
-            match result {
-                Ok(chain) => done.push((c as u32, chain)),
-                Err(e) if first_error.as_ref().is_none_or(|(f, _)| c < *f) => {
-                    first_error = Some((c, e));
-                }
-                Err(_) => {}
+        for group in compiled {
+            let array = rules.len() as u32;
+            for (c, start, len) in group.spans {
+                spans[c as usize] = RuleSpan { array, start, len };
+            }
+            rules.push(group.rules);
+            if let Some((c, e)) = group.error
+                && first_error.as_ref().is_none_or(|(f, _)| c < *f)
+            {
+                first_error = Some((c, e));
             }
         }
         at = end;
         statements.release(order.get(at).map_or(0, |&(last, _)| last as usize));
     }
     drop(statements);
-    drop(by_name);
     if let Some((_, e)) = first_error {
         return Err(e);
     }
-    done.par_sort_unstable_by_key(|&(c, _)| c);
-    debug_assert!(done.iter().enumerate().all(|(i, &(c, _))| i == c as usize));
-    let mut chains: Vec<Chain> = done.into_iter().map(|(_, chain)| chain).collect();
-    chains.shrink_to_fit();
-    let ct = CompiledTable::new(table, ti, chains);
+    let chains: Vec<Chain> = (by_name.names.into_iter().zip(policies).zip(spans))
+        .map(|((name, policy), rules)| Chain { name, policy, rules })
+        .collect();
+    let ct = CompiledTable::new(table, ti, chains, rules);
     check_loops(&ct)?;
     Ok(ct)
 }
 
-/// Compiles one chain's rules, read from the table's `statements`.
-fn compile_chain(
-    name: Name,
-    policy: Option<bool>,
-    rules: impl ExactSizeIterator<Item = u32>,
-    statements: &[Located],
+/// A group of chains compiled into one rule array.
+struct Group {
+    rules: Box<[CompiledRule]>,
+    /// Each chain's index, and where its rules start in `rules` and how many there are.
+    spans: Vec<(u32, u32, u32)>,
+    /// The error of the first chain (in chain order) that did not compile.
+    error: Option<(usize, CompileError)>,
+}
+
+/// Compiles the rules of a group of chains (chain index, rules) into one array.
+fn compile_group(
+    group: &[(usize, RuleList)],
+    pending: &Pending,
+    statements: &Statements<'_>,
     family: Family,
     by_name: &ChainNames,
     table: &str,
-) -> Result<Chain, CompileError> {
-    let mut compiled = Vec::with_capacity(rules.len());
+) -> Group {
+    let total = group.iter().map(|(_, l)| l.len as usize).sum();
+    let mut rules = Vec::with_capacity(total);
+    let mut spans = Vec::with_capacity(group.len());
+    let mut error: Option<(usize, CompileError)> = None;
+    for &(c, list) in group {
+        let start = rules.len();
+        match compile_chain(&mut rules, pending.iter(list), statements, family, by_name, table) {
+            Ok(()) => spans.push((c as u32, start as u32, list.len)),
+            Err(e) => {
+                rules.truncate(start);
+                if error.as_ref().is_none_or(|(f, _)| c < *f) {
+                    error = Some((c, e));
+                }
+            }
+        }
+    }
+    Group { rules: rules.into_boxed_slice(), spans, error }
+}
+
+/// Compiles one chain's rules, read from the table's `statements`, onto `compiled`.
+fn compile_chain(
+    compiled: &mut Vec<CompiledRule>,
+    rules: impl ExactSizeIterator<Item = u32>,
+    statements: &Statements<'_>,
+    family: Family,
+    by_name: &ChainNames,
+    table: &str,
+) -> Result<(), CompileError> {
     for stmt in rules {
-        let Some(Located { line, stmt: Statement::Rule(rule) }) = statements.get(stmt as usize)
-        else {
+        let Some(Located { line, stmt: Statement::Rule(rule) }) = statements.rule(stmt) else {
             unreachable!("a chain's rules are rule statements not yet freed")
         };
         let mut c = compile_rule(rule, family, by_name, table).map_err(|kind| err(*line, kind))?;
         c.line = u32::try_from(*line).unwrap_or(u32::MAX);
         compiled.push(c);
     }
-    Ok(Chain { name, policy, rules: compiled })
+    Ok(())
 }
 
 /// Depth-first search over jumps; a back edge is a loop.
@@ -1003,7 +1159,7 @@ fn check_loops(t: &CompiledTable) -> Result<(), CompileError> {
         let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
         state[start] = 1;
         while let Some(&mut (c, ref mut next)) = stack.last_mut() {
-            let rules = &t.chains[c].rules;
+            let rules = t.rules_of(&t.chains[c]);
             if *next >= rules.len() {
                 state[c] = 2;
                 stack.pop();
@@ -1802,7 +1958,8 @@ mod tests {
     fn header_parts_read_back() {
         let parse = |text: &str, family| {
             let set = crate::formats::iptables_save::parse(text, family).unwrap();
-            compile(&set).unwrap().remove(0).chains.remove(1).rules
+            let t = compile(&set).unwrap().remove(0);
+            t.rules_of(&t.chains[1]).to_vec()
         };
         let net = |s: &str| {
             let (a, l) = s.split_once('/').unwrap();
@@ -1981,7 +2138,7 @@ mod owned_tests {
             let rs = scattered(seed, 1 + 40 * seed as usize, 20_000);
             let borrowed = compile(&rs).unwrap();
             // Every rule but the flushed ones: enough for at least four release batches.
-            let rules: usize = borrowed[1].chains.iter().map(|c| c.rules.len()).sum();
+            let rules: usize = borrowed[1].chains.iter().map(Chain::len).sum();
             assert!(rules > 3 * 4096 && rules <= 20_001, "{rules}");
             assert!(borrowed[1].chain("GONE").is_none());
             assert_eq!(compile_owned(rs).unwrap(), borrowed, "seed {seed}");
@@ -2028,7 +2185,7 @@ mod owned_tests {
             let mut checked = 0;
             for (chain, lines) in want.iter().filter(|(n, _)| n.as_str() != "GONE") {
                 let c = &nat.chains[nat.chain(chain).unwrap()];
-                let got: Vec<u32> = c.rules.iter().map(|r| r.line).collect();
+                let got: Vec<u32> = nat.rules_of(c).iter().map(|r| r.line).collect();
                 assert_eq!(&got, lines, "seed {seed} chain {chain}");
                 checked += lines.len();
             }

@@ -1226,7 +1226,7 @@ impl<'a> CompiledNetfilter<'a> {
                     .iter()
                     .map(|c| {
                         let b = total;
-                        total += c.rules.len() as u32;
+                        total += c.len() as u32;
                         b
                     })
                     .collect(),
@@ -1243,7 +1243,7 @@ impl<'a> CompiledNetfilter<'a> {
         let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
         for (ti, table) in nf.tables.iter().enumerate() {
             for chain in &table.chains {
-                for rule in &chain.rules {
+                for rule in table.rules_of(chain) {
                     let quick = match PureTest::of(rule) {
                         Some(t) if t == PureTest::default() => Quick::Always,
                         Some(t)
@@ -1271,7 +1271,7 @@ impl<'a> CompiledNetfilter<'a> {
                     let to = match rule.target {
                         Target::Jump(c) | Target::Goto(c) => {
                             let start = base[ti][c];
-                            (start, start + table.chains[c].rules.len() as u32)
+                            (start, start + table.chains[c].len() as u32)
                         }
                         _ => (0, 0),
                     };
@@ -1287,7 +1287,7 @@ impl<'a> CompiledNetfilter<'a> {
             for (ci, chain) in table.chains.iter().enumerate() {
                 let b = base[ti][ci] as usize;
                 let mut after = 0u32;
-                for op in ops[b..b + chain.rules.len()].iter_mut().rev() {
+                for op in ops[b..b + chain.len()].iter_mut().rev() {
                     let pure = matches!(
                         op.test(),
                         Quick::Always | Quick::Pure(_) | Quick::Pure4(_) | Quick::Src4 { .. }
@@ -1309,14 +1309,15 @@ impl<'a> CompiledNetfilter<'a> {
         for (ti, table) in nf.tables.iter().enumerate() {
             for (ci, chain) in table.chains.iter().enumerate() {
                 let b = base[ti][ci];
-                let n = chain.rules.len();
+                let rules = table.rules_of(chain);
+                let n = rules.len();
                 let mut i = 0;
                 while i < n {
                     // An indexed run from i?
                     let mut j = i;
                     let mut caps = Vec::new();
                     while j < n {
-                        match capture_of(&chain.rules[j], b + j as u32) {
+                        match capture_of(&rules[j], b + j as u32) {
                             Some(c) => caps.push(c),
                             None => break,
                         }
@@ -1371,7 +1372,7 @@ impl<'a> CompiledNetfilter<'a> {
                     let mut p_match = Vec::new();
                     let mut randoms = 0;
                     while j < n {
-                        let r = &chain.rules[j];
+                        let r = &rules[j];
                         match cascade_p(r) {
                             Some(p) => {
                                 if r.matches.iter().any(|m| matches!(m, Match::Random { .. })) {
@@ -1417,7 +1418,7 @@ impl<'a> CompiledNetfilter<'a> {
                     let start = base[ti][ci];
                     Root {
                         start,
-                        end: start + c.rules.len() as u32,
+                        end: start + c.len() as u32,
                         policy: c.policy.unwrap_or(true),
                         is_nat,
                         summary: None,
@@ -3096,7 +3097,12 @@ mod tests {
         assert_eq!(size_of::<Op<'_>>(), 24);
         let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
         let nf = Netfilter::new(&iptables_save::parse(text, Family::V4).unwrap()).unwrap();
-        let rule = nf.tables.iter().flat_map(|t| &t.chains).flat_map(|c| &c.rules).next().unwrap();
+        let rule = nf
+            .tables
+            .iter()
+            .flat_map(|t| t.chains.iter().flat_map(|c| t.rules_of(c)))
+            .next()
+            .unwrap();
         let tests = [
             Quick::Always,
             Quick::Pure(7),

@@ -851,7 +851,7 @@ fn run<C: Chooser>(
                 return Err(EvalError::TooDeep(MAX_DEPTH));
             }
             let Some(&Frame { chain, pos }) = w.stack.last() else { break };
-            let rules = &table.chains[chain].rules;
+            let rules = table.rules_of(&table.chains[chain]);
             if pos >= rules.len() {
                 if w.stack.len() == 1 {
                     if w.end_at_policy(table.chains[chain].policy, record, hook, ti, chain) {
@@ -879,7 +879,7 @@ fn run<C: Chooser>(
             {
                 let pre = prefilters.chain(ti, chain);
                 let next = Prefilters::skip(pre, pos, src, dst, pkt.proto);
-                if next != pos && pre.len() == rules.len() {
+                if next != pos && pre.len() <= rules.len() {
                     w.evaluated += (next - pos) as u32;
                     let top = w.stack.len() - 1;
                     w.stack[top].pos = next;

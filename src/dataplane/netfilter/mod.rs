@@ -100,7 +100,7 @@ impl Netfilter {
         let mut out = Vec::new();
         for t in &self.tables {
             for c in &t.chains {
-                for r in &c.rules {
+                for r in t.rules_of(c) {
                     let what = r
                         .matches
                         .iter()
