@@ -688,31 +688,31 @@ impl Pending {
         Pending { next: vec![NO_RULE; rules] }
     }
 
-    /// Appends rule `si` (later than any in a list) to `list`.
-    fn push(&mut self, list: &mut RuleList, si: u32) {
-        self.insert(list, list.len as usize, si);
+    /// Appends rule `rule` (later than any in a list) to `list`.
+    fn push(&mut self, list: &mut RuleList, rule: u32) {
+        self.insert(list, list.len as usize, rule);
     }
 
-    /// Inserts rule `si` (later than any in a list) at position `to` of `list`, which is at
+    /// Inserts rule `rule` (later than any in a list) at position `to` of `list`, which is at
     /// most its length.
-    fn insert(&mut self, list: &mut RuleList, to: usize, si: u32) {
-        debug_assert!(to <= list.len as usize && si >= list.end);
+    fn insert(&mut self, list: &mut RuleList, to: usize, rule: u32) {
+        debug_assert!(to <= list.len as usize && rule >= list.end);
         if to == list.len as usize {
             match list.tail {
-                NO_RULE => list.head = si,
-                tail => self.next[tail as usize] = si,
+                NO_RULE => list.head = rule,
+                tail => self.next[tail as usize] = rule,
             }
-            list.tail = si;
+            list.tail = rule;
         } else if to == 0 {
-            self.next[si as usize] = list.head;
-            list.head = si;
+            self.next[rule as usize] = list.head;
+            list.head = rule;
         } else {
             let before = self.iter(*list).nth(to - 1).unwrap_or(NO_RULE);
-            self.next[si as usize] = self.next[before as usize];
-            self.next[before as usize] = si;
+            self.next[rule as usize] = self.next[before as usize];
+            self.next[before as usize] = rule;
         }
         list.len += 1;
-        list.end = si + 1;
+        list.end = rule + 1;
     }
 
     /// The rules of `list` in chain order.
@@ -735,10 +735,10 @@ impl Iterator for ListIter<'_> {
         if self.left == 0 {
             return None;
         }
-        let si = self.at;
-        self.at = self.next[si as usize];
+        let rule = self.at;
+        self.at = self.next[rule as usize];
         self.left -= 1;
-        Some(si)
+        Some(rule)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -873,7 +873,7 @@ impl Statements<'_> {
         }
     }
 
-    /// Makes rule `si` (when owned) name its chain with the declaration's `name`, freeing the
+    /// Makes the rule at statement `si` (when owned) name its chain with the declaration's `name`, freeing the
     /// copy the parser made: the parser gives each run of rules of a chain a copy of its own
     /// name (a heap string for names longer than 23 bytes, as `KUBE-SEP-…` are), some 50 MB for
     /// a million endpoint chains that would otherwise stay until the rule is compiled.
