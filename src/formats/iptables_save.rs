@@ -570,7 +570,8 @@ pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
 ///
 /// The text is newline-terminated and has no comments; statements print through their
 /// `write_to` (the same text as `Display`), so rules keep the argument order and spelling they
-/// were parsed or built with. Large tables are printed in parallel chunks joined in order.
+/// were parsed or built with. Large tables are printed in parallel, each chunk straight into its
+/// measured place in the result.
 pub fn render(ruleset: &Ruleset) -> String {
     let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
     if statements < 2 * RENDER_CHUNK {
@@ -584,48 +585,75 @@ pub fn render(ruleset: &Ruleset) -> String {
         }
         return out;
     }
-    // The exact length first (counted in parallel), so that the result is allocated once:
-    // kube-proxy's 430 k lines at 10k Services fill 32.7 MB, under glibc's 32 MiB limit for
-    // reusing freed memory, where 96 bytes a line would ask for 41 MB of fresh pages each time.
-    let len: usize = ruleset
+    // The exact length of every chunk first (counted in parallel), so that the result is
+    // allocated once at its size: kube-proxy's 430 k lines at 10k Services fill 32.7 MB, under
+    // glibc's 32 MiB limit for reusing freed memory, where 96 bytes a line would ask for 41 MB
+    // of fresh pages each time.
+    let lens: Vec<Vec<usize>> = ruleset
         .tables
         .iter()
         .map(|t| {
-            let lines: usize = t
-                .statements
+            t.statements
                 .par_chunks(RENDER_CHUNK)
-                .map(|chunk| chunk.iter().map(|l| statement_len(&l.stmt) + 1).sum::<usize>())
-                .sum();
-            t.name.len() + 2 + lines + COMMIT.len() + 1
+                .map(|chunk| chunk.iter().map(|l| statement_len(&l.stmt) + 1).sum())
+                .collect()
         })
+        .collect();
+    let len: usize = (ruleset.tables.iter().zip(&lens))
+        .map(|(t, lens)| t.name.len() + 2 + lens.iter().sum::<usize>() + COMMIT.len() + 1)
         .sum();
-    let mut out = String::with_capacity(len);
-    // A few chunks at a time are printed in parallel, then copied in order: their buffers are
-    // freed before the next few are made, so the workers' malloc heaps reuse the same memory
-    // (buffers for all chunks at once would grow those heaps by the size of the dump each time,
-    // and glibc gives such pages back to the kernel when they are freed, so that every render
-    // faults them in again).
-    for table in &ruleset.tables {
-        render_table_head(&mut out, table);
-        for batch in table.statements.chunks(RENDER_CHUNK * RENDER_BATCH) {
-            let printed: Vec<String> = batch
-                .par_chunks(RENDER_CHUNK)
-                .map(|chunk| {
-                    let mut buf = String::with_capacity(96 * chunk.len());
-                    render_statements(&mut buf, chunk);
-                    buf
-                })
-                .collect();
-            printed.iter().for_each(|buf| out.push_str(buf));
+    // Then each chunk is printed in parallel straight into its place in the result: no buffer
+    // per chunk, and no copying them together on one thread.
+    let mut out = vec![0u8; len];
+    let mut chunks: Vec<(&[Located], &mut [u8])> =
+        Vec::with_capacity(lens.iter().map(Vec::len).sum());
+    let mut rest = out.as_mut_slice();
+    for (table, lens) in ruleset.tables.iter().zip(&lens) {
+        rest = put(rest, &["*", &table.name, "\n"]);
+        for (chunk, &n) in table.statements.chunks(RENDER_CHUNK).zip(lens) {
+            let (place, after) = rest.split_at_mut(n);
+            chunks.push((chunk, place));
+            rest = after;
         }
-        out.push_str(COMMIT);
-        out.push('\n');
+        rest = put(rest, &[COMMIT, "\n"]);
     }
-    out
+    chunks.into_par_iter().for_each(|(chunk, place)| {
+        let mut w = SliceWriter { place, at: 0 };
+        for located in chunk {
+            // The chunk's place was measured by writing the same statements.
+            let _ = located.stmt.write_to(&mut w);
+            let _ = std::fmt::Write::write_char(&mut w, '\n');
+        }
+        debug_assert_eq!(w.at, w.place.len(), "a chunk printed as long as it was counted");
+    });
+    // Every byte was copied from a `str`, at a `str`'s boundary.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Chunks [`render`] prints in parallel before copying them into the result.
-const RENDER_BATCH: usize = 16;
+/// Copies `parts` to the start of `place`, returning the rest of it.
+fn put<'a>(place: &'a mut [u8], parts: &[&str]) -> &'a mut [u8] {
+    let mut w = SliceWriter { place, at: 0 };
+    for p in parts {
+        let _ = std::fmt::Write::write_str(&mut w, p);
+    }
+    let SliceWriter { place, at } = w;
+    &mut place[at..]
+}
+
+/// A writer into a place in [`render`]'s result measured for what is written into it.
+struct SliceWriter<'a> {
+    place: &'a mut [u8],
+    at: usize,
+}
+
+impl std::fmt::Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.at + s.len();
+        self.place.get_mut(self.at..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.at = end;
+        Ok(())
+    }
+}
 
 /// The length of a statement's line, newline not included.
 fn statement_len(stmt: &Statement) -> usize {
@@ -1931,14 +1959,22 @@ mod tests {
 
     #[test]
     fn render_of_a_large_table_is_the_lines_in_order() {
-        // More statements than one batch of render chunks, so the parallel path runs, in more
-        // than one batch, and is joined.
+        // Several render chunks, so the parallel path runs and prints each chunk in its
+        // measured place; every kind of statement, so that each is measured as it prints.
         let mut nat = Table::new("nat");
         let mut filter = Table::new("filter");
-        for i in 0..(RENDER_CHUNK * RENDER_BATCH / 2 + 17) {
+        for i in 0..(RENDER_CHUNK * 3 / 2 + 17) {
             let chain = format!("KUBE-SEP-{i:016}");
             nat.push(Statement::Chain(ChainDecl::user(chain.as_str())));
-            nat.push(Statement::Rule(Rule::new(chain.as_str()).jump("KUBE-MARK-MASQ")));
+            let mut rule = Rule::new(chain.as_str()).jump("KUBE-MARK-MASQ");
+            if i % 1000 == 7 {
+                rule.set_counters(Some((i as u64, 12345)));
+                rule.op = RuleOp::Insert(Some(2));
+                nat.push(Statement::FlushChain(Some(chain.as_str().into())));
+                nat.push(Statement::DeleteChain(None));
+                nat.push(Statement::NewChain(chain.as_str().into()));
+            }
+            nat.push(Statement::Rule(rule));
         }
         filter.push(Statement::Rule(Rule::new("INPUT").jump("ACCEPT")));
         let set = Ruleset { family: Family::V4, tables: vec![nat, filter] };

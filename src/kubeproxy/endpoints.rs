@@ -321,21 +321,31 @@ pub fn service_ports<'a>(
     family: IpFamily,
 ) -> Vec<SvcPort<'a>> {
     let node_hints = cluster.config.prefer_same_traffic_distribution;
-    // The slices of each Service, found once (a scan per Service would be quadratic).
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>, BuildHasherDefault<NameHasher>> =
-        HashMap::default();
-    for s in &cluster.endpoint_slices {
-        slices.entry((s.namespace.as_str(), s.service_name.as_str())).or_default().push(s);
+    // The slices of each Service, found once (a scan per Service would be quadratic): the first
+    // of each Service's slices, and after each slice the next one of its Service (a list through
+    // the slices' positions rather than a vector per Service, made on one thread).
+    let all = &cluster.endpoint_slices;
+    let mut first: HashMap<(&str, &str), usize, BuildHasherDefault<NameHasher>> =
+        HashMap::with_capacity_and_hasher(all.len(), BuildHasherDefault::default());
+    let mut next: Vec<Option<usize>> = vec![None; all.len()];
+    // From the last slice to the first, each in front of its Service's list: the lists keep the
+    // cluster's order.
+    for (i, s) in all.iter().enumerate().rev() {
+        next[i] = first.insert((s.namespace.as_str(), s.service_name.as_str()), i);
     }
     let mut out: Vec<SvcPort<'a>> = cluster
         .services
         .par_iter()
         .with_min_len(SERVICES_PER_TASK)
         .flat_map_iter(|svc| {
-            let svc_slices = slices
-                .get(&(svc.namespace.as_str(), svc.name.as_str()))
-                .map_or(&[][..], Vec::as_slice);
-            service_ports_of(svc, svc_slices, node, family, node_hints)
+            let mut at = first.get(&(svc.namespace.as_str(), svc.name.as_str())).copied();
+            let svc_slices: Vec<&EndpointSlice> = std::iter::from_fn(|| {
+                let i = at?;
+                at = next[i];
+                Some(&all[i])
+            })
+            .collect();
+            service_ports_of(svc, &svc_slices, node, family, node_hints)
         })
         .collect();
     out.sort_by(|a, b| (a.spn.as_str(), a.proto).cmp(&(b.spn.as_str(), b.proto)));
@@ -440,6 +450,10 @@ fn endpoints_for(
             }
             let Some(p) = sp.port.filter(|p| *p != 0) else { continue };
             all.reserve(slice.endpoints.len());
+            let first = all.len();
+            // The endpoints first, then their keys: each endpoint's address and node name live
+            // in allocations of their own, and a short loop lets the processor wait for many
+            // of them at once.
             for ep in &slice.endpoints {
                 let Some(&ip) = ep.addresses.first() else { continue };
                 if !family.contains(&ip) {
@@ -448,7 +462,7 @@ fn endpoints_for(
                 all.push(EndpointInfo {
                     ip,
                     port: p,
-                    key: endpoint_string(ip, p),
+                    key: Name::default(),
                     ready: ep.ready,
                     serving: ep.serving,
                     terminating: ep.terminating,
@@ -461,6 +475,9 @@ fn endpoints_for(
                         Hint::Absent
                     },
                 });
+            }
+            for e in &mut all[first..] {
+                e.key = endpoint_string(e.ip, e.port);
             }
         }
     }

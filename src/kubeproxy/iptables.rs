@@ -139,7 +139,7 @@ impl IptablesSync {
                     let rules = statements.split_off(split);
                     (statements, rules)
                 };
-                node_table(tname, vec![chains], vec![Rules::Built(rules)], &jumps)
+                node_table(tname, vec![Chains::Built(chains)], vec![Rules::Built(rules)], &jumps)
             })
             .collect();
         Ruleset { family, tables }
@@ -177,9 +177,9 @@ impl Buffers {
 /// (most of a sync) are written straight into one shared text and become statements only in
 /// their table.
 struct Part {
-    filter_chains: Vec<Located>,
     filter_rules: Vec<Located>,
-    nat_chains: Vec<Located>,
+    /// The user chains declared, by name (a statement each only in their table).
+    nat_chains: Vec<Name>,
     nat_rules: TextArena,
 }
 
@@ -189,7 +189,7 @@ impl Part {
     }
 
     fn nat_chain(&mut self, name: impl IntoName) {
-        self.nat_chains.push(located(Statement::Chain(ChainDecl::user(name))));
+        self.nat_chains.push(name.into_name());
     }
 
     /// A nat rule in `chain`, written as its builders are called and added when dropped.
@@ -200,10 +200,54 @@ impl Part {
 
 /// A finished [`Part`], its nat rules sharing their text.
 struct Written {
-    filter_chains: Vec<Located>,
     filter_rules: Vec<Located>,
-    nat_chains: Vec<Located>,
+    nat_chains: Vec<Name>,
     nat_rules: ArenaRules,
+}
+
+/// A table's chain declarations in parts, in order: finished statements, or the names of the
+/// user chains a parallel part declares (made statements only in their place in the table: a
+/// name is a third of a statement, which the parts then write and the table need not copy).
+enum Chains {
+    Built(Vec<Located>),
+    Named(Vec<Name>),
+}
+
+impl Chains {
+    fn len(&self) -> usize {
+        match self {
+            Chains::Built(v) => v.len(),
+            Chains::Named(v) => v.len(),
+        }
+    }
+
+    /// The names of the chains declared.
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        let (built, named): (&[Located], &[Name]) = match self {
+            Chains::Built(v) => (v, &[]),
+            Chains::Named(v) => (&[], v),
+        };
+        built.iter().filter_map(declared).chain(named)
+    }
+
+    fn append_to(self, out: &mut Vec<Located>) {
+        match self {
+            Chains::Built(mut v) => out.append(&mut v),
+            Chains::Named(v) => {
+                out.extend(
+                    v.into_iter().map(|name| located(Statement::Chain(ChainDecl::user(name)))),
+                );
+            }
+        }
+    }
+}
+
+/// The chain a statement declares, if it is a declaration.
+fn declared(s: &Located) -> Option<&Name> {
+    match &s.stmt {
+        Statement::Chain(c) => Some(&c.name),
+        _ => None,
+    }
 }
 
 /// A table's rules in parts, in order: finished statements, or the parallel parts' arenas.
@@ -223,7 +267,11 @@ impl Rules {
     fn append_to(self, out: &mut Vec<Located>) {
         match self {
             Rules::Built(mut v) => out.append(&mut v),
-            Rules::Written(parts) => ArenaRules::append_all(&parts, out),
+            Rules::Written(parts) => {
+                ArenaRules::append_all(&parts, out);
+                // Each part lets go of its text and chain names on a worker of its own.
+                parts.into_par_iter().for_each(drop);
+            }
         }
     }
 }
@@ -234,11 +282,11 @@ fn located(stmt: Statement) -> Located {
 }
 
 /// One table: `chains` parts then `rules` parts, moved into one vector.
-fn table(name: &str, chains: Vec<Vec<Located>>, rules: Vec<Rules>) -> Table {
-    let len = chains.iter().map(Vec::len).chain(rules.iter().map(Rules::len)).sum::<usize>();
+fn table(name: &str, chains: Vec<Chains>, rules: Vec<Rules>) -> Table {
+    let len = chains.iter().map(Chains::len).chain(rules.iter().map(Rules::len)).sum::<usize>();
     let mut t = Table::new(name);
     t.statements.reserve_exact(len);
-    chains.into_iter().for_each(|mut part| t.statements.append(&mut part));
+    chains.into_iter().for_each(|part| part.append_to(&mut t.statements));
     rules.into_iter().for_each(|part| part.append_to(&mut t.statements));
     t
 }
@@ -366,7 +414,7 @@ pub fn sync_node_dump(
 /// rules.
 fn node_table(
     name: &'static str,
-    chains: Vec<Vec<Located>>,
+    chains: Vec<Chains>,
     rules: Vec<Rules>,
     jumps: &[(&'static str, Rule)],
 ) -> Table {
@@ -381,10 +429,12 @@ fn node_table(
             extra.push((target, false));
         }
     }
-    for s in chains.iter().flatten() {
-        if let Statement::Chain(c) = &s.stmt
-            && let Some(e) = extra.iter_mut().find(|(t, _)| *t == c.name)
-        {
+    for declared in chains.iter().flat_map(Chains::names) {
+        if extra.iter().all(|(_, found)| *found) {
+            // kube-proxy declares its jump targets first: the service chains need no look.
+            break;
+        }
+        if let Some(e) = extra.iter_mut().find(|(t, _)| t == declared) {
             e.1 = true;
         }
     }
@@ -394,15 +444,15 @@ fn node_table(
     let len = builtins.len()
         + extra.len()
         + table_jumps.clone().count()
-        + chains.iter().map(Vec::len).sum::<usize>()
+        + chains.iter().map(Chains::len).sum::<usize>()
         + rules.iter().map(Rules::len).sum::<usize>();
     let mut t = Table::new(name);
     t.statements.reserve_exact(len);
     t.statements.extend(
         builtins.iter().map(|b| located(Statement::Chain(ChainDecl::builtin(*b, Policy::Accept)))),
     );
-    for mut part in chains {
-        t.statements.append(&mut part);
+    for part in chains {
+        part.append_to(&mut t.statements);
     }
     t.statements.extend(extra.into_iter().map(|c| located(Statement::Chain(ChainDecl::user(c)))));
     t.statements.extend(table_jumps.map(|(_, r)| located(Statement::Rule(r.clone()))));
@@ -415,9 +465,9 @@ fn node_table(
 /// The statements of one sync, as kube-proxy's four buffers hold them, in parts.
 struct SyncParts {
     family: Family,
-    filter_chains: Vec<Vec<Located>>,
+    filter_chains: Vec<Chains>,
     filter_rules: Vec<Rules>,
-    nat_chains: Vec<Vec<Located>>,
+    nat_chains: Vec<Chains>,
     nat_rules: Vec<Rules>,
 }
 
@@ -486,7 +536,6 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
             let eps: usize = chunk.iter().map(|sp| sp.endpoints.len()).sum();
             let rules = chunk.len() * 3 + eps * 3;
             let mut part = Part {
-                filter_chains: Vec::new(),
                 filter_rules: Vec::new(),
                 nat_chains: Vec::with_capacity(chunk.len() + eps),
                 nat_rules: TextArena::with_capacity(rules * TEXT_PER_RULE, rules),
@@ -496,13 +545,14 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
             }
             // The arena's text is shared from here, on the worker (which also allocates it).
             Written {
-                filter_chains: part.filter_chains,
                 filter_rules: part.filter_rules,
                 nat_chains: part.nat_chains,
                 nat_rules: part.nat_rules.into_rules(),
             }
         })
         .collect();
+    // The service ports are freed on the workers too (their names and endpoints).
+    ports.into_par_iter().with_min_len(PORTS_PER_TASK).for_each(drop);
     let head = b;
     let mut b = Buffers::default();
 
@@ -548,19 +598,17 @@ fn sync_parts(cluster: &Cluster, node: &NodeView, family: IpFamily, env: NodeEnv
     );
 
     let tail = b;
-    let mut filter_chains = vec![head.filter_chains];
+    let filter_chains = vec![Chains::Built(head.filter_chains), Chains::Built(tail.filter_chains)];
     let mut filter_rules = vec![Rules::Built(head.filter_rules)];
-    let mut nat_chains = vec![head.nat_chains];
+    let mut nat_chains = vec![Chains::Built(head.nat_chains)];
     let mut arenas = Vec::with_capacity(parts.len());
     for part in parts {
-        filter_chains.push(part.filter_chains);
         filter_rules.push(Rules::Built(part.filter_rules));
-        nat_chains.push(part.nat_chains);
+        nat_chains.push(Chains::Named(part.nat_chains));
         arenas.push(part.nat_rules);
     }
-    filter_chains.push(tail.filter_chains);
     filter_rules.push(Rules::Built(tail.filter_rules));
-    nat_chains.push(tail.nat_chains);
+    nat_chains.push(Chains::Built(tail.nat_chains));
     let nat_rules =
         vec![Rules::Built(head.nat_rules), Rules::Written(arenas), Rules::Built(tail.nat_rules)];
     SyncParts {
@@ -654,8 +702,9 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     let cat = categorize_at(sp);
     let chains = LazyPortChains::new(spn, p);
     let svc_chain = chains.svc();
-    // Each endpoint's chain name, hashed once and shared by every rule that names it.
-    let seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
+    // Each endpoint's chain name, hashed once and shared by every rule that names it (and moved
+    // into its declaration last).
+    let mut seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
 
     let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
@@ -682,11 +731,11 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     let (internal_comment, external_comment) =
         (internal_comment.as_str(), external_comment.as_str());
     // Written on the cluster IP capture and its masquerade rule.
-    let cluster_ip_comment = Word::quote_if_spaced(&format!("{spn} cluster IP"));
+    let cluster_ip_comment = [spn, " cluster IP"];
 
     // Capture of the cluster IP.
     if has_internal {
-        dest(b.nat(KUBE_SERVICES).comment_word(&cluster_ip_comment), p, sp.cluster_ip, port)
+        dest(b.nat(KUBE_SERVICES).comment_parts(&cluster_ip_comment), p, sp.cluster_ip, port)
             .jump(internal_chain);
     } else {
         b.filter(
@@ -771,7 +820,7 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     // Masquerade of off-cluster traffic to the cluster IP.
     if has_internal && (*masquerade_all || detector.implemented()) {
         let r =
-            dest(b.nat(internal_chain).comment_word(&cluster_ip_comment), p, sp.cluster_ip, port);
+            dest(b.nat(internal_chain).comment_parts(&cluster_ip_comment), p, sp.cluster_ip, port);
         if *masquerade_all {
             r.jump(KUBE_MARK_MASQ);
         } else {
@@ -837,14 +886,15 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
         write_endpoint_rules(b, sp, svl_chain, &cat.local, large, &seps);
     }
     for &i in cat.all_reachable() {
-        let (ep, sep) = (&sp.endpoints[i], &seps[i]);
-        b.nat_chain(sep);
-        maybe_comment(b.nat(sep), large, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ);
-        let mut r = maybe_comment(b.nat(sep), large, &[spn]);
+        // Each position is reachable once.
+        let (ep, sep) = (&sp.endpoints[i], std::mem::take(&mut seps[i]));
+        maybe_comment(b.nat(&sep), large, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ);
+        let mut r = maybe_comment(b.nat(&sep), large, &[spn]);
         if sp.affinity.is_some() {
-            r = r.module("recent").opt1("name", sep).opt("set", &[]);
+            r = r.module("recent").opt1("name", &sep).opt("set", &[]);
         }
         proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key);
+        b.nat_chain(sep);
     }
 }
 

@@ -88,8 +88,19 @@ fn hash16(parts: &[&[u8]]) -> [u8; 16] {
         }
         digest.copy_from_slice(&h.finalize()[..10]);
     }
-    let mut out = [b'A'; 16];
-    data_encoding::BASE32.encode_mut(&digest, &mut out);
+    base32_16(&digest)
+}
+
+/// RFC 4648 base32 (upper case, no padding) of 10 bytes: 16 characters, 5 bits each.
+fn base32_16(bytes: &[u8; 10]) -> [u8; 16] {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = [0u8; 16];
+    for (group, chars) in bytes.chunks_exact(5).zip(out.chunks_exact_mut(8)) {
+        let bits = group.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
+        for (k, c) in chars.iter_mut().enumerate() {
+            *c = ALPHABET[(bits >> (35 - 5 * k)) as usize & 31];
+        }
+    }
     out
 }
 

@@ -150,7 +150,7 @@ impl Word {
     /// A word for `value`, double-quoted when it holds a space (kube-proxy's convention), or a
     /// character that would otherwise break the word (a quote or a backslash).
     pub fn quote_if_spaced(value: &str) -> Word {
-        if value.is_empty() || value.contains(QUOTE_IF) {
+        if value.is_empty() || needs_quotes(value) {
             Word(quote(value))
         } else {
             Word(Name::new(value))
@@ -176,14 +176,19 @@ impl Word {
     }
 }
 
-/// Characters that make [`Word::quote_if_spaced`] quote a value.
-const QUOTE_IF: [char; 5] = [' ', '\t', '"', '\\', '\''];
+/// Whether `value` holds a character that makes [`Word::quote_if_spaced`] quote it: a blank, a
+/// quote or a backslash. Every byte is looked at, without stopping at the first found, so that
+/// the compiler checks many bytes per instruction (rule texts are short, and almost never quoted
+/// for any but their spaces).
+fn needs_quotes(value: &str) -> bool {
+    value.bytes().fold(false, |found, b| found | matches!(b, b' ' | b'\t' | b'"' | b'\\' | b'\''))
+}
 
 /// `value` as it reads inside double quotes: each `"`, `\` and `'` after a backslash, given to
 /// `push` in whole runs.
 fn escape_into(value: &str, mut push: impl FnMut(&str)) {
     let mut rest = value;
-    while let Some(i) = rest.find(['"', '\\', '\'']) {
+    while let Some(i) = rest.bytes().position(|b| matches!(b, b'"' | b'\\' | b'\'')) {
         push(&rest[..i]);
         push("\\");
         push(&rest[i..=i]);
@@ -519,7 +524,8 @@ fn write_token<W: fmt::Write>(w: &mut W, name: &str) -> fmt::Result {
 fn is_plain(name: &str) -> bool {
     match name.as_bytes() {
         [] | [b'-', ..] | [b'!'] => false,
-        bytes => bytes.iter().all(|&b| !matches!(b, b' ' | b'\t' | b'"')),
+        // Every byte looked at, as in `needs_quotes`.
+        bytes => !bytes.iter().fold(false, |found, &b| found | matches!(b, b' ' | b'\t' | b'"')),
     }
 }
 
@@ -821,7 +827,12 @@ impl TextArena {
     /// Starts a rule appended to `chain`, its arguments written into the arena by the
     /// [`WriteArgs`] builders; it is the arena's next rule once the writer is dropped.
     pub fn rule<C: AsRef<str> + IntoName>(&mut self, chain: C) -> ArenaRule<'_> {
-        if self.chains.last().is_none_or(|c| c.as_str() != chain.as_ref()) {
+        // A run of rules usually names its chain by one shared name: the same text, not a copy.
+        let same = self.chains.last().is_some_and(|c| {
+            let (last, this) = (c.as_str(), chain.as_ref());
+            std::ptr::eq(last, this) || last == this
+        });
+        if !same {
             self.chains.push(chain.into_name());
         }
         let start = self.buf.len();
@@ -923,12 +934,25 @@ impl ArenaRules {
             firsts.push(total);
             total += p.len();
         }
-        out.par_extend((0..total).into_par_iter().with_min_len(RULES_PER_TASK).map(|i| {
-            // The last part starting at or before `i` that has rules.
-            let k = firsts.partition_point(|&f| f <= i).saturating_sub(1);
-            let part = &parts[k];
-            Located { line: 0, stmt: Statement::Rule(part.rule(i - firsts[k])) }
-        }));
+        // The last part starting at or before `i` that has rules: searched for at a task's first
+        // rule, then followed along (a task takes its rules in order).
+        let part_of = |i: usize, from: Option<usize>| match from {
+            None => firsts.partition_point(|&f| f <= i).saturating_sub(1),
+            Some(mut k) => {
+                while firsts.get(k + 1).is_some_and(|&f| f <= i) {
+                    k += 1;
+                }
+                k
+            }
+        };
+        out.par_extend((0..total).into_par_iter().with_min_len(RULES_PER_TASK).map_init(
+            || None,
+            |at: &mut Option<usize>, i| {
+                let k = part_of(i, *at);
+                *at = Some(k);
+                Located { line: 0, stmt: Statement::Rule(parts[k].rule(i - firsts[k])) }
+            },
+        ));
     }
 }
 
@@ -1417,7 +1441,7 @@ pub trait WriteArgs: Sized {
     fn comment_parts(mut self, parts: &[&str]) -> Self {
         let out = self.next_arg();
         out.push_str("-m comment --comment ");
-        if parts.iter().all(|p| p.is_empty()) || parts.iter().any(|p| p.contains(QUOTE_IF)) {
+        if parts.iter().all(|p| p.is_empty()) || parts.iter().any(|p| needs_quotes(p)) {
             out.push('"');
             for p in parts {
                 escape_into(p, |run| out.push_str(run));
