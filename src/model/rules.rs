@@ -1326,6 +1326,21 @@ pub struct Table {
     pub statements: Vec<Located>,
 }
 
+impl Drop for Table {
+    /// Frees a large table's statements on every thread: each holds reference counts on its
+    /// chain name and text, and a 10k-Service nat table has 430k statements (some 7 ms to free
+    /// on one thread).
+    fn drop(&mut self) {
+        if self.statements.len() >= PARALLEL_DROP {
+            use rayon::prelude::*;
+            std::mem::take(&mut self.statements).into_par_iter().with_min_len(4096).for_each(drop);
+        }
+    }
+}
+
+/// The fewest statements a table frees in parallel.
+const PARALLEL_DROP: usize = 65_536;
+
 impl Table {
     /// An empty table.
     pub fn new(name: impl Into<String>) -> Table {

@@ -921,7 +921,10 @@ pub fn compile(ruleset: &Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
 pub fn compile_owned(ruleset: Ruleset) -> Result<Vec<CompiledTable>, CompileError> {
     let family = ruleset.family;
     (ruleset.tables.into_iter().enumerate())
-        .map(|(ti, t)| compile_table(family, ti, t.name, Statements::Owned(t.statements)))
+        .map(|(ti, mut t)| {
+            let statements = Statements::Owned(std::mem::take(&mut t.statements));
+            compile_table(family, ti, std::mem::take(&mut t.name), statements)
+        })
         .collect()
 }
 
