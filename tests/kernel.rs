@@ -27,6 +27,11 @@ fn kernel_available(backend: Backend) -> bool {
         eprintln!("skipped: kernel test needs root and the iptables tools: {e}");
         return false;
     }
+    // kube-proxy's dumps count packets with `-m nfacct`, whose objects must exist first.
+    if verify::netns::find_program("nfacct").is_none() {
+        eprintln!("skipped: kernel test needs nfacct (kube-proxy's dumps use -m nfacct)");
+        return false;
+    }
     if let Err(e) = verify::probe_backend(backend, svcpath::model::rules::Family::V4) {
         eprintln!("skipped: {backend:?} backend unusable here: {e}");
         return false;

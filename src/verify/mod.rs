@@ -421,7 +421,9 @@ pub(crate) mod tests {
         root
     }
 
-    fn have_backend(test: &str, backend: Backend) -> bool {
+    /// Whether `backend` works here (root, its programs, a kernel that takes its rules); prints a
+    /// visible skip notice for `test` when not.
+    pub(crate) fn have_backend(test: &str, backend: Backend) -> bool {
         if !have_root(test) {
             return false;
         }

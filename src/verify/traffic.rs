@@ -1325,7 +1325,7 @@ mod tests {
     /// A pod reaching its own Service endpoint (hairpin) is masqueraded, as kube-proxy intends.
     #[test]
     fn hairpin_is_masqueraded() {
-        if !crate::verify::tests::have_root("hairpin_is_masqueraded") {
+        if !crate::verify::tests::have_backend("hairpin_is_masqueraded", Backend::Nft) {
             return;
         }
         let flows: Vec<Flow> =
@@ -1349,7 +1349,7 @@ mod tests {
     /// `sessionAffinity: ClientIP` (the `recent` module): each client keeps its first endpoint.
     #[test]
     fn session_affinity_sticks_per_client() {
-        if !crate::verify::tests::have_root("session_affinity_sticks_per_client") {
+        if !crate::verify::tests::have_backend("session_affinity_sticks_per_client", Backend::Nft) {
             return;
         }
         let mut d = String::from("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-AFF - [0:0]\n");
@@ -1392,7 +1392,7 @@ mod tests {
     /// IPv6: a ClusterIP with two endpoints, masqueraded from outside.
     #[test]
     fn ipv6_flows_reach_both_endpoints() {
-        if !crate::verify::tests::have_root("ipv6_flows_reach_both_endpoints") {
+        if !crate::verify::tests::have_backend("ipv6_flows_reach_both_endpoints", Backend::Nft) {
             return;
         }
         let d = "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-SVC-6 - [0:0]\n\
@@ -1426,7 +1426,7 @@ mod tests {
     /// How fast the kernel path runs: reached flows per second (printed; a loose floor).
     #[test]
     fn throughput_of_reached_flows() {
-        if !crate::verify::tests::have_root("throughput_of_reached_flows") {
+        if !crate::verify::tests::have_backend("throughput_of_reached_flows", Backend::Nft) {
             return;
         }
         for proto in [Protocol::Tcp, Protocol::Udp] {
@@ -1451,7 +1451,10 @@ mod tests {
     /// has no effect and the client's address is seen.
     #[test]
     fn host_network_endpoint_skips_masquerade() {
-        if !crate::verify::tests::have_root("host_network_endpoint_skips_masquerade") {
+        if !crate::verify::tests::have_backend(
+            "host_network_endpoint_skips_masquerade",
+            Backend::Nft,
+        ) {
             return;
         }
         let d = format!(
@@ -1490,7 +1493,7 @@ mod tests {
     /// token bucket starts empty.
     #[test]
     fn reject_burst_is_not_rate_limited() {
-        if !crate::verify::tests::have_root("reject_burst_is_not_rate_limited") {
+        if !crate::verify::tests::have_backend("reject_burst_is_not_rate_limited", Backend::Nft) {
             return;
         }
         let mut flows = Vec::new();
