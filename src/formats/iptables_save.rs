@@ -575,15 +575,7 @@ pub fn parse_rule_line(line: &str, family: Family) -> Result<Rule, ParseError> {
 pub fn render(ruleset: &Ruleset) -> String {
     let statements: usize = ruleset.tables.iter().map(|t| t.statements.len()).sum();
     if statements < 2 * RENDER_CHUNK {
-        // kube-proxy's lines average about 75 bytes; pages reserved and never written stay free.
-        let mut out = String::with_capacity(96 * statements + 32 * ruleset.tables.len());
-        for table in &ruleset.tables {
-            render_table_head(&mut out, table);
-            render_statements(&mut out, &table.statements);
-            out.push_str(COMMIT);
-            out.push('\n');
-        }
-        return out;
+        return render_serially(ruleset, statements);
     }
     // The exact length of every chunk first (counted in parallel), so that the result is
     // allocated once at its size: kube-proxy's 430 k lines at 10k Services fill 32.7 MB, under
@@ -617,17 +609,35 @@ pub fn render(ruleset: &Ruleset) -> String {
         }
         rest = put(rest, &[COMMIT, "\n"]);
     }
-    chunks.into_par_iter().for_each(|(chunk, place)| {
+    let exact = chunks.into_par_iter().all(|(chunk, place)| {
         let mut w = SliceWriter { place, at: 0 };
-        for located in chunk {
-            // The chunk's place was measured by writing the same statements.
-            let _ = located.stmt.write_to(&mut w);
-            let _ = std::fmt::Write::write_char(&mut w, '\n');
-        }
-        debug_assert_eq!(w.at, w.place.len(), "a chunk printed as long as it was counted");
+        let written = (chunk.iter()).all(|located| {
+            located.stmt.write_to(&mut w).is_ok()
+                && std::fmt::Write::write_char(&mut w, '\n').is_ok()
+        });
+        written && w.at == w.place.len()
     });
-    // Every byte was copied from a `str`, at a `str`'s boundary.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    // Every byte was copied from a `str`, at a `str`'s boundary, into a place measured by
+    // writing the same statements; should a measure ever be wrong, the text is printed again on
+    // one thread rather than given with a gap or a cut.
+    debug_assert!(exact, "every chunk printed exactly as long as it was counted");
+    match String::from_utf8(out) {
+        Ok(text) if exact => text,
+        _ => render_serially(ruleset, statements),
+    }
+}
+
+/// [`render`] on one thread, into one growing string (`statements` in all).
+fn render_serially(ruleset: &Ruleset, statements: usize) -> String {
+    // kube-proxy's lines average about 75 bytes; pages reserved and never written stay free.
+    let mut out = String::with_capacity(96 * statements + 32 * ruleset.tables.len());
+    for table in &ruleset.tables {
+        render_table_head(&mut out, table);
+        render_statements(&mut out, &table.statements);
+        out.push_str(COMMIT);
+        out.push('\n');
+    }
+    out
 }
 
 /// Copies `parts` to the start of `place`, returning the rest of it.
