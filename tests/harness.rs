@@ -114,3 +114,13 @@ pub fn assert_flows_hold(total: usize, min: usize, failures: &[String]) {
         failures.join("\n")
     );
 }
+
+/// Whether `nfacct` is installed, which loading kube-proxy's dumps needs (they count packets with
+/// `-m nfacct`, whose objects must exist first); prints a visible skip notice for `test` when not.
+pub fn have_nfacct(test: &str) -> bool {
+    let found = svcpath::verify::netns::find_program("nfacct").is_some();
+    if !found {
+        eprintln!("skipped: {test} needs nfacct (kube-proxy's dumps use -m nfacct)");
+    }
+    found
+}

@@ -19,7 +19,7 @@ use svcpath::study::dataplane::{Dataplane, rules_family};
 use svcpath::study::trace::{TraceRequest, trace};
 use svcpath::verify::{self, Backend};
 
-use crate::harness::{data, dirs_with, root};
+use crate::harness::{data, dirs_with, have_nfacct, root};
 
 /// Whether the kernel tests can run here; prints why not.
 fn kernel_available(backend: Backend) -> bool {
@@ -27,9 +27,7 @@ fn kernel_available(backend: Backend) -> bool {
         eprintln!("skipped: kernel test needs root and the iptables tools: {e}");
         return false;
     }
-    // kube-proxy's dumps count packets with `-m nfacct`, whose objects must exist first.
-    if verify::netns::find_program("nfacct").is_none() {
-        eprintln!("skipped: kernel test needs nfacct (kube-proxy's dumps use -m nfacct)");
+    if !have_nfacct("kernel test") {
         return false;
     }
     if let Err(e) = verify::probe_backend(backend, svcpath::model::rules::Family::V4) {

@@ -19,7 +19,7 @@ use svcpath::study::verify::{self as sv, Expectation, Fate, PlanOptions, Setting
 use svcpath::verify::traffic::AgentCommand;
 use svcpath::verify::{self, Backend, CheckOptions};
 
-use crate::harness::{dirs_with, root, svcpath, temp_with};
+use crate::harness::{dirs_with, have_nfacct, root, svcpath, temp_with};
 
 /// The svcpath binary these tests run.
 const BIN: &str = env!("CARGO_BIN_EXE_svcpath");
@@ -30,9 +30,7 @@ fn kernel_available(test: &str, backend: Backend) -> bool {
         eprintln!("skipped: {test} needs root and the iptables tools: {e}");
         return false;
     }
-    // kube-proxy's dumps count packets with `-m nfacct`, whose objects must exist first.
-    if verify::netns::find_program("nfacct").is_none() {
-        eprintln!("skipped: {test} needs nfacct (kube-proxy's dumps use -m nfacct)");
+    if !have_nfacct(test) {
         return false;
     }
     if let Err(e) = verify::probe_backend(backend, svcpath::model::rules::Family::V4) {

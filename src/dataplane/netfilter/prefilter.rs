@@ -138,8 +138,9 @@ impl Prefilters {
                 for c in &t.chains {
                     starts.push(pre.len() as u32);
                     if c.len() >= MIN_RULES {
+                        let from = pre.len();
                         pre.extend(t.rules_of(c).iter().map(|r| Pre::of(&r.header)));
-                        let from = *starts.last().unwrap_or(&0) as usize;
+                        // The rules after the last that can reject a packet need none.
                         let kept =
                             pre[from..].iter().rposition(|p| !p.always()).map_or(0, |i| i + 1);
                         pre.truncate(from + kept);
