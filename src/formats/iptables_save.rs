@@ -1269,7 +1269,7 @@ fn chain_decl<'a>(
     if let Some((at, extra)) = words.next() {
         return err(at, ParseErrorKind::UnexpectedWord { word: extra.to_owned() });
     }
-    let decl = ChainDecl { name: names.word(name), policy, counters };
+    let decl = ChainDecl::new(names.word(name), policy, counters);
     Ok((decl, (!builtin).then_some((name_at, name))))
 }
 
@@ -2248,11 +2248,11 @@ mod tests {
         let decl = &filter.statements[0].stmt;
         assert_eq!(
             decl,
-            &Statement::Chain(ChainDecl {
-                name: "INPUT".into(),
-                policy: Some(Policy::Accept),
-                counters: Some((28671, 19282211))
-            })
+            &Statement::Chain(ChainDecl::new(
+                "INPUT",
+                Some(Policy::Accept),
+                Some((28671, 19282211))
+            ))
         );
         let max = filter.rules().find(|r| r.chain == "FORWARD").unwrap();
         assert_eq!(max.counters(), Some((u64::MAX, u64::MAX)));

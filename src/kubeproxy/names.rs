@@ -267,8 +267,7 @@ pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
     match ip {
         IpAddr::V4(v4) => {
             // At most 21 bytes (`255.255.255.255:65535`): written by hand into a buffer and
-            // stored inline (one per endpoint per sync). `rules::write_ip` into a
-            // `SmolStrBuilder` spells the same, but costs ~2% more instructions per sync.
+            // stored inline (one per endpoint per sync).
             let mut buf = [0u8; 21];
             let mut n = 0;
             let mut put = |text: &[u8]| {

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod default;
 pub mod ipvs;
 pub mod load;
+pub(crate) mod name;
 pub mod nft;
 pub mod rules;
 pub(crate) mod words;

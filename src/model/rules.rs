@@ -37,12 +37,7 @@ use serde::Serialize;
 
 use super::words::{BANG, Tok, Words};
 
-/// A name or short word of a rule: a chain, module, option, target, protocol or interface.
-///
-/// Built-in vocabulary (`comment`, `KUBE-MARK-MASQ`, …) is stored without allocation (inline up to
-/// 23 bytes, or a `&'static str`), and a longer name such as `KUBE-SEP-…` is reference-counted, so
-/// the hundreds of thousands of rules that name one chain share its text.
-pub type Name = smol_str::SmolStr;
+pub use super::name::Name;
 
 /// What a builder takes for a name: a `&str` or `String` (copied, inline when short) or a
 /// [`Name`] or `&Name` (shared).
@@ -198,11 +193,11 @@ fn escape_into(value: &str, mut push: impl FnMut(&str)) {
 }
 
 fn quote(value: &str) -> Name {
-    let mut out = smol_str::SmolStrBuilder::new();
+    let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
     escape_into(value, |run| out.push_str(run));
     out.push('"');
-    out.finish()
+    Name::from(out)
 }
 
 fn unquote(raw: &str) -> String {
@@ -681,34 +676,57 @@ fn serialize_args<S: serde::Serializer>(text: &Text, s: S) -> Result<S::Ok, S::E
     s.collect_seq(ArgsOf::new(text.as_str()))
 }
 
-/// A rule's argument text: written by its builders, or a span of the dump it was parsed from.
+/// A rule's argument text: a span of a shared [`Piece`] (the dump it was parsed from, or the
+/// arena it was written into), or a piece of its own that its builders write.
 ///
 /// A parsed dump keeps one copy of its text, shared by its rules: a rule costs a pointer and two
 /// offsets instead of an allocation of its own. Changing a parsed rule copies its text first.
+/// Both kinds are one pointer and two offsets (16 bytes), so that a statement stays 72 bytes.
 #[derive(Clone)]
-enum Text {
-    Own(String),
-    Span { piece: Arc<Piece>, start: u32, len: u32 },
+struct Text {
+    piece: Arc<Piece>,
+    start: u32,
+    /// The span's length, or [`WHOLE`]: the whole of an own piece, however long it grows.
+    len: u32,
 }
 
+/// [`Text::len`] of a text that is the whole of its piece.
+const WHOLE: u32 = u32::MAX;
+
 impl Text {
+    /// A text of its own.
+    fn own_text(text: String) -> Text {
+        Text { piece: Arc::new(Piece { text: PieceText::Own(text) }), start: 0, len: WHOLE }
+    }
+
     fn as_str(&self) -> &str {
-        match self {
-            Text::Own(s) => s,
-            Text::Span { piece, start, len } => {
-                let start = *start as usize;
-                piece.text.get(start..start + *len as usize).unwrap_or_default()
-            }
+        let start = self.start as usize;
+        let span = if self.len == WHOLE {
+            self.piece.text.get(start..)
+        } else {
+            self.piece.text.get(start..start + self.len as usize)
+        };
+        span.unwrap_or_default()
+    }
+
+    /// The text as a string of its own, copied out of its piece unless it is the whole of a
+    /// piece that only it holds.
+    fn own(&mut self) -> &mut String {
+        let alone = self.len == WHOLE
+            && Arc::get_mut(&mut self.piece).is_some_and(|p| matches!(p.text, PieceText::Own(_)));
+        if !alone {
+            *self = Text::own_text(self.as_str().to_owned());
+        }
+        match Arc::get_mut(&mut self.piece).map(|p| &mut p.text) {
+            Some(PieceText::Own(s)) => s,
+            _ => unreachable!("made its own just above"),
         }
     }
 
-    /// The text as a string of its own, copied out of the dump if it was a span.
-    fn own(&mut self) -> &mut String {
-        if let Text::Span { .. } = self {
-            *self = Text::Own(self.as_str().to_owned());
-        }
-        let Text::Own(s) = self else { unreachable!("made its own just above") };
-        s
+    /// Whether the text is a span of a shared piece (not a text of its own).
+    #[cfg(test)]
+    fn is_span(&self) -> bool {
+        self.len != WHOLE
     }
 }
 
@@ -763,7 +781,7 @@ impl Piece {
         // A string that merely lies after the text in memory is not in it.
         let inside = self.text.get(start..end)?;
         debug_assert!(std::ptr::eq(inside.as_ptr(), span.as_ptr()));
-        Some(Text::Span {
+        Some(Text {
             piece: Arc::clone(self),
             start: u32::try_from(start).ok()?,
             len: u32::try_from(span.len()).ok()?,
@@ -915,8 +933,8 @@ impl ArenaRules {
     fn rule(&self, i: usize) -> Rule {
         let (chain, start, len) = self.rules[i];
         let text = match self.own.binary_search_by_key(&i, |(at, _)| *at) {
-            Ok(k) => Text::Own(self.own[k].1.clone()),
-            Err(_) => Text::Span { piece: Arc::clone(&self.piece), start, len },
+            Ok(k) => Text::own_text(self.own[k].1.clone()),
+            Err(_) => Text { piece: Arc::clone(&self.piece), start, len },
         };
         let chain = self.chains.get(chain as usize).cloned().unwrap_or_default();
         Rule { counters: None, op: RuleOp::Append, chain, text }
@@ -977,7 +995,7 @@ impl Rule {
             counters: None,
             op: RuleOp::Append,
             chain: chain.into_name(),
-            text: Text::Own(String::new()),
+            text: Text::own_text(String::new()),
         }
     }
 
@@ -998,7 +1016,7 @@ impl Rule {
             counters: None,
             op: RuleOp::Append,
             chain: chain.into_name(),
-            text: Text::Own(String::with_capacity(bytes)),
+            text: Text::own_text(String::with_capacity(bytes)),
         }
     }
 
@@ -1021,7 +1039,7 @@ impl Rule {
             counters: counters.map(Box::new),
             op,
             chain: chain.into_name(),
-            text: Text::Own(text),
+            text: Text::own_text(text),
         }
     }
 
@@ -1035,7 +1053,8 @@ impl Rule {
         text: &str,
         piece: Option<&Arc<Piece>>,
     ) -> Rule {
-        let text = piece.and_then(|p| p.span(text)).unwrap_or_else(|| Text::Own(text.to_owned()));
+        let text =
+            piece.and_then(|p| p.span(text)).unwrap_or_else(|| Text::own_text(text.to_owned()));
         let rule = Rule { counters: counters.map(Box::new), op, chain, text };
         debug_assert_eq!(
             Rule::from_args(Name::default(), op, counters, &rule.args().collect::<Vec<_>>())
@@ -1219,19 +1238,68 @@ pub struct ChainDecl {
     pub name: Name,
     /// The policy of a built-in chain; `None` for a user chain (`-`).
     pub policy: Option<Policy>,
-    /// The counters as written; `None` when the line has none.
-    pub counters: Option<(u64, u64)>,
+    /// The counters as written ([`ChainDecl::counters`]).
+    #[serde(serialize_with = "serialize_decl_counters")]
+    counters: DeclCounters,
+}
+
+/// A declaration's counters: nearly always `[0:0]`, kept without an allocation, and any others
+/// boxed, so that a declaration (56 bytes) is no larger than a rule and a statement stays at 72.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum DeclCounters {
+    Absent,
+    Zero,
+    Other(Box<(u64, u64)>),
+}
+
+impl DeclCounters {
+    fn new(counters: Option<(u64, u64)>) -> DeclCounters {
+        match counters {
+            None => DeclCounters::Absent,
+            Some((0, 0)) => DeclCounters::Zero,
+            Some(c) => DeclCounters::Other(Box::new(c)),
+        }
+    }
+
+    fn get(&self) -> Option<(u64, u64)> {
+        match self {
+            DeclCounters::Absent => None,
+            DeclCounters::Zero => Some((0, 0)),
+            DeclCounters::Other(c) => Some(**c),
+        }
+    }
+}
+
+fn serialize_decl_counters<S: serde::Serializer>(
+    c: &DeclCounters,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    c.get().serialize(s)
 }
 
 impl ChainDecl {
+    /// A declaration as written: `counters` is `None` when the line has none.
+    pub fn new(
+        name: impl IntoName,
+        policy: Option<Policy>,
+        counters: Option<(u64, u64)>,
+    ) -> ChainDecl {
+        ChainDecl { name: name.into_name(), policy, counters: DeclCounters::new(counters) }
+    }
+
     /// A user chain declared `:NAME - [0:0]`, as kube-proxy writes it.
     pub fn user(name: impl IntoName) -> ChainDecl {
-        ChainDecl { name: name.into_name(), policy: None, counters: Some((0, 0)) }
+        ChainDecl { name: name.into_name(), policy: None, counters: DeclCounters::Zero }
     }
 
     /// A built-in chain with a policy, `:NAME ACCEPT [0:0]`.
     pub fn builtin(name: impl IntoName, policy: Policy) -> ChainDecl {
-        ChainDecl { name: name.into_name(), policy: Some(policy), counters: Some((0, 0)) }
+        ChainDecl { name: name.into_name(), policy: Some(policy), counters: DeclCounters::Zero }
+    }
+
+    /// The counters as written; `None` when the line has none.
+    pub fn counters(&self) -> Option<(u64, u64)> {
+        self.counters.get()
     }
 
     /// Writes the declaration line as `Display` does, straight into `w`.
@@ -1243,7 +1311,7 @@ impl ChainDecl {
         w.write_str(&self.name)?;
         w.write_char(' ')?;
         w.write_str(self.policy.map_or("-", Policy::as_str))?;
-        if let Some((p, b)) = self.counters {
+        if let Some((p, b)) = self.counters() {
             w.write_str(" [")?;
             write_u64(w, p)?;
             w.write_char(':')?;
@@ -1533,6 +1601,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_statement_stays_at_72_bytes() {
+        // The memory budget of a 100k-Service dump (docs/benchmarks.md) counts 72 bytes a
+        // statement; and 430k statements of 72 bytes (a 10k-Service nat table) stay under
+        // glibc's 32 MiB limit for reusing freed memory, where 80 bytes would fault in fresh
+        // pages on every render.
+        assert_eq!(std::mem::size_of::<Name>(), 32);
+        assert_eq!(std::mem::size_of::<Rule>(), 64);
+        assert_eq!(std::mem::size_of::<ChainDecl>(), 56);
+        assert_eq!(std::mem::size_of::<Located>(), 72);
+    }
+
+    #[test]
     fn comment_parts_quotes_the_joined_text_like_quote_if_spaced() {
         for parts in [
             &["ns/svc:p", " -> ", "10.0.0.1:80"][..],
@@ -1666,7 +1746,11 @@ mod tests {
         let two: Values = [Word::raw("a"), Word::raw("b")].into_iter().collect();
         assert_eq!(two.len(), 2);
         assert_eq!(two, vec![Word::raw("a"), Word::raw("b")]);
-        assert!(std::mem::size_of::<Values>() <= 24);
+        assert_eq!(
+            std::mem::size_of::<Values>(),
+            std::mem::size_of::<Word>(),
+            "no larger than its one word"
+        );
     }
 
     #[test]
@@ -1686,7 +1770,7 @@ mod tests {
         let piece = Piece::new(Arc::clone(&text));
         let rule =
             Rule::from_written(Name::new("X"), RuleOp::Append, None, &text[5..], Some(&piece));
-        assert!(matches!(rule.text, Text::Span { .. }));
+        assert!(rule.text.is_span());
         let built = Rule::new("X").proto("tcp").jump("ACCEPT");
         assert_eq!(rule, built);
         let mut hasher = std::hash::DefaultHasher::new();
@@ -1696,7 +1780,7 @@ mod tests {
         assert_eq!(hasher.finish(), other.finish(), "equal rules hash alike, span or not");
         let mut changed = rule.clone();
         changed.push(&Arg::Jump(Name::new("DROP")));
-        assert!(matches!(changed.text, Text::Own(_)));
+        assert!(!changed.text.is_span());
         assert_eq!(changed.to_string(), "-A X -p tcp -j ACCEPT -j DROP");
         assert_eq!(rule.to_string(), "-A X -p tcp -j ACCEPT", "the shared text is untouched");
         assert_eq!(&*text, "-A X -p tcp -j ACCEPT");

@@ -873,19 +873,6 @@ impl Statements<'_> {
         }
     }
 
-    /// Makes the rule at statement `si` (when owned) name its chain with the declaration's
-    /// `name`, freeing the copy the parser made: the parser gives each run of rules of a chain a
-    /// copy of its own name (a heap string for names longer than 23 bytes, as `KUBE-SEP-…` are),
-    /// some 50 MB for a million endpoint chains that would otherwise stay until the rule is
-    /// compiled.
-    fn share_chain_name(&mut self, si: usize, name: &Name) {
-        if let Statements::Owned(v) = self
-            && let Some(Located { stmt: Statement::Rule(rule), .. }) = v.get_mut(si)
-        {
-            rule.chain = name.clone();
-        }
-    }
-
     /// Frees every rule from ordinal `keep` on (when owned, after [`Statements::keep_rules`]),
     /// giving their memory back.
     fn release(&mut self, keep: usize) {
@@ -1018,7 +1005,6 @@ fn compile_table(
                         pending.insert(rules, to, at);
                     }
                 }
-                statements.share_chain_name(si, &b.by_name.names[i]);
             }
         }
     }
