@@ -298,7 +298,7 @@ fn build_table(t: &TableInput, family: Family) -> Table {
                     (true, 2) => Some(Policy::Drop),
                     _ => None,
                 };
-                Statement::Chain(ChainDecl { name: chain.into(), policy, counters: *counters })
+                Statement::Chain(ChainDecl::new(chain.as_str(), policy, *counters))
             }
             StatementInput::NewChain(n) => {
                 let chain = n.build(MAX_CHAIN);
