@@ -12,6 +12,7 @@
 //! assert_eq!(service_chain("default/kubernetes:https", Protocol::Tcp), "KUBE-SVC-NPX46M4PTMTKRN6Y");
 //! ```
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
@@ -304,18 +305,18 @@ pub fn is_service_chain(name: &str) -> bool {
 }
 
 /// kube-proxy's `computeProbability(n)`: `1/n` with ten decimals (`%0.10f`).
-pub fn probability_text(n: usize) -> Name {
+pub fn probability_text(n: usize) -> Cow<'static, str> {
     /// Cascades up to this length (every real Service) reuse texts formatted once.
     const CACHED: usize = 1024;
-    static TEXTS: OnceLock<Vec<Name>> = OnceLock::new();
-    let format = |n: usize| Name::new(format!("{:.10}", 1.0 / n as f64));
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    let format = |n: usize| format!("{:.10}", 1.0 / n as f64);
     if n < CACHED {
         let texts = TEXTS.get_or_init(|| (0..CACHED).map(format).collect());
         if let Some(t) = texts.get(n) {
-            return t.clone();
+            return Cow::Borrowed(t);
         }
     }
-    format(n)
+    Cow::Owned(format(n))
 }
 
 #[cfg(test)]
