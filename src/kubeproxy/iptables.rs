@@ -364,12 +364,12 @@ const COMMENT_ROOM: usize = "-m comment --comment ".len();
 const OTHER_ROOM: usize = 80;
 
 fn proto_match<R: WriteArgs>(r: R, p: Protocol) -> R {
-    r.module(p.as_str()).proto(p.as_str())
+    r.written(&["-m ", p.as_str(), " -p ", p.as_str()])
 }
 
 /// kube-proxy's match of a service port's destination: protocol, address, port.
 fn dest<R: WriteArgs>(r: R, p: Protocol, ip: IpAddr, port: &str) -> R {
-    proto_match(r, p).dst(Addr::host(ip)).opt1("dport", port)
+    proto_match(r, p).dst(Addr::host(ip)).written(&["--dport ", port])
 }
 
 /// Runs one full sync of kube-proxy's iptables proxier for `node` and `family`.
@@ -888,12 +888,14 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     for &i in cat.all_reachable() {
         // Each position is reachable once.
         let (ep, sep) = (&sp.endpoints[i], std::mem::take(&mut seps[i]));
-        maybe_comment(b.nat(&sep), large, &[spn]).src(Addr::host(ep.ip)).jump(KUBE_MARK_MASQ);
+        maybe_comment(b.nat(&sep), large, &[spn])
+            .src(Addr::host(ep.ip))
+            .written(&["-j ", KUBE_MARK_MASQ]);
         let mut r = maybe_comment(b.nat(&sep), large, &[spn]);
         if sp.affinity.is_some() {
             r = r.module("recent").opt1("name", &sep).opt("set", &[]);
         }
-        proto_match(r, p).jump("DNAT").opt1("to-destination", &ep.key);
+        proto_match(r, p).written(&["-j DNAT --to-destination ", &ep.key]);
         b.nat_chain(sep);
     }
 }
@@ -924,14 +926,13 @@ fn write_endpoint_rules(
     }
     let n = eps.len();
     for (k, &i) in eps.iter().enumerate() {
-        let mut r = maybe_comment(b.nat(chain), large, &[&sp.spn, " -> ", &sp.endpoints[i].key]);
+        let r = maybe_comment(b.nat(chain), large, &[&sp.spn, " -> ", &sp.endpoints[i].key]);
         if k + 1 < n {
-            r = r
-                .module("statistic")
-                .opt("mode", &["random"])
-                .opt1("probability", probability_text(n - k));
+            let p = probability_text(n - k);
+            r.written(&["-m statistic --mode random --probability ", &p, " -j ", &seps[i]]);
+        } else {
+            r.written(&["-j ", &seps[i]]);
         }
-        r.jump(&seps[i]);
     }
 }
 

@@ -1571,6 +1571,30 @@ pub trait WriteArgs: Sized {
         self.word("-g ", chain.as_ref())
     }
 
+    /// Arguments already written as `iptables-save` prints them: `parts` joined are whole words
+    /// separated by single spaces, each quoted where it needs it, and the caller vouches for
+    /// that. For generators that write many rules of one shape (kube-proxy's per-endpoint rules):
+    /// it skips the other builders' per-argument checks and steps, which cost several times the
+    /// copying. `Rule::args` reads the words back as usual.
+    ///
+    /// ```
+    /// use svcpath::model::rules::{Rule, WriteArgs};
+    /// let fast = Rule::new("KUBE-SVC-X").written(&["-m statistic --mode random --probability ", "0.5000000000", " -j ", "KUBE-SEP-Y"]);
+    /// let built = Rule::new("KUBE-SVC-X")
+    ///     .module("statistic")
+    ///     .opt("mode", &["random"])
+    ///     .opt1("probability", "0.5000000000")
+    ///     .jump("KUBE-SEP-Y");
+    /// assert_eq!(fast, built);
+    /// ```
+    fn written(mut self, parts: &[&str]) -> Self {
+        let out = self.next_arg();
+        for p in parts {
+            out.push_str(p);
+        }
+        self
+    }
+
     /// A short option and its one-word value.
     #[doc(hidden)]
     fn word(mut self, option: &str, value: &str) -> Self {
