@@ -267,28 +267,53 @@ impl LazyPortChains {
 pub fn endpoint_string(ip: IpAddr, port: u16) -> Name {
     match ip {
         IpAddr::V4(v4) => {
-            // At most 21 bytes (`255.255.255.255:65535`): written by hand into a buffer and
-            // stored inline (one per endpoint per sync).
-            let mut buf = [0u8; 21];
+            // At most 21 bytes (`255.255.255.255:65535`), written by hand into a buffer (one
+            // per endpoint per sync): each octet is one fixed-size copy from a table, where
+            // copying a formatted number's few bytes would cost a `memcpy` call each.
+            let mut buf = [0u8; 24];
             let mut n = 0;
-            let mut put = |text: &[u8]| {
-                buf[n..n + text.len()].copy_from_slice(text);
-                n += text.len();
-            };
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    put(b".");
-                }
-                put(digits.format(octet).as_bytes());
+            for octet in v4.octets() {
+                let (text, len) = OCTET_DOT[usize::from(octet)];
+                buf[n..n + 4].copy_from_slice(&text);
+                n += usize::from(len);
             }
-            put(b":");
-            put(digits.format(port).as_bytes());
+            // The last octet's dot becomes the colon.
+            buf[n - 1] = b':';
+            let digits = match port {
+                0..10 => 1,
+                10..100 => 2,
+                100..1000 => 3,
+                1000..10000 => 4,
+                _ => 5,
+            };
+            let mut rest = port;
+            for at in (n..n + digits).rev() {
+                buf[at] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
             // Digits, dots and a colon: ASCII.
-            Name::new(std::str::from_utf8(&buf[..n]).unwrap_or_default())
+            Name::new(std::str::from_utf8(&buf[..n + digits]).unwrap_or_default())
         }
         IpAddr::V6(_) => Name::new(SocketAddr::new(ip, port).to_string()),
     }
+}
+
+/// Each octet's decimal digits and a dot, padded to four bytes, and how many bytes count.
+static OCTET_DOT: [([u8; 4], u8); 256] = octet_dot();
+
+const fn octet_dot() -> [([u8; 4], u8); 256] {
+    let mut table = [([0; 4], 0); 256];
+    let mut x = 0;
+    while x < 256 {
+        let (h, t, o) = (b'0' + (x / 100) as u8, b'0' + (x / 10 % 10) as u8, b'0' + (x % 10) as u8);
+        table[x] = match x {
+            0..10 => ([o, b'.', 0, 0], 2),
+            10..100 => ([t, o, b'.', 0], 3),
+            _ => ([h, t, o, b'.'], 4),
+        };
+        x += 1;
+    }
+    table
 }
 
 /// `KUBE-SEP-…`: the chain of one endpoint of a service port.
@@ -359,6 +384,18 @@ mod tests {
         assert_eq!(endpoint_string("10.180.0.1".parse().unwrap(), 80), "10.180.0.1:80");
         assert_eq!(endpoint_string("255.0.10.9".parse().unwrap(), 65535), "255.0.10.9:65535");
         assert_eq!(endpoint_string("0.0.0.0".parse().unwrap(), 0), "0.0.0.0:0");
+    }
+
+    #[test]
+    fn endpoint_strings_spell_every_octet_and_port_length_as_go_does() {
+        let ports = [0, 9, 10, 99, 100, 999, 1000, 8080, 9999, 10000, 65535];
+        for x in 0..=255u8 {
+            for (k, &port) in ports.iter().enumerate() {
+                let ip = std::net::Ipv4Addr::new(x, 255 - x, x / 3, (x ^ k as u8).wrapping_mul(7));
+                let want = SocketAddr::new(ip.into(), port).to_string();
+                assert_eq!(endpoint_string(ip.into(), port), want.as_str());
+            }
+        }
     }
 
     #[test]
