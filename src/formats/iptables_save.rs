@@ -1421,9 +1421,10 @@ impl Scratch<'_> {
     }
 }
 
-/// Long names (`KUBE-SEP-…`, 25 bytes) are reference-counted: consecutive rules of one chain
-/// share the copy made for the first. (A table of every name seen would share more, but a lookup
-/// in it costs a cache miss per rule on a large dump, and the sequential first pass would build it.)
+/// Names longer than [`Name`] keeps inline (31 bytes or more: never a chain name iptables accepts,
+/// but a long comment word or option value) are reference-counted: consecutive rules share the
+/// copy made for the first. (A table of every name seen would share more, but a lookup in it
+/// costs a cache miss per rule on a large dump, and the sequential first pass would build it.)
 #[derive(Default)]
 struct Names<'a> {
     /// The last long name made.
@@ -1431,7 +1432,7 @@ struct Names<'a> {
 }
 
 /// The longest name [`Name`] keeps inline.
-const INLINE_NAME: usize = 23;
+const INLINE_NAME: usize = crate::model::name::INLINE;
 
 impl<'a> Names<'a> {
     /// The value of `tok`, shared with the previous long name when they are spelled alike.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use serde::{Serialize, Serializer};
 
 /// The longest name kept inside the value.
-const INLINE: usize = 30;
+pub(crate) const INLINE: usize = 30;
 
 /// A short immutable string: inline up to 30 bytes, a `&'static str`, or shared by reference
 /// count when longer. It compares, orders and hashes as the `str` it holds, so a [`Name`]-keyed
