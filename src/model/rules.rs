@@ -39,8 +39,8 @@ use super::words::{BANG, Tok, Words};
 
 pub use super::name::Name;
 
-/// What a builder takes for a name: a `&str` or `String` (copied, inline when short) or a
-/// [`Name`] or `&Name` (shared).
+/// What a builder takes for a name: a `&str`, `String`, [`Name`] or `&Name` (a name of up to 30
+/// bytes is copied inline; a longer `Name` is shared).
 pub trait IntoName {
     /// The name.
     fn into_name(self) -> Name;
@@ -845,11 +845,8 @@ impl TextArena {
     /// Starts a rule appended to `chain`, its arguments written into the arena by the
     /// [`WriteArgs`] builders; it is the arena's next rule once the writer is dropped.
     pub fn rule<C: AsRef<str> + IntoName>(&mut self, chain: C) -> ArenaRule<'_> {
-        // A run of rules usually names its chain by one shared name: the same text, not a copy.
-        let same = self.chains.last().is_some_and(|c| {
-            let (last, this) = (c.as_str(), chain.as_ref());
-            std::ptr::eq(last, this) || last == this
-        });
+        // A run of rules names one chain: the arena keeps its name once per run.
+        let same = self.chains.last().is_some_and(|c| c.as_str() == chain.as_ref());
         if !same {
             self.chains.push(chain.into_name());
         }
