@@ -702,9 +702,8 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
     let cat = categorize_at(sp);
     let chains = LazyPortChains::new(spn, p);
     let svc_chain = chains.svc();
-    // Each endpoint's chain name, hashed once and shared by every rule that names it (and moved
-    // into its declaration last).
-    let mut seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
+    // Each endpoint's chain name, hashed once for every rule that names it.
+    let seps: Vec<Name> = sp.endpoints.iter().map(|e| endpoint_chain(spn, p, &e.key)).collect();
 
     let uses_cluster_chain = !cat.cluster.is_empty() && sp.uses_cluster_endpoints();
     let uses_local_chain = !cat.local.is_empty() && sp.uses_local_endpoints();
@@ -886,14 +885,13 @@ fn write_service_port(b: &mut Part, sp: &SvcPort<'_>, ctx: &Ctx) {
         write_endpoint_rules(b, sp, svl_chain, &cat.local, large, &seps);
     }
     for &i in cat.all_reachable() {
-        // Each position is reachable once.
-        let (ep, sep) = (&sp.endpoints[i], std::mem::take(&mut seps[i]));
-        maybe_comment(b.nat(&sep), large, &[spn])
+        let (ep, sep) = (&sp.endpoints[i], &seps[i]);
+        maybe_comment(b.nat(sep), large, &[spn])
             .src(Addr::host(ep.ip))
             .written(&["-j ", KUBE_MARK_MASQ]);
-        let mut r = maybe_comment(b.nat(&sep), large, &[spn]);
+        let mut r = maybe_comment(b.nat(sep), large, &[spn]);
         if sp.affinity.is_some() {
-            r = r.module("recent").opt1("name", &sep).opt("set", &[]);
+            r = r.module("recent").opt1("name", sep).opt("set", &[]);
         }
         proto_match(r, p).written(&["-j DNAT --to-destination ", &ep.key]);
         b.nat_chain(sep);

@@ -209,7 +209,7 @@ pub struct Service {
 impl Service {
     /// `namespace/name`.
     pub fn namespaced_name(&self) -> String {
-        joined(&[&self.namespace, "/", &self.name])
+        [&self.namespace, "/", &self.name].concat()
     }
 
     /// kube-proxy's `ServicePortName.String()`: `namespace/name:port`, or `namespace/name` for an unnamed port.
@@ -217,7 +217,7 @@ impl Service {
         if port.name.is_empty() {
             self.namespaced_name()
         } else {
-            joined(&[&self.namespace, "/", &self.name, ":", &port.name])
+            [&self.namespace, "/", &self.name, ":", &port.name].concat()
         }
     }
 
@@ -225,14 +225,6 @@ impl Service {
     pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
         self.cluster_ips.iter().copied().find(|ip| family.contains(ip))
     }
-}
-
-/// `parts` in one string allocated at its size (a sync names every service port this way, and
-/// `format!` would grow the string as it writes).
-fn joined(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    parts.iter().for_each(|p| out.push_str(p));
-    out
 }
 
 /// `addressType` of an EndpointSlice.
